@@ -1,0 +1,392 @@
+"""Typed, validated run configs: one YAML file = task + model + train.
+
+    name: sort-no-decay
+    seed: 0
+    task:  {name: sort, list_len: 10, n_values: 50}
+    model: {n_layers: 1, n_heads: 2, d_model: 64}
+    train: {epochs: 10, weight_decay: 0.0, l1: {hooks: [blocks.0.mlp.hook_post], coef: 1e-4}}
+
+Every field has a docstring (shown by `toylens config fields`). Unknown keys, wrong types and
+out-of-range values raise `ToylensError` with one line naming the field, before any work starts.
+Derived values (`d_vocab`, `d_vocab_out`, `n_ctx`, `d_head`, `d_mlp`, `init_range`) are filled in
+one place, `RunConfig.resolved`, and the resolved config is what a run directory stores.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from toylens.errors import ToylensError
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, field docstrings become descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+# ----------------------------------------------------------------------------------------- task
+
+
+class SortTaskConfig(Section):
+    """Sort a list: `[x_1..x_n, SEP, y_1..y_n]`, loss on the sorted outputs only."""
+
+    name: Literal["sort"] = "sort"
+    """Task name."""
+    list_len: int = Field(10, ge=1, le=512)
+    """Number of values in each list (n)."""
+    n_values: int = Field(50, ge=2, le=100_000)
+    """Values are integers 0..n_values-1; the separator token is n_values."""
+    duplicates: bool = False
+    """Allow a value to appear more than once in a list."""
+    n_train: int = Field(50_000, ge=1)
+    """Number of distinct training lists."""
+    n_test: int = Field(2_000, ge=1)
+    """Number of held-out test lists (disjoint from the training lists)."""
+    data_seed: int = Field(0, ge=0)
+    """Seed for drawing the lists; independent of the run seed, so runs that differ only in
+    seed see the same data."""
+
+    @model_validator(mode="after")
+    def _enough_lists(self) -> SortTaskConfig:
+        if not self.duplicates and self.n_values < self.list_len:
+            raise ValueError(f"n_values ({self.n_values}) must be >= list_len ({self.list_len}) without duplicates")
+        if self.duplicates:
+            log_space = self.list_len * math.log(self.n_values)
+        else:
+            log_space = math.lgamma(self.n_values + 1) - math.lgamma(self.n_values - self.list_len + 1)
+        if log_space < math.log(2 * (self.n_train + self.n_test)):
+            raise ValueError(
+                f"only about {math.exp(log_space):.0f} distinct lists exist; n_train + n_test "
+                f"({self.n_train + self.n_test}) must be at most half of that"
+            )
+        return self
+
+
+# A discriminated union on `name` once there is more than one task.
+TaskConfig = SortTaskConfig
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+class ModelConfig(Section):
+    """A decoder-only transformer, named as in TransformerLens."""
+
+    n_layers: int = Field(1, ge=1, le=64)
+    """Number of transformer blocks."""
+    n_heads: int = Field(4, ge=1, le=128)
+    """Attention heads per layer."""
+    d_model: int = Field(128, ge=1)
+    """Width of the residual stream."""
+    d_head: int | None = Field(None, ge=1)
+    """Width of each head (default: d_model // n_heads)."""
+    d_mlp: int | None = Field(None, ge=1)
+    """Hidden width of each MLP (default: 4 * d_model; unused when attn_only)."""
+    attn_only: bool = False
+    """Blocks without MLPs."""
+    act_fn: Literal["relu", "gelu"] = "relu"
+    """MLP activation function."""
+    normalization: Literal["none", "LN"] = "none"
+    """LayerNorm before attention, MLP and unembedding ("LN"), or none."""
+    n_ctx: int | None = Field(None, ge=1)
+    """Context length (default: what the task needs)."""
+    d_vocab: int | None = Field(None, ge=1)
+    """Input vocabulary size (default: the task's)."""
+    d_vocab_out: int | None = Field(None, ge=1)
+    """Output vocabulary size (default: the task's)."""
+    init_range: float | None = Field(None, gt=0)
+    """Std of the normal weight init (default: 0.8 / sqrt(d_model), as TransformerLens)."""
+
+    @property
+    def is_resolved(self) -> bool:
+        return None not in (self.d_head, self.n_ctx, self.d_vocab, self.d_vocab_out, self.init_range)
+
+    def resolved(self, d_vocab: int, d_vocab_out: int, n_ctx: int) -> ModelConfig:
+        """Fill the derived fields from the task; an explicit n_ctx must cover the task's."""
+        if self.n_ctx is not None and self.n_ctx < n_ctx:
+            raise ToylensError(f"model.n_ctx: {self.n_ctx} is shorter than the task's sequences ({n_ctx} tokens)")
+        if self.d_vocab is not None and self.d_vocab < d_vocab:
+            raise ToylensError(f"model.d_vocab: {self.d_vocab} is smaller than the task's vocabulary ({d_vocab})")
+        if self.d_vocab_out is not None and self.d_vocab_out < d_vocab_out:
+            raise ToylensError(
+                f"model.d_vocab_out: {self.d_vocab_out} is smaller than the task's outputs ({d_vocab_out})"
+            )
+        return self.model_copy(
+            update=dict(
+                d_head=self.d_head or max(1, self.d_model // self.n_heads),
+                d_mlp=None if self.attn_only else (self.d_mlp or 4 * self.d_model),
+                n_ctx=self.n_ctx or n_ctx,
+                d_vocab=self.d_vocab or d_vocab,
+                d_vocab_out=self.d_vocab_out or d_vocab_out,
+                init_range=self.init_range or 0.8 / math.sqrt(self.d_model),
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------- train
+
+
+class L1Config(Section):
+    """L1 penalty on named activations: coef * mean over tokens of sum(|a|) over the last dim."""
+
+    hooks: list[str] = []
+    """Hook names whose activations are penalised, e.g. [blocks.0.mlp.hook_post]."""
+    coef: float = Field(0.0, ge=0)
+    """Penalty coefficient (0 = off)."""
+
+
+class TrainConfig(Section):
+    """AdamW training with per-epoch evaluation and checkpoints."""
+
+    epochs: int = Field(10, ge=1)
+    """Passes over the training split; one checkpoint and one eval after each."""
+    batch_size: int = Field(256, ge=1)
+    """Sequences per optimisation step."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW (decoupled) weight decay."""
+    weight_decay_on: Literal["matrices", "embeddings", "all"] = "matrices"
+    """Which parameters decay: "matrices" (W_Q, W_K, W_V, W_O, W_in, W_out, W_U), "embeddings"
+    (matrices plus W_E and W_pos), or "all" (also biases and LayerNorm)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate shape after warmup."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup from 0 to lr over this many steps."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Cosine schedule floor, as a fraction of lr."""
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value (null = no clipping)."""
+    l1: L1Config = L1Config()
+    """L1 penalty on activations."""
+    eval_batch_size: int = Field(1024, ge=1)
+    """Sequences per batch in evaluation passes."""
+    log_checkpoints: int = Field(0, ge=0, le=10_000)
+    """Extra weight-only checkpoints at this many log-spaced steps (for fast early dynamics)."""
+    select_metric: str | None = None
+    """Metric that picks the best checkpoint, e.g. "val/loss" (default: the task's choice);
+    lower is better for names ending in loss, higher otherwise."""
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+class RunConfig(Section):
+    """One run: what to learn (task), with what (model), how (train)."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
+    """Run name; the run directory is <out>/<name>."""
+    seed: int = Field(0, ge=0)
+    """Seed for data generation, initialisation and data order."""
+    task: TaskConfig = Field(default_factory=SortTaskConfig)
+    """The task and its data."""
+    model: ModelConfig = ModelConfig()
+    """The transformer."""
+    train: TrainConfig = TrainConfig()
+    """The optimiser, schedule, regularisers and checkpoints."""
+
+    @model_validator(mode="after")
+    def _l1_hooks_exist(self) -> RunConfig:
+        from toylens.model.names import hook_names
+
+        valid = hook_names(self.model)
+        for name in self.train.l1.hooks:
+            if name not in valid:
+                raise ValueError(f"train.l1.hooks: no hook named {name!r} in this model{_suggest(name, valid)}")
+        return self
+
+    def resolved(self, d_vocab: int, d_vocab_out: int, n_ctx: int) -> RunConfig:
+        """This config with the model's derived fields filled from the task."""
+        return self.model_copy(update={"model": self.model.resolved(d_vocab, d_vocab_out, n_ctx)})
+
+
+# ------------------------------------------------------------------------------ load / save
+
+
+def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> RunConfig:
+    """Parse a YAML file (or a dict) plus `key.path=value` overrides into a validated RunConfig.
+
+    A missing `name` defaults to the file's stem. Raises ToylensError naming the bad field.
+    """
+    where = "config"
+    if isinstance(source, dict):
+        raw = _deep_copy(source)
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise ToylensError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark else ""
+            raise ToylensError(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
+        if not isinstance(raw, dict):
+            raise ToylensError(f"{path}: the top level must be a mapping of sections (task, model, train)")
+        raw.setdefault("name", path.stem)
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_config(raw, where)
+
+
+def validate_config(raw: dict, where: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ToylensError(f"{where}: {format_validation_error(e, RunConfig)}") from None
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from toylens.storage import atomic_write_text
+
+    atomic_write_text(path, config_to_yaml(cfg))
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted names of the fields where two configs differ."""
+    flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
+    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))
+
+
+def field_docs(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, type, description) for every field, for `toylens config fields`."""
+    rows = []
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        sub = _section_type(info.annotation)
+        if sub is not None:
+            rows += field_docs(sub, dotted + ".")
+        else:
+            typ = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+            rows.append((dotted, typ, " ".join((info.description or "").split())))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ToylensError(f"--set {item!r}: expected key.path=value, e.g. train.weight_decay=0.1")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ToylensError(f"--set {item!r}: empty key in {key!r}")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ToylensError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
+    """One line: the first error's dotted field, what is wrong, and a suggestion for typos."""
+    first = err.errors()[0]
+    field, parent = _walk_loc(first["loc"], root)
+    typ, msg = first["type"], first["msg"]
+    if typ == "extra_forbidden":
+        valid = list(parent.model_fields) if parent else []
+        text = f"{field}: unknown key{_suggest(field.rsplit('.', 1)[-1], valid)}"
+    elif typ == "missing":
+        text = f"{field}: required field is missing"
+    else:
+        msg = msg.removeprefix("Value error, ")
+        got = first.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        text = f"{field}: {msg}{shown}" if field else f"{msg}{shown}"
+    more = len(err.errors()) - 1
+    return text + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+
+
+def _walk_loc(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] | None]:
+    """Dotted field name for a pydantic error location, skipping union tags; and the section
+    class holding the last key (for suggesting valid keys)."""
+    names: list[str] = []
+    model: type[BaseModel] | None = root
+    parent = root
+    for part in loc:
+        if model is None:
+            names.append(str(part))
+            continue
+        if isinstance(part, str) and part in model.model_fields:
+            parent = model
+            names.append(part)
+            model = _section_type(model.model_fields[part].annotation)
+            continue
+        tagged = _union_member(model, part)
+        if tagged is not None:  # a discriminated-union tag such as "sort": not a user-visible key
+            model = tagged
+            continue
+        parent = model
+        names.append(str(part))
+        model = None
+    return ".".join(names), parent
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if get_origin(annotation) is Union or members:
+        return _UnionSection(members) if members else None  # type: ignore[return-value]
+    return None
+
+
+class _UnionSection:
+    """Stand-in for a union of sections while walking an error location."""
+
+    def __init__(self, members: list[type[BaseModel]]):
+        self.members = members
+        self.model_fields = {k: v for m in members for k, v in m.model_fields.items()}
+
+
+def _union_member(model: Any, tag: Any) -> type[BaseModel] | None:
+    for member in getattr(model, "members", []):
+        name_field = member.model_fields.get("name")
+        if name_field is not None and name_field.default == tag:
+            return member
+    return None
+
+
+def _suggest(word: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
