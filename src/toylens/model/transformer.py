@@ -1,0 +1,122 @@
+"""The decoder-only transformer: embed -> blocks -> final norm -> unembed, hooked everywhere.
+
+    model = Transformer(cfg)                       # cfg: a resolved ModelConfig
+    logits = model(tokens)                         # [batch, pos, d_vocab_out]
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: "pattern" in n)
+    logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", fn)])
+
+`model.W_Q` etc. are the weights stacked over layers ([n_layers, n_heads, d_model, d_head]),
+as in TransformerLens.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from toylens.config import ModelConfig
+from toylens.errors import ToylensError
+from toylens.model.components import Embed, LayerNorm, PosEmbed, TransformerBlock, Unembed
+from toylens.model.hooks import HookedRootModule, HookPoint
+
+
+class Transformer(HookedRootModule):
+    def __init__(self, cfg: ModelConfig, seed: int | None = 0):
+        super().__init__()
+        if not cfg.is_resolved:
+            raise ValueError("Transformer needs a resolved ModelConfig (see ModelConfig.resolved)")
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        # Without normalization ln_final is an identity that still has hook_normalized.
+        self.ln_final = LayerNorm(cfg) if cfg.normalization == "LN" else _IdentityNorm()
+        self.unembed = Unembed(cfg)
+        self.setup_hooks()
+        if seed is not None:
+            self.init_weights(seed)
+
+    def init_weights(self, seed: int) -> None:
+        """Normal(0, init_range) weights, zero biases, unit LayerNorm gains; deterministic in seed."""
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf.startswith("W_"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * self.cfg.init_range)
+                elif leaf == "w":
+                    p.fill_(1.0)
+                else:
+                    p.zero_()
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"] | None = None,
+        *,
+        residual: Float[Tensor, "batch pos d_model"] | None = None,
+        start_at_layer: int = 0,
+        stop_at_layer: int | None = None,
+    ) -> Tensor:
+        """Logits [batch, pos, d_vocab_out] for `tokens`.
+
+        start_at_layer=l runs from `residual` (the resid_pre of block l) instead of tokens;
+        stop_at_layer=l returns the resid_pre of block l instead of logits.
+        """
+        if start_at_layer == 0:
+            if tokens is None:
+                raise ValueError("tokens are required when start_at_layer is 0")
+            if tokens.shape[-1] > self.cfg.n_ctx:
+                raise ToylensError(f"input has {tokens.shape[-1]} positions; the model's n_ctx is {self.cfg.n_ctx}")
+            residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
+        elif residual is None:
+            raise ValueError("residual is required when start_at_layer > 0")
+        for block in self.blocks[start_at_layer:stop_at_layer]:
+            residual = block(residual)
+        if stop_at_layer is not None:
+            return residual
+        return self.unembed(self.ln_final(residual))
+
+    @property
+    def explicit_attention(self) -> bool:
+        return all(b.attn.explicit for b in self.blocks)
+
+    @explicit_attention.setter
+    def explicit_attention(self, value: bool) -> None:
+        """Force the explicit (pattern-materialising) attention path in every layer."""
+        for b in self.blocks:
+            b.attn.explicit = value
+
+    # Weights stacked over layers, TransformerLens style.
+    def _stack(self, module: str, name: str) -> Tensor:
+        return torch.stack([getattr(getattr(b, module), name) for b in self.blocks])
+
+    W_E = property(lambda self: self.embed.W_E)
+    W_pos = property(lambda self: self.pos_embed.W_pos)
+    W_U = property(lambda self: self.unembed.W_U)
+    b_U = property(lambda self: self.unembed.b_U)
+    W_Q = property(lambda self: self._stack("attn", "W_Q"))
+    W_K = property(lambda self: self._stack("attn", "W_K"))
+    W_V = property(lambda self: self._stack("attn", "W_V"))
+    W_O = property(lambda self: self._stack("attn", "W_O"))
+    b_Q = property(lambda self: self._stack("attn", "b_Q"))
+    b_K = property(lambda self: self._stack("attn", "b_K"))
+    b_V = property(lambda self: self._stack("attn", "b_V"))
+    b_O = property(lambda self: self._stack("attn", "b_O"))
+    W_in = property(lambda self: self._stack("mlp", "W_in"))
+    W_out = property(lambda self: self._stack("mlp", "W_out"))
+    b_in = property(lambda self: self._stack("mlp", "b_in"))
+    b_out = property(lambda self: self._stack("mlp", "b_out"))
+
+
+class _IdentityNorm(nn.Module):
+    """Stands in for ln_final without normalization, so `ln_final.hook_normalized` always exists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.hook_normalized(x)
