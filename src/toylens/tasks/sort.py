@@ -1,0 +1,68 @@
+"""List sorting: `[x_1..x_n, SEP, y_1..y_n]` with y = sorted(x), loss on y only.
+
+The model reads `[x_1..x_n, SEP, y_1..y_{n-1}]` (2n tokens) and must predict y_1..y_n at the
+positions SEP, y_1..y_{n-1}. Values are 0..n_values-1, SEP is n_values, so d_vocab = n_values + 1
+and d_vocab_out = n_values. Lists are drawn from `data_seed` (not the run seed, so runs that
+differ only in seed share their data); the test lists are disjoint from the training lists.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from toylens.config import SortTaskConfig
+from toylens.tasks.base import IGNORE, Batch, Task, TaskSpec, TensorSplit
+
+
+class SortTask(Task):
+    name = "sort"
+    eval_splits = ("test",)
+    select_metric = "test/loss"
+
+    def __init__(self, cfg: SortTaskConfig):
+        self.cfg = cfg
+        self.n, self.sep = cfg.list_len, cfg.n_values
+        self.spec = TaskSpec(d_vocab=cfg.n_values + 1, d_vocab_out=cfg.n_values, n_ctx=2 * cfg.list_len)
+        lists = distinct_lists(cfg, cfg.n_test + cfg.n_train)
+        self.splits = {
+            "test": TensorSplit(*self.encode(lists[: cfg.n_test])),
+            "train": TensorSplit(*self.encode(lists[cfg.n_test :])),
+        }
+
+    def encode(self, lists: Tensor) -> tuple[Tensor, Tensor]:
+        """Model inputs and targets for unsorted lists [N, n]."""
+        sep = torch.full((lists.shape[0], 1), self.sep, dtype=torch.long)
+        seq = torch.cat([lists, sep, lists.sort(dim=1).values], dim=1)  # [N, 2n + 1]
+        tokens, targets = seq[:, :-1], seq[:, 1:].clone()
+        targets[:, : self.n] = IGNORE  # no loss on predicting the unsorted input or SEP
+        return tokens, targets
+
+    def metric_sums(self, logits: Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+        sums = super().metric_sums(logits, batch)
+        wrong = (logits.argmax(-1) != batch.targets) & batch.mask
+        sums["list_acc"] = (float((~wrong.any(-1)).sum()), len(batch))
+        return sums
+
+    def token_labels(self, tokens: Tensor) -> list[str]:
+        return ["SEP" if int(t) == self.sep else str(int(t)) for t in tokens]
+
+
+def distinct_lists(cfg: SortTaskConfig, count: int) -> Tensor:
+    """`count` distinct random lists [count, list_len], deterministic in cfg.data_seed."""
+    gen = torch.Generator().manual_seed(cfg.data_seed)
+    seen: set[tuple[int, ...]] = set()
+    out: list[tuple[int, ...]] = []
+    chunk = max(1, min(count, (1 << 24) // cfg.n_values))
+    while len(out) < count:
+        if cfg.duplicates:
+            cand = torch.randint(cfg.n_values, (chunk, cfg.list_len), generator=gen)
+        else:  # a random permutation's first list_len entries: distinct values in random order
+            cand = torch.rand(chunk, cfg.n_values, generator=gen).argsort(dim=1)[:, : cfg.list_len]
+        for row in map(tuple, cand.tolist()):
+            if row not in seen:
+                seen.add(row)
+                out.append(row)
+                if len(out) == count:
+                    break
+    return torch.tensor(out, dtype=torch.long)
