@@ -1,0 +1,17 @@
+"""toylens: train small transformers from scratch and open them up.
+
+    import toylens
+    result = toylens.train("configs/sort-no-decay.yaml", out="runs")
+    run = toylens.load(result.run_dir)              # .model, .config, .task
+    logits, cache = run.model.run_with_cache(run.task.splits["test"].batch(torch.arange(8)).tokens)
+"""
+
+from toylens.config import RunConfig, load_config
+from toylens.errors import ToylensError
+from toylens.model import Transformer
+from toylens.run import Loaded, RunDir, load
+from toylens.train import TrainResult, train
+
+__version__ = "0.1.0"
+
+__all__ = ["Loaded", "RunConfig", "RunDir", "ToylensError", "TrainResult", "Transformer", "load", "load_config", "train"]

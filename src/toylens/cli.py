@@ -1,0 +1,130 @@
+"""The `toylens` command. Each subcommand parses its arguments and calls the Python API.
+
+Errors in what the user gave (config fields, paths, checkpoints) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from tqdm.auto import tqdm
+
+from toylens.errors import ToylensError
+
+app = typer.Typer(
+    help="Train small transformers from scratch and open them up: hooks, circuits, patching, LLC, reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect configs: every field with its meaning, or a resolved config.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
+                         help="Override a config field, e.g. --set train.weight_decay=0.1 (repeatable).")
+DeviceOption = typer.Option("auto", "--device", help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1.")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn ToylensError into one line on stderr and its exit code (2 for bad input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ToylensError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; continue with --resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="Run config (YAML): task, model, train."),
+    set_: Optional[List[str]] = SetOption,
+    out: Path = typer.Option(Path("runs"), "--out", help="Directory holding run directories; the run goes to OUT/<name>."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last epoch checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run directory of the same name first."),
+    device: str = DeviceOption,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a model from CONFIG into OUT/<name>: metrics.jsonl, a checkpoint per epoch, final.safetensors."""
+    from toylens.train import train as api_train
+
+    result = api_train(config, out, overrides=tuple(set_ or ()), resume=resume, overwrite=overwrite,
+                       device=device, progress=progress)
+    typer.echo(f"run: {result.run_dir}")
+    typer.echo(_metrics_line(result.metrics))
+
+
+@app.command()
+@user_errors
+def summary(runs: List[Path] = typer.Argument(..., help="Run directories.")) -> None:
+    """Print each run's final metrics (one line per run)."""
+    from toylens.run import RunDir
+
+    for path in runs:
+        run = RunDir(path)
+        if not run.has("summary.json"):
+            typer.echo(f"{path}: not finished ({len(run.checkpoints())} checkpoints)")
+            continue
+        s = run.read_json("summary.json")
+        typer.echo(f"{path}: {_metrics_line(s['final'])}  ({s['wall_s']:.0f}s on {s['device']})")
+
+
+@config_app.command("fields")
+def config_fields() -> None:
+    """List every config field with its type and meaning."""
+    from toylens.config import field_docs
+
+    for name, typ, doc in field_docs():
+        typer.echo(f"{name:28s} {typ:22s} {doc}")
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), set_: Optional[List[str]] = SetOption) -> None:
+    """Validate CONFIG (with overrides) and print it with every default and derived value filled in."""
+    from toylens.config import config_to_yaml, load_config
+    from toylens.tasks import build_task
+
+    cfg = load_config(config, tuple(set_ or ()))
+    spec = build_task(cfg.task).spec
+    typer.echo(config_to_yaml(cfg.resolved(spec.d_vocab, spec.d_vocab_out, spec.n_ctx)), nl=False)
+
+
+def _metrics_line(row: dict) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in row.items() if "/" in k and isinstance(v, (int, float)))
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break a running progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def main() -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("toylens")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Checkpoints: model weights with the config in their metadata, and the trainer state
+(optimizer moments, RNG, step, best so far) in a sidecar file, so a run resumes bit-identically.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from toylens.config import RunConfig
+from toylens.errors import ToylensError
+from toylens.run import RunDir
+
+FORMAT = "toylens-checkpoint/1"
+
+
+@dataclass
+class TrainState:
+    """Where the loop is: epochs done, optimisation steps done, best checkpoint so far."""
+
+    epoch: int = 0
+    step: int = 0
+    best: dict[str, Any] | None = None
+    history: dict[str, Any] = field(default_factory=dict)
+
+
+def save_weights(run: RunDir, rel: str, model: nn.Module, cfg: RunConfig, state: TrainState) -> None:
+    meta = {"format": FORMAT, "config": cfg.model_dump(mode="json"), "epoch": state.epoch, "step": state.step}
+    run.write_tensors(rel, model.state_dict(), meta)
+
+
+def save_checkpoint(
+    run: RunDir, name: str, model: nn.Module, cfg: RunConfig, state: TrainState,
+    opt: torch.optim.Optimizer | None = None,
+) -> None:
+    """Weights (and, with `opt`, the resumable trainer state), then register the checkpoint."""
+    if opt is not None:
+        tensors, meta = _optimizer_tensors(opt)
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta["trainer"] = asdict(state)
+        run.write_tensors(f"checkpoints/{name}.state.safetensors", tensors, meta)
+    save_weights(run, f"checkpoints/{name}.safetensors", model, cfg, state)
+    run.register_checkpoint(name, epoch=state.epoch, step=state.step, resumable=opt is not None)
+
+
+def restore_checkpoint(run: RunDir, name: str, model: nn.Module, opt: torch.optim.Optimizer) -> TrainState:
+    """Load weights and trainer state of checkpoint `name` into model and optimizer."""
+    weights, _ = run.read_tensors(f"checkpoints/{name}.safetensors")
+    model.load_state_dict(weights)
+    tensors, meta = run.read_tensors(f"checkpoints/{name}.state.safetensors")
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    state: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
+    for key, value in tensors.items():
+        _, idx, slot = key.split(".", 2)
+        state[int(idx)][slot] = value
+    try:  # load_state_dict moves the moments to each parameter's device
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise ToylensError(f"{run.path}/checkpoints/{name}.state.safetensors: optimizer state does not fit ({e})") from None
+    return TrainState(**meta["trainer"])
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, slots in sd["state"].items():
+        for slot, value in slots.items():
+            tensors[f"optim.{idx}.{slot}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": sd["param_groups"]}
