@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny seeded configs and models (no network, no GPU)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from toylens.config import RunConfig, validate_config
+from toylens.model import Transformer
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "task": {"name": "sort", "list_len": 4, "n_values": 10, "n_train": 600, "n_test": 100},
+    "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "d_mlp": 32},
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "warmup_steps": 2},
+}
+
+
+def tiny_config(**sections: dict) -> RunConfig:
+    """TINY with some sections' fields replaced, e.g. tiny_config(train={"epochs": 3})."""
+    raw = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    return validate_config(raw)
+
+
+def tiny_model(n_layers: int = 2, attn_only: bool = False, normalization: str = "LN",
+               act_fn: str = "gelu", seed: int = 0, n_ctx: int = 12) -> Transformer:
+    cfg = tiny_config(model={"n_layers": n_layers, "attn_only": attn_only, "normalization": normalization,
+                             "act_fn": act_fn, "n_heads": 3, "d_model": 12, "d_head": 5, "d_mlp": 20,
+                             "n_ctx": n_ctx})
+    model = Transformer(cfg.resolved(d_vocab=11, d_vocab_out=10, n_ctx=8).model, seed=seed)
+    with torch.no_grad():  # non-trivial biases and LayerNorm gains, so tests see every parameter
+        gen = torch.Generator().manual_seed(seed + 1)
+        for name, p in model.named_parameters():
+            if not name.rsplit(".", 1)[-1].startswith("W_"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(0))

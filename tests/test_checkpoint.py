@@ -1,0 +1,102 @@
+"""Checkpoint integrity: truncated, altered, pickled and missing files are refused by name;
+nothing in the package can load a pickle."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from toylens import load, train
+from toylens.errors import ToylensError
+
+CKPT = "checkpoints/epoch-0001.safetensors"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return train(tiny_config(train={"epochs": 1}), tmp_path_factory.mktemp("runs"), progress=False).run_dir
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def refused(run: Path, checkpoint="final") -> str:
+    with pytest.raises(ToylensError) as e:
+        load(run, checkpoint)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_truncated(run_copy):
+    path = run_copy / CKPT
+    path.write_bytes(path.read_bytes()[:-100])
+    msg = refused(run_copy, 1)
+    assert CKPT in msg and "truncated" in msg
+
+
+def test_bit_flipped(run_copy):
+    path = run_copy / "final.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x10
+    path.write_bytes(bytes(data))
+    msg = refused(run_copy)
+    assert "final.safetensors" in msg and "SHA-256 does not match" in msg
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_pickle_is_never_loaded(run_copy, how):
+    path = run_copy / "final.safetensors"
+    if how == "pickle":
+        path.write_bytes(pickle.dumps({"embed.W_E": [1.0, 2.0]}))
+    else:
+        torch.save({"embed.W_E": torch.zeros(2)}, path)
+    msg = refused(run_copy)
+    assert "final.safetensors" in msg and "never loads pickles" in msg
+    standalone = run_copy / "stray.safetensors"
+    path.rename(standalone)
+    with pytest.raises(ToylensError, match="never loads pickles"):
+        load(standalone)
+
+
+def test_missing_and_unknown(run_copy):
+    (run_copy / CKPT).unlink()
+    assert "missing" in refused(run_copy, 1)
+    assert "no checkpoint 'epoch-0009'" in refused(run_copy, 9)
+    (run_copy / "manifest.json").unlink()
+    assert "not a toylens run directory" in refused(run_copy)
+
+
+def test_standalone_checkpoint_rebuilds_model(trained):
+    loaded = load(trained / CKPT)
+    tokens = torch.randint(0, 10, (2, 8))
+    torch.testing.assert_close(loaded.model(tokens), load(trained, 1).model(tokens))
+
+
+def test_cli_refuses_with_exit_2(run_copy):
+    (run_copy / "final.safetensors").write_bytes(b"\x80\x04garbage")
+    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "summary", str(run_copy)], capture_output=True, text=True)
+    assert proc.returncode == 0  # summary reads summary.json only
+    summary = run_copy / "summary.json"
+    text = summary.read_text()
+    i = text.index("0.")
+    summary.write_text(text[:i] + "1" + text[i + 1 :])  # same length, one digit changed
+    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "summary", str(run_copy)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "summary.json" in proc.stderr and "SHA-256" in proc.stderr
+
+
+def test_source_never_unpickles():
+    src = Path(__file__).parents[1] / "src" / "toylens"
+    pattern = re.compile(r"torch\.load\(|pickle\.loads?\(|import pickle|weights_only\s*=\s*False")
+    offenders = [str(p) for p in src.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
