@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
+from typer.core import TyperGroup
 from tqdm.auto import tqdm
 
 from toylens.errors import ToylensError
@@ -26,6 +27,21 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect configs: every field with its meaning, or a resolved config.",
                          no_args_is_help=True)
 app.add_typer(config_app, name="config")
+
+
+class _DefaultToEstimate(TyperGroup):
+    """`toylens llc RUN ...` means `toylens llc estimate RUN ...`; `toylens llc calibrate RUN` stays."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["estimate", *args]
+        return super().parse_args(ctx, args)
+
+
+llc_app = typer.Typer(cls=_DefaultToEstimate, no_args_is_help=True, help=(
+    "Local learning coefficient (LLC) of checkpoints by batched SGLD: `toylens llc RUN` estimates every "
+    "checkpoint into RUN/llc/; `toylens llc calibrate RUN` picks the step size and localisation first."))
+app.add_typer(llc_app, name="llc")
 
 SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
                          help="Override a config field, e.g. --set train.weight_decay=0.1 (repeatable).")
@@ -103,6 +119,91 @@ def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), s
     cfg = load_config(config, tuple(set_ or ()))
     spec = build_task(cfg.task).spec
     typer.echo(config_to_yaml(cfg.resolved(spec.d_vocab, spec.d_vocab_out, spec.n_ctx)), nl=False)
+
+
+LLCSetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
+    "Override an LLC setting, e.g. --set chains=8 --set epsilon=1e-4 (repeatable; fields: epsilon, gamma, "
+    "nbeta, batch_size, chains, draws, burnin, thin, precondition, weight_decay, l1, init_batches, mala_every, seed)."))
+
+
+@llc_app.command("estimate")
+@user_errors
+def llc_estimate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    checkpoints: str = typer.Option("all", "--checkpoints", help="all, final, or epochs/names: 3,5 or epoch-0003."),
+    set_: Optional[List[str]] = LLCSetOption,
+    device: str = DeviceOption,
+    group: int = typer.Option(16, "--group", min=1, help="Checkpoints sampled together in one batched computation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Estimate the LLC of each checkpoint of RUN into RUN/llc/<checkpoint>.json (+ traces); skips those done."""
+    from toylens.analysis.llc_run import llc_over_checkpoints, load_settings
+    from toylens.run import RunDir
+    from toylens.train.loop import resolve_device
+
+    rundir = RunDir(run)
+    settings = load_settings(rundir, _llc_overrides(set_))
+    results = llc_over_checkpoints(rundir, checkpoints, settings=settings, device=str(resolve_device(device)),
+                                   group=group, progress=progress)
+    typer.echo(f"{'checkpoint':14s} {'train_loss':>10s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings")
+    for name, r in results.items():
+        se = r.get("llc_se")
+        typer.echo(f"{name:14s} {r['train_loss']:10.4g} {r['llc']:9.3f} {se if se is not None else float('nan'):7.3f} "
+                   f"{r['acceptance'] if r['acceptance'] is not None else float('nan'):6.3f}  {', '.join(r['flags']) or '-'}")
+
+
+@llc_app.command("calibrate")
+@user_errors
+def llc_calibrate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="Checkpoint to calibrate on: final, an epoch, or a name."),
+    epsilons: str = typer.Option("1e-5,3e-5,1e-4,3e-4,1e-3", "--epsilons", help="Step sizes to try (comma-separated)."),
+    gammas: str = typer.Option("100,1000", "--gammas", help="Localisation strengths to try (comma-separated)."),
+    set_: Optional[List[str]] = LLCSetOption,
+    device: str = DeviceOption,
+    write: bool = typer.Option(True, "--write/--no-write", help="Write the sweep and the chosen settings into RUN/llc/."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Sweep epsilon x gamma on one checkpoint, show which give flat healthy traces, save the pick."""
+    from toylens.analysis.llc_run import calibrate, load_settings
+    from toylens.run import RunDir
+    from toylens.train.loop import resolve_device
+
+    rundir = RunDir(run)
+    settings = load_settings(rundir, _llc_overrides(set_))
+    cal = calibrate(rundir, checkpoint, epsilons=_floats(epsilons, "--epsilons"), gammas=_floats(gammas, "--gammas"),
+                    settings=settings, device=str(resolve_device(device)), write=write, progress=progress)
+    typer.echo(f"calibration on {cal.checkpoint} (nbeta={cal.estimates[0].nbeta:.4g}):")
+    typer.echo(f"  {'epsilon':>8s} {'gamma':>7s} {'llc':>9s} {'± se':>7s} {'half':>9s} {'accept':>6s} {'below':>5s}  flags")
+    for i, e in enumerate(cal.estimates):
+        mark = "*" if i == cal.chosen else " "
+        typer.echo(f"{mark} {e.epsilon:8.2g} {e.gamma:7.4g} {e.llc:9.3f} {e.llc_se:7.3f} {e.llc_half:9.3f} "
+                   f"{e.acceptance:6.3f} {e.frac_below_init:5.2f}  {', '.join(e.flags) or 'healthy'}")
+    if cal.chosen is None:
+        typer.echo("no setting gave usable traces; try smaller epsilons or larger gammas", err=True)
+        raise typer.Exit(1)
+    pick = cal.estimates[cal.chosen]
+    where = f" -> {rundir.path / 'llc/settings.json'}" if write else ""
+    typer.echo(f"chosen: epsilon={pick.epsilon:g} gamma={pick.gamma:g}{where}")
+
+
+def _llc_overrides(items: Optional[List[str]]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ToylensError(f"--set {item!r}: expected key=value, e.g. chains=8")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ToylensError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
 def _metrics_line(row: dict) -> str:

@@ -1,0 +1,112 @@
+"""devinterp vs toylens: the LLC of the same checkpoints with the same hyperparameters.
+
+    .venv/bin/pip install devinterp==1.3.2          # bench only; keeps torch 2.13.0 (needs torch>=2.0.1)
+    .venv/bin/python bench/llc.py runs/sort-no-decay                    # the final checkpoint
+    .venv/bin/python bench/llc.py runs/sort-no-decay --checkpoints all  # every checkpoint of the run
+
+devinterp 1.x (`estimate_learning_coeff_with_summary` with its `SGLD`) takes any model and an
+`evaluate(model, batch)` loss, so both tools sample the same objective: the run's task loss plus
+its L1 activation penalty (use a run without weight decay: devinterp's weight decay is a prior,
+not a term of nβ·L). Both use the same ε, γ, nβ, minibatch size, chains, draws and burn-in;
+devinterp runs each chain (and each checkpoint) one after another, toylens advances all chains of
+all checkpoints together. toylens also scores every 10th proposal for the MALA diagnostic, which
+devinterp is not asked to do. Prints both estimates with standard errors, whether they agree
+(within 2 combined standard errors), and the time ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+import warnings
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from toylens.analysis.llc import LLCSettings, estimate_many
+from toylens.analysis.llc_run import _weights, run_objective, select_checkpoints
+from toylens.run import RunDir, load
+from toylens.tasks import Batch
+from toylens.train.regularisers import L1Penalty
+
+
+def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: float) -> dict:
+    from devinterp.optim.sgld import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    loaded = load(run.path, ckpt.name)
+    model, task, cfg = loaded.model, loaded.task, loaded.config
+    model.train()
+    penalty = L1Penalty(cfg.train.l1) if s.l1 else None
+    split = task.splits[task.train_split]
+    loader = DataLoader(TensorDataset(split.tokens, split.targets), batch_size=s.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(s.seed), drop_last=True)
+
+    def evaluate(m, data):
+        tokens, targets = data
+        if penalty is None or not penalty.fwd_hooks:
+            return task.loss(m(tokens), Batch(tokens, targets))
+        with m.hooks(penalty.fwd_hooks):
+            logits = m(tokens)
+        return task.loss(logits, Batch(tokens, targets)) + penalty.take()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = estimate_learning_coeff_with_summary(
+            model, loader, evaluate=evaluate, sampling_method=SGLD,
+            optimizer_kwargs=dict(lr=s.epsilon, localization=s.gamma, nbeta=nbeta),
+            num_chains=s.chains, num_draws=s.draws, num_burnin_steps=s.burnin, num_steps_bw_draws=s.thin,
+            init_loss=init_loss, device="cpu", verbose=False, seed=s.seed,
+        )
+    chains = out["llc/means"] if "llc/means" in out else None
+    std = float(out["llc/std"])
+    return {"llc": float(out["llc/mean"]), "se": std / math.sqrt(s.chains), "chains": chains}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="run directory (train one with `toylens train configs/sort-no-decay.yaml`)")
+    ap.add_argument("--checkpoints", default="final", help="final, all, or epochs 3,5")
+    ap.add_argument("--epsilon", type=float, default=LLCSettings().epsilon)
+    ap.add_argument("--gamma", type=float, default=LLCSettings().gamma)
+    ap.add_argument("--batch-size", type=int, default=LLCSettings().batch_size)
+    ap.add_argument("--chains", type=int, default=LLCSettings().chains)
+    ap.add_argument("--draws", type=int, default=LLCSettings().draws)
+    ap.add_argument("--burnin", type=int, default=LLCSettings().burnin)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    run = RunDir(args.run)
+    s = LLCSettings(epsilon=args.epsilon, gamma=args.gamma, batch_size=args.batch_size, chains=args.chains,
+                    draws=args.draws, burnin=args.burnin, weight_decay=0.0)
+    ckpts = select_checkpoints(run, args.checkpoints)
+    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+          f"{len(ckpts)} checkpoint(s) of {run.path}; eps={s.epsilon:g} gamma={s.gamma:g} m={s.batch_size} "
+          f"chains={s.chains} draws={s.draws} burnin={s.burnin}")
+
+    loaded = load(run.path, ckpts[0].name)
+    if loaded.config.train.weight_decay:
+        print("# note: the run has weight decay; both tools sample without it here")
+    objective = run_objective(loaded.model, loaded.config, loaded.task, s)
+    start = time.perf_counter()
+    ours = estimate_many(objective, [_weights(run, c, objective) for c in ckpts], s)
+    t_ours = time.perf_counter() - start
+
+    start = time.perf_counter()
+    theirs = [devinterp_llc(run, c, s, e.nbeta, e.init_loss) for c, e in zip(ckpts, ours)]
+    t_theirs = time.perf_counter() - start
+
+    agree = 0
+    print(f"{'checkpoint':12s} {'toylens':>16s} {'devinterp':>16s}  agree")
+    for c, a, b in zip(ckpts, ours, theirs):
+        ok = abs(a.llc - b["llc"]) <= 2 * math.sqrt(a.llc_se**2 + b["se"] ** 2)
+        agree += ok
+        print(f"{c.name:12s} {a.llc:9.3f} ± {a.llc_se:5.3f} {b['llc']:9.3f} ± {b['se']:5.3f}  {'yes' if ok else 'NO'}")
+    print(f"agree within 2 combined standard errors: {agree}/{len(ckpts)}")
+    print(f"time: toylens {t_ours:.1f}s, devinterp {t_theirs:.1f}s, ratio {t_theirs / t_ours:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

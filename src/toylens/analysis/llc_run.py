@@ -1,0 +1,251 @@
+"""The LLC of every checkpoint of a run, calibration of the sampler, and the files they leave.
+
+    from toylens.analysis.llc_run import calibrate, llc_over_checkpoints
+    cal = calibrate("runs/sort-no-decay")                  # sweeps epsilon x gamma on "final"
+    results = llc_over_checkpoints("runs/sort-no-decay")   # {checkpoint: summary dict}
+
+or `toylens llc calibrate RUN` then `toylens llc RUN`. The sampled objective is the run's own
+training objective on its training split: the task loss, plus (by default) its L1 activation
+penalty (`train.l1`) and its weight decay, (c/2)·||w||² with c = `train.weight_decay` on the
+parameters it decays (`train.weight_decay_on`): at a trained w* the task-loss gradient is
+balanced by these terms, so without them w* is not a minimum and chains slide downhill.
+
+Files, all under RUN/llc/ and written atomically through `RunDir` (checksummed in the run's
+manifest); a report reads only these:
+
+    settings.json             LLCSettings used by estimates of this run (written by calibrate)
+    calibration.json          {"checkpoint", "grid": [summary + "epsilon", "gamma", "usable"], "chosen"}
+    calibration.safetensors   traces of the sweep: "loss.<i>" [chains, steps], "accept.<i>"
+    <checkpoint>.json         one estimate (e.g. epoch-0003.json): "checkpoint", "epoch", "step",
+                              "llc" (λ̂, mean over chains), "llc_std" (across chains), "llc_se"
+                              (standard error), "llc_chains", "llc_half" (first half of the draws),
+                              "rel_change", "converged", "init_loss" (objective at w*),
+                              "train_loss" (task loss at w*), "nbeta", "epsilon", "gamma",
+                              "acceptance" (MALA), "frac_below_init", "drift", "warnings",
+                              "flags", "settings" (every hyperparameter), "wall_s"
+    <checkpoint>.safetensors  "loss" [chains, steps]: minibatch objective at every SGLD step,
+                              burn-in included (draws are steps burnin, burnin+thin, ...);
+                              "accept" [chains, checks]: MALA acceptance every mala_every steps
+
+A checkpoint whose <checkpoint>.json exists with the same settings is skipped; its traces are
+written before its summary, so an interrupted run leaves no summary without traces.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from toylens.analysis.llc import LLCSettings, Objective, estimate_many
+from toylens.analysis.llc_diagnostics import LLCEstimate
+from toylens.config import RunConfig
+from toylens.errors import ToylensError
+from toylens.model import Transformer
+from toylens.run import CheckpointInfo, RunDir, load
+from toylens.tasks import Batch, Task
+from toylens.train.optim import decays
+from toylens.train.regularisers import L1Penalty
+
+log = logging.getLogger("toylens")
+
+FORMAT = "toylens-llc/1"
+DEFAULT_EPSILONS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+DEFAULT_GAMMAS = (100.0, 1000.0)
+# Flags that rule a setting out in calibration; "high_acceptance" only says the step could be larger.
+DISQUALIFYING = {"nonfinite", "negative", "low_acceptance", "drift", "below_init", "not_converged"}
+
+
+def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCSettings) -> Objective:
+    """The run's training objective (task loss + L1 + weight decay, as settings say) on its train split."""
+    wd = cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay
+    decay = {n: wd for n, _ in model.named_parameters() if decays(n, cfg.train.weight_decay_on)} if wd else {}
+    penalty = L1Penalty(cfg.train.l1) if settings.l1 else None
+    model.explicit_attention = True  # vmap has no batching rule for CPU scaled_dot_product_attention
+
+    def loss_fn(call: Any, batch: tuple) -> dict[str, torch.Tensor]:
+        tokens, targets = batch
+        if penalty is None or not penalty.fwd_hooks:
+            return {"loss": task.loss(call(tokens), Batch(tokens, targets))}
+        with model.hooks(penalty.fwd_hooks):
+            logits = call(tokens)
+        return {"loss": task.loss(logits, Batch(tokens, targets)), "l1": penalty.take()}
+
+    return Objective(model, loss_fn, task.splits[task.train_split], decay)
+
+
+def load_settings(run: RunDir, overrides: dict[str, Any] | None = None) -> LLCSettings:
+    """Defaults, then RUN/llc/settings.json (from calibration) if present, then `overrides`."""
+    raw: dict[str, Any] = run.read_json("llc/settings.json") if run.has("llc/settings.json") else {}
+    raw.update(overrides or {})
+    return validate_settings(raw, str(run.path / "llc/settings.json"))
+
+
+def validate_settings(raw: dict[str, Any], where: str) -> LLCSettings:
+    from pydantic import ValidationError
+
+    from toylens.config import format_validation_error
+
+    try:
+        return LLCSettings.model_validate(raw)
+    except ValidationError as e:
+        raise ToylensError(f"{where}: llc {format_validation_error(e, LLCSettings)}") from None
+
+
+def select_checkpoints(run: RunDir, which: str | Sequence[str | int] = "all") -> list[CheckpointInfo]:
+    """"all", "final", or epochs / names ("3,5", "epoch-0003", "step-000120")."""
+    known = run.checkpoints()
+    if which == "all":
+        return known
+    items = which.split(",") if isinstance(which, str) else list(which)
+    by_name = {c.name: c for c in known}
+    out = []
+    for item in items:
+        item = str(item).strip()
+        if item == "final":
+            item = max(known, key=lambda c: c.step).name
+        name = f"epoch-{int(item):04d}" if item.isdigit() else item
+        if name not in by_name:
+            hint = ", ".join(list(by_name)[-5:]) or "none"
+            raise ToylensError(f"--checkpoints: {run.path} has no checkpoint {item!r} (last ones: {hint})")
+        out.append(by_name[name])
+    return out
+
+
+def llc_over_checkpoints(
+    run: str | Path | RunDir,
+    checkpoints: str | Sequence[str | int] = "all",
+    *,
+    settings: LLCSettings | None = None,
+    device: str = "cpu",
+    group: int = 16,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Estimate the LLC of each checkpoint (skipping those done), `group` checkpoints at a time.
+
+    Returns {checkpoint name: summary} for every selected checkpoint (done earlier or now).
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    settings = settings or load_settings(run)
+    chosen = select_checkpoints(run, checkpoints)
+    loaded = load(run.path, chosen[0].name if chosen else "final", device=device)
+    objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
+    key = _resolved(settings, objective, loaded.config)
+    results, todo = {}, []
+    for ckpt in chosen:
+        done = run.read_json(f"llc/{ckpt.name}.json") if run.has(f"llc/{ckpt.name}.json") else None
+        if done is not None and done.get("settings") == key:
+            results[ckpt.name] = done
+        else:
+            todo.append(ckpt)
+    bar = tqdm(total=len(chosen), initial=len(results), desc=f"llc {run.path.name}", unit="ckpt",
+               disable=not progress, dynamic_ncols=True)
+    with bar:
+        for start in range(0, len(todo), group):
+            part = todo[start : start + group]
+            centers = [_weights(run, c, objective) for c in part]
+            estimates = estimate_many(objective, centers, settings, labels=[f"{run.path.name}/{c.name}" for c in part],
+                                      progress=progress)
+            for ckpt, est in zip(part, estimates):
+                est.settings = key
+                results[ckpt.name] = _write_estimate(run, ckpt, est)
+                bar.update()
+    return {c.name: results[c.name] for c in chosen}
+
+
+@dataclass
+class Calibration:
+    checkpoint: str
+    estimates: list[LLCEstimate]
+    chosen: int | None
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [dict(e.summary(), usable=usable(e)) for e in self.estimates]
+
+
+def calibrate(
+    run: str | Path | RunDir,
+    checkpoint: str = "final",
+    *,
+    epsilons: Sequence[float] = DEFAULT_EPSILONS,
+    gammas: Sequence[float] = DEFAULT_GAMMAS,
+    settings: LLCSettings | None = None,
+    device: str = "cpu",
+    write: bool = True,
+    progress: bool = True,
+) -> Calibration:
+    """Sweep epsilon x gamma on one checkpoint (all settings sampled together) and pick one.
+
+    The pick: among settings whose traces are usable (finite, λ̂ > 0, flat, converged, MALA
+    acceptance >= 0.5), the largest epsilon at the smallest gamma that has one. With `write`,
+    the sweep goes to RUN/llc/calibration.* and the pick to RUN/llc/settings.json.
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    base = settings or load_settings(run)
+    ckpt = select_checkpoints(run, checkpoint)[0]
+    loaded = load(run.path, ckpt.name, device=device)
+    objective = run_objective(loaded.model, loaded.config, loaded.task, base)
+    grid = [(float(e), float(g)) for g in gammas for e in epsilons]
+    estimates = estimate_many(objective, [_weights(run, ckpt, objective)], base, grid=grid,
+                              labels=[f"ε={e:g} γ={g:g}" for e, g in grid], progress=progress)
+    chosen = choose(estimates)
+    cal = Calibration(ckpt.name, estimates, chosen)
+    if write:
+        traces = {f"{kind}.{i}": t for i, e in enumerate(estimates) for kind, t in e.traces().items()}
+        run.write_tensors("llc/calibration.safetensors", traces, {"format": FORMAT})
+        run.write_json("llc/calibration.json", {"format": FORMAT, "checkpoint": ckpt.name, "grid": cal.rows(),
+                                                "chosen": chosen})
+        if chosen is not None:
+            pick = estimates[chosen]
+            new = base.model_copy(update={"epsilon": pick.epsilon, "gamma": pick.gamma})
+            run.write_json("llc/settings.json", new.model_dump(mode="json"))
+    return cal
+
+
+def usable(est: LLCEstimate) -> bool:
+    return not DISQUALIFYING & set(est.flags)
+
+
+def choose(estimates: Sequence[LLCEstimate]) -> int | None:
+    """Index of the largest usable epsilon at the smallest gamma with one (None if none is usable)."""
+    ok = [i for i, e in enumerate(estimates) if usable(e)]
+    if not ok:
+        return None
+    gamma = min(estimates[i].gamma for i in ok)
+    return max((i for i in ok if estimates[i].gamma == gamma), key=lambda i: estimates[i].epsilon)
+
+
+def read_llc(run: str | Path | RunDir) -> list[dict[str, Any]]:
+    """Every stored per-checkpoint summary of a run, in training order."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    return [run.read_json(f"llc/{c.name}.json") for c in run.checkpoints() if run.has(f"llc/{c.name}.json")]
+
+
+def _weights(run: RunDir, ckpt: CheckpointInfo, objective: Objective) -> dict[str, torch.Tensor]:
+    tensors, _ = run.read_tensors(ckpt.file)
+    names = [n for n, _ in objective.model.named_parameters()]
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ToylensError(f"{run.path / ckpt.file}: weights do not match the run's model (missing {missing[:3]})")
+    return {n: tensors[n].to(objective.device) for n in names}
+
+
+def _resolved(settings: LLCSettings, objective: Objective, cfg: RunConfig) -> dict[str, Any]:
+    """The settings as stored with a result: nβ, batch size and weight decay filled in."""
+    from toylens.analysis.llc import resolve_nbeta
+
+    nbeta, m = resolve_nbeta(settings, objective.n_data)
+    wd = cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay
+    return settings.model_copy(update={"nbeta": nbeta, "batch_size": m, "weight_decay": wd}).model_dump(mode="json")
+
+
+def _write_estimate(run: RunDir, ckpt: CheckpointInfo, est: LLCEstimate) -> dict[str, Any]:
+    summary = {"format": FORMAT, "checkpoint": ckpt.name, "epoch": ckpt.epoch, "step": ckpt.step, **est.summary()}
+    run.write_tensors(f"llc/{ckpt.name}.safetensors", est.traces(), {"format": FORMAT, "checkpoint": ckpt.name})
+    run.write_json(f"llc/{ckpt.name}.json", summary)
+    return summary

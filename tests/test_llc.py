@@ -1,0 +1,234 @@
+"""The LLC estimator against closed forms: quadratic and polynomial potentials, reduced-rank
+regression (Aoyagi & Watanabe 2005), deep linear networks (Aoyagi 2024); invariances; seeding;
+the MALA diagnostic and the batched objective against plain per-model loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from toylens.analysis.llc import LLCSettings, Objective, estimate_llc, estimate_many
+from toylens.analysis.llc_sampler import MinibatchDraws, RowSettings, _mala_acceptance
+
+
+class Point(nn.Module):
+    """A bare parameter vector: the 'model' of a closed-form potential."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d, dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return self.w
+
+
+class Linear2(nn.Module):
+    """y = B A x: reduced-rank regression, i.e. a two-layer deep linear network."""
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor):
+        super().__init__()
+        self.A, self.B = nn.Parameter(A.clone()), nn.Parameter(B.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.A.T @ self.B.T
+
+
+def mse(model, batch):
+    x, y = batch
+    return (model(x) - y).pow(2).mean()
+
+
+def rrr_lambda(M: int, H: int, N: int, r: int) -> float:
+    """Learning coefficient of reduced-rank regression (Aoyagi & Watanabe 2005), input M, hidden
+    H, output N, true rank r; a two-layer deep linear network is the same model."""
+    if N + r <= M + H and M + r <= N + H and H + r <= M + N:
+        odd = (M + H + N + r) % 2
+        return (2 * (H + r) * (M + N) - (M - N) ** 2 - (H + r) ** 2 + odd) / 8
+    if M + H < N + r:
+        return (H * M - H * r + N * r) / 2
+    if N + H < M + r:
+        return (H * N - H * r + M * r) / 2
+    return M * N / 2
+
+
+def fitted_rrr(M: int, H: int, N: int, rank: int, n: int = 1000, seed: int = 0) -> tuple[Linear2, tuple]:
+    """Data y = T x + noise (T of the given rank) and the rank-H least-squares fit, balanced
+    between the two factors (B = U S^1/2, A = S^1/2 V^T)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, M, generator=g, dtype=torch.float64)
+    teacher = torch.zeros(N, M, dtype=torch.float64)
+    if rank:
+        teacher = torch.randn(N, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, M, generator=g, dtype=torch.float64)
+    y = x @ teacher.T + torch.randn(n, N, generator=g, dtype=torch.float64)
+    ols = torch.linalg.lstsq(x, y).solution.T  # [N, M]
+    top = torch.linalg.svd(x @ ols.T, full_matrices=False).Vh[:H].T  # best rank-H output subspace
+    u, s, vh = torch.linalg.svd(top @ top.T @ ols)
+    return Linear2(s[:H].sqrt()[:, None] * vh[:H], u[:, :H] * s[:H].sqrt()), (x, y)
+
+
+# ------------------------------------------------------------------------------ closed forms
+
+
+@pytest.mark.parametrize("gamma, expected", [(0.0, 5.013), (100.0, 2.513)])
+def test_quadratic_potential(gamma, expected):
+    # nβ·K = (nβ/2)||w||², d = 10: discrete-time SGLD has variance 1/(a(1 - εa/4)), a = nβ + γ.
+    d, nbeta, eps = 10, 100.0, 1e-4
+    exact = (d / 2) * nbeta / ((nbeta + gamma) * (1 - eps * (nbeta + gamma) / 4))
+    assert exact == pytest.approx(expected, abs=1e-3)
+    s = LLCSettings(epsilon=eps, gamma=gamma, nbeta=nbeta, chains=1000, burnin=500, draws=500)
+    est = estimate_llc(Point(d), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
+    assert est.llc == pytest.approx(exact, rel=0.03)
+    assert est.llc_se < 0.01 * exact and est.nbeta == nbeta
+
+
+def test_polynomial_potential():
+    # nβ·K = w1^4 + w2^6 at γ = 0: λ = 1/4 + 1/6 (exactly E[U] under exp(-U) for these monomials).
+    s = LLCSettings(epsilon=5e-3, gamma=0.0, nbeta=1.0, chains=1000, burnin=500, draws=1000)
+    est = estimate_llc(Point(2), lambda m, b: m()[0] ** 4 + m()[1] ** 6, None, s)
+    assert est.llc == pytest.approx(1 / 4 + 1 / 6, rel=0.10)
+
+
+RRR_SETTINGS = LLCSettings(epsilon=3e-4, gamma=1.0, batch_size=None, chains=16, burnin=500, draws=1500, mala_every=0)
+
+
+@pytest.mark.parametrize("M, H, N, expected", [(5, 3, 5, 6.5), (4, 3, 8, 6.0)])
+def test_reduced_rank_regression(M, H, N, expected):
+    assert rrr_lambda(M, H, N, 0) == expected
+    model, data = fitted_rrr(M, H, N, rank=0)
+    est = estimate_llc(model, mse, data, RRR_SETTINGS)
+    assert est.nbeta == pytest.approx(1000 / math.log(1000))
+    assert est.llc == pytest.approx(expected, rel=0.20)
+
+
+DLN_SETTINGS = LLCSettings(epsilon=3e-4, gamma=1.0, batch_size=None, chains=16, burnin=500, draws=1500, mala_every=0)
+
+
+def test_deep_linear_network_ordering():
+    # Widths [10, 10, 10]: λ = 37.5, 42, 50 for teacher rank 0, 2, 10 (Aoyagi 2024).
+    expected = {0: 37.5, 2: 42.0, 10: 50.0}
+    found = {}
+    for rank, lam in expected.items():
+        assert rrr_lambda(10, 10, 10, rank) == lam
+        model, data = fitted_rrr(10, 10, 10, rank=rank, seed=rank)
+        found[rank] = estimate_llc(model, mse, data, DLN_SETTINGS).llc
+        assert found[rank] == pytest.approx(lam, rel=0.25), found
+    assert found[0] < found[2] < found[10], found
+
+
+def test_rescaling_a_deep_linear_network():
+    # (A, B) -> (2A, B/2) computes the same function; the LLC is a property of the function's
+    # neighbourhood, so the estimate must barely move.
+    model, data = fitted_rrr(10, 10, 10, rank=2, seed=2)
+    base = estimate_llc(model, mse, data, DLN_SETTINGS).llc
+    with torch.no_grad():
+        model.A.mul_(2.0)
+        model.B.div_(2.0)
+    assert estimate_llc(model, mse, data, DLN_SETTINGS).llc == pytest.approx(base, rel=0.10)
+
+
+# ------------------------------------------------------------------------- sampler mechanics
+
+
+def test_same_seed_is_bit_identical_and_batching_keeps_random_streams():
+    model, data = fitted_rrr(4, 2, 3, rank=1, n=200)
+    s = LLCSettings(epsilon=3e-4, gamma=10.0, batch_size=32, chains=3, burnin=5, draws=20, mala_every=3, seed=7)
+    a = estimate_llc(model, mse, data, s)
+    b = estimate_llc(model, mse, data, s)
+    assert torch.equal(a.loss_trace, b.loss_trace) and torch.equal(a.accept_trace, b.accept_trace)
+    assert a.llc == b.llc
+    other = estimate_llc(model, mse, data, s.model_copy(update={"seed": 8}))
+    assert not torch.equal(a.loss_trace, other.loss_trace)
+    # Two centres sampled together: the first one sees the same minibatches and noise as alone.
+    objective = Objective(model, mse, data)
+    w0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+    w1 = {k: v * 1.1 for k, v in w0.items()}
+    together = estimate_many(objective, [w0, w1], s)
+    assert torch.allclose(together[0].loss_trace, a.loss_trace, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(together[1].loss_trace, a.loss_trace)
+
+
+def test_chains_draw_their_own_minibatches():
+    draws = MinibatchDraws(seed=0, blocks=2, chains=3, n_data=1000, batch_size=16)
+    idx = draws.indices()
+    assert idx.shape == (6, 16)
+    assert len({tuple(r.tolist()) for r in idx}) == 6
+    assert torch.equal(idx[:3], MinibatchDraws(0, 1, 3, 1000, 16).indices())  # per-block streams
+    assert MinibatchDraws(0, 1, 3, 1000, None).indices() is None  # full batch
+
+
+def test_batched_objective_matches_a_loop_over_models():
+    model, data = fitted_rrr(4, 2, 3, rank=1, n=100)
+    objective = Objective(model, mse, data)
+    gen = torch.Generator().manual_seed(1)
+    w = {k: v.detach() + 0.1 * torch.randn(3, *v.shape, generator=gen, dtype=v.dtype)
+         for k, v in model.named_parameters()}
+    idx = torch.randint(100, (3, 8), generator=gen)
+    got = objective(w, idx)
+    for r in range(3):
+        ref = Linear2(w["A"][r], w["B"][r])
+        x, y = data[0][idx[r]], data[1][idx[r]]
+        assert float(got[r]) == pytest.approx(float(mse(ref, (x, y))), rel=1e-12)
+
+
+def test_mala_acceptance_matches_brute_force():
+    # A 2-D Gaussian potential: compare with a direct float64 evaluation of the MALA ratio.
+    torch.manual_seed(0)
+    h = torch.tensor([3.0, 0.5], dtype=torch.float64)
+
+    def loss(params, idx):
+        return 0.5 * (h * params["w"].pow(2)).sum(1)
+
+    rows = RowSettings(epsilon=torch.tensor([0.05, 0.3], dtype=torch.float64),
+                       gamma=torch.tensor([2.0, 0.0], dtype=torch.float64),
+                       nbeta=torch.tensor([4.0, 4.0], dtype=torch.float64))
+    center = {"w": torch.zeros(2, 2, dtype=torch.float64)}
+    w = {"w": torch.tensor([[0.3, -0.2], [0.1, 0.4]], dtype=torch.float64)}
+    new = {"w": torch.tensor([[0.25, -0.1], [0.3, 0.2]], dtype=torch.float64)}
+
+    def U(x, g, nb):
+        return nb * 0.5 * (h * x * x).sum() + 0.5 * g * (x * x).sum()
+
+    def grad_U(x, g, nb):
+        return nb * h * x + g * x
+
+    drift = {"w": torch.stack([grad_U(w["w"][r], rows.gamma[r], rows.nbeta[r]) for r in range(2)])}
+    got = _mala_acceptance(loss, None, w, loss(w, None), drift, new, center, rows, None)
+    for r in range(2):
+        eps, g, nb = float(rows.epsilon[r]), float(rows.gamma[r]), float(rows.nbeta[r])
+        x, y = w["w"][r], new["w"][r]
+        log_q_fwd = -((y - x + eps / 2 * grad_U(x, g, nb)) ** 2).sum() / (2 * eps)
+        log_q_back = -((x - y + eps / 2 * grad_U(y, g, nb)) ** 2).sum() / (2 * eps)
+        expected = min(1.0, math.exp(U(x, g, nb) - U(y, g, nb) + log_q_back - log_q_fwd))
+        assert float(got[r]) == pytest.approx(expected, rel=1e-10)
+
+
+def test_weight_decay_term_of_the_objective():
+    model, data = fitted_rrr(4, 2, 3, rank=1, n=50)
+    plain = Objective(model, mse, data)
+    decayed = Objective(model, mse, data, weight_decay={"A": 0.3})
+    w = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in model.named_parameters()}
+    expected = plain(w, None) + 0.5 * 0.3 * model.A.detach().pow(2).sum()
+    assert torch.allclose(decayed(w, None), expected)
+    with pytest.raises(Exception, match="no parameter named"):
+        Objective(model, mse, data, weight_decay={"C": 1.0})
+
+
+def test_rmsprop_variant_on_the_quadratic():
+    # Preconditioning rescales the step per weight; the estimate must still match the closed form
+    # to within the discretisation error (a = nβ + γ is the same in every direction here).
+    s = LLCSettings(epsilon=1e-3, gamma=0.0, nbeta=100.0, chains=500, burnin=300, draws=500,
+                    precondition="rmsprop", mala_every=10)
+    est = estimate_llc(Point(10), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
+    assert est.llc == pytest.approx(5.0, rel=0.05)
+    assert 0 < est.acceptance <= 1
+
+
+def test_warnings_for_unhealthy_chains():
+    # A step far too large for the curvature diverges: the estimate says so instead of a number.
+    s = LLCSettings(epsilon=0.5, gamma=0.0, nbeta=100.0, chains=2, burnin=2, draws=10, mala_every=1)
+    est = estimate_llc(Point(3), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
+    assert "nonfinite" in est.flags or "low_acceptance" in est.flags
+    assert est.warnings and not est.healthy

@@ -1,0 +1,154 @@
+"""LLC of a run's checkpoints: the sampled objective is the training objective, results land in
+RUN/llc/ (skipped when done, resumable after an interruption), calibration, and the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from toylens.analysis import llc_run
+from toylens.analysis.llc import LLCSettings
+from toylens.analysis.llc_diagnostics import LLCEstimate
+from toylens.analysis.llc_run import calibrate, choose, llc_over_checkpoints, load_settings, read_llc, run_objective
+from toylens.run import RunDir, load
+from toylens.tasks import Batch
+from toylens.train import train
+from toylens.train.optim import decays
+from toylens.train.regularisers import L1Penalty
+
+FAST = LLCSettings(epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3, draws=8, init_batches=2, mala_every=2)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    cfg = tiny_config(train={"epochs": 2, "weight_decay": 0.1, "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 1e-3}})
+    out = tmp_path_factory.mktemp("runs")
+    return train(cfg, out, progress=False).run_dir
+
+
+def test_objective_is_the_training_objective(run_dir):
+    loaded = load(run_dir, "final")
+    cfg, task, model = loaded.config, loaded.task, loaded.model
+    objective = run_objective(model, cfg, task, LLCSettings())
+    gen = torch.Generator().manual_seed(0)
+    base = {k: v.detach() for k, v in model.named_parameters()}
+    w = {k: torch.stack([v, v + 0.01 * torch.randn(v.shape, generator=gen)]) for k, v in base.items()}
+    idx = torch.randint(len(task.splits["train"]), (2, 12), generator=gen)
+    terms = objective.terms(w, idx)
+    model.explicit_attention = False  # the reference takes the ordinary (SDPA) path
+    penalty = L1Penalty(cfg.train.l1)
+    for r in range(2):
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.copy_(w[k][r])
+            batch = task.splits["train"].batch(idx[r])
+            with model.hooks(penalty.fwd_hooks):
+                logits = model(batch.tokens)
+            assert float(terms["loss"][r]) == pytest.approx(float(task.loss(logits, batch)), rel=1e-5)
+            assert float(terms["l1"][r]) == pytest.approx(float(penalty.take()), rel=1e-5)
+            decay = sum(p.pow(2).sum() for k, p in model.named_parameters() if decays(k, cfg.train.weight_decay_on))
+            assert float(terms["weight_decay"][r]) == pytest.approx(0.5 * 0.1 * float(decay), rel=1e-5)
+    off = run_objective(model, cfg, task, LLCSettings(l1=False, weight_decay=0.0)).terms(w, idx)
+    assert set(off) == {"loss"}
+
+
+def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):
+    run = RunDir(run_dir)
+    results = llc_over_checkpoints(run, settings=FAST, progress=False, group=2)
+    names = [c.name for c in run.checkpoints()]
+    assert list(results) == names == ["epoch-0000", "epoch-0001", "epoch-0002"]
+    for name, r in results.items():
+        assert r["checkpoint"] == name and r["settings"]["chains"] == 2 and r["settings"]["weight_decay"] == 0.1
+        assert r["nbeta"] == pytest.approx(16 / torch.log(torch.tensor(16.0)).item())
+        traces, _ = run.read_tensors(f"llc/{name}.safetensors")
+        assert traces["loss"].shape == (2, FAST.steps) and traces["accept"].shape == (2, 6)
+        assert isinstance(r["llc"], float) and r["train_loss"] > 0 and isinstance(r["warnings"], list)
+    assert [r["checkpoint"] for r in read_llc(run)] == names
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished checkpoint was estimated again")
+
+    monkeypatch.setattr(llc_run, "estimate_many", fail)
+    assert llc_over_checkpoints(run, settings=FAST, progress=False) == results
+    monkeypatch.undo()
+
+    # Interrupted after the first of two groups: the first checkpoint's result survives.
+    run.remove("llc/epoch-0001.json")
+    run.remove("llc/epoch-0002.json")
+    real, calls = llc_run.estimate_many, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llc_run, "estimate_many", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        llc_over_checkpoints(run, settings=FAST, progress=False, group=1)
+    assert run.has("llc/epoch-0001.json") and not run.has("llc/epoch-0002.json")
+    monkeypatch.undo()
+    again = llc_over_checkpoints(run, settings=FAST, progress=False, group=1)
+    assert again["epoch-0002"]["llc"] == pytest.approx(results["epoch-0002"]["llc"], rel=1e-4)
+    # Other settings: estimated again.
+    changed = llc_over_checkpoints(run, "2", settings=FAST.model_copy(update={"chains": 3}), progress=False)
+    assert len(changed["epoch-0002"]["llc_chains"]) == 3
+
+
+def _fake(eps: float, gamma: float, flags: list[str]) -> LLCEstimate:
+    empty = torch.zeros(1, 1)
+    return LLCEstimate(llc=1.0, llc_std=0.1, llc_se=0.1, llc_chains=[1.0], llc_half=1.0, rel_change=0.0,
+                       converged=True, init_loss=0.1, train_loss=0.1, nbeta=10.0, epsilon=eps, gamma=gamma,
+                       acceptance=0.9, frac_below_init=0.0, drift=0.0, warnings=list(flags), flags=flags,
+                       loss_trace=empty, accept_trace=empty)
+
+
+def test_choose_prefers_the_largest_usable_step_at_the_smallest_gamma():
+    grid = [_fake(1e-5, 100.0, ["high_acceptance"]), _fake(1e-4, 100.0, []), _fake(1e-3, 100.0, ["low_acceptance"]),
+            _fake(1e-3, 1000.0, []), _fake(1e-2, 1000.0, ["nonfinite"])]
+    assert choose(grid) == 1
+    assert choose([_fake(1e-4, 100.0, ["drift"]), _fake(1e-4, 1000.0, ["high_acceptance"])]) == 1
+    assert choose([_fake(1e-4, 100.0, ["negative"])]) is None
+
+
+def test_calibrate_writes_the_sweep_and_the_pick(run_dir):
+    run = RunDir(run_dir)
+    cal = calibrate(run, "final", epsilons=[1e-5, 1e-4, 10.0], gammas=[100.0], settings=FAST, progress=False)
+    assert len(cal.estimates) == 3 and [e.epsilon for e in cal.estimates] == [1e-5, 1e-4, 10.0]
+    stored = run.read_json("llc/calibration.json")
+    assert stored["checkpoint"] == "epoch-0002" and len(stored["grid"]) == 3
+    assert not stored["grid"][2]["usable"]  # a step of 10 diverges
+    traces, _ = run.read_tensors("llc/calibration.safetensors")
+    assert traces["loss.0"].shape == (2, FAST.steps)
+    if cal.chosen is None:
+        assert not run.has("llc/settings.json")
+    else:
+        assert load_settings(run).epsilon == cal.estimates[cal.chosen].epsilon
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "toylens.cli", *args], capture_output=True, text=True)
+
+
+FAST_SET = ["--set", "chains=2", "--set", "draws=4", "--set", "burnin=2", "--set", "batch_size=8",
+            "--set", "init_batches=1", "--no-progress"]
+
+
+def test_cli_llc_and_calibrate(run_dir, tmp_path):
+    proc = cli("llc", str(run_dir), "--checkpoints", "0,2", "--set", "seed=3", *FAST_SET)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch-0000" in proc.stdout and "epoch-0002" in proc.stdout and "epoch-0001" not in proc.stdout
+    proc = cli("llc", "calibrate", str(run_dir), "--epsilons", "1e-5,1e-4", "--gammas", "100", "--no-write", *FAST_SET)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "calibration on epoch-0002" in proc.stdout and "1e-05" in proc.stdout
+    bad = cli("llc", str(run_dir), "--checkpoints", "9", *FAST_SET)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --checkpoints") and len(bad.stderr.splitlines()) == 1
+    bad = cli("llc", str(run_dir), "--set", "chains=0")
+    assert bad.returncode == 2 and "chains" in bad.stderr
+    bad = cli("llc", str(tmp_path / "nope"))
+    assert bad.returncode == 2 and "not found" in bad.stderr
+    assert cli("llc", "--help").returncode == 0 and cli("llc", "estimate", "--help").returncode == 0
