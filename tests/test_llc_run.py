@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory):
 def test_objective_is_the_training_objective(run_dir):
     loaded = load(run_dir, "final")
     cfg, task, model = loaded.config, loaded.task, loaded.model
-    objective = run_objective(model, cfg, task, LLCSettings())
+    objective = run_objective(model, cfg, task, LLCSettings(weight_decay=None))  # the run's own decay
     gen = torch.Generator().manual_seed(0)
     base = {k: v.detach() for k, v in model.named_parameters()}
     w = {k: torch.stack([v, v + 0.01 * torch.randn(v.shape, generator=gen)]) for k, v in base.items()}
@@ -62,7 +62,7 @@ def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):
     names = [c.name for c in run.checkpoints()]
     assert list(results) == names == ["epoch-0000", "epoch-0001", "epoch-0002"]
     for name, r in results.items():
-        assert r["checkpoint"] == name and r["settings"]["chains"] == 2 and r["settings"]["weight_decay"] == 0.1
+        assert r["checkpoint"] == name and r["settings"]["chains"] == 2 and r["settings"]["weight_decay"] == 0.0
         assert r["nbeta"] == pytest.approx(16 / torch.log(torch.tensor(16.0)).item())
         traces, _ = run.read_tensors(f"llc/{name}.safetensors")
         assert traces["loss"].shape == (2, FAST.steps) and traces["accept"].shape == (2, 6)
@@ -99,25 +99,27 @@ def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):
     assert len(changed["epoch-0002"]["llc_chains"]) == 3
 
 
-def _fake(eps: float, gamma: float, flags: list[str]) -> LLCEstimate:
+def _fake(eps: float, gamma: float, flags: list[str], llc: float = 1.0) -> LLCEstimate:
     empty = torch.zeros(1, 1)
-    return LLCEstimate(llc=1.0, llc_std=0.1, llc_se=0.1, llc_chains=[1.0], llc_half=1.0, rel_change=0.0,
+    return LLCEstimate(llc=llc, llc_std=0.1, llc_se=0.1, llc_chains=[llc], llc_half=llc, rel_change=0.0,
                        converged=True, init_loss=0.1, train_loss=0.1, nbeta=10.0, epsilon=eps, gamma=gamma,
                        acceptance=0.9, frac_below_init=0.0, drift=0.0, warnings=list(flags), flags=flags,
                        loss_trace=empty, accept_trace=empty)
 
 
-def test_choose_prefers_the_largest_usable_step_at_the_smallest_gamma():
-    grid = [_fake(1e-5, 100.0, ["high_acceptance"]), _fake(1e-4, 100.0, []), _fake(1e-3, 100.0, ["low_acceptance"]),
-            _fake(1e-3, 1000.0, []), _fake(1e-2, 1000.0, ["nonfinite"])]
-    assert choose(grid) == 1
+def test_choose_the_largest_step_on_the_plateau_at_the_smallest_gamma():
+    grid = [_fake(1e-5, 100.0, ["high_acceptance"], 10.0), _fake(1e-4, 100.0, [], 10.5), _fake(3e-4, 100.0, [], 10.9),
+            _fake(1e-3, 100.0, [], 13.0), _fake(3e-3, 100.0, ["low_acceptance"]), _fake(1e-3, 1000.0, [])]
+    assert choose(grid) == 2  # 1e-3 moved λ̂ by 19%: the step-size error shows
     assert choose([_fake(1e-4, 100.0, ["drift"]), _fake(1e-4, 1000.0, ["high_acceptance"])]) == 1
+    assert choose([_fake(1e-4, 100.0, [], 5.0), _fake(1e-3, 100.0, [], 9.0)]) == 0  # no plateau: the smallest
     assert choose([_fake(1e-4, 100.0, ["negative"])]) is None
 
 
 def test_calibrate_writes_the_sweep_and_the_pick(run_dir):
     run = RunDir(run_dir)
     cal = calibrate(run, "final", epsilons=[1e-5, 1e-4, 10.0], gammas=[100.0], settings=FAST, progress=False)
+    assert cal.chosen in (None, 0, 1)
     assert len(cal.estimates) == 3 and [e.epsilon for e in cal.estimates] == [1e-5, 1e-4, 10.0]
     stored = run.read_json("llc/calibration.json")
     assert stored["checkpoint"] == "epoch-0002" and len(stored["grid"]) == 3

@@ -157,8 +157,8 @@ def llc_estimate(
 def llc_calibrate(
     run: Path = typer.Argument(..., help="Run directory."),
     checkpoint: str = typer.Option("final", "--checkpoint", help="Checkpoint to calibrate on: final, an epoch, or a name."),
-    epsilons: str = typer.Option("1e-5,3e-5,1e-4,3e-4,1e-3", "--epsilons", help="Step sizes to try (comma-separated)."),
-    gammas: str = typer.Option("100,1000", "--gammas", help="Localisation strengths to try (comma-separated)."),
+    epsilons: str = typer.Option("1e-4,3e-4,1e-3,3e-3", "--epsilons", help="Step sizes to try (comma-separated)."),
+    gammas: str = typer.Option("300,1000", "--gammas", help="Localisation strengths to try (comma-separated)."),
     set_: Optional[List[str]] = LLCSetOption,
     device: str = DeviceOption,
     write: bool = typer.Option(True, "--write/--no-write", help="Write the sweep and the chosen settings into RUN/llc/."),

@@ -60,23 +60,29 @@ class LLCSettings(Section):
     """Minibatch size m per chain per step (null: the whole training data every step)."""
     chains: int = Field(4, ge=1)
     """Independent chains per estimate."""
-    draws: int = Field(200, ge=2)
+    draws: int = Field(100, ge=2)
     """Draws kept per chain after burn-in (the convergence check compares the first half with all)."""
-    burnin: int = Field(100, ge=0)
+    burnin: int = Field(50, ge=0)
     """SGLD steps discarded before the first draw."""
     thin: int = Field(1, ge=1)
     """SGLD steps between kept draws."""
     precondition: Literal["none", "rmsprop"] = "none"
-    """Plain SGLD, or RMSProp-preconditioned SGLD (per-weight step ε / (sqrt(V) + δ))."""
+    """Plain SGLD, or RMSProp-preconditioned SGLD (per-weight step ε / (sqrt(V) + δ), V adapted
+    from the squared drift in the first half of the burn-in, then frozen so that the chain has
+    the second half to settle under a fixed preconditioner before the draws)."""
     rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
     """Decay of the running mean V of the squared drift (rmsprop only)."""
-    rmsprop_delta: float = Field(1e-5, gt=0)
-    """δ in the RMSProp preconditioner 1 / (sqrt(V) + δ)."""
-    weight_decay: float | None = Field(None, ge=0)
-    """Coefficient c of the (c/2)·||w||² term in the sampled objective, on the run's decayed
-    parameters (null: the run's train.weight_decay; the generic API uses its own argument)."""
+    rmsprop_delta: float = Field(0.1, gt=0)
+    """δ in the RMSProp preconditioner 1 / (sqrt(V) + δ); it caps the per-weight step at ε/δ,
+    which matters at w* where the drift, and so V, starts near zero."""
+    weight_decay: float | None = Field(0.0, ge=0)
+    """Coefficient c of a (c/2)·||w||² term added to the sampled objective on the run's decayed
+    parameters (null: the run's train.weight_decay). Off by default: AdamW's decoupled decay is
+    not this term (its stationary point balances the decay against Adam-scaled gradients), and the
+    term adds curvature nβ·c to every decayed weight, which swamps λ̂ (see README)."""
     l1: bool = True
-    """Include the run's L1 activation penalty (train.l1) in the sampled objective."""
+    """Include the run's L1 activation penalty (train.l1) in the sampled objective (it is part of
+    the loss the optimiser minimised, so w* is closer to a stationary point with it)."""
     init_batches: int = Field(32, ge=1)
     """Minibatches averaged for L(w*) (the whole training data when that is smaller)."""
     mala_every: int = Field(10, ge=0)
@@ -204,7 +210,7 @@ def estimate_many(
     run = run_sgld(
         objective, {k: v.repeat_interleave(chains, 0) for k, v in stacked.items()}, rows, draws,
         steps=settings.steps, precondition=settings.precondition, rmsprop_alpha=settings.rmsprop_alpha,
-        rmsprop_delta=settings.rmsprop_delta, mala_every=settings.mala_every, progress=progress,
+        rmsprop_delta=settings.rmsprop_delta, adapt_steps=settings.burnin // 2, mala_every=settings.mala_every, progress=progress,
     )
     wall = (time.perf_counter() - start) / len(points)
     out = []

@@ -27,7 +27,7 @@ from torch import Tensor
 log = logging.getLogger("toylens")
 
 CONVERGENCE_TOLERANCE = 0.05
-ACCEPTANCE_LOW = 0.5
+ACCEPTANCE_LOW = 0.25
 ACCEPTANCE_HIGH = 0.999
 DRIFT_RELATIVE = 0.1
 DRIFT_SIGNIFICANCE = 3.0

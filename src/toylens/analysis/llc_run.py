@@ -5,10 +5,11 @@
     results = llc_over_checkpoints("runs/sort-no-decay")   # {checkpoint: summary dict}
 
 or `toylens llc calibrate RUN` then `toylens llc RUN`. The sampled objective is the run's own
-training objective on its training split: the task loss, plus (by default) its L1 activation
-penalty (`train.l1`) and its weight decay, (c/2)·||w||² with c = `train.weight_decay` on the
-parameters it decays (`train.weight_decay_on`): at a trained w* the task-loss gradient is
-balanced by these terms, so without them w* is not a minimum and chains slide downhill.
+training objective on its training split: the task loss plus (by default) its L1 activation
+penalty (`train.l1`). The weight decay can be added as (c/2)·||w||² on the parameters the run
+decays (`--set weight_decay=null` takes c = `train.weight_decay`); it is off by default because
+that term gives every decayed weight curvature nβ·c, which swamps λ̂ (on sort-high-decay: λ̂ ≈ 920
+with it, 7.9 without), while without it the localised chains show no drift below L(w*).
 
 Files, all under RUN/llc/ and written atomically through `RunDir` (checksummed in the run's
 manifest); a report reads only these:
@@ -55,9 +56,10 @@ from toylens.train.regularisers import L1Penalty
 log = logging.getLogger("toylens")
 
 FORMAT = "toylens-llc/1"
-DEFAULT_EPSILONS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
-DEFAULT_GAMMAS = (100.0, 1000.0)
+DEFAULT_EPSILONS = (1e-4, 3e-4, 1e-3, 3e-3)
+DEFAULT_GAMMAS = (300.0, 1000.0)
 # Flags that rule a setting out in calibration; "high_acceptance" only says the step could be larger.
+PLATEAU = 0.1  # λ̂ may move this much between neighbouring step sizes in the chosen range
 DISQUALIFYING = {"nonfinite", "negative", "low_acceptance", "drift", "below_init", "not_converged"}
 
 
@@ -181,8 +183,9 @@ def calibrate(
 ) -> Calibration:
     """Sweep epsilon x gamma on one checkpoint (all settings sampled together) and pick one.
 
-    The pick: among settings whose traces are usable (finite, λ̂ > 0, flat, converged, MALA
-    acceptance >= 0.5), the largest epsilon at the smallest gamma that has one. With `write`,
+    Usable settings have finite, flat, converged traces, λ̂ > 0 and MALA acceptance not near 0;
+    the pick is the largest usable epsilon that still agrees with the next smaller one (see
+    `choose`), at the smallest gamma that has a usable setting. With `write`,
     the sweep goes to RUN/llc/calibration.* and the pick to RUN/llc/settings.json.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -211,13 +214,24 @@ def usable(est: LLCEstimate) -> bool:
     return not DISQUALIFYING & set(est.flags)
 
 
-def choose(estimates: Sequence[LLCEstimate]) -> int | None:
-    """Index of the largest usable epsilon at the smallest gamma with one (None if none is usable)."""
+def choose(estimates: Sequence[LLCEstimate], plateau: float = PLATEAU) -> int | None:
+    """The pick of a calibration sweep (None if no setting is usable).
+
+    At the smallest gamma with a usable setting: the largest usable epsilon whose λ̂ is within
+    `plateau` of the λ̂ at the next smaller usable epsilon (a larger step mixes faster, until the
+    step-size error starts to move λ̂); failing that, the smallest usable epsilon.
+    """
     ok = [i for i, e in enumerate(estimates) if usable(e)]
     if not ok:
         return None
     gamma = min(estimates[i].gamma for i in ok)
-    return max((i for i in ok if estimates[i].gamma == gamma), key=lambda i: estimates[i].epsilon)
+    steps = sorted((i for i in ok if estimates[i].gamma == gamma), key=lambda i: estimates[i].epsilon)
+    best = steps[0]
+    for smaller, larger in zip(steps, steps[1:]):
+        before, after = estimates[smaller].llc, estimates[larger].llc
+        if abs(after - before) <= plateau * abs(before):
+            best = larger
+    return best
 
 
 def read_llc(run: str | Path | RunDir) -> list[dict[str, Any]]:

@@ -14,7 +14,8 @@ The sampled density of row r is
 
 where L is the per-chain minibatch loss returned by `BatchedLoss` (the training objective: task
 loss, and optionally the weight-decay and L1 terms). One step, with P = 1 (plain SGLD) or the
-RMSProp preconditioner P = 1 / (sqrt(V) + δ), V a running mean of the squared drift:
+RMSProp preconditioner P = 1 / (sqrt(V) + δ), V a running mean of the squared drift over the
+first `adapt_steps` steps, then frozen:
 
     w' = w - (ε/2)·P·∇U(w) + sqrt(ε·P)·ξ,   ξ ~ N(0, I)
 
@@ -91,7 +92,8 @@ def run_sgld(
     steps: int,
     precondition: str = "none",
     rmsprop_alpha: float = 0.99,
-    rmsprop_delta: float = 1e-5,
+    rmsprop_delta: float = 0.1,
+    adapt_steps: int = 0,
     mala_every: int = 10,
     progress: bool = False,
     desc: str = "llc",
@@ -108,7 +110,7 @@ def run_sgld(
         loss, grad = loss_and_grad(loss_fn, w, idx)
         loss_trace[:, step] = loss.double().cpu()
         drift = _drift(grad, w, center, rows)
-        precond = _precondition(v_sq, drift, rmsprop_alpha, rmsprop_delta, step)
+        precond = _precondition(v_sq, drift, rmsprop_alpha, rmsprop_delta, step, adapt=step < max(adapt_steps, 1))
         noise = draws.noise(w)
         proposal = {}
         for k in w:
@@ -144,15 +146,21 @@ def _drift(grad: Params, w: Params, center: Params, rows: RowSettings) -> Params
     return {k: _col(rows.nbeta, g) * g + _col(rows.gamma, g) * (w[k] - center[k]) for k, g in grad.items()}
 
 
-def _precondition(v_sq: Params | None, drift: Params, alpha: float, delta: float, step: int) -> Params | None:
-    """RMSProp preconditioner from the running mean of the squared drift (None without)."""
+def _precondition(v_sq: Params | None, drift: Params, alpha: float, delta: float, step: int,
+                  adapt: bool) -> Params | None:
+    """RMSProp preconditioner from the running mean of the squared drift (None without).
+
+    It adapts only while `adapt` (the burn-in) and is frozen after: a preconditioner that keeps
+    following the chain correlates with its position and biases the stationary distribution;
+    a fixed one leaves it exact (up to the step-size error).
+    """
     if v_sq is None:
         return None
     out = {}
     for k, d in drift.items():
-        if step == 0:  # start from the first gradient, not from zero (which would blow up the step)
+        if step == 0:  # start from the first drift, not from zero (which would blow up the step)
             v_sq[k].copy_(d * d)
-        else:
+        elif adapt:
             v_sq[k].mul_(alpha).addcmul_(d, d, value=1 - alpha)
         out[k] = 1.0 / (v_sq[k].sqrt() + delta)
     return out
