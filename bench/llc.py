@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from toylens.analysis.llc import LLCSettings, estimate_many
 from toylens.analysis.llc_run import _weights, run_objective, select_checkpoints
+from toylens.analysis.llc_sampler import reuse_freed_memory
 from toylens.run import RunDir, load
 from toylens.tasks import Batch
 from toylens.train.regularisers import L1Penalty
@@ -76,11 +77,14 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=LLCSettings().draws)
     ap.add_argument("--burnin", type=int, default=LLCSettings().burnin)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--mala-every", type=int, default=LLCSettings().mala_every,
+                    help="toylens's MALA diagnostic (devinterp computes none); 0 for the same work")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # process-wide: devinterp gets the same malloc behaviour
     run = RunDir(args.run)
     s = LLCSettings(epsilon=args.epsilon, gamma=args.gamma, batch_size=args.batch_size, chains=args.chains,
-                    draws=args.draws, burnin=args.burnin, weight_decay=0.0)
+                    draws=args.draws, burnin=args.burnin, weight_decay=0.0, mala_every=args.mala_every)
     ckpts = select_checkpoints(run, args.checkpoints)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
           f"{len(ckpts)} checkpoint(s) of {run.path}; eps={s.epsilon:g} gamma={s.gamma:g} m={s.batch_size} "
@@ -90,13 +94,13 @@ def main() -> None:
     if loaded.config.train.weight_decay:
         print("# note: the run has weight decay; both tools sample without it here")
     objective = run_objective(loaded.model, loaded.config, loaded.task, s)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     ours = estimate_many(objective, [_weights(run, c, objective) for c in ckpts], s)
-    t_ours = time.perf_counter() - start
+    t_ours, c_ours = time.perf_counter() - start, time.process_time() - cpu
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     theirs = [devinterp_llc(run, c, s, e.nbeta, e.init_loss) for c, e in zip(ckpts, ours)]
-    t_theirs = time.perf_counter() - start
+    t_theirs, c_theirs = time.perf_counter() - start, time.process_time() - cpu
 
     agree = 0
     print(f"{'checkpoint':12s} {'toylens':>16s} {'devinterp':>16s}  agree")
@@ -105,7 +109,9 @@ def main() -> None:
         agree += ok
         print(f"{c.name:12s} {a.llc:9.3f} ± {a.llc_se:5.3f} {b['llc']:9.3f} ± {b['se']:5.3f}  {'yes' if ok else 'NO'}")
     print(f"agree within 2 combined standard errors: {agree}/{len(ckpts)}")
-    print(f"time: toylens {t_ours:.1f}s, devinterp {t_theirs:.1f}s, ratio {t_theirs / t_ours:.1f}x")
+    print(f"wall time: toylens {t_ours:.1f}s, devinterp {t_theirs:.1f}s, ratio {t_theirs / t_ours:.2f}x")
+    print(f"CPU time:  toylens {c_ours:.1f}s, devinterp {c_theirs:.1f}s, ratio {c_theirs / c_ours:.2f}x "
+          "(process CPU seconds, all threads: steadier than wall time on a shared machine)")
 
 
 if __name__ == "__main__":

@@ -260,3 +260,11 @@ def test_warnings_for_unhealthy_chains():
     est = estimate_llc(Point(3), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
     assert "nonfinite" in est.flags or "low_acceptance" in est.flags
     assert est.warnings and not est.healthy
+
+
+def test_reuse_freed_memory_on_glibc():
+    import platform
+
+    from toylens.analysis.llc_sampler import reuse_freed_memory
+
+    assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")
