@@ -13,7 +13,8 @@ from conftest import tiny_config
 from toylens.analysis import llc_run
 from toylens.analysis.llc import LLCSettings
 from toylens.analysis.llc_diagnostics import LLCEstimate
-from toylens.analysis.llc_run import calibrate, choose, llc_over_checkpoints, load_settings, read_llc, run_objective
+from toylens.analysis.llc_run import (calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc,
+                                      run_objective)
 from toylens.run import RunDir, load
 from toylens.tasks import Batch
 from toylens.train import train
@@ -68,6 +69,9 @@ def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):
         assert traces["loss"].shape == (2, FAST.steps) and traces["accept"].shape == (2, 6)
         assert isinstance(r["llc"], float) and r["train_loss"] > 0 and isinstance(r["warnings"], list)
     assert [r["checkpoint"] for r in read_llc(run)] == names
+    # The same estimate in memory from a loaded checkpoint.
+    alone = estimate_loaded(load(run_dir, "epoch-0002"), FAST)
+    assert alone.llc == pytest.approx(results["epoch-0002"]["llc"], rel=1e-4)
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished checkpoint was estimated again")

@@ -5,7 +5,10 @@
 computed per chain, then averaged over chains. Each estimate carries:
 
 - `llc_std` (spread across chains) and `llc_se` (standard error of the mean over chains);
-- `acceptance`: mean MALA acceptance probability of the SGLD proposals that were scored;
+- `acceptance`: mean MALA acceptance probability of the SGLD proposals that were scored. Near 1:
+  almost exact steps. Along an unadjusted chain at its own equilibrium the log acceptance ratio
+  is symmetric about 0, so the mean cannot fall much below 0.5 (reached when the steps are far
+  from MALA-exact); well below 0.5 means the chain is not in equilibrium;
 - `frac_below_init`: fraction of draws whose minibatch loss is below L(w*);
 - the convergence check: λ̂ from the first half of the draws against λ̂ from all of them
   (the effect of doubling the draws); `converged` when it moves by at most 5%;

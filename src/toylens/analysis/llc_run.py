@@ -1,8 +1,9 @@
 """The LLC of every checkpoint of a run, calibration of the sampler, and the files they leave.
 
-    from toylens.analysis.llc_run import calibrate, llc_over_checkpoints
+    from toylens.analysis.llc_run import calibrate, estimate_loaded, llc_over_checkpoints
     cal = calibrate("runs/sort-no-decay")                  # sweeps epsilon x gamma on "final"
     results = llc_over_checkpoints("runs/sort-no-decay")   # {checkpoint: summary dict}
+    est = estimate_loaded(toylens.load("runs/sort-no-decay", 3))   # one checkpoint, in memory
 
 or `toylens llc calibrate RUN` then `toylens llc RUN`. The sampled objective is the run's own
 training objective on its training split: the task loss plus (by default) its L1 activation
@@ -49,7 +50,7 @@ from toylens.analysis.llc_sampler import reuse_freed_memory
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
 from toylens.model import Transformer
-from toylens.run import CheckpointInfo, RunDir, load
+from toylens.run import CheckpointInfo, Loaded, RunDir, load
 from toylens.tasks import Batch, Task
 from toylens.train.optim import decays
 from toylens.train.regularisers import L1Penalty
@@ -65,7 +66,8 @@ DISQUALIFYING = {"nonfinite", "negative", "low_acceptance", "drift", "below_init
 
 
 def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCSettings) -> Objective:
-    """The run's training objective (task loss + L1 + weight decay, as settings say) on its train split."""
+    """The run's training objective (task loss + L1 + weight decay, as settings say) on its train
+    split. Switches `model` to the explicit attention path (same outputs), which vmap needs."""
     wd = cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay
     decay = {n: wd for n, _ in model.named_parameters() if decays(n, cfg.train.weight_decay_on)} if wd else {}
     penalty = L1Penalty(cfg.train.l1) if settings.l1 else None
@@ -80,6 +82,14 @@ def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCS
         return {"loss": task.loss(logits, Batch(tokens, targets)), "l1": penalty.take()}
 
     return Objective(model, loss_fn, task.splits[task.train_split], decay)
+
+
+def estimate_loaded(loaded: Loaded, settings: LLCSettings | None = None, *, progress: bool = False) -> LLCEstimate:
+    """The LLC of one loaded checkpoint (`toylens.load(run, checkpoint)`), nothing written."""
+    settings = settings or (load_settings(loaded.run) if loaded.run is not None else LLCSettings())
+    objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
+    center = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    return estimate_many(objective, [center], settings, progress=progress)[0]
 
 
 def load_settings(run: RunDir, overrides: dict[str, Any] | None = None) -> LLCSettings:
