@@ -198,7 +198,7 @@ def test_batched_objective_matches_a_loop_over_models():
     for r in range(3):
         ref = Linear2(w["A"][r], w["B"][r])
         x, y = data[0][idx[r]], data[1][idx[r]]
-        assert float(got[r]) == pytest.approx(float(mse(ref, (x, y))), rel=1e-12)
+        assert float(got[r]) == pytest.approx(float(mse(ref, (x, y)).detach()), rel=1e-12)
 
 
 def test_mala_acceptance_matches_brute_force():
