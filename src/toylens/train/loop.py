@@ -72,7 +72,7 @@ def train(
     group = process_group(device)  # joins the torchrun process group when WORLD_SIZE > 1
     try:
         path = Path(out) / cfg.name
-        group.on_main(lambda: _prepare_run_dir(path, cfg, resume, overwrite))
+        group.on_main(lambda: prepare_run_dir(path, cfg, resume, overwrite))
         run = RunDir(path)
         (done,) = group.broadcast_ints([int(group.is_main and run.has("summary.json"))])
         if done:
@@ -256,7 +256,8 @@ def log_spaced_steps(count: int, total_steps: int) -> set[int]:
     return {int(round(float(p))) for p in points}
 
 
-def _prepare_run_dir(path: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> RunDir:
+def prepare_run_dir(path: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> RunDir:
+    """The run directory for cfg: new, or an existing one when resuming (same config), or wiped."""
     run = RunDir(path)
     if run.exists() or (path.exists() and any(path.iterdir())):
         if overwrite:
