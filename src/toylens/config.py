@@ -202,7 +202,7 @@ class RunConfig(Section):
         valid = hook_names(self.model)
         for name in self.train.l1.hooks:
             if name not in valid:
-                raise ValueError(f"train.l1.hooks: no hook named {name!r} in this model{_suggest(name, valid)}")
+                raise ValueError(f"train.l1.hooks: no hook named {name!r} in this model{suggest(name, valid)}")
         return self
 
     def resolved(self, d_vocab: int, d_vocab_out: int, n_ctx: int) -> RunConfig:
@@ -323,7 +323,7 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
     typ, msg = first["type"], first["msg"]
     if typ == "extra_forbidden":
         valid = list(parent.model_fields) if parent else []
-        text = f"{field}: unknown key{_suggest(field.rsplit('.', 1)[-1], valid)}"
+        text = f"{field}: unknown key{suggest(field.rsplit('.', 1)[-1], valid)}"
     elif typ == "missing":
         text = f"{field}: required field is missing"
     else:
@@ -385,7 +385,8 @@ def _union_member(model: Any, tag: Any) -> type[BaseModel] | None:
     return None
 
 
-def _suggest(word: str, valid: Iterable[str]) -> str:
+def suggest(word: str, valid: Iterable[str]) -> str:
+    """" (did you mean ...?)" with the closest valid name, or "" when none is close."""
     close = difflib.get_close_matches(word, list(valid), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
