@@ -14,9 +14,6 @@ from toylens.run import RunDir
 from toylens.train.callbacks import TrainCallback
 from toylens.train.ensemble import train_ensemble
 
-pytest.importorskip("wandb", reason="wandb is in the dev extra")
-
-
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
