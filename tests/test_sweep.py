@@ -150,3 +150,18 @@ def test_failing_member_does_not_stop_the_others_and_rerun_trains_only_what_is_m
     assert rows[failing.name]["status"] == "failed"
     assert all((out / "sw" / name / "summary.json").read_bytes() == data for name, data in done_files.items())
     assert len(wandb_run(result.sweep_dir)[fresh.name]) == 1  # nothing retrained
+
+
+def test_shipped_sweep_specs_expand():
+    from pathlib import Path
+
+    specs = sorted((Path(__file__).parents[1] / "configs" / "sweeps").glob("*.yaml"))
+    assert specs
+    for path in specs:
+        members = members_of(path)
+        assert members and len({m.name for m in members}) == len(members)
+    wd = members_of(Path(__file__).parents[1] / "configs" / "sweeps" / "sort-weight-decay.yaml")
+    assert len(wd) == 15 and {m.config.train.weight_decay for m in wd} == {0.0, 0.03, 0.1, 0.3, 1.0}
+    from toylens.train.ensemble import ensemble_key
+
+    assert len({ensemble_key(m.config) for m in wd}) == 1  # one ensemble on a GPU
