@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import wandb
 
 from conftest import tiny_config, wandb_run
 from toylens import train
@@ -36,6 +37,7 @@ def test_offline_run_logs_config_and_every_epoch_and_resumes_the_same_run(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path, progress=False, callbacks=[WandbLogger("proj", group="g", dir=offline), Interrupt()])
     train(cfg, tmp_path, resume=True, progress=False, callbacks=[WandbLogger("proj", group="g", dir=offline)])
+    wandb.teardown()  # W&B's service writes run files asynchronously; this waits for them
     rows = RunDir(tmp_path / "tiny").read_jsonl("metrics.jsonl")
     runs = wandb_run(offline)["tiny"]
     assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"] == json.loads((tmp_path / "tiny" / "wandb.json").read_text())["id"]
@@ -54,6 +56,7 @@ def test_ensemble_members_get_one_wandb_run_each(tmp_path, offline):
 
     cfgs = [tiny_config(name=n, seed=s, train={"epochs": 1, "lr": lr}) for n, s, lr in [("p", 0, 0.003), ("q", 1, 0.01)]]
     train_ensemble(cfgs, tmp_path, progress=False, callbacks=lambda c: [WandbLogger("proj", group="ens", dir=offline)])
+    wandb.teardown()
     runs = wandb_run(offline)
     for cfg in cfgs:
         (run,) = runs[cfg.name]

@@ -234,7 +234,7 @@ class RunConfig(Section):
         valid = hook_names(self.model)
         for name in self.train.l1.hooks:
             if name not in valid:
-                raise ValueError(f"train.l1.hooks: no hook named {name!r} in this model{suggest(name, valid)}")
+                raise ValueError(f"train.l1.hooks: no hook named {name!r} in this model{_suggest(name, valid)}")
         return self
 
     def resolved(self, d_vocab: int, d_vocab_out: int, n_ctx: int) -> RunConfig:
@@ -337,8 +337,8 @@ def field_paths(model: type[BaseModel] = RunConfig, prefix: str = "") -> set[str
     for name, info in model.model_fields.items():
         paths.add(prefix + name)
         sub = _section_type(info.annotation)
-        if sub is not None:
-            paths |= field_paths(sub, f"{prefix}{name}.")  # type: ignore[arg-type]
+        for member in sub.members if isinstance(sub, _UnionSection) else [sub] if sub is not None else []:
+            paths |= field_paths(member, f"{prefix}{name}.")
     return paths
 
 
@@ -360,7 +360,7 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
     typ, msg = first["type"], first["msg"]
     if typ == "extra_forbidden":
         valid = list(parent.model_fields) if parent else []
-        text = f"{field}: unknown key{suggest(field.rsplit('.', 1)[-1], valid)}"
+        text = f"{field}: unknown key{_suggest(field.rsplit('.', 1)[-1], valid)}"
     elif typ == "missing":
         text = f"{field}: required field is missing"
     elif typ in ("union_tag_invalid", "union_tag_not_found"):  # the `name` that picks a section
@@ -429,8 +429,7 @@ def _union_member(model: Any, tag: Any) -> type[BaseModel] | None:
     return None
 
 
-def suggest(word: str, valid: Iterable[str]) -> str:
-    """" (did you mean ...?)" with the closest valid name, or "" when none is close."""
+def _suggest(word: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(valid), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

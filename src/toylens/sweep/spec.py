@@ -33,7 +33,8 @@ import numpy as np
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from toylens.config import RunConfig, Section, suggest, field_paths, format_validation_error, set_field, validate_config
+from toylens.config import RunConfig, Section, field_paths, format_validation_error, set_field, validate_config
+from toylens.config import _suggest as suggest  # the "(did you mean ...?)" of config errors
 from toylens.errors import ToylensError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
