@@ -107,18 +107,25 @@ def main() -> None:
         ours = Trainer(cfg, task, model, build_optimizer(model, cfg.train), RunDir(Path(tmp) / "r"), TrainState(),
                        progress=False)
         theirs = TransformerLensLoop(cfg, device)
+        # Same model: TransformerLens takes toylens's weights (same names and shapes) and gives
+        # the same logits, so both sides train the same network from the same start.
+        missing, unexpected = theirs.model.load_state_dict(model.state_dict(), strict=False)
+        assert not unexpected and all(k.endswith(("mask", "IGNORE")) for k in missing), (missing, unexpected)
+        with torch.no_grad():
+            gap = (theirs.model(batches[0].tokens) - model(batches[0].tokens)).abs().max().item()
+        assert gap < 1e-4, f"TransformerLens logits differ by {gap}"
         timed(ours.step, batches[:3], device)  # warm-up
         timed(lambda b: theirs.step(b.tokens, b.targets), batches[:3], device)
         t_ours, t_theirs = [], []
         for _ in range(args.repeats):
             t_ours.append(timed(ours.step, batches, device))
             t_theirs.append(timed(lambda b: theirs.step(b.tokens, b.targets), batches, device))
-    import transformer_lens
+    from importlib.metadata import version
 
     tokens = args.steps * bs * cfg.model.n_ctx
     a, b = statistics.median(t_ours), statistics.median(t_theirs)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}, torch {torch.__version__}, transformer_lens {getattr(transformer_lens, '__version__', '?')}")
+    print(f"device: {name}, torch {torch.__version__}, transformer-lens {version('transformer-lens')}")
     print(f"{args.steps} steps x {bs} x {cfg.model.n_ctx} tokens, median of {args.repeats}")
     print(f"toylens:          {tokens / a:10.0f} tokens/s")
     print(f"TransformerLens:  {tokens / b:10.0f} tokens/s")

@@ -165,3 +165,20 @@ def test_shipped_sweep_specs_expand():
     from toylens.train.ensemble import ensemble_key
 
     assert len({ensemble_key(m.config) for m in wd}) == 1  # one ensemble on a GPU
+
+
+@pytest.mark.slow
+def test_sweep_as_ensemble_isolates_a_diverging_member(tmp_path):
+    # lr 1e300: the first AdamW step overflows that member's weights, so its loss becomes NaN.
+    path = write_spec(tmp_path, parameters={"train.lr": [0.003, 1e300]}, seeds=[0, 1])
+    result = run_sweep(path, tmp_path / "runs", ensemble=True, device="cpu", progress=False)
+    rows = {r["name"]: r for r in result.rows}
+    assert {r["action"] for r in result.rows} == {"trained in an ensemble"}
+    assert len({r["log"] for r in result.rows}) == 1  # one job trained all four
+    assert [rows[f"sw-lr0.003-seed{s}"]["status"] for s in (0, 1)] == ["done", "done"]
+    for s in (0, 1):
+        assert rows[f"sw-lr1e300-seed{s}"]["status"] == "failed"
+        assert "loss became nan" in rows[f"sw-lr1e300-seed{s}"]["error"]
+    # the healthy members match plain runs of their configs
+    solo = train(members_of(path)[1].config, tmp_path / "solo", progress=False, device="cpu")
+    assert rows["sw-lr0.003-seed1"]["test/loss"] == pytest.approx(solo.metrics["test/loss"], abs=1e-4)

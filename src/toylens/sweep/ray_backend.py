@@ -37,6 +37,7 @@ class RayBackend:
             raise ToylensError("--backend ray: the ray package is not installed (pip install 'toylens[ray]')") from None
         self.ray, self.address, self.max_retries, self.job_fn = ray, address, max_retries, job_fn
         self.cpus_per_job = cpus_per_job
+        self.started = False  # whether this backend started the Ray it uses (and must stop it)
 
     def threads_per_job(self) -> int:
         return self.cpus_per_job
@@ -48,15 +49,14 @@ class RayBackend:
         self._connect()
         return self.ray.cluster_resources().get("GPU", 0) > 0
 
-    def _connect(self) -> bool:
-        """Join a running Ray (or the one at `address`), else start a local one; True if started."""
-        if self.ray.is_initialized():
-            return False
-        self.ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
-        return self.address is None
+    def _connect(self) -> None:
+        """Use the running Ray, else connect to `address`, else start a local Ray."""
+        if not self.ray.is_initialized():
+            self.ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
+            self.started = True
 
     def run(self, jobs: list[Job], on_done: OnDone) -> None:
-        started = self._connect()
+        self._connect()
         task = self.ray.remote(_ray_task)
         try:
             pending = {
@@ -78,8 +78,9 @@ class RayBackend:
                 self.ray.cancel(ref, force=True)
             raise
         finally:
-            if started:
+            if self.started:
                 self.ray.shutdown()
+                self.started = False
 
 
 def _ray_task(job: Job, job_fn: JobFn) -> dict[str, Any]:

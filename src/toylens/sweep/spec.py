@@ -280,7 +280,7 @@ def _spell(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:g}".replace("+", "")  # 1e+300 -> 1e300: run names allow no "+"
     if isinstance(value, (int, str)):
         return re.sub(r"[^A-Za-z0-9._-]", "_", str(value))[:40]
     return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
