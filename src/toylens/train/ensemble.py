@@ -150,6 +150,9 @@ class EnsembleTrainer:
         coefs = [m.cfg.train.l1.coef for m in members]
         self.penalty = L1Penalty(L1Config(hooks=lead.cfg.train.l1.hooks, coef=1.0 if any(coefs) else 0.0))
         self.l1_coef = torch.tensor(coefs, device=self.device)
+        # Members share the schedule's shape (warmup, cosine, floor), so lr_k(step) = lr_k * shape(step):
+        # one Python float per step, and no host-to-device copy that would stall a GPU.
+        self.base_lr = torch.tensor([m.cfg.train.lr for m in members], dtype=torch.float64, device=self.device)
         self.alive = torch.ones(len(members), dtype=torch.bool, device=self.device)
         self.errors: dict[str, str] = {}
         self.opt = StackedAdamW(self.params, self._decay_rates(), lead.cfg.train.betas)
@@ -170,7 +173,7 @@ class EnsembleTrainer:
             m.notify("on_train_start", m.cfg, m.run, m.state)
         try:
             with self.bar:
-                while lead.state.epoch < lead.cfg.train.epochs:
+                while lead.state.epoch < lead.cfg.train.epochs and bool(self.alive.any()):
                     sums = self.train_epoch()
                     self.end_epoch(sums, time.perf_counter() - start)
             wall = time.perf_counter() - start
@@ -212,9 +215,8 @@ class EnsembleTrainer:
         data = self.data.batch(idx.flatten()).to(self.device)
         tokens = data.tokens.view(n_members, batch, -1)
         targets = data.targets.view(n_members, batch, -1)
-        step = self.members[0].state.step
-        lr = torch.tensor([lr_at(step, self.total_steps, m.cfg.train) for m in self.members],
-                          dtype=torch.float64, device=self.device)
+        lead = self.members[0].cfg.train
+        lr = self.base_lr * (lr_at(self.members[0].state.step, self.total_steps, lead) / lead.lr)
         loss, l1_raw = vmap(self._member_loss)(self.params, self.buffers, tokens, targets)
         l1 = l1_raw * self.l1_coef
         # Members are independent, so the gradient of the sum is each member's own gradient.
@@ -240,8 +242,8 @@ class EnsembleTrainer:
     def _clip_and_mask_grads(self) -> None:
         """Per-member global-norm clipping as `clip_grad_norm_`; stopped members get no update."""
         grads = [p.grad for p in self.params.values()]
-        for g in grads:
-            g[~self.alive] = 0.0
+        for g in grads:  # masked_fill (not boolean indexing): no device synchronisation
+            g.masked_fill_(~self.alive.view(-1, *[1] * (g.dim() - 1)), 0.0)
         if self.grad_clip is None:
             return
         norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1).norm(dim=1)
@@ -275,8 +277,11 @@ class EnsembleTrainer:
             set_lr(m.opt, lr_at(max(m.state.step - 1, 0), self.total_steps, m.cfg.train))
 
     def _check_finite(self, sums: Tensor) -> None:
+        finite = torch.isfinite(sums).all(dim=1) | ~self.alive  # one device sync for all members
+        if bool(finite.all()):
+            return
         for k, m in enumerate(self.members):
-            if not self.alive[k]:
+            if bool(finite[k]):
                 continue
             try:
                 m.check_finite(sums[k])
