@@ -135,6 +135,9 @@ class TextTaskConfig(Section):
     max_examples: int | None = Field(None, ge=1)
     """Use only this many training rows: the first ones for line streams (WikiText, text files),
     a seeded random choice of documents otherwise (null = all)."""
+    max_eval_examples: int | None = Field(None, ge=1)
+    """Use only this many rows of the validation and test splits, chosen as for max_examples
+    (null = all; quick configs use it to keep per-epoch evaluation short)."""
     val_fraction: float = Field(0.1, gt=0, lt=1)
     """Part of the training data held out for validation when the data has no validation split."""
     test_fraction: float = Field(0.1, gt=0, lt=1)

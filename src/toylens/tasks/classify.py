@@ -84,7 +84,7 @@ class ClassifyTask(Task):
                 held[split], order = np.sort(order[:count]), order[count:]
         if len(order) == 0:
             raise ToylensError("task: too few training reviews left after holding out val/test")
-        arrays = {"train": train} | {s: rows(h, None) for s, h in (("val", "validation"), ("test", "test"))
+        arrays = {"train": train} | {s: rows(h, cfg.max_eval_examples) for s, h in (("val", "validation"), ("test", "test"))
                                      if s not in held}
         self.class_names = source.class_names or [str(i) for i in range(int(train.labels.max()) + 1)]
         n_classes = len(self.class_names)

@@ -85,12 +85,12 @@ class LmTask(Task):
         if cut_val:
             self.splits["val"] = WindowSplit(train.tokens, train_stop, train_stop + cut_val, cfg.n_ctx)
         else:
-            val = stream("validation", None).tokens
+            val = stream("validation", cfg.max_eval_examples).tokens
             self.splits["val"] = WindowSplit(val, 0, len(val), cfg.n_ctx)
         if cut_test:
             self.splits["test"] = WindowSplit(train.tokens, n - cut_test, n, cfg.n_ctx)
         else:
-            test = stream("test", None).tokens
+            test = stream("test", cfg.max_eval_examples).tokens
             self.splits["test"] = WindowSplit(test, 0, len(test), cfg.n_ctx)
         for split, data in self.splits.items():
             if len(data) == 0:
@@ -100,8 +100,22 @@ class LmTask(Task):
         log.info("lm windows of %d tokens: train %d, val %d%s, test %d", cfg.n_ctx, len(self.splits["train"]),
                  len(self.splits["val"]), held_out, len(self.splits["test"]))
 
+    def unigram_loss(self, split: str = "test", smoothing: float = 1.0) -> float:
+        """Loss (nats per token) on `split` of a unigram model fitted to the training windows'
+        targets with add-`smoothing` counts over the whole vocabulary: the baseline to beat."""
+        train = self.splits["train"]
+        counts = np.bincount(_targets(train), minlength=self.spec.d_vocab_out).astype(np.float64) + smoothing
+        log_p = np.log(counts / counts.sum())
+        return float(-log_p[_targets(self.splits[split])].mean())
+
     def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
         return {**metrics, "ppl": math.exp(min(metrics["loss"], 50.0))}
 
     def token_labels(self, tokens: Tensor) -> list[str]:
         return self.tokenizer.token_labels([int(t) for t in tokens])
+
+
+def _targets(split: Split) -> np.ndarray:
+    """Every target token of a window split (what the loss is averaged over), as one array."""
+    assert isinstance(split, WindowSplit)
+    return np.asarray(split.tokens[split.start + 1 : split.start + 1 + split.n_tokens], dtype=np.int64)
