@@ -124,7 +124,7 @@ def _hub_unavailable() -> str | None:
         import datasets
     except ImportError:
         return "Hugging Face datasets is not installed (pip install 'toylens[hf]')"
-    if datasets.config.HF_HUB_OFFLINE:
+    if getattr(datasets.config, "HF_HUB_OFFLINE", getattr(datasets.config, "HF_DATASETS_OFFLINE", False)):
         return None
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
