@@ -219,4 +219,19 @@ def test_config_field_errors_inside_text_tasks():
     assert "task.tokeniser: unknown key (did you mean 'tokenizer'?)" in error({"name": "lm", "tokeniser": "gpt2"})
     assert "task.label_col: unknown key (did you mean 'label_column'?)" in error({"name": "classify", "label_col": "y"})
     assert "not a WikiText configuration" in error({"name": "lm", "dataset": "wikitext", "subset": "wikitext-3"})
-    assert "needs at least one file" in error({"name": "lm", "dataset": "files"})
+    assert "task.files: dataset 'files' needs at least one file" in error({"name": "lm", "dataset": "files"})
+
+
+def test_cli_reports_a_missing_data_file_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "lm.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "task": {"name": "lm", "dataset": "files", "files": [str(tmp_path / "nope.txt")],
+                                                    "cache_dir": str(tmp_path / "c")}}))
+    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "train", str(cfg), "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: task.files: {tmp_path / 'nope.txt'}: no such file"
+    assert not (tmp_path / "runs").exists()

@@ -433,6 +433,11 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
                 else f"{field}.name: required field is missing ({known})")
     else:
         msg = msg.removeprefix("Value error, ")
+        # A section's cross-field check that starts with one of its keys ("files: ...") names that key.
+        key, _, rest = msg.partition(": ")
+        section = _section_type(parent.model_fields[field.rsplit(".", 1)[-1]].annotation) if parent and field else None
+        if rest and section is not None and key in section.model_fields:
+            field, msg = f"{field}.{key}", rest
         got = first.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
         text = f"{field}: {msg}{shown}" if field else f"{msg}{shown}"
