@@ -14,6 +14,11 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_configs_are_shipped():
     names = {p.name for p in CONFIGS}
     assert {"induction-1l.yaml", "induction-2l.yaml"} <= names
+    for model in ("1l-attn-gpt2", "2l-attn-gpt2", "2l-mlp-gpt2", "1l-attn-bert"):
+        for form in ("classify", "lm"):
+            assert {f"imdb-{model}-{form}.quick.yaml", f"imdb-{model}-{form}.full.yaml"} <= names
+    for model in ("1l-attn-600k", "1l-attn", "2l-attn"):
+        assert {f"wikitext-{model}-lm.quick.yaml", f"wikitext-{model}-lm.full.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -102,8 +102,86 @@ class InductionTaskConfig(Section):
         return self
 
 
+WIKITEXT_SUBSETS = ("wikitext-2-v1", "wikitext-2-raw-v1", "wikitext-103-v1", "wikitext-103-raw-v1")
+
+
+class TextTaskConfig(Section):
+    """What the text tasks share: where the text comes from and how it is tokenized."""
+
+    name: str
+    """Task name."""
+    dataset: Literal["imdb", "wikitext", "hf", "files"] = "imdb"
+    """imdb (Hub stanfordnlp/imdb), wikitext (Hub Salesforce/wikitext), hf (any dataset in
+    `hf_path`), or files (local files in `files`)."""
+    subset: str | None = None
+    """The dataset's configuration: for wikitext one of wikitext-2-v1, wikitext-2-raw-v1,
+    wikitext-103-v1, wikitext-103-raw-v1 (default wikitext-103-raw-v1); for imdb plain_text."""
+    source: Literal["auto", "hub", "bundled"] = "auto"
+    """auto: Hugging Face `datasets` (network or its local cache) when it has the data, else the
+    sample shipped with toylens; hub: `datasets` only; bundled: the shipped sample only."""
+    hf_path: str | None = None
+    """Hub name or local directory laid out like the Hub (default: the dataset's Hub name)."""
+    files: list[str] = []
+    """Training files or globs (dataset: files): .txt (one document each) or .jsonl / .jsonl.gz
+    (one row per line, with text_column and, for classify, label_column)."""
+    test_files: list[str] = []
+    """Held-out files (dataset: files); default: the last test_fraction of the training data."""
+    text_column: str = "text"
+    """Column holding the text."""
+    tokenizer: str = "gpt2"
+    """gpt2, bert-base-uncased, char, or a path to a tokenizer.json."""
+    n_ctx: int = Field(128, ge=2, le=1_000_000)
+    """Tokens per sequence: window length (lm) or truncation length (classify)."""
+    max_examples: int | None = Field(None, ge=1)
+    """Use only this many training rows: the first ones for line streams (WikiText, text files),
+    a seeded random choice of documents otherwise (null = all)."""
+    max_eval_examples: int | None = Field(None, ge=1)
+    """Use only this many rows of the validation and test splits, chosen as for max_examples
+    (null = all; quick configs use it to keep per-epoch evaluation short)."""
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    """Part of the training data held out for validation when the data has no validation split."""
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    """Part of the training data held out for testing when the data has no test split."""
+    cache_dir: str = "~/.cache/toylens"
+    """Where tokenized data is cached (memory-mapped arrays keyed by data + tokenizer)."""
+    data_seed: int = Field(0, ge=0)
+    """Seed for choosing subsets and validation rows; independent of the run seed."""
+
+    @model_validator(mode="after")
+    def _dataset_fields(self) -> TextTaskConfig:
+        if self.dataset == "files" and not self.files:
+            raise ValueError("files: dataset 'files' needs at least one file or glob")
+        if self.dataset != "files" and (self.files or self.test_files):
+            raise ValueError(f"files: only used with dataset 'files' (dataset is {self.dataset!r})")
+        if self.dataset == "hf" and not self.hf_path:
+            raise ValueError("hf_path: dataset 'hf' needs a Hub name or a local dataset directory")
+        if self.dataset == "wikitext" and self.subset not in (None, *WIKITEXT_SUBSETS):
+            raise ValueError(f"subset: {self.subset!r} is not a WikiText configuration; use one of {', '.join(WIKITEXT_SUBSETS)}")
+        if self.dataset == "imdb" and self.subset not in (None, "plain_text"):
+            raise ValueError(f"subset: IMDB has one configuration, plain_text (got {self.subset!r})")
+        return self
+
+
+class LmTaskConfig(TextTaskConfig):
+    """Causal language modelling on packed windows of n_ctx tokens; loss and perplexity."""
+
+    name: Literal["lm"] = "lm"
+    """Task name."""
+
+
+class ClassifyTaskConfig(TextTaskConfig):
+    """Sequence classification (IMDB sentiment): the label is predicted at the last real token."""
+
+    name: Literal["classify"] = "classify"
+    """Task name."""
+    label_column: str = "label"
+    """Column holding the integer class label (0..n_classes-1)."""
+
+
 # One section per task, told apart by `name`.
-TaskConfig = Annotated[Union[SortTaskConfig, InductionTaskConfig], Field(discriminator="name")]
+TaskConfig = Annotated[
+    Union[SortTaskConfig, InductionTaskConfig, LmTaskConfig, ClassifyTaskConfig], Field(discriminator="name")
+]
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -372,6 +450,11 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
                 else f"{field}.name: required field is missing ({known})")
     else:
         msg = msg.removeprefix("Value error, ")
+        # A section's cross-field check that starts with one of its keys ("files: ...") names that key.
+        key, _, rest = msg.partition(": ")
+        section = _section_type(parent.model_fields[field.rsplit(".", 1)[-1]].annotation) if parent and field else None
+        if rest and section is not None and key in section.model_fields:
+            field, msg = f"{field}.{key}", rest
         got = first.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
         text = f"{field}: {msg}{shown}" if field else f"{msg}{shown}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from toylens.config import TaskConfig
 from toylens.tasks.base import IGNORE, Batch, Split, Task, TaskSpec, TensorSplit
+from toylens.tasks.classify import ClassifyTask
 from toylens.tasks.induction import InductionTask
+from toylens.tasks.lm import LmTask
 from toylens.tasks.sort import SortTask
 
-TASKS: dict[str, type[Task]] = {"sort": SortTask, "induction": InductionTask}
+TASKS: dict[str, type[Task]] = {"sort": SortTask, "induction": InductionTask, "lm": LmTask, "classify": ClassifyTask}
 
 
 def build_task(cfg: TaskConfig) -> Task:
