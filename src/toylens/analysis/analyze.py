@@ -22,8 +22,8 @@ from toylens.analysis.ablation import KINDS, ablate
 from toylens.analysis.attribution import logit_attribution, logit_lens
 from toylens.analysis.circuits import circuits
 from toylens.analysis.composition import composition_scores
-from toylens.analysis.corrupt import CORRUPTIONS, corrupted_pair
-from toylens.analysis.metrics import METRICS
+from toylens.analysis.corrupt import CORRUPTIONS, DEFAULT_METRIC, corrupted_pair
+from toylens.analysis.metrics import METRICS, make_metric
 from toylens.analysis.patching import Patcher, rows_per_pass
 from toylens.analysis.profiles import bos_token, output_labels, outputs_are_tokens, random_token_ids
 from toylens.analysis.regularisation import activation_sparsity, weight_norms
@@ -53,8 +53,8 @@ class Settings:
     """Example inputs whose attention patterns are saved."""
     max_pattern_pos: int = 64
     """Saved example patterns are cut to this many positions."""
-    patch_metric: str = "logit_diff"
-    """Patching metric: logit_diff, neg_loss or accuracy."""
+    patch_metric: str | None = None
+    """Patching metric: logit_diff, neg_loss or accuracy (default: the task's, see corrupt.py)."""
     seed: int = 0
 
 
@@ -84,12 +84,16 @@ class Subject:
         b = split.batch(torch.arange(min(n, len(split))))
         return Batch(b.tokens, b.targets)
 
+    @property
+    def metric_name(self) -> str:
+        return self.settings.patch_metric or DEFAULT_METRIC.get(self.task_name, "neg_loss")
+
     @functools.cached_property
     def patcher(self) -> Patcher:
         pair = corrupted_pair(self.task, _fit(self.model, self.settings.n_patch), self.settings.seed)
-        metric = METRICS[self.settings.patch_metric](pair.clean.targets, pair.corrupted.targets)
-        labels = self.task.token_labels(pair.clean.tokens[0])
-        return Patcher(self.model, pair.clean.tokens, pair.corrupted.tokens, metric, pos_labels=labels)
+        metric = make_metric(self.metric_name, pair.answers, pair.wrong)
+        labels = self.task.token_labels(pair.clean[0])
+        return Patcher(self.model, pair.clean, pair.corrupted, metric, pos_labels=labels, description=pair.description)
 
 
 def _fit(model, n: int) -> int:  # noqa: ANN001
@@ -172,8 +176,8 @@ class Analysis:
     compute: Callable[[Subject], Result | None]
     applies: Callable[[Subject], bool] = lambda s: True
 
-    def path(self, settings: Settings) -> str:
-        return self.name.format(metric=settings.patch_metric)
+    def path(self, subject: Subject) -> str:
+        return self.name.format(metric=subject.metric_name)
 
 
 def _has_mlp(s: Subject) -> bool:
@@ -226,18 +230,18 @@ def analyze(run: str | Path, checkpoint: str | int = "final", *, device: str | t
     "patching") on the chosen checkpoints; returns the result paths written (relative to RUN)."""
     rundir, settings = RunDir(run), settings or Settings()
     rundir.manifest()  # a clear error when RUN is not a run directory
-    if settings.patch_metric not in METRICS:
+    if settings.patch_metric not in (None, *METRICS):
         raise ToylensError(f"patch metric {settings.patch_metric!r}: expected one of {', '.join(METRICS)}")
-    paths = {a.name: a.path(settings) for a in ANALYSES}
+    names = checkpoint_names(rundir, checkpoint)
+    config = rundir.config()
+    subjects = [Subject(rundir, config, name, torch.device(device), settings) for name in names]
+    paths = {a.name: a.path(subjects[0]) for a in ANALYSES}
     chosen = [a for a in ANALYSES if not only or any(_selects(o, paths[a.name]) for o in only)]
     if only and not chosen:
         raise ToylensError(f"--only {only}: no such analysis (have: {', '.join(paths.values())})")
     written: list[str] = []
-    names = checkpoint_names(rundir, checkpoint)
-    config = rundir.config()
     bar = tqdm(total=len(names) * len(chosen), disable=not progress, desc="analyze", unit="result")
-    for name in names:
-        subject = Subject(rundir, config, name, torch.device(device), settings)
+    for name, subject in zip(names, subjects):
         for a in chosen:
             bar.set_postfix_str(f"{name}: {a.name}")
             rel = f"analysis/{name}/{paths[a.name]}"

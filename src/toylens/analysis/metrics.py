@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from toylens.errors import ToylensError
 from toylens.tasks.base import IGNORE
 
 
@@ -111,9 +112,17 @@ class Accuracy:
 
 Metric = LogitDiff | NegLoss | Accuracy
 
-# name -> metric built from the clean and the corrupted targets
-METRICS = {
-    "logit_diff": lambda clean, corrupted: LogitDiff(clean, corrupted),
-    "neg_loss": lambda clean, corrupted: NegLoss(clean),
-    "accuracy": lambda clean, corrupted: Accuracy(clean),
-}
+METRICS = ("logit_diff", "neg_loss", "accuracy")
+
+
+def make_metric(name: str, answers: Tensor, wrong: Tensor | None = None) -> Metric:
+    """A metric by name, from the clean answers (and the corrupted answers, for logit_diff)."""
+    if name == "logit_diff":
+        if wrong is None:
+            raise ToylensError("logit_diff needs corrupted answers, which this corruption does not change; use neg_loss or accuracy")
+        return LogitDiff(answers, wrong)
+    if name == "neg_loss":
+        return NegLoss(answers)
+    if name == "accuracy":
+        return Accuracy(answers)
+    raise ToylensError(f"patch metric {name!r}: expected one of {', '.join(METRICS)}")

@@ -157,6 +157,7 @@ class PatchGrid(Result):
     metric: str
     metric_description: str
     labels: dict[str, list[str]]
+    corruption: str
 
     def array_axes(self) -> dict[str, tuple[str, ...]]:
         return {"values": tuple(self.grid_axes), "normalized": tuple(self.grid_axes)}
@@ -167,7 +168,7 @@ class Patcher:
 
     def __init__(self, model: Transformer, clean_tokens: Int[Tensor, "batch pos"],
                  corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric, *,
-                 max_rows: int | None = None, pos_labels: list[str] | None = None):
+                 max_rows: int | None = None, pos_labels: list[str] | None = None, description: str = ""):
         if clean_tokens.shape != corrupted_tokens.shape:
             raise ToylensError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} tokens differ in shape")
         device = next(model.parameters()).device
@@ -178,6 +179,7 @@ class Patcher:
         self.clean = float(self.metric(clean_logits).mean())
         self.corrupted = float(self.metric(corrupted_logits).mean())
         self.pos_labels = pos_labels or [str(i) for i in range(clean_tokens.shape[1])]
+        self.description = description
 
     def grid(self, activation: str, index_axes: tuple[str, ...]) -> PatchGrid:
         """Patch every (layer, *index_axes) cell of `activation` from the clean run."""
@@ -191,7 +193,7 @@ class Patcher:
         return PatchGrid(activation=activation, grid_axes=["layer", *index_axes], values=values.cpu(),
                          normalized=normalized.cpu(), clean=self.clean, corrupted=self.corrupted,
                          metric=self.metric.name, metric_description=self.metric.description,
-                         labels=self._labels(values.shape, ["layer", *index_axes]))
+                         labels=self._labels(values.shape, ["layer", *index_axes]), corruption=self.description)
 
     def _labels(self, shape: torch.Size, axes: list[str]) -> dict[str, list[str]]:
         named = {"pos": self.pos_labels, "dest": self.pos_labels, "src": self.pos_labels}
