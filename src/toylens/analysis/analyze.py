@@ -9,7 +9,6 @@ resumes where it stopped; a checkpoint whose results all exist is not even loade
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,9 @@ from toylens.analysis.results import Result, has_result
 from toylens.analysis.summary import summarize_checkpoint, write_trajectory
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
+from toylens.model import Transformer
 from toylens.run import Loaded, RunDir, load
-from toylens.tasks import Batch
-
-log = logging.getLogger("toylens")
-
+from toylens.tasks import Batch, Task
 
 @dataclass(frozen=True)
 class Settings:
@@ -70,11 +67,11 @@ class Subject:
         return load(self.run.path, self.checkpoint, self.device)
 
     @property
-    def model(self):  # noqa: ANN201 (a Transformer)
+    def model(self) -> Transformer:
         return self.loaded.model
 
     @property
-    def task(self):  # noqa: ANN201 (a Task)
+    def task(self) -> Task:
         return self.loaded.task
 
     @functools.cached_property
@@ -96,7 +93,7 @@ class Subject:
         return Patcher(self.model, pair.clean, pair.corrupted, metric, pos_labels=labels, description=pair.description)
 
 
-def _fit(model, n: int) -> int:  # noqa: ANN001
+def _fit(model: Transformer, n: int) -> int:
     """Fewer examples when one batch of logits would be too big (large vocabularies, long contexts)."""
     return max(1, min(n, rows_per_pass(model, model.cfg.n_ctx)))
 

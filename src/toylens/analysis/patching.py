@@ -29,7 +29,7 @@ from torch import Tensor
 from toylens.analysis.metrics import Metric
 from toylens.analysis.results import Result
 from toylens.errors import ToylensError
-from toylens.model import ActivationCache, Transformer, act_name
+from toylens.model import Transformer, act_name
 
 # The axes of each patchable activation after the batch axis (see toylens.model.names).
 ACT_AXES: dict[str, tuple[str, ...]] = {
