@@ -11,9 +11,9 @@ toylens models use TransformerLens's parameter names and shapes, so no weight is
 hand: with transformer-lens >= 4 (where HookedTransformer was removed) the model is built with
 `TransformerBridge.boot_native` from a config mapped field by field, TransformerLens's own
 `convert_tl_checkpoint` turns our state dict into the bridge's, and it is loaded with
-`strict=True` so a missing or extra weight is an error. With transformer-lens < 4 the state dict
-loads into a `HookedTransformer` directly (that path is not exercised by the test suite, which
-installs the current release).
+`strict=True` so a missing or extra weight is an error. With transformer-lens 3.x the state dict
+loads into a `HookedTransformer` directly (checked by hand with 3.9.0; the test suite installs
+the current release, so CI exercises the bridge path only).
 
 The exported file is safetensors: the bridge's state dict, with the TransformerLens config and
 the toylens config in its metadata.
