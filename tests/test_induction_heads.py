@@ -38,16 +38,15 @@ def scores(run_dir: Path):
 def test_two_layers_grow_an_induction_circuit(runs):
     run, s = scores(runs["2l"])
     induction, previous = s.scores["induction"], s.scores["previous_token"]
-    print("induction", induction.tolist(), "previous_token", previous.tolist())
     head = int(induction[1].argmax())
-    assert induction[1, head] >= 0.4
     comp = composition_scores(run.model)
     layer, source = strongest_source(comp.k, 1, head)
+    copying = copying_scores(run.model, torch.arange(run.task.cfg.n_vocab))
+    print("induction", induction.tolist(), "previous_token", previous.tolist(), "copying", copying.tolist())
     print(f"L1H{head}: K-composition from layer 0 {comp.k[0, :, 1, head].tolist()} (random baseline "
           f"{comp.baseline_mean['k']:.3f} +- {comp.baseline_std['k']:.3f})")
+    assert induction[1, head] >= 0.4
     assert layer == 0 and previous[0, source] >= 0.4
-    copying = copying_scores(run.model, torch.arange(run.task.cfg.n_vocab))
-    print("copying scores", copying.tolist())
     assert copying[1, head] > 0.5
 
 

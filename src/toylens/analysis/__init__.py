@@ -20,7 +20,7 @@ and heads, with or without MLPs and LayerNorm):
     ablation.py     zero / mean / resample ablation of heads and neurons
     profiles.py     per-task facts the analyses need (outputs are tokens? special tokens)
     summary.py      headline scalars per checkpoint and over checkpoints
-    analyze.py      the driver behind `toylens analyze`
+    driver.py       `analyze()`, the driver behind `toylens analyze`
 
 ## Saved results (what the report reads; it never needs the model)
 
@@ -58,7 +58,7 @@ that are the top logit. All are "higher = more like the clean run".
 """
 
 from toylens.analysis.ablation import Ablation, ablate
-from toylens.analysis.analyze import ANALYSES, Settings, analyze
+from toylens.analysis.driver import ANALYSES, Settings, analyze
 from toylens.analysis.attention import (
     AttentionPatterns,
     HeadScores,
