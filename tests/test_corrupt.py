@@ -6,7 +6,7 @@ import torch
 
 from toylens.analysis.corrupt import corrupted_pair
 from toylens.config import InductionTaskConfig, SortTaskConfig
-from toylens.tasks import IGNORE, build_task
+from toylens.tasks import IGNORE, Task, TaskSpec, TensorSplit, build_task
 
 
 def test_sort_changes_one_token_and_the_answers():
@@ -38,3 +38,46 @@ def test_repeated_sequences_are_broken_in_the_first_half():
     measured = (pair.answers != IGNORE).nonzero()[:, 1].unique()
     assert measured.tolist() == list(range(half + 1, 2 * half))
     assert torch.equal(pair.answers[:, half + 1 : 2 * half], c[:, half + 2 :]) and pair.wrong is None
+
+
+class WordTokenizer:
+    """One token per word of a small vocabulary (stands in for the text tasks' tokenizers)."""
+
+    def __init__(self, words):
+        self.ids = {w: i for i, w in enumerate(words)}
+
+    def encode(self, text, special_tokens=True):
+        return [self.ids[w] for w in text.split()] if all(w in self.ids for w in text.split()) else [0, 0]
+
+
+class FakeClassify(Task):
+    """Quacks like ClassifyTask: reviews right-padded with 0, the label at the last real token."""
+
+    name, eval_splits = "classify", ("val",)
+
+    def __init__(self, reviews, labels):
+        words = ["<pad>", "the", "film", "was", "good", "bad", "great", "terrible", "plot"]
+        self.tokenizer = WordTokenizer(words)
+        width = max(len(r.split()) for r in reviews)
+        tokens = torch.zeros(len(reviews), width, dtype=torch.long)
+        targets = torch.full_like(tokens, IGNORE)
+        for i, (review, label) in enumerate(zip(reviews, labels)):
+            ids = self.tokenizer.encode(review)
+            tokens[i, : len(ids)] = torch.tensor(ids)
+            targets[i, len(ids) - 1] = label
+        self.splits = {"val": TensorSplit(tokens, targets)}
+        self.spec = TaskSpec(d_vocab=len(words), d_vocab_out=2, n_ctx=8)
+
+
+def test_classify_swaps_one_sentiment_word():
+    task = FakeClassify(["the film was good", "the plot", "terrible plot was bad film", "great"], [1, 0, 0, 1])
+    pair = corrupted_pair(task, 10, seed=0)
+    assert pair.clean.shape == (3, 5), "the review without a sentiment word is skipped, padding trimmed"
+    words = ["<pad>", "the", "film", "was", "good", "bad", "great", "terrible", "plot"]
+    antonym = {"good": "bad", "bad": "good", "great": "terrible", "terrible": "great"}
+    for clean, bad, answers, wrong in zip(pair.clean.tolist(), pair.corrupted.tolist(), pair.answers.tolist(), pair.wrong.tolist()):
+        diff = [i for i, (a, b) in enumerate(zip(clean, bad)) if a != b]
+        assert len(diff) == 1 and antonym[words[clean[diff[0]]]] == words[bad[diff[0]]]
+        label_at = [i for i, a in enumerate(answers) if a != IGNORE]
+        assert len(label_at) == 1 and wrong[label_at[0]] == 1 - answers[label_at[0]]
+        assert diff[0] <= label_at[0]

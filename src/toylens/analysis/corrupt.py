@@ -9,6 +9,10 @@ the corruption changes the answer, the corrupted answers (what `logit_diff` comp
   the clean sorted outputs; wrong answers: what a perfect sorter would output for the corrupted
   list after the same prefix (the next larger value of the corrupted list). Default metric:
   logit_diff.
+- classify: one sentiment word of each review (good, great, loved, ...) is swapped for its antonym
+  (reviews without one are skipped). Answers: the clean label; wrong answers: the other class.
+  Default metric: logit_diff. (Whether the prediction flips depends on the model: a small model
+  reads many words, so one swap usually moves the logit difference only part of the way.)
 - induction and lm: a repeated sequence `[BOS, r_1..r_L, r_1..r_L]` of random tokens is broken
   by replacing its first half with other random tokens, so the second half can no longer be
   predicted by copying. Answers: r_2..r_L at the second-half positions; the answer does not change
@@ -93,12 +97,59 @@ def corrupt_repeated(task: Task, n: int, gen: torch.Generator, half: int = 20) -
                          f"[BOS, r_1..r_{half}, r_1..r_{half}] vs the first half replaced by other random tokens")
 
 
+# Single-word sentiment antonyms; a pair is used in every casing/spacing the tokenizer keeps as one token.
+SENTIMENT_PAIRS = (
+    ("good", "bad"), ("great", "terrible"), ("best", "worst"), ("love", "hate"), ("loved", "hated"),
+    ("excellent", "awful"), ("wonderful", "horrible"), ("amazing", "boring"), ("beautiful", "ugly"),
+    ("brilliant", "stupid"), ("perfect", "poor"), ("fun", "dull"), ("enjoyable", "painful"),
+)
+
+
+def antonym_ids(tokenizer: object) -> dict[int, int]:
+    """token id -> id of its antonym, for the SENTIMENT_PAIRS that are single tokens both ways."""
+    swap: dict[int, int] = {}
+    for a, b in SENTIMENT_PAIRS:
+        for fa, fb in ((a, b), (a.capitalize(), b.capitalize())):
+            for space in ("", " "):
+                ia = tokenizer.encode(space + fa, special_tokens=False)  # type: ignore[attr-defined]
+                ib = tokenizer.encode(space + fb, special_tokens=False)  # type: ignore[attr-defined]
+                if len(ia) == 1 and len(ib) == 1 and ia != ib:
+                    swap[ia[0]], swap[ib[0]] = ib[0], ia[0]
+    return swap
+
+
+def corrupt_classify(task: Task, n: int, gen: torch.Generator) -> CorruptedPair:
+    """Swap one sentiment word of each review for its antonym (reviews without one are skipped);
+    the wrong answer is the other class."""
+    swap = antonym_ids(task.tokenizer)  # type: ignore[attr-defined]
+    split = task.splits[task.eval_splits[0]]
+    batch = split.batch(torch.arange(min(len(split), 20 * n)))
+    table = torch.full((task.spec.d_vocab,), -1, dtype=torch.long)
+    table[torch.tensor(list(swap))] = torch.tensor(list(swap.values()))
+    before_label = (batch.targets != IGNORE).long().flip(1).cumsum(1).flip(1) > 0  # the review itself
+    swappable = (table[batch.tokens] >= 0) & before_label
+    rows = swappable.any(1).nonzero().squeeze(1)[:n]
+    if len(rows) == 0:
+        raise ToylensError(f"task classify: none of {len(batch)} reviews contains a sentiment word to swap")
+    clean, targets, swappable = batch.tokens[rows], batch.targets[rows], swappable[rows]
+    width = int((targets != IGNORE).nonzero()[:, 1].max()) + 1  # drop padding no kept review needs
+    clean, targets, swappable = clean[:, :width], targets[:, :width], swappable[:, :width]
+    # one random swappable position per review
+    pick = torch.where(swappable, torch.rand(swappable.shape, generator=gen), -1.0).argmax(1)
+    corrupted = clean.clone()
+    corrupted[torch.arange(len(rows)), pick] = table[clean[torch.arange(len(rows)), pick]]
+    wrong = torch.where(targets != IGNORE, (targets + 1) % task.spec.d_vocab_out, IGNORE)
+    return CorruptedPair(clean, corrupted, targets, wrong,
+                         "one sentiment word of each review swapped for its antonym (good/bad, great/terrible, ...)")
+
+
 CORRUPTIONS: dict[str, Callable[[Task, int, torch.Generator], CorruptedPair]] = {
     "sort": corrupt_sort,  # type: ignore[dict-item]
     "induction": corrupt_repeated,
     "lm": corrupt_repeated,
+    "classify": corrupt_classify,
 }
-DEFAULT_METRIC = {"sort": "logit_diff", "induction": "neg_loss", "lm": "neg_loss"}
+DEFAULT_METRIC = {"sort": "logit_diff", "induction": "neg_loss", "lm": "neg_loss", "classify": "logit_diff"}
 
 
 def corrupted_pair(task: Task, n: int = 32, seed: int = 0) -> CorruptedPair:

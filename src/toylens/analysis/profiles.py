@@ -4,7 +4,8 @@
   induction), so copying scores and the "attend to the next output" score make sense; not for
   classification, whose outputs are classes.
 - `random_token_ids`: the ids repeated random sequences are drawn from: the input vocabulary
-  without the task's special tokens (SEP, BOS, padding).
+  without the task's special tokens (SEP, BOS, padding, end-of-text).
+- `bos_token`: what starts a repeated random sequence.
 - `output_labels`: names of the output ids (token labels, or class names).
 
 A task not listed here is analysed with the safe defaults (outputs are not tokens).
@@ -26,12 +27,20 @@ def outputs_are_tokens(task: Task | str) -> bool:
 
 
 def special_tokens(task: Task) -> list[int]:
-    found = (getattr(task, attr, None) for attr in SPECIAL_TOKEN_ATTRS)
+    """SEP/BOS/padding ids of the task, and of its tokenizer (end-of-text, padding, the
+    [SEP]-style tokens it appends) for text tasks."""
+    tok = getattr(task, "tokenizer", None)
+    found = [getattr(task, attr, None) for attr in SPECIAL_TOKEN_ATTRS]
+    found += [getattr(tok, attr, None) for attr in SPECIAL_TOKEN_ATTRS] + list(getattr(tok, "suffix_ids", []))
     return sorted({v for v in found if isinstance(v, int) and 0 <= v < task.spec.d_vocab})
 
 
 def bos_token(task: Task) -> int | None:
+    """The task's BOS token; for text tasks without one, the tokenizer's end-of-text token (which
+    GPT-2-style models read as the start of a text)."""
     bos = getattr(task, "bos", None)
+    if bos is None:
+        bos = getattr(getattr(task, "tokenizer", None), "eos_id", None)
     return bos if isinstance(bos, int) else None
 
 
