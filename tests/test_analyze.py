@@ -59,8 +59,19 @@ def test_all_checkpoints_and_trajectory(runs):
     assert traj.steps == sorted(traj.steps)
     series = traj.scalars["head_scores/repeated/induction.max"]
     assert len(series) == 4 and all(isinstance(v, float) for v in series)
+    k_max = traj.scalars["composition/k.max"]
+    assert all(isinstance(v, float) and 0 < v < 1 for v in k_max) and traj.scalars["composition/k.argmax"][-1].startswith("L1")
     comp = load_result(RunDir(attn), "analysis/final/composition")
     assert comp.k.shape == (2, 2, 2, 2) and comp.k[0, :, 1].isfinite().all() and comp.k[1].isnan().all()
+
+
+def test_tampered_result_is_refused(runs):
+    _, attn = runs
+    analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False)
+    path = attn / "analysis/final/weight_norms.json"
+    path.write_text(path.read_text().replace("total_matrices", "total_matrixes"))
+    with pytest.raises(ToylensError, match="SHA-256"):
+        load_result(RunDir(attn), "analysis/final/weight_norms")
 
 
 def test_bad_requests_are_one_line_errors(runs, tmp_path):

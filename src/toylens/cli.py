@@ -90,7 +90,7 @@ def analyze(
     run: Path = typer.Argument(..., help="Run directory."),
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, best, an epoch number, a checkpoint name, or all."),
     only: Optional[List[str]] = typer.Option(None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."),
-    metric: str = typer.Option("logit_diff", "--metric", help="Patching metric: logit_diff, neg_loss or accuracy."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Patching metric: logit_diff, neg_loss or accuracy (default: the task's)."),
     examples: int = typer.Option(256, "--examples", min=1, help="Task examples for head scores, attribution, sparsity and ablations."),
     device: str = DeviceOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -100,8 +100,12 @@ def analyze(
     from toylens.train.loop import resolve_device
 
     ckpt: str | int = int(checkpoint) if checkpoint.isdigit() else checkpoint
-    written = api_analyze(run, ckpt, device=resolve_device(device), only=list(only or []) or None,
-                          settings=Settings(n_examples=examples, patch_metric=metric), progress=progress)
+    try:
+        written = api_analyze(run, ckpt, device=resolve_device(device), only=list(only or []) or None,
+                              settings=Settings(n_examples=examples, patch_metric=metric), progress=progress)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished results are kept: run the same command again to continue", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"{run}/analysis: {len(written)} new results")
 
 

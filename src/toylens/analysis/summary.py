@@ -64,7 +64,8 @@ def _scalars(run: RunDir, base: str, names: list[str]) -> dict[str, Any]:
             _best("circuits/copying", r.copying, out)
         elif kind == "Composition":
             for c in "qkv":
-                _best(f"composition/{c}", getattr(r, c).amax((0, 1)), out)  # best source per receiving head
+                best_source = getattr(r, c).nan_to_num(float("-inf")).amax((0, 1))  # per receiving head
+                _best(f"composition/{c}", best_source, out)
                 out[f"composition/{c}.baseline"] = r.baseline_mean[c]
         elif kind == "Ablation":
             out[f"{name}.base_loss"] = r.base_loss
