@@ -75,7 +75,7 @@ def rows_per_pass(model: Transformer, pos: int, budget: int = DEFAULT_BUDGET) ->
 
 
 def read_positions(metric: Metric) -> Tensor:
-    """The positions any example's metric reads (all of them for a metric that does not say)."""
+    """The positions any example's metric reads."""
     return metric.positions.any(0).nonzero().squeeze(-1)
 
 
@@ -173,9 +173,10 @@ class Patcher:
             raise ToylensError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} tokens differ in shape")
         device = next(model.parameters()).device
         self.model, self.metric, self.max_rows = model, metric.to(device), max_rows
+        patchable = lambda name: name.rsplit(".", 1)[-1].removeprefix("hook_") in ACT_AXES  # noqa: E731
         with torch.no_grad():
-            clean_logits, self.clean_cache = model.run_with_cache(clean_tokens.to(device))
-            corrupted_logits, self.corrupted_cache = model.run_with_cache(corrupted_tokens.to(device))
+            clean_logits, self.clean_cache = model.run_with_cache(clean_tokens.to(device), names_filter=patchable)
+            corrupted_logits, self.corrupted_cache = model.run_with_cache(corrupted_tokens.to(device), names_filter=patchable)
         self.clean = float(self.metric(clean_logits).mean())
         self.corrupted = float(self.metric(corrupted_logits).mean())
         self.pos_labels = pos_labels or [str(i) for i in range(clean_tokens.shape[1])]
