@@ -15,7 +15,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "toylens.cli", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["summary"], ["config"], ["config", "fields"], ["config", "show"], ["sweep"]])
+@pytest.mark.parametrize("cmd", [[], ["train"], ["summary"], ["config"], ["config", "fields"], ["config", "show"],
+                                 ["sweep"], ["analyze"], ["export"]])
 def test_help(cmd):
     proc = cli(*cmd, "--help")
     assert proc.returncode == 0 and "Usage:" in proc.stdout and len(proc.stdout.splitlines()) > 4

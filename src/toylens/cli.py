@@ -155,6 +155,48 @@ def summary(runs: List[Path] = typer.Argument(..., help="Run directories.")) -> 
         typer.echo(f"{path}: {_metrics_line(s['final'])}  ({s['wall_s']:.0f}s on {s['device']})")
 
 
+@app.command()
+@user_errors
+def analyze(
+    run: Path = typer.Argument(..., help="Run directory."),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final, best, an epoch number, a checkpoint name, or all."),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Patching metric: logit_diff, neg_loss or accuracy (default: the task's)."),
+    examples: int = typer.Option(256, "--examples", min=1, help="Task examples for head scores, attribution, sparsity and ablations."),
+    device: str = DeviceOption,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run every applicable analysis on RUN's checkpoints; results go to RUN/analysis/<checkpoint>/ (done ones are skipped)."""
+    from toylens.analysis import Settings, analyze as api_analyze
+    from toylens.train.loop import resolve_device
+
+    ckpt: str | int = int(checkpoint) if checkpoint.isdigit() else checkpoint
+    try:
+        written = api_analyze(run, ckpt, device=resolve_device(device), only=list(only or []) or None,
+                              settings=Settings(n_examples=examples, patch_metric=metric), progress=progress)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished results are kept: run the same command again to continue", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"{run}/analysis: {len(written)} new results")
+
+
+@app.command()
+@user_errors
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    to: str = typer.Option(..., "--to", help="Target format: transformer-lens."),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final, best, an epoch number or a checkpoint name."),
+) -> None:
+    """Export a checkpoint of RUN for another library (needs: pip install 'toylens[tl]')."""
+    if to != "transformer-lens":
+        raise ToylensError(f"--to {to!r}: the supported target is transformer-lens")
+    from toylens.export import export_transformer_lens
+
+    ckpt: str | int = int(checkpoint) if checkpoint.isdigit() else checkpoint
+    path = export_transformer_lens(run, ckpt)
+    typer.echo(f"wrote {path}; load it with toylens.export.load_transformer_lens(path)")
+
+
 @config_app.command("fields")
 def config_fields() -> None:
     """List every config field with its type and meaning."""

@@ -1,1 +1,92 @@
-"""Analyses of trained models; each returns a typed result that can be saved."""
+"""Interpretability: what a trained model does, as functions, and as saved results for the report.
+
+    from toylens.analysis import analyze
+    analyze("runs/sort-no-decay", checkpoint="all")        # = toylens analyze RUN --checkpoint all
+
+The modules, one concept each (all device-agnostic; every function works for any number of layers
+and heads, with or without MLPs and LayerNorm):
+
+    results.py      Result base class: dataclass <-> JSON + safetensors through RunDir
+    attention.py    patterns; head scores over data (previous/first/duplicate token, induction,
+                    next output); repeated random token inputs
+    residual.py     cache algebra: residual stream parts, accumulated residual, ln_final on parts
+    attribution.py  direct logit attribution, logit lens
+    circuits.py     full QK (tokens, positions) and OV circuits as FactoredMatrix, copying scores
+    composition.py  Q/K/V composition scores with the random baseline
+    regularisation.py  weight norms, MLP activation sparsity
+    metrics.py      patching metrics: logit difference, -loss, accuracy
+    corrupt.py      one corrupted-input generator per task
+    patching.py     the batched patching engine and its named variants (Patcher)
+    ablation.py     zero / mean / resample ablation of heads and neurons
+    profiles.py     per-task facts the analyses need (outputs are tokens? special tokens)
+    summary.py      headline scalars per checkpoint and over checkpoints
+    driver.py       `analyze()`, the driver behind `toylens analyze`
+    llc*.py         the local learning coefficient (sampler, estimate, diagnostics, over a run's
+                    checkpoints); its files live under RUN/llc/ (see llc_run.py), not here
+
+## Saved results (what the report reads; it never needs the model)
+
+`toylens analyze RUN --checkpoint C` writes, for each checkpoint C ("final", "epoch-0003",
+"step-000120", ...), one result per analysis under `RUN/analysis/C/`. A result named `X` is
+`X.json` plus `X.safetensors` when it has arrays; the JSON holds the type, the scalar/list fields
+and, for every array, its shape, dtype and axis names (see `results.py`). Load any of them with
+`load_result(RunDir(RUN), "analysis/C/X")`. Layers and heads are numbered from 0; a head is
+labelled `L{layer}H{head}`. Every file is listed with its SHA-256 in RUN/manifest.json.
+
+| result (X)                       | type              | arrays [axes]                                   |
+|----------------------------------|-------------------|-------------------------------------------------|
+| attention/task                   | AttentionPatterns | tokens [example, pos]; patterns [example, layer, head, query, key]; `labels`: token labels per example. First n_pattern_examples (4) evaluation examples, cut to 64 positions |
+| attention/repeated               | AttentionPatterns | the same for 2 sequences [BOS, r, r] of random tokens |
+| head_scores/repeated             | HeadScores        | scores/<name>, hits/<name> [layer, head] for previous_token, first_token, duplicate_token, induction on 100 repeated random sequences (the field's induction test; `dataset` says exactly which) |
+| head_scores/task                 | HeadScores        | the same relations measured on task data, plus next_output (attend to a copy of the token to output next) when outputs are tokens |
+| head_scores/next_output_by_pos   | PositionScores    | scores, hits [layer, head, pos]: next_output per query position (sorting: SEP attends to the minimum, each output position to the value it writes next); NaN where a position has no target |
+| circuits                         | Circuits          | qk_tokens [layer, head, query_token, key_token], qk_positions [layer, head, query_pos, key_pos], ov_tokens [layer, head, attended_token, output_token] (corners of at most 128 tokens/positions; `token_labels`, `out_labels`); copying [layer, head] (NaN when outputs are not tokens) |
+| composition                      | Composition       | q, k, v [layer1, head1, layer2, head2] (NaN unless layer1 < layer2); baseline_mean/std per kind and baseline_formula 1/sqrt(d_model). Only with 2+ layers |
+| weight_norms                     | WeightNorms       | heads/W_Q..W_O, heads/QK, heads/OV [layer, head]; `norms` per named matrix; `total_matrices` |
+| sparsity                         | Sparsity          | fraction_active, l1, dead_fraction [layer]; neuron_frequency [layer, neuron]. Only with MLPs |
+| logit_attribution                | LogitAttribution  | total [component], by_pos [component, pos]: direct logit attribution of each part (`labels`: embed, pos_embed, L0H0.., L0 b_O, MLP0.., bias) to logit(target) - mean logit |
+| logit_lens                       | LogitLens         | loss, accuracy, correct_logit [layer]: read out after each layer (`labels`: resid_pre 0.., final) |
+| patching/<variant>               | PatchGrid         | values, normalized [`grid_axes`]: resid_pre, attn_out, mlp_out [layer, pos]; head_out, head_pattern, head_values [layer, head]; head_out_by_pos, head_values_by_pos [layer, pos, head]; head_pattern_by_pos [layer, head, dest]. `metric` + `metric_description`, `clean`/`corrupted` metric values; normalized = (value - corrupted) / (clean - corrupted): 1 = patching this cell restores the clean behaviour, 0 = no effect. `labels` per axis (positions labelled with the first clean example's tokens) |
+| ablation/zero, /mean, /resample  | Ablation          | heads [layer, head], neurons [layer, neuron]: loss change in nats (ablated - base_loss) |
+| summary                          | CheckpointSummary | (JSON only) results present, epoch, step, and `scalars` such as "head_scores/repeated/induction.max" / ".argmax" |
+
+`RUN/analysis/trajectory.json` (a `Trajectory`, JSON only) lists every analysed checkpoint in
+training order with its epoch and step, and each summary scalar as a series over them: the
+curves that show, e.g., an induction head forming.
+
+Metrics (patching): `logit_diff` = logit(clean answer) - logit(corrupted answer) where they differ;
+`neg_loss` = minus the cross-entropy of the clean targets; `accuracy` = fraction of clean targets
+that are the top logit. All are "higher = more like the clean run".
+"""
+
+from toylens.analysis.ablation import Ablation, ablate
+from toylens.analysis.driver import ANALYSES, Settings, analyze
+from toylens.analysis.attention import (
+    AttentionPatterns,
+    HeadScores,
+    PositionScores,
+    attention_patterns,
+    head_scores,
+    repeated_token_scores,
+    repeated_tokens,
+)
+from toylens.analysis.attribution import LogitAttribution, LogitLens, direct_logit_attribution, logit_attribution, logit_lens
+from toylens.analysis.circuits import Circuits, circuits, copying_scores, full_ov, full_qk_positions, full_qk_tokens
+from toylens.analysis.composition import Composition, composition_scores
+from toylens.analysis.corrupt import CorruptedPair, corrupted_pair
+from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
+from toylens.analysis.patching import PatchGrid, Patcher, patch_cells
+from toylens.analysis.regularisation import Sparsity, WeightNorms, activation_sparsity, weight_norms
+from toylens.analysis.residual import accumulated_resid, apply_ln_final, residual_components
+from toylens.analysis.results import Result, load_result
+from toylens.analysis.summary import CheckpointSummary, Trajectory
+
+__all__ = [
+    "ANALYSES", "Ablation", "Accuracy", "AttentionPatterns", "CheckpointSummary", "Circuits", "Composition",
+    "CorruptedPair", "HeadScores", "LogitAttribution", "LogitDiff", "LogitLens", "NegLoss", "PatchGrid", "Patcher",
+    "PositionScores", "Result", "Settings", "Sparsity", "Trajectory", "WeightNorms", "ablate", "accumulated_resid",
+    "activation_sparsity", "analyze", "apply_ln_final", "attention_patterns", "circuits", "composition_scores",
+    "copying_scores", "corrupted_pair", "direct_logit_attribution", "full_ov", "full_qk_positions", "full_qk_tokens",
+    "head_scores", "load_result", "logit_attribution", "logit_lens", "patch_cells", "repeated_token_scores",
+    "repeated_tokens", "residual_components", "weight_norms",
+]

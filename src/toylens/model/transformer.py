@@ -6,7 +6,7 @@
     logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", fn)])
 
 `model.W_Q` etc. are the weights stacked over layers ([n_layers, n_heads, d_model, d_head]),
-as in TransformerLens.
+as in TransformerLens; `model.QK` and `model.OV` are every head's circuits as `FactoredMatrix`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from toylens.config import ModelConfig
 from toylens.errors import ToylensError
 from toylens.model.components import Embed, LayerNorm, PosEmbed, TransformerBlock, Unembed
+from toylens.model.factored import FactoredMatrix
 from toylens.model.hooks import HookedRootModule, HookPoint
 
 
@@ -62,17 +63,17 @@ class Transformer(HookedRootModule):
     ) -> Tensor:
         """Logits [batch, pos, d_vocab_out] for `tokens`.
 
-        start_at_layer=l runs from `residual` (the resid_pre of block l) instead of tokens;
+        start_at_layer=l runs from `residual` (the resid_pre of block l, l >= 0) instead of tokens;
         stop_at_layer=l returns the resid_pre of block l instead of logits.
         """
-        if start_at_layer == 0:
+        if residual is None:
+            if start_at_layer > 0:
+                raise ValueError("residual is required when start_at_layer > 0")
             if tokens is None:
-                raise ValueError("tokens are required when start_at_layer is 0")
+                raise ValueError("tokens (or residual) are required")
             if tokens.shape[-1] > self.cfg.n_ctx:
                 raise ToylensError(f"input has {tokens.shape[-1]} positions; the model's n_ctx is {self.cfg.n_ctx}")
             residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
-        elif residual is None:
-            raise ValueError("residual is required when start_at_layer > 0")
         for block in self.blocks[start_at_layer:stop_at_layer]:
             residual = block(residual)
         if stop_at_layer is not None:
@@ -109,6 +110,16 @@ class Transformer(HookedRootModule):
     W_out = property(lambda self: self._stack("mlp", "W_out"))
     b_in = property(lambda self: self._stack("mlp", "b_in"))
     b_out = property(lambda self: self._stack("mlp", "b_out"))
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Every head's QK circuit W_Q @ W_K^T, factored: [n_layers, n_heads, d_model, d_model]."""
+        return FactoredMatrix(self.W_Q, self.W_K.mT)
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """Every head's OV circuit W_V @ W_O, factored: [n_layers, n_heads, d_model, d_model]."""
+        return FactoredMatrix(self.W_V, self.W_O)
 
 
 class _IdentityNorm(nn.Module):

@@ -1,0 +1,260 @@
+"""`analyze(run)`: every applicable analysis of a run's checkpoints, saved under RUN/analysis/.
+
+Each analysis is one entry of `ANALYSES`: a name (its path under RUN/analysis/<checkpoint>/), a
+test of whether it applies to the model and task, and a function from a `Subject` (one loaded
+checkpoint with its data) to a `Result`. Finished results are skipped, so an interrupted call
+resumes where it stopped; a checkpoint whose results all exist is not even loaded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from toylens.analysis import attention as att
+from toylens.analysis.ablation import KINDS, ablate
+from toylens.analysis.attribution import logit_attribution, logit_lens
+from toylens.analysis.circuits import circuits
+from toylens.analysis.composition import composition_scores
+from toylens.analysis.corrupt import CORRUPTIONS, DEFAULT_METRIC, corrupted_pair
+from toylens.analysis.metrics import METRICS, make_metric
+from toylens.analysis.patching import Patcher, rows_per_pass
+from toylens.analysis.profiles import bos_token, output_labels, outputs_are_tokens, random_token_ids
+from toylens.analysis.regularisation import activation_sparsity, weight_norms
+from toylens.analysis.results import Result, has_result
+from toylens.analysis.summary import summarize_checkpoint, write_trajectory
+from toylens.config import RunConfig
+from toylens.errors import ToylensError
+from toylens.model import Transformer
+from toylens.run import Loaded, RunDir, load
+from toylens.tasks import Batch, Task
+
+@dataclass(frozen=True)
+class Settings:
+    """How much data each analysis uses (defaults suit small models on a CPU)."""
+
+    n_examples: int = 256
+    """Task examples for head scores, attribution, logit lens, sparsity and ablations."""
+    n_patch: int = 32
+    """Clean/corrupted pairs for patching."""
+    n_repeated: int = 100
+    """Repeated random sequences for the induction-style head scores."""
+    repeated_half: int = 50
+    """Length of each half of a repeated sequence (shrunk to fit n_ctx)."""
+    n_pattern_examples: int = 4
+    """Example inputs whose attention patterns are saved."""
+    max_pattern_pos: int = 64
+    """Saved example patterns are cut to this many positions."""
+    patch_metric: str | None = None
+    """Patching metric: logit_diff, neg_loss or accuracy (default: the task's, see corrupt.py)."""
+    seed: int = 0
+
+
+class Subject:
+    """One checkpoint under analysis: the model, its task, and the data every analysis shares."""
+
+    def __init__(self, run: RunDir, config: RunConfig, checkpoint: str, device: torch.device, settings: Settings):
+        self.run, self.checkpoint, self.device, self.settings = run, checkpoint, device, settings
+        self.cfg, self.task_name = config.model, config.task.name  # enough to decide what applies
+
+    @functools.cached_property
+    def loaded(self) -> Loaded:
+        return load(self.run.path, self.checkpoint, self.device)
+
+    @property
+    def model(self) -> Transformer:
+        return self.loaded.model
+
+    @property
+    def task(self) -> Task:
+        return self.loaded.task
+
+    @functools.cached_property
+    def data(self) -> Batch:
+        split = self.task.splits[self.task.eval_splits[0]]
+        n = _fit(self.model, self.settings.n_examples)
+        b = split.batch(torch.arange(min(n, len(split))))
+        return Batch(b.tokens, b.targets)
+
+    @property
+    def metric_name(self) -> str:
+        return self.settings.patch_metric or DEFAULT_METRIC.get(self.task_name, "neg_loss")
+
+    @functools.cached_property
+    def patcher(self) -> Patcher:
+        pair = corrupted_pair(self.task, _fit(self.model, self.settings.n_patch), self.settings.seed)
+        metric = make_metric(self.metric_name, pair.answers, pair.wrong)
+        labels = self.task.token_labels(pair.clean[0])
+        return Patcher(self.model, pair.clean, pair.corrupted, metric, pos_labels=labels, description=pair.description)
+
+
+def _fit(model: Transformer, n: int) -> int:
+    """Fewer examples when one batch of logits would be too big (large vocabularies, long contexts)."""
+    return max(1, min(n, rows_per_pass(model, model.cfg.n_ctx)))
+
+
+# ----------------------------------------------------------------------------- the analyses
+
+
+def _attention_task(s: Subject) -> Result:
+    n, p = s.settings.n_pattern_examples, s.settings.max_pattern_pos
+    tokens = s.data.tokens[:n, :p]
+    return att.AttentionPatterns(tokens=tokens, labels=[s.task.token_labels(t) for t in tokens],
+                                 patterns=att.attention_patterns(s.model, tokens.to(s.device)).cpu(),
+                                 sources=["task"] * len(tokens))
+
+
+def _repeated(s: Subject, n: int) -> torch.Tensor:
+    half = min(s.settings.repeated_half, (s.model.cfg.n_ctx - 1) // 2)
+    return att.repeated_tokens(random_token_ids(s.task), n, half, bos_token(s.task), s.settings.seed)
+
+
+def _attention_repeated(s: Subject) -> Result:
+    tokens = _repeated(s, 2)[:, : s.settings.max_pattern_pos]
+    return att.AttentionPatterns(tokens=tokens, labels=[s.task.token_labels(t) for t in tokens],
+                                 patterns=att.attention_patterns(s.model, tokens.to(s.device)).cpu(),
+                                 sources=["repeated random tokens"] * len(tokens))
+
+
+def _head_scores_repeated(s: Subject) -> Result:
+    return att.repeated_token_scores(s.model, random_token_ids(s.task), bos_token(s.task),
+                                     n_seq=s.settings.n_repeated, half=s.settings.repeated_half, seed=s.settings.seed)
+
+
+TASK_RELATIONS = {
+    "previous_token": (att.previous_token, "mean attention to the previous position"),
+    "first_token": (att.first_token, "mean attention to position 0"),
+    "duplicate_token": (att.duplicate_token, "mean attention to earlier copies of the current token"),
+    "induction": (att.induction, "mean attention to tokens that followed earlier copies of the current token"),
+    "next_output": (att.next_output, "mean attention to earlier copies of the token this position must output"),
+}
+
+
+def _head_scores_task(s: Subject) -> Result:
+    relations = {k: r for k, (r, _) in TASK_RELATIONS.items() if k != "next_output" or outputs_are_tokens(s.task)}
+    out = att.head_scores(s.model, s.data.tokens, relations, s.data.targets)
+    return att.HeadScores(scores={k: v.score.cpu() for k, v in out.items()}, hits={k: v.hit.cpu() for k, v in out.items()},
+                          layer_hits={k: v.layer_hit.cpu() for k, v in out.items()},
+                          descriptions={k: TASK_RELATIONS[k][1] for k in out},
+                          dataset=f"{len(s.data.tokens)} examples of the {s.task.name} task's evaluation split")
+
+
+def _next_output_by_pos(s: Subject) -> Result:
+    out = att.head_scores(s.model, s.data.tokens, {"next_output": att.next_output}, s.data.targets, per_position=True)
+    return att.PositionScores(relation="next_output", description=TASK_RELATIONS["next_output"][1],
+                              scores=out["next_output"].score.cpu(), hits=out["next_output"].hit.cpu(),
+                              layer_hits=out["next_output"].layer_hit.cpu(),
+                              n_examples=len(s.data.tokens))
+
+
+def _circuits(s: Subject) -> Result:
+    labels = s.task.token_labels(torch.arange(s.model.cfg.d_vocab))
+    copy = None if outputs_are_tokens(s.task) else torch.tensor([], dtype=torch.long)
+    return circuits(s.model, labels, output_labels(s.task), copy_tokens=copy)
+
+
+def _ablation(kind: str) -> Callable[[Subject], Result]:
+    return lambda s: ablate(s.model, s.data.tokens, s.data.targets, kind, seed=s.settings.seed)
+
+
+def _patch(variant: str) -> Callable[[Subject], Result]:
+    return lambda s: getattr(s.patcher, variant)()
+
+
+@dataclass(frozen=True)
+class Analysis:
+    name: str
+    """Path under RUN/analysis/<checkpoint>/; "{metric}" stands for Settings.patch_metric."""
+    compute: Callable[[Subject], Result | None]
+    applies: Callable[[Subject], bool] = lambda s: True
+
+    def path(self, subject: Subject) -> str:
+        return self.name.format(metric=subject.metric_name)
+
+
+def _has_mlp(s: Subject) -> bool:
+    return not s.cfg.attn_only
+
+
+def _patchable(s: Subject) -> bool:
+    return s.task_name in CORRUPTIONS
+
+
+PATCH_VARIANTS = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_pos", "head_pattern",
+                  "head_pattern_by_pos", "head_values", "head_values_by_pos")
+
+ANALYSES: list[Analysis] = [
+    Analysis("attention/task", _attention_task),
+    Analysis("attention/repeated", _attention_repeated),
+    Analysis("head_scores/repeated", _head_scores_repeated),
+    Analysis("head_scores/task", _head_scores_task),
+    Analysis("head_scores/next_output_by_pos", _next_output_by_pos, lambda s: outputs_are_tokens(s.task_name)),
+    Analysis("circuits", _circuits),
+    Analysis("composition", lambda s: composition_scores(s.model), lambda s: s.cfg.n_layers > 1),
+    Analysis("weight_norms", lambda s: weight_norms(s.model)),
+    Analysis("sparsity", lambda s: activation_sparsity(s.model, s.data.tokens), _has_mlp),
+    Analysis("logit_attribution", lambda s: logit_attribution(s.model, s.data.tokens, s.data.targets)),
+    Analysis("logit_lens", lambda s: logit_lens(s.model, s.data.tokens, s.data.targets)),
+    *[Analysis(f"patching/{{metric}}/{v}", _patch(v), (lambda s: _patchable(s) and _has_mlp(s)) if v == "mlp_out" else _patchable)
+      for v in PATCH_VARIANTS],
+    *[Analysis(f"ablation/{k}", _ablation(k)) for k in KINDS],
+]
+
+
+# --------------------------------------------------------------------------------- driver
+
+
+def checkpoint_names(run: RunDir, checkpoint: str | int) -> list[str]:
+    """"final", "best", an epoch number, a checkpoint name, or "all" (every checkpoint and final)."""
+    if checkpoint == "all":
+        names = [c.name for c in run.checkpoints()]
+        return names + (["final"] if run.has("final.safetensors") else [])
+    if checkpoint == "final":
+        if not run.has("final.safetensors"):
+            raise ToylensError(f"{run.path}: no final checkpoint (is training finished?); try --checkpoint all")
+        return ["final"]
+    return [Path(run.checkpoint_file(checkpoint)).name.removesuffix(".safetensors")]
+
+
+def analyze(run: str | Path, checkpoint: str | int = "final", *, device: str | torch.device = "cpu",
+            only: list[str] | None = None, settings: Settings | None = None, progress: bool = True) -> list[str]:
+    """Run every applicable analysis (or those named in `only`, by name or prefix such as
+    "patching") on the chosen checkpoints; returns the result paths written (relative to RUN)."""
+    rundir, settings = RunDir(run), settings or Settings()
+    rundir.manifest()  # a clear error when RUN is not a run directory
+    if settings.patch_metric not in (None, *METRICS):
+        raise ToylensError(f"patch metric {settings.patch_metric!r}: expected one of {', '.join(METRICS)}")
+    names = checkpoint_names(rundir, checkpoint)
+    config = rundir.config()
+    subjects = [Subject(rundir, config, name, torch.device(device), settings) for name in names]
+    paths = {a.name: a.path(subjects[0]) for a in ANALYSES}
+    chosen = [a for a in ANALYSES if not only or any(_selects(o, paths[a.name]) for o in only)]
+    if only and not chosen:
+        raise ToylensError(f"--only {only}: no such analysis (have: {', '.join(paths.values())})")
+    written: list[str] = []
+    bar = tqdm(total=len(names) * len(chosen), disable=not progress, desc="analyze", unit="result")
+    for name, subject in zip(names, subjects):
+        for a in chosen:
+            bar.set_postfix_str(f"{name}: {a.name}")
+            rel = f"analysis/{name}/{paths[a.name]}"
+            if not has_result(rundir, rel) and a.applies(subject):
+                result = a.compute(subject)
+                if result is not None:
+                    result.save(rundir, rel)
+                    written.append(rel)
+            bar.update()
+        summarize_checkpoint(rundir, name)
+    bar.close()
+    write_trajectory(rundir)
+    return written
+
+
+def _selects(pattern: str, path: str) -> bool:
+    """--only matches a result path or any group it belongs to ("patching", "head_scores")."""
+    pattern = pattern.rstrip("/")
+    return path == pattern or path.startswith(pattern + "/")

@@ -1,0 +1,258 @@
+"""Activation patching: one batched engine and thin named variants.
+
+Patching copies one piece of a *source* run's activations (the clean run) into a *base* run (the
+corrupted run) and measures how much of the clean behaviour comes back. TransformerLens runs one
+full forward pass per patched cell. Here all the cells of one layer are stacked along the batch:
+the base batch is repeated once per cell, each copy gets its own cell patched by a single hook,
+and the stack starts from the base run's cached `resid_pre` of that layer
+(`model(residual=..., start_at_layer=layer)`), so layers below the patch are never recomputed.
+A grid costs n_layers forward passes (more when a stack is split into chunks to bound memory).
+
+    patcher = Patcher(model, clean_tokens, corrupted_tokens, LogitDiff(clean_answers, wrong_answers))
+    grid = patcher.resid_pre()          # PatchGrid: values [layer, pos], normalized, clean, corrupted
+    grid = patcher.head_out_by_pos()    # [layer, pos, head]
+
+`patch_cells` is the engine; ablation (`toylens.analysis.ablation`) uses it too, with zero, mean
+or resampled activations as the source and the unablated data as the base.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from toylens.analysis.metrics import Metric
+from toylens.analysis.results import Result
+from toylens.errors import ToylensError
+from toylens.model import Transformer, act_name
+
+# The axes of each patchable activation after the batch axis (see toylens.model.names).
+ACT_AXES: dict[str, tuple[str, ...]] = {
+    "resid_pre": ("pos", "d_model"),
+    "resid_mid": ("pos", "d_model"),
+    "attn_out": ("pos", "d_model"),
+    "mlp_out": ("pos", "d_model"),
+    "q": ("pos", "head", "d_head"),
+    "k": ("pos", "head", "d_head"),
+    "v": ("pos", "head", "d_head"),
+    "z": ("pos", "head", "d_head"),
+    "pattern": ("head", "dest", "src"),
+    "attn_scores": ("head", "dest", "src"),
+    "pre": ("pos", "neuron"),
+    "post": ("pos", "neuron"),
+}
+# Elements (float32) one stacked forward pass may hold in its widest activation: ~256 MiB.
+DEFAULT_BUDGET = 1 << 26
+
+
+def cell_masks(act_shape: torch.Size, dims: list[int], cells: Tensor) -> Tensor:
+    """Boolean masks [n_cells, *act_shape] (size 1 on un-indexed dims): cell i marks one index
+    along each of `dims`; `cells` are flat indices over those dims' sizes."""
+    sizes = [act_shape[d] for d in dims]
+    shape = [len(cells)] + [1] * len(act_shape)
+    mask = torch.ones(shape, dtype=torch.bool, device=cells.device)
+    rest = cells
+    for d, size in reversed(list(zip(dims, sizes))):
+        index = rest % size
+        rest = rest // size
+        one_hot = torch.nn.functional.one_hot(index, size).bool()  # [n_cells, size]
+        view = [len(cells)] + [1] * len(act_shape)
+        view[d + 1] = size
+        mask = mask & one_hot.view(view)
+    return mask
+
+
+def rows_per_pass(model: Transformer, pos: int, budget: int = DEFAULT_BUDGET) -> int:
+    """How many sequences one forward pass may stack within `budget` elements of its widest tensor."""
+    cfg = model.cfg
+    width = max(cfg.d_vocab_out, 4 * cfg.d_model, cfg.d_mlp or 0, cfg.n_heads * pos)
+    return max(1, budget // (pos * width))
+
+
+def read_positions(metric: Metric) -> Tensor:
+    """The positions any example's metric reads."""
+    return metric.positions.any(0).nonzero().squeeze(-1)
+
+
+def final_logits(model: Transformer, residual: Tensor, start_at_layer: int, positions: Tensor,
+                 fwd_hooks: list | tuple = ()) -> Tensor:
+    """Logits at `positions` only, running from resid_pre of `start_at_layer` (n_layers = the end).
+
+    Positions not read by the metric are never unembedded: with a large vocabulary the unembedding
+    is most of a small model's work.
+    """
+    with model.hooks(fwd_hooks):
+        final = model(residual=residual, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers)
+        return model.unembed(model.ln_final(final[:, positions]))
+
+
+@torch.no_grad()
+def patch_cells(
+    model: Transformer,
+    base_resid: Callable[[int], Float[Tensor, "batch pos d_model"]],
+    source: Callable[[int], Tensor],
+    metric: Metric,
+    activation: str,
+    index_axes: tuple[str, ...],
+    layers: list[int] | None = None,
+    max_rows: int | None = None,
+) -> Tensor:
+    """The engine: metric (mean over the batch) with each cell of `activation` patched from `source`.
+
+    `base_resid(l)` is the base run's resid_pre at layer l [batch, pos, d_model]; `source(l)` the
+    activation to write in (shape [batch or 1, *act]). Returns [len(layers), *index sizes].
+    """
+    if activation not in ACT_AXES:
+        raise ToylensError(f"cannot patch {activation!r}; patchable: {', '.join(ACT_AXES)}")
+    axes = ACT_AXES[activation]
+    dims = [axes.index(a) for a in index_axes]
+    layers = list(range(model.cfg.n_layers)) if layers is None else layers
+    read = read_positions(metric)
+    metric = metric.at(read)
+    out = []
+    for layer in layers:
+        resid = base_resid(layer)
+        batch, pos = resid.shape[:2]
+        src = source(layer)
+        sizes = [src.shape[1 + d] for d in dims]
+        cells = torch.arange(math.prod(sizes), device=resid.device)
+        per_pass = max(1, (max_rows or rows_per_pass(model, pos)) // batch)
+        values = [
+            _patched_pass(model, layer, resid, src, metric, read, act_name(activation, layer), dims, chunk)
+            for chunk in cells.split(per_pass)
+        ]
+        out.append(torch.cat(values).view(sizes))
+    return torch.stack(out)
+
+
+def _patched_pass(model: Transformer, layer: int, resid: Tensor, src: Tensor, metric: Metric, read: Tensor,
+                  hook_name: str, dims: list[int], cells: Tensor) -> Tensor:
+    """One stacked forward: copy c of the batch gets cell c patched. Returns the metric per cell."""
+    batch, n = resid.shape[0], len(cells)
+    mask = cell_masks(src.shape[1:], dims, cells).unsqueeze(1)  # [c, 1, *act]
+
+    def hook(act: Tensor, hook: object) -> Tensor:
+        stacked = act.view(n, batch, *act.shape[1:])  # rows are cell-major: copy c = rows c*B..c*B+B-1
+        return torch.where(mask, src.unsqueeze(0), stacked).view(act.shape)
+
+    logits = final_logits(model, resid.repeat(n, 1, 1), layer, read, [(hook_name, hook)])
+    return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
+
+
+@dataclass
+class PatchGrid(Result):
+    """A patching grid: the metric with each cell patched clean -> corrupted run."""
+
+    activation: str
+    grid_axes: list[str]
+    values: Tensor
+    normalized: Tensor
+    clean: float
+    corrupted: float
+    metric: str
+    metric_description: str
+    labels: dict[str, list[str]]
+    corruption: str
+
+    def array_axes(self) -> dict[str, tuple[str, ...]]:
+        return {"values": tuple(self.grid_axes), "normalized": tuple(self.grid_axes)}
+
+
+class Patcher:
+    """A clean/corrupted pair and a metric, both runs cached once; each grid is one method call."""
+
+    def __init__(self, model: Transformer, clean_tokens: Int[Tensor, "batch pos"],
+                 corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric, *,
+                 max_rows: int | None = None, pos_labels: list[str] | None = None, description: str = ""):
+        if clean_tokens.shape != corrupted_tokens.shape:
+            raise ToylensError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} tokens differ in shape")
+        device = next(model.parameters()).device
+        self.model, self.metric, self.max_rows = model, metric.to(device), max_rows
+        patchable = lambda name: name.rsplit(".", 1)[-1].removeprefix("hook_") in ACT_AXES  # noqa: E731
+        with torch.no_grad():
+            clean_logits, self.clean_cache = model.run_with_cache(clean_tokens.to(device), names_filter=patchable)
+            corrupted_logits, self.corrupted_cache = model.run_with_cache(corrupted_tokens.to(device), names_filter=patchable)
+        self.clean = float(self.metric(clean_logits).mean())
+        self.corrupted = float(self.metric(corrupted_logits).mean())
+        self.pos_labels = pos_labels or [str(i) for i in range(clean_tokens.shape[1])]
+        self.description = description
+
+    def grid(self, activation: str, index_axes: tuple[str, ...]) -> PatchGrid:
+        """Patch every (layer, *index_axes) cell of `activation` from the clean run."""
+        if activation in ("mlp_out", "resid_mid", "pre", "post") and self.model.cfg.attn_only:
+            raise ToylensError(f"cannot patch {activation!r}: the model has no MLPs (attn_only)")
+        values = patch_cells(
+            self.model, lambda l: self.corrupted_cache["resid_pre", l], lambda l: self.clean_cache[activation, l],
+            self.metric, activation, index_axes, max_rows=self.max_rows)
+        span = self.clean - self.corrupted
+        normalized = (values - self.corrupted) / span if span != 0 else torch.full_like(values, float("nan"))
+        return PatchGrid(activation=activation, grid_axes=["layer", *index_axes], values=values.cpu(),
+                         normalized=normalized.cpu(), clean=self.clean, corrupted=self.corrupted,
+                         metric=self.metric.name, metric_description=self.metric.description,
+                         labels=self._labels(values.shape, ["layer", *index_axes]), corruption=self.description)
+
+    def _labels(self, shape: torch.Size, axes: list[str]) -> dict[str, list[str]]:
+        named = {"pos": self.pos_labels, "dest": self.pos_labels, "src": self.pos_labels}
+        return {a: named.get(a, [str(i) for i in range(n)]) for a, n in zip(axes, shape)}
+
+    # --- the named variants (TransformerLens's get_act_patch_* equivalents) ---------------
+    def resid_pre(self) -> PatchGrid:
+        """The residual stream entering each block, by position: [layer, pos]."""
+        return self.grid("resid_pre", ("pos",))
+
+    def attn_out(self) -> PatchGrid:
+        """Each attention layer's output, by position: [layer, pos]."""
+        return self.grid("attn_out", ("pos",))
+
+    def mlp_out(self) -> PatchGrid:
+        """Each MLP's output, by position: [layer, pos]."""
+        return self.grid("mlp_out", ("pos",))
+
+    def head_out(self) -> PatchGrid:
+        """Each head's output (hook_z) at every position at once: [layer, head]."""
+        return self.grid("z", ("head",))
+
+    def head_out_by_pos(self) -> PatchGrid:
+        """Each head's output (hook_z) at one position: [layer, pos, head]."""
+        return self.grid("z", ("pos", "head"))
+
+    def head_pattern(self) -> PatchGrid:
+        """Each head's whole attention pattern: [layer, head]."""
+        return self.grid("pattern", ("head",))
+
+    def head_pattern_by_pos(self) -> PatchGrid:
+        """Each head's attention pattern for one query (destination) position: [layer, head, dest]."""
+        return self.grid("pattern", ("head", "dest"))
+
+    def head_values(self) -> PatchGrid:
+        """Each head's values (hook_v) at every position at once: [layer, head]."""
+        return self.grid("v", ("head",))
+
+    def head_values_by_pos(self) -> PatchGrid:
+        """Each head's values (hook_v) at one position: [layer, pos, head]."""
+        return self.grid("v", ("pos", "head"))
+
+    def head_pattern_by_dest_src(self) -> PatchGrid:
+        """One entry of a head's attention pattern: [layer, head, dest, src]."""
+        return self.grid("pattern", ("head", "dest", "src"))
+
+    def head_queries(self) -> PatchGrid:
+        """Each head's queries (hook_q) at every position at once: [layer, head]."""
+        return self.grid("q", ("head",))
+
+    def head_queries_by_pos(self) -> PatchGrid:
+        """Each head's queries (hook_q) at one position: [layer, pos, head]."""
+        return self.grid("q", ("pos", "head"))
+
+    def head_keys(self) -> PatchGrid:
+        """Each head's keys (hook_k) at every position at once: [layer, head]."""
+        return self.grid("k", ("head",))
+
+    def head_keys_by_pos(self) -> PatchGrid:
+        """Each head's keys (hook_k) at one position: [layer, pos, head]."""
+        return self.grid("k", ("pos", "head"))

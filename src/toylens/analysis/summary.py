@@ -1,0 +1,119 @@
+"""Headline numbers per checkpoint, and the same numbers over all analysed checkpoints.
+
+`summarize_checkpoint` reads the saved results of one checkpoint (never the model) and writes
+`RUN/analysis/<checkpoint>/summary.json` (a `CheckpointSummary`): which results exist and a flat
+table of scalars such as `head_scores/repeated/induction.max`. `write_trajectory` gathers every
+checkpoint's scalars, ordered by training step, into `RUN/analysis/trajectory.json` (a
+`Trajectory`): the series a report plots to show, e.g., the induction-head phase change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from toylens.analysis.results import Result, has_result, load_result
+from toylens.run import RunDir
+
+
+@dataclass
+class CheckpointSummary(Result):
+    checkpoint: str
+    epoch: int
+    step: int
+    results: list[str]
+    scalars: dict[str, float | str | None]
+
+
+@dataclass
+class Trajectory(Result):
+    """`scalars[name][i]` is that scalar at `checkpoints[i]` (None where it was not computed)."""
+
+    checkpoints: list[str]
+    epochs: list[int]
+    steps: list[int]
+    scalars: dict[str, list[float | str | None]]
+
+
+def _head_label(flat_index: int, n_heads: int) -> str:
+    layer, head = divmod(flat_index, n_heads)
+    return f"L{layer}H{head}"
+
+
+def _best(prefix: str, grid: Tensor, out: dict[str, Any]) -> None:
+    """Max over heads of a [layer, head] grid, and which head."""
+    flat = grid.flatten().nan_to_num(float("-inf"))
+    i = int(flat.argmax())
+    value = float(flat[i])
+    out[f"{prefix}.max"] = value if math.isfinite(value) else None
+    out[f"{prefix}.argmax"] = _head_label(i, grid.shape[-1]) if math.isfinite(value) else None
+
+
+def _scalars(run: RunDir, base: str, names: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in names:
+        r = load_result(run, f"{base}/{name}")
+        kind = type(r).__name__
+        if kind == "HeadScores":
+            for score, grid in r.scores.items():
+                _best(f"{name}/{score}", grid, out)
+        elif kind == "Circuits":
+            _best("circuits/copying", r.copying, out)
+        elif kind == "Composition":
+            for c in "qkv":
+                best_source = getattr(r, c).nan_to_num(float("-inf")).amax((0, 1))  # per receiving head
+                _best(f"composition/{c}", best_source, out)
+                out[f"composition/{c}.baseline"] = r.baseline_mean[c]
+        elif kind == "Ablation":
+            out[f"{name}.base_loss"] = r.base_loss
+            _best(f"{name}/heads", r.heads, out)
+        elif kind == "LogitLens":
+            out["logit_lens/final_loss"] = float(r.loss[-1])
+        elif kind == "PatchGrid" and name == "patching/resid_pre":
+            out["patching/clean"], out["patching/corrupted"] = r.clean, r.corrupted
+        elif kind == "WeightNorms":
+            out["weight_norms/total_matrices"] = r.total_matrices
+        elif kind == "Sparsity":
+            for layer, (frac, l1) in enumerate(zip(r.fraction_active.tolist(), r.l1.tolist())):
+                out[f"sparsity/L{layer}.fraction_active"], out[f"sparsity/L{layer}.l1"] = frac, l1
+    return out
+
+
+def summarize_checkpoint(run: RunDir, checkpoint: str) -> CheckpointSummary:
+    """Write RUN/analysis/<checkpoint>/summary.json from the results saved there."""
+    base = f"analysis/{checkpoint}"
+    results = sorted(
+        rel.removeprefix(base + "/").removesuffix(".json")
+        for rel in run.manifest()["files"]
+        if rel.startswith(base + "/") and rel.endswith(".json") and rel != f"{base}/summary.json"
+    )
+    epoch, step = _position(run, checkpoint)
+    summary = CheckpointSummary(checkpoint=checkpoint, epoch=epoch, step=step, results=results,
+                                scalars=_scalars(run, base, results))
+    summary.save(run, f"{base}/summary")
+    return summary
+
+
+def _position(run: RunDir, checkpoint: str) -> tuple[int, int]:
+    if checkpoint == "final":
+        final = run.read_json("summary.json")["final"] if run.has("summary.json") else {}
+        return int(final.get("epoch", -1)), int(final.get("step", -1))
+    info = run.manifest()["checkpoints"].get(checkpoint, {})
+    return int(info.get("epoch", -1)), int(info.get("step", -1))
+
+
+def write_trajectory(run: RunDir) -> Trajectory:
+    """Write RUN/analysis/trajectory.json from every checkpoint's summary, ordered by step."""
+    files = run.manifest()["files"]
+    names = sorted({rel.split("/")[1] for rel in files if rel.startswith("analysis/") and rel.endswith("/summary.json")})
+    summaries = [load_result(run, f"analysis/{n}/summary") for n in names if has_result(run, f"analysis/{n}/summary")]
+    summaries.sort(key=lambda s: (s.step, s.checkpoint == "final"))
+    keys = sorted({k for s in summaries for k in s.scalars})
+    traj = Trajectory(checkpoints=[s.checkpoint for s in summaries], epochs=[s.epoch for s in summaries],
+                      steps=[s.step for s in summaries],
+                      scalars={k: [s.scalars.get(k) for s in summaries] for k in keys})
+    traj.save(run, "analysis/trajectory")
+    return traj

@@ -1,0 +1,107 @@
+"""`toylens analyze` end to end on tiny trained runs: every result saved, loadable, skipped when done."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from toylens.analysis import ANALYSES, Settings, analyze, load_result
+from toylens.analysis.results import RESULT_TYPES
+from toylens.cli import app
+from toylens.errors import ToylensError
+from toylens.run import RunDir
+from toylens.train import train
+
+SMALL = Settings(n_examples=24, n_patch=6, n_repeated=8, n_pattern_examples=2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    mlp = train(tiny_config(name="mlp"), out, progress=False).run_dir
+    attn = train(tiny_config(name="attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"}),
+                 out, progress=False).run_dir
+    return mlp, attn
+
+
+def test_every_analysis_saved_and_loadable(runs):
+    mlp, _ = runs
+    written = analyze(mlp, "final", settings=SMALL, progress=False)
+    run = RunDir(mlp)
+    names = {a.name.format(metric="logit_diff") for a in ANALYSES} - {"composition"}  # one layer: nothing to compose
+    assert {w.removeprefix("analysis/final/") for w in written} == names
+    for name in names:
+        result = load_result(run, f"analysis/final/{name}")
+        doc = run.read_json(f"analysis/final/{name}.json")
+        assert doc["type"] == type(result).__name__ in RESULT_TYPES
+        for array, info in doc["arrays"].items():
+            assert len(info["axes"]) == len(info["shape"]), (name, array)
+    grid = load_result(run, "analysis/final/patching/logit_diff/head_out_by_pos")
+    assert grid.values.shape == (1, 8, 2) and grid.grid_axes == ["layer", "pos", "head"]
+    assert len(grid.labels["pos"]) == 8 and grid.labels["pos"][4] == "SEP"
+    summary = load_result(run, "analysis/final/summary")
+    assert summary.epoch == 2 and summary.step > 0 and "circuits" in summary.results
+    assert "head_scores/repeated/induction.max" in summary.scalars
+    assert analyze(mlp, "final", settings=SMALL, progress=False) == []  # all done: skipped
+
+
+def test_all_checkpoints_and_trajectory(runs):
+    _, attn = runs
+    written = analyze(attn, "all", only=["head_scores/repeated", "composition"], settings=SMALL, progress=False)
+    assert len(written) == 2 * 4  # epochs 0, 1, 2 and final
+    traj = load_result(RunDir(attn), "analysis/trajectory")
+    assert traj.checkpoints == ["epoch-0000", "epoch-0001", "epoch-0002", "final"]
+    assert traj.steps == sorted(traj.steps)
+    series = traj.scalars["head_scores/repeated/induction.max"]
+    assert len(series) == 4 and all(isinstance(v, float) for v in series)
+    k_max = traj.scalars["composition/k.max"]
+    assert all(isinstance(v, float) and 0 < v < 1 for v in k_max) and traj.scalars["composition/k.argmax"][-1].startswith("L1")
+    comp = load_result(RunDir(attn), "analysis/final/composition")
+    assert comp.k.shape == (2, 2, 2, 2) and comp.k[0, :, 1].isfinite().all() and comp.k[1].isnan().all()
+
+
+def test_tampered_result_is_refused(runs):
+    _, attn = runs
+    analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False)
+    path = attn / "analysis/final/weight_norms.json"
+    path.write_text(path.read_text().replace("total_matrices", "total_matrixes"))
+    with pytest.raises(ToylensError, match="SHA-256"):
+        load_result(RunDir(attn), "analysis/final/weight_norms")
+
+
+def test_bad_requests_are_one_line_errors(runs, tmp_path):
+    mlp, _ = runs
+    with pytest.raises(ToylensError, match="no such analysis"):
+        analyze(mlp, "final", only=["nope"], progress=False)
+    with pytest.raises(ToylensError, match="no checkpoint 'epoch-0099'"):
+        analyze(mlp, 99, progress=False)
+    with pytest.raises(ToylensError, match="not found"):
+        analyze(tmp_path / "missing", progress=False)
+
+
+def test_cli_analyze_and_export(runs):
+    mlp, _ = runs
+    run = lambda *a: CliRunner().invoke(app, list(a))  # noqa: E731  (in-process: no interpreter start-up)
+    proc = run("analyze", str(mlp), "--checkpoint", "1", "--only", "attention", "--no-progress", "--examples", "8")
+    assert proc.exit_code == 0, proc.output
+    assert RunDir(mlp).has("analysis/epoch-0001/attention/task.json")
+    bad = run("analyze", str(mlp), "--metric", "vibes", "--only", "patching", "--no-progress")
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "patch metric" in bad.stderr
+    exp = run("export", str(mlp), "--to", "transformer-lens")
+    assert exp.exit_code == 0, exp.output
+    path = mlp / "export/transformer-lens/final.safetensors"
+    from toylens import load
+    from toylens.export import load_transformer_lens
+
+    tl = load_transformer_lens(path)
+    model = load(mlp).model
+    tokens = torch.randint(0, 11, (3, 8))
+    with torch.no_grad():
+        assert (tl(tokens).log_softmax(-1) - model(tokens).log_softmax(-1)).abs().max() <= 1e-5
+    assert json.loads((mlp / "manifest.json").read_text())["files"]["export/transformer-lens/final.safetensors"]
+    assert run("export", str(mlp), "--to", "onnx").exit_code == 2
