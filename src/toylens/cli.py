@@ -84,6 +84,21 @@ def summary(runs: List[Path] = typer.Argument(..., help="Run directories.")) -> 
         typer.echo(f"{path}: {_metrics_line(s['final'])}  ({s['wall_s']:.0f}s on {s['device']})")
 
 
+@app.command()
+@user_errors
+def report(
+    runs: List[Path] = typer.Argument(..., help="Run directories to show side by side."),
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="The HTML file to write; PNG figures go to <stem>_figures/ beside it."),
+    title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the run names)."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Also write every figure as a PNG file (needs matplotlib)."),
+) -> None:
+    """Write one self-contained HTML report (no network needed to view it) comparing RUNS from their saved results."""
+    from toylens.report import report as api_report
+
+    result = api_report(runs, out, title=title, png=png)
+    typer.echo(f"report: {result.path}")
+
+
 @config_app.command("fields")
 def config_fields() -> None:
     """List every config field with its type and meaning."""
