@@ -19,7 +19,7 @@ $(VENV)/.torch: | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.core: pyproject.toml $(VENV)/.torch
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[report]'
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.torch
