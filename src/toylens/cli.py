@@ -99,6 +99,29 @@ def report(
     typer.echo(f"report: {result.path}")
 
 
+@app.command()
+@user_errors
+def reproduce(
+    study: str = typer.Argument(..., help="A study name (sorting-weight-decay, imdb-attention, wikitext, "
+                                "induction-heads; see configs/studies/) or a study YAML file."),
+    quick: bool = typer.Option(False, "--quick/--full", help="--quick: a small version that finishes in minutes "
+                               "on a CPU; --full (default): the study as published."),
+    device: str = DeviceOption,
+    out: Path = typer.Option(Path("runs"), "--out", help="Parent directory: runs and report go to OUT/<study> "
+                             "(OUT/<study>-quick with --quick)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Reproduce a study end to end: train -> analyze -> llc -> report. Rerunning skips what is done."""
+    from toylens.reproduce import reproduce as api_reproduce
+
+    result = api_reproduce(study, size="quick" if quick else "full", device=device, out=out, progress=progress)
+    if result.missing_steps:
+        typer.echo(f"not in this toylens build (left out of the report): {', '.join(result.missing_steps)}")
+    typer.echo(f"{result.study}: {len(result.runs)} runs in {result.folder} ({result.wall_s:.0f}s)")
+    if result.report is not None:
+        typer.echo(f"report: {result.report}")
+
+
 @config_app.command("fields")
 def config_fields() -> None:
     """List every config field with its type and meaning."""

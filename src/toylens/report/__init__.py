@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from toylens.config import config_to_yaml, validate_config
 from toylens.errors import ToylensError
