@@ -153,3 +153,23 @@ def test_cli_report(runs, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "toylens.cli", "report", str(tmp_path / "missing")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
+
+
+def test_unfinished_run_renders_with_what_it_has(tmp_path, monkeypatch):
+    from toylens.train import loop
+
+    real_save = loop.save_checkpoint
+
+    def stop_after_epoch_1(run, name, *args, **kwargs):
+        real_save(run, name, *args, **kwargs)
+        if name == "epoch-0001":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        make_run(tmp_path / "runs", "cut", train={"epochs": 3})
+    result = toylens.report([tmp_path / "runs" / "cut"], tmp_path / "r.html", png=False)
+    page = result.path.read_text()
+    assert "<td>status</td><td>training (1 of 3 epochs)</td>" in page
+    assert "<td>training wall time (s)</td><td>—</td>" in page
+    assert figure_data(page)["weights-total"]["series"][0]["x"] == [0, 10]
