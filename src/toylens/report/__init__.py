@@ -29,6 +29,7 @@ from toylens.errors import ToylensError
 from toylens.report.collect import RunResults, collect_runs
 from toylens.report.figures import Code, Section
 from toylens.report.html import render_html
+from toylens.report.llc import llc_section, llc_summary_rows, read_llc
 from toylens.report.png import write_pngs
 from toylens.report.sections import summary_section, training_section, weights_section
 from toylens.storage import atomic_write
@@ -57,7 +58,7 @@ def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html",
         raise ToylensError(f"-o {out}: the report is an HTML file; give a name ending in .html")
     if out.is_dir():
         raise ToylensError(f"-o {out}: is a directory; give a file name such as {out / 'report.html'}")
-    results = collect_runs(paths)
+    results = collect_runs(paths, READERS)
     sections = build_sections(results)
     title = title or ("Report: " + ", ".join(r.label for r in results))
     meta = (f"{len(results)} run{'s' * (len(results) > 1)} · written {time.strftime('%Y-%m-%d %H:%M')} · "
@@ -69,18 +70,22 @@ def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html",
     return ReportResult(out, pngs, [s.id for s in sections])
 
 
-# Section builders in page order; each returns None when no run has its results.
+# Results of later pipeline stages, read when a run has them (RunResults.extras[key]).
+READERS = {"llc": read_llc}
+
+# Section builders after the summary, in page order; each returns None when no run has its results.
 BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
-    summary_section,
     training_section,
     weights_section,
+    llc_section,
 ]
 
 
 def build_sections(runs: list[RunResults]) -> list[Section]:
-    """Every section that some run has results for, then the runs' configs."""
+    """The summary, every section that some run has results for, then the runs' configs."""
+    summary = summary_section(runs, extra_rows=llc_summary_rows(runs))
     sections = [s for s in (build(runs) for build in BUILDERS) if s is not None]
-    return sections + [configs_section(runs)]
+    return [summary, *sections, configs_section(runs)]
 
 
 def configs_section(runs: list[RunResults]) -> Section:

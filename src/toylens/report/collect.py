@@ -12,6 +12,7 @@ left empty; the report leaves their sections out.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,16 @@ class RunResults:
         return f"{m['n_layers']}L {kind}, {m['n_heads']} heads, d_model {m['d_model']}{ln}"
 
 
-def collect_runs(paths: list[str | Path]) -> list[RunResults]:
+# A reader gets the run and its checkpoint names (training order) and returns its stage's results,
+# or None when the run has none; they land in RunResults.extras under the reader's key.
+Reader = Callable[[RunDir, list[str]], Any]
+
+
+def collect_runs(paths: list[str | Path], readers: dict[str, Reader] | None = None) -> list[RunResults]:
     """Collect every run; labels are the run names, made unique with their parent folder."""
     if not paths:
         raise ToylensError("report: give at least one run directory")
-    runs = [collect(p) for p in paths]
+    runs = [collect(p, readers) for p in paths]
     names = [r.label for r in runs]
     for run in runs:
         if names.count(run.label) > 1:
@@ -88,7 +94,7 @@ def collect_runs(paths: list[str | Path]) -> list[RunResults]:
     return runs
 
 
-def collect(path: str | Path) -> RunResults:
+def collect(path: str | Path, readers: dict[str, Reader] | None = None) -> RunResults:
     """The saved results of one run directory (verified reads only)."""
     run = RunDir(path)
     if not run.exists():
@@ -103,6 +109,11 @@ def collect(path: str | Path) -> RunResults:
         checkpoints=run.checkpoints(),
     )
     results.weight_norms = [_checkpoint_norms(run, c) for c in results.checkpoints]
+    names = [c.name for c in results.checkpoints]
+    for key, read in (readers or {}).items():
+        found = read(run, names)
+        if found is not None:
+            results.extras[key] = found
     return results
 
 
