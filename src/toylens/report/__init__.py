@@ -28,8 +28,12 @@ from toylens.config import config_to_yaml, validate_config
 from toylens.errors import ToylensError
 from toylens.report.collect import RunResults, collect_runs
 from toylens.report.figures import Code, Section
+from toylens.report.analysis import analysis_summary_rows, read_analysis
+from toylens.report.dynamics import head_scores_section, sparsity_section, trajectory_section
 from toylens.report.html import render_html
 from toylens.report.llc import llc_section, llc_summary_rows, read_llc
+from toylens.report.mechanisms import (ablation_section, attention_section, attribution_section, circuits_section,
+                                       composition_section, patching_section)
 from toylens.report.png import write_pngs
 from toylens.report.sections import summary_section, training_section, weights_section
 from toylens.storage import atomic_write
@@ -71,19 +75,28 @@ def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html",
 
 
 # Results of later pipeline stages, read when a run has them (RunResults.extras[key]).
-READERS = {"llc": read_llc}
+READERS = {"analysis": read_analysis, "llc": read_llc}
 
 # Section builders after the summary, in page order; each returns None when no run has its results.
 BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
     training_section,
     weights_section,
+    sparsity_section,
     llc_section,
+    head_scores_section,
+    attention_section,
+    circuits_section,
+    composition_section,
+    attribution_section,
+    patching_section,
+    ablation_section,
+    trajectory_section,
 ]
 
 
 def build_sections(runs: list[RunResults]) -> list[Section]:
     """The summary, every section that some run has results for, then the runs' configs."""
-    summary = summary_section(runs, extra_rows=llc_summary_rows(runs))
+    summary = summary_section(runs, extra_rows=analysis_summary_rows(runs) + llc_summary_rows(runs))
     sections = [s for s in (build(runs) for build in BUILDERS) if s is not None]
     return [summary, *sections, configs_section(runs)]
 

@@ -29,7 +29,8 @@ class Series:
     err: list[Num | None] | None = None
     color: int = 0
     """Palette index: the run's position, so a run keeps its colour in every figure."""
-    dash: bool = False
+    dash: int = 0
+    """Line style: 0 solid, 1 dashed, 2 dotted, 3 dash-dot."""
 
 
 @dataclass
@@ -42,6 +43,8 @@ class LineFigure:
     guide: str = ""
     log_x: bool = False
     log_y: bool = False
+    x_ticks: list[str] | None = None
+    """Names of the x positions 0, 1, 2 ... for a categorical x axis (e.g. layers)."""
     small: bool = False
     """Drawn smaller, for grids of many related charts."""
     kind: str = "lines"
@@ -101,6 +104,8 @@ class AttentionExample:
     tokens: list[str]
     patterns: list[list[list[list[Num]]]]
     """[layer][head][query][key] attention probabilities."""
+    source: str = ""
+    """Where the input comes from, e.g. "task #0" or "repeated #1"."""
 
 
 @dataclass
@@ -118,7 +123,7 @@ class AttentionViewer:
     id: str
     runs: list[AttentionRun]
     guide: str = ""
-    title: str = "Attention patterns"
+    title: str = ""
     kind: str = "attention"
 
 

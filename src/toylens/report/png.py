@@ -20,6 +20,7 @@ log = logging.getLogger("toylens")
 
 PALETTE = ["#2457a6", "#d1495b", "#2a9d5c", "#e08e0b", "#7b4bb7", "#00798c", "#8d6a4f", "#c2459b",
            "#5b6475", "#9bb300"]
+DASHES = ["-", "--", ":", "-."]
 MAX_LABELS = 40  # beyond this many rows or columns, tick labels would overlap
 
 
@@ -70,13 +71,15 @@ def draw_lines(ax: object, spec: LineFigure) -> None:
             continue
         xs, ys, errs = zip(*pts)
         err = [e or 0.0 for e in errs] if s.err else None
-        ax.errorbar(xs, ys, yerr=err, color=PALETTE[s.color % len(PALETTE)], linestyle="--" if s.dash else "-",
+        ax.errorbar(xs, ys, yerr=err, color=PALETTE[s.color % len(PALETTE)], linestyle=DASHES[s.dash % len(DASHES)],
                     marker="o" if len(xs) <= 40 else None, markersize=2.5, linewidth=1.5, capsize=2 if err else 0,
                     label=s.name)
     ax.set_title(spec.title, fontsize=11)
     ax.set_xlabel(spec.x_label)
     ax.set_ylabel(spec.y_label)
-    if spec.log_x:
+    if spec.x_ticks:
+        ax.set_xticks(range(len(spec.x_ticks)), spec.x_ticks, fontsize=7, rotation=30)
+    elif spec.log_x:
         ax.set_xscale("log")
     if spec.log_y:
         ax.set_yscale("log")

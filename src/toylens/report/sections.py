@@ -58,7 +58,7 @@ def training_section(runs: list[RunResults]) -> Section | None:
             points = [(row["step"], row[key]) for row in run.metrics if key in row]
             label = f"{run.label} {split}" if len(runs) > 1 else split
             by_metric[metric].append(Series(label, [p[0] for p in points], [p[1] for p in points],
-                                            color=i, dash=split == "train"))
+                                            color=i, dash=1 if split == "train" else 0))
     if not by_metric:
         return None
     order = sorted(by_metric, key=lambda m: (list(METRIC_TITLES).index(m) if m in METRIC_TITLES else 99, m))

@@ -7,6 +7,7 @@
   var PALETTE = ["#2457a6", "#d1495b", "#2a9d5c", "#e08e0b", "#7b4bb7", "#00798c", "#8d6a4f", "#c2459b",
                  "#5b6475", "#9bb300"];
   var SVGNS = "http://www.w3.org/2000/svg";
+  var DASHES = ["none", "6 3", "2 2", "7 3 2 3"];
 
   function color(i) { return PALETTE[((i % PALETTE.length) + PALETTE.length) % PALETTE.length]; }
   function el(tag, cls, parent) {
@@ -54,6 +55,14 @@
     for (var t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(Number(t.toPrecision(12)));
     return ticks;
   }
+  /* Tick labels with just enough decimals to tell neighbouring ticks apart. */
+  function tickFormatter(ticks, log) {
+    if (log || ticks.length < 2) return fmt;
+    var step = Math.abs(ticks[1] - ticks[0]), big = Math.max.apply(null, ticks.map(Math.abs));
+    if (!(step > 0) || big >= 1e5 || step < 1e-4) return function (v) { return v === 0 ? "0" : v.toExponential(2); };
+    var digits = Math.max(0, Math.ceil(-Math.log10(step) - 1e-9));
+    return function (v) { return v.toFixed(digits); };
+  }
   function logTicks(lo, hi) {
     var ticks = [];
     for (var e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) {
@@ -74,7 +83,7 @@
     var head = el("div", "fig-title", root);
     head.appendChild(document.createTextNode(fig.title));
     var toggles = el("span", "toggles", head);
-    [["log x", "logX"], ["log y", "logY"]].forEach(function (t) {
+    (fig.x_ticks ? [["log y", "logY"]] : [["log x", "logX"], ["log y", "logY"]]).forEach(function (t) {
       var b = el("button", state[t[1]] ? "on" : "", toggles);
       b.type = "button";
       b.textContent = t[0];
@@ -90,7 +99,8 @@
     fig.series.forEach(function (s, i) {
       var item = el("span", null, legend);
       var sw = el("i", null, item);
-      sw.style.background = s.dash ? "repeating-linear-gradient(90deg," + color(s.color) + " 0 4px,transparent 4px 6px)" : color(s.color);
+      sw.style.background = s.dash ? "repeating-linear-gradient(90deg," + color(s.color) + " 0 " + [0, 4, 2, 5][s.dash % 4] +
+        "px,transparent 0 6px)" : color(s.color);
       item.appendChild(document.createTextNode(s.name));
       item.addEventListener("click", function () {
         state.hidden[i] = !state.hidden[i];
@@ -99,6 +109,7 @@
       });
     });
 
+    function xName(x) { return fig.x_ticks ? String(fig.x_ticks[x]) : fmt(x); }
     function points(s) {
       var out = [];
       for (var j = 0; j < s.x.length; j++) {
@@ -127,15 +138,16 @@
       if (!state.logY) { var pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad; }
       var sx = scale(x0, x1, m.l, W - m.r, state.logX), sy = scale(y0, y1, H - m.b, m.t, state.logY);
       var root2 = svg("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img" }, holder);
-      var xt = state.logX ? logTicks(x0, x1) : niceTicks(x0, x1, 6), yt = state.logY ? logTicks(y0, y1) : niceTicks(y0, y1, 5);
+      var xt = fig.x_ticks ? fig.x_ticks.map(function (_, i) { return i; }) : state.logX ? logTicks(x0, x1) : niceTicks(x0, x1, 6), yt = state.logY ? logTicks(y0, y1) : niceTicks(y0, y1, 5);
       var axis = svg("g", { "class": "axis" }, root2);
+      var yName = tickFormatter(yt, state.logY), xTick = tickFormatter(xt, state.logX);
       yt.forEach(function (t) {
         svg("line", { x1: m.l, x2: W - m.r, y1: sy(t), y2: sy(t), "class": "gridline" }, axis);
-        svg("text", { x: m.l - 5, y: sy(t) + 3.5, "text-anchor": "end" }, axis).textContent = fmt(t);
+        svg("text", { x: m.l - 5, y: sy(t) + 3.5, "text-anchor": "end" }, axis).textContent = yName(t);
       });
       xt.forEach(function (t) {
         svg("line", { x1: sx(t), x2: sx(t), y1: H - m.b, y2: H - m.b + 4 }, axis);
-        svg("text", { x: sx(t), y: H - m.b + 15, "text-anchor": "middle" }, axis).textContent = fmt(t);
+        svg("text", { x: sx(t), y: H - m.b + 15, "text-anchor": "middle" }, axis).textContent = fig.x_ticks ? xName(t) : xTick(t);
       });
       svg("path", { d: "M" + m.l + "," + m.t + "V" + (H - m.b) + "H" + (W - m.r), fill: "none" }, axis);
       svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, axis).textContent = fig.x_label;
@@ -155,7 +167,7 @@
                         (X - 3) + "," + sy(q[1] + q[2]) + "h6", stroke: c, "stroke-width": 1, fill: "none", opacity: 0.7 }, g);
         });
         var d = p.map(function (q, j) { return (j ? "L" : "M") + sx(q[0]).toFixed(1) + "," + sy(q[1]).toFixed(1); }).join("");
-        svg("path", { d: d, fill: "none", stroke: c, "stroke-width": 1.8, "stroke-dasharray": s.dash ? "5 3" : "none" }, g);
+        svg("path", { d: d, fill: "none", stroke: c, "stroke-width": 1.8, "stroke-dasharray": DASHES[s.dash % 4] }, g);
         if (p.length <= 40) p.forEach(function (q) { svg("circle", { cx: sx(q[0]), cy: sy(q[1]), r: 2.2, fill: c }, g); });
         p.forEach(function (q) { drawn.push({ X: sx(q[0]), Y: sy(q[1]), q: q, s: s }); });
       });
@@ -167,7 +179,7 @@
         drawn.forEach(function (d) { var dd = (d.X - mx) * (d.X - mx) + (d.Y - my) * (d.Y - my); if (dd < bd) { bd = dd; best = d; } });
         if (!best) return;
         dot.setAttribute("cx", best.X); dot.setAttribute("cy", best.Y); dot.setAttribute("visibility", "visible");
-        var text = best.s.name + "\n" + fig.x_label + " = " + fmt(best.q[0]) + "\n" + fig.y_label + " = " + fmt(best.q[1]);
+        var text = best.s.name + "\n" + fig.x_label + " = " + xName(best.q[0]) + "\n" + fig.y_label + " = " + fmt(best.q[1]);
         if (best.q[2]) text += " ± " + fmt(best.q[2]);
         showTip(evt, text);
       });
@@ -273,7 +285,7 @@
 
   /* ---- attention viewer --------------------------------------------------------------------- */
   function attentionViewer(root, fig) {
-    el("div", "fig-title", root).textContent = fig.title;
+    if (fig.title) el("div", "fig-title", root).textContent = fig.title;
     if (fig.guide) el("p", "fig-guide", root).textContent = fig.guide;
     var controls = el("div", "controls", root);
     var view = el("div", "attn-view", root);
@@ -287,7 +299,7 @@
       s.addEventListener("change", function () { state[name] = Number(s.value); if (name === "run") rebuild(); else draw(); });
       return s;
     }
-    select(controls, "run", fig.runs.map(function (r) { return r.label + " (" + r.checkpoint + ")"; }));
+    select(controls, "run", fig.runs.map(function (r) { return r.label + " · " + r.checkpoint; }));
     var dynamic = el("span", "controls", controls);
     function rebuild() {
       dynamic.textContent = "";
@@ -295,12 +307,13 @@
       var L = ex.patterns.length, Hh = ex.patterns[0].length;
       state.layer = Math.min(state.layer, L - 1); state.head = Math.min(state.head, Hh - 1);
       state.example = Math.min(state.example, run.examples.length - 1);
-      var parts = [["layer", L, "L"], ["head", Hh, "H"], ["example", run.examples.length, "#"]];
+      var parts = [["layer", L, "L"], ["head", Hh, "H"]];
       parts.forEach(function (p) {
         var names = [];
         for (var i = 0; i < p[1]; i++) names.push(p[2] + i);
         select(dynamic, p[0], names).value = state[p[0]];
       });
+      select(dynamic, "example", run.examples.map(function (e, i) { return e.source || "#" + i; })).value = state.example;
       draw();
     }
     function draw() {
