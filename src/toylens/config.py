@@ -18,7 +18,7 @@ import difflib
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -70,8 +70,40 @@ class SortTaskConfig(Section):
         return self
 
 
-# A discriminated union on `name` once there is more than one task.
-TaskConfig = SortTaskConfig
+class InductionTaskConfig(Section):
+    """In-context copying: `[BOS, x_1..x_n]` of random tokens in which one segment of random length
+    reappears at a random later offset; next-token loss."""
+
+    name: Literal["induction"] = "induction"
+    """Task name."""
+    n_vocab: int = Field(32, ge=2, le=100_000)
+    """Random tokens are 0..n_vocab-1; BOS is n_vocab (so d_vocab = n_vocab + 1)."""
+    seq_len: int = Field(128, ge=5, le=100_000)
+    """Positions the model reads (n_ctx): BOS then seq_len - 1 tokens, predicting x_1..x_seq_len."""
+    segment_len: tuple[int, int] = (10, 50)
+    """Shortest and longest copied segment, drawn uniformly per sequence."""
+    loss_on: Literal["all", "copied"] = "all"
+    """Next-token loss on every position ("all", as in the field) or only where the copy makes the
+    token predictable ("copied")."""
+    n_train: int = Field(50_000, ge=1)
+    """Training sequences per epoch (generated on the fly from (data_seed, index), never stored)."""
+    n_test: int = Field(2_000, ge=1)
+    """Held-out sequences (a separate random stream)."""
+    data_seed: int = Field(0, ge=0)
+    """Seed of the sequences; independent of the run seed."""
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> InductionTaskConfig:
+        lo, hi = self.segment_len
+        if not 2 <= lo <= hi:
+            raise ValueError(f"segment_len must be [shortest, longest] with 2 <= shortest <= longest (got {[lo, hi]})")
+        if 2 * hi > self.seq_len:
+            raise ValueError(f"segment_len: a segment of {hi} and its copy need {2 * hi} tokens; seq_len is {self.seq_len}")
+        return self
+
+
+# One section per task, told apart by `name`.
+TaskConfig = Annotated[Union[SortTaskConfig, InductionTaskConfig], Field(discriminator="name")]
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -269,7 +301,12 @@ def field_docs(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tup
     for name, info in model.model_fields.items():
         dotted = f"{prefix}{name}"
         sub = _section_type(info.annotation)
-        if sub is not None:
+        if isinstance(sub, _UnionSection):  # one row for the `name` that picks the section, then each member's
+            tags = [m.model_fields["name"].default for m in sub.members]
+            rows.append((f"{dotted}.name", "|".join(tags), f"Which {name}: {', '.join(tags)}."))
+            for member, tag in zip(sub.members, tags):
+                rows += [(n, t, f"({tag}) {d}") for n, t, d in field_docs(member, dotted + ".") if n != f"{dotted}.name"]
+        elif sub is not None:
             rows += field_docs(sub, dotted + ".")
         else:
             typ = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
@@ -309,6 +346,13 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
         text = f"{field}: unknown key{_suggest(field.rsplit('.', 1)[-1], valid)}"
     elif typ == "missing":
         text = f"{field}: required field is missing"
+    elif typ in ("union_tag_invalid", "union_tag_not_found"):  # the `name` that picks a section
+        union = _section_type(parent.model_fields[field.rsplit(".", 1)[-1]].annotation) if parent else None
+        tags = [m.model_fields["name"].default for m in getattr(union, "members", [])]
+        got = first["ctx"].get("tag")
+        known = "one of " + ", ".join(map(repr, tags))
+        text = (f"{field}.name: unknown name {got!r}{_suggest(got, tags)}; {known}" if got is not None
+                else f"{field}.name: required field is missing ({known})")
     else:
         msg = msg.removeprefix("Value error, ")
         got = first.get("input")
@@ -318,11 +362,11 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
     return text + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
 
 
-def _walk_loc(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] | None]:
+def _walk_loc(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] | _UnionSection | None]:
     """Dotted field name for a pydantic error location, skipping union tags; and the section
     class holding the last key (for suggesting valid keys)."""
     names: list[str] = []
-    model: type[BaseModel] | None = root
+    model: type[BaseModel] | _UnionSection | None = root
     parent = root
     for part in loc:
         if model is None:
@@ -343,7 +387,7 @@ def _walk_loc(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] |
     return ".".join(names), parent
 
 
-def _section_type(annotation: Any) -> type[BaseModel] | None:
+def _section_type(annotation: Any) -> type[BaseModel] | _UnionSection | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from toylens.config import TaskConfig
 from toylens.tasks.base import IGNORE, Batch, Split, Task, TaskSpec, TensorSplit
+from toylens.tasks.induction import InductionTask
 from toylens.tasks.sort import SortTask
 
-TASKS: dict[str, type[Task]] = {"sort": SortTask}
+TASKS: dict[str, type[Task]] = {"sort": SortTask, "induction": InductionTask}
 
 
 def build_task(cfg: TaskConfig) -> Task:
