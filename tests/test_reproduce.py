@@ -83,7 +83,7 @@ def test_interrupted_study_resumes(tmp_path, monkeypatch):
 
 
 def test_missing_steps_are_reported_not_faked(tmp_path, monkeypatch):
-    monkeypatch.setitem(rp.OPTIONAL_STEPS, "analyze", ("toylens.no_such_module", "analyze"))
+    monkeypatch.setitem(rp.OPTIONAL_STEPS, "analyze", ("toylens.no_such_module", rp.step_analyze))
     study = write_study(tmp_path, steps=["train", "analyze", "report"])
     result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
     assert result.missing_steps == ["analyze"]

@@ -155,14 +155,6 @@ class Context:
     progress: bool
 
 
-def _api(module: str, name: str) -> Callable[..., Any] | None:
-    """A pipeline function from a part of toylens that may not be in this build."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
 def step_train(ctx: Context, cfg: RunConfig) -> str:
     from toylens.run import RunDir
     from toylens.train import train
@@ -173,23 +165,67 @@ def step_train(ctx: Context, cfg: RunConfig) -> str:
     return "done before" if finished else "trained"
 
 
-# Per-run steps: name -> (module, function) of the API it calls. The API call itself skips what
-# is already done, so a step is safe to repeat after an interruption.
-OPTIONAL_STEPS = {"analyze": ("toylens.analysis", "analyze"), "llc": ("toylens.analysis.llc", "llc")}
+def step_analyze(ctx: Context, cfg: RunConfig) -> str:
+    """`analyze` with the size's options (e.g. checkpoint: all); it skips finished results itself."""
+    from toylens.analysis.analyze import Settings, analyze
+
+    options = dict(ctx.size.analyze)
+    settings = options.pop("settings", None)
+    written = analyze(ctx.folder / cfg.name, device=_analysis_device(ctx.device), progress=ctx.progress,
+                      settings=Settings(**settings) if settings else None, **options)
+    return f"{len(written)} results written" if written else "done before"
+
+
+def step_llc(ctx: Context, cfg: RunConfig) -> str:
+    """Calibrate the sampler for this run (once), then the LLC of the chosen checkpoints (done ones skipped)."""
+    from toylens.analysis.llc_run import calibrate, llc_over_checkpoints, load_settings
+    from toylens.run import RunDir
+
+    run = RunDir(ctx.folder / cfg.name)
+    options = dict(ctx.size.llc)
+    checkpoints = options.pop("checkpoints", "all")
+    device = _analysis_device(ctx.device)
+    if not run.has("llc/calibration.json"):
+        calibrate(run, settings=load_settings(run, options), device=device, progress=ctx.progress)
+    results = llc_over_checkpoints(run, checkpoints, settings=load_settings(run, options), device=device,
+                                   progress=ctx.progress)
+    warned = sum(bool(r.get("warnings")) for r in results.values())
+    return f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
+
+
+def _analysis_device(device: str) -> str:
+    from toylens.train.loop import resolve_device
+
+    return str(resolve_device(device))
+
+
+# Steps that come from parts of toylens a build may lack: name -> (module that must import, step).
+OPTIONAL_STEPS: dict[str, tuple[str, Callable[[Context, RunConfig], str]]] = {
+    "analyze": ("toylens.analysis.analyze", step_analyze),
+    "llc": ("toylens.analysis.llc_run", step_llc),
+}
+
+
+def available(step: str) -> bool:
+    module = OPTIONAL_STEPS[step][0]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def missing_steps(study: Study) -> list[str]:
-    """Steps of the study whose API is not part of this toylens build."""
-    return [s for s in study.steps if s in OPTIONAL_STEPS and _api(*OPTIONAL_STEPS[s]) is None]
+    """Steps of the study whose implementation is not part of this toylens build."""
+    return [s for s in study.steps if s in OPTIONAL_STEPS and not available(s)]
 
 
-def step_optional(name: str, ctx: Context, cfg: RunConfig) -> str:
-    fn = _api(*OPTIONAL_STEPS[name])
-    if fn is None:
+def run_step(step: str, ctx: Context, cfg: RunConfig) -> str:
+    if step == "train":
+        return step_train(ctx, cfg)
+    if not available(step):
         return "not available in this toylens build (skipped)"
-    options = getattr(ctx.size, name)
-    fn(ctx.folder / cfg.name, device=ctx.device, progress=ctx.progress, **options)
-    return "done"
+    return OPTIONAL_STEPS[step][1](ctx, cfg)
 
 
 # ------------------------------------------------------------------------------ orchestration
@@ -217,7 +253,7 @@ def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", dev
             done += 1
             t0 = time.perf_counter()
             log.info("[%d/%d] %s %s ...", done, total, step, cfg.name)
-            status = step_train(ctx, cfg) if step == "train" else step_optional(step, ctx, cfg)
+            status = run_step(step, ctx, cfg)
             log.info("[%d/%d] %s %s: %s (%.1fs)", done, total, step, cfg.name, status, time.perf_counter() - t0)
     runs = [folder / c.name for c in configs]
     report_path = None
