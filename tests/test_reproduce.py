@@ -100,6 +100,17 @@ def test_changed_study_config_is_refused_not_mixed(tmp_path):
         rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
 
 
+def test_size_placeholder_picks_the_config_of_each_size(tmp_path):
+    study = write_study(tmp_path, runs=["cfg/{size}.yaml"])
+    for size, epochs in (("quick", 1), ("full", 3)):
+        raw = copy.deepcopy(TINY)
+        raw["name"], raw["train"]["epochs"] = f"tiny-{size}", epochs
+        (tmp_path / "cfg" / f"{size}.yaml").write_text(yaml.safe_dump(raw))
+    spec, path = rp.load_study(study)
+    assert [c.name for c in rp.run_configs(spec, path, "quick")] == ["tiny-quick"]
+    assert [c.name for c in rp.run_configs(spec, path, "full")] == ["tiny-full"]
+
+
 def test_bad_studies(tmp_path):
     with pytest.raises(ToylensError, match="unknown.*sorting-weight-decay"):
         rp.load_study("no-such-study")
@@ -112,21 +123,21 @@ def test_bad_studies(tmp_path):
     dup = write_study(tmp_path, runs=["cfg/a.yaml", "cfg/a.yaml"])
     study, path = rp.load_study(dup)
     with pytest.raises(ToylensError, match="share a name"):
-        rp.run_configs(study, path, study.quick)
+        rp.run_configs(study, path, "quick")
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "studies").glob("*.yaml")))
 def test_shipped_studies_validate(name):
     study, path = rp.load_study(name)
     assert study.name == name and path == CONFIGS / "studies" / f"{name}.yaml"
-    for size in (study.quick, study.full):
+    for size in ("quick", "full"):
         configs = rp.run_configs(study, path, size)
         assert len(configs) == len(study.runs)
 
 
 def test_sorting_study_is_the_three_decay_levels():
     study, path = rp.load_study("sorting-weight-decay")
-    configs = rp.run_configs(study, path, study.quick)
+    configs = rp.run_configs(study, path, "quick")
     assert [c.train.weight_decay for c in configs] == [0.0, 0.1, 1.0]
     assert all(c.train.l1.coef > 0 for c in configs)
     assert study.steps == ["train", "analyze", "llc", "report"]

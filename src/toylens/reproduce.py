@@ -42,7 +42,8 @@ class StudyRun(Section):
     """One run of a study."""
 
     config: str
-    """Run config (YAML), relative to the study file."""
+    """Run config (YAML), relative to the study file; "{size}" stands for quick or full, for configs
+    shipped in two sizes (e.g. ../wikitext-1l-attn-lm.{size}.yaml)."""
     set: list[str] = []
     """Overrides for this run only, as with `toylens train --set`."""
 
@@ -52,8 +53,9 @@ class StudySize(Section):
 
     set: list[str] = []
     """Config overrides applied to every run, e.g. [train.epochs=4]."""
-    analyze: dict[str, Any] = {}
-    """Keyword arguments of the analysis step."""
+    analyze: dict[str, Any] | list[dict[str, Any]] = {}
+    """Keyword arguments of the analysis step, or a list of them for several calls (e.g. head scores
+    of every checkpoint, then everything of the final one)."""
     llc: dict[str, Any] = {}
     """Keyword arguments of the LLC step."""
 
@@ -132,9 +134,10 @@ def load_study(name_or_path: str | Path) -> tuple[Study, Path]:
         raise ToylensError(f"{path}: {format_validation_error(e, Study)}") from None
 
 
-def run_configs(study: Study, path: Path, size: StudySize) -> list[RunConfig]:
-    """Every run's config with the size's and the run's overrides applied, validated."""
-    configs = [load_config(path.parent / r.config, [*size.set, *r.set]) for r in study.runs]
+def run_configs(study: Study, path: Path, size: Literal["quick", "full"]) -> list[RunConfig]:
+    """Every run's config of this size, with the size's and the run's overrides applied, validated."""
+    opts = getattr(study, size)
+    configs = [load_config(path.parent / r.config.replace("{size}", size), [*opts.set, *r.set]) for r in study.runs]
     names = [c.name for c in configs]
     if len(set(names)) < len(names):
         raise ToylensError(f"{path}: two runs share a name ({', '.join(names)}); runs need distinct names")
@@ -169,10 +172,13 @@ def step_analyze(ctx: Context, cfg: RunConfig) -> str:
     """`analyze` with the size's options (e.g. checkpoint: all); it skips finished results itself."""
     from toylens.analysis.analyze import Settings, analyze
 
-    options = dict(ctx.size.analyze)
-    settings = options.pop("settings", None)
-    written = analyze(ctx.folder / cfg.name, device=_analysis_device(ctx.device), progress=ctx.progress,
-                      settings=Settings(**settings) if settings else None, **options)
+    calls = ctx.size.analyze if isinstance(ctx.size.analyze, list) else [ctx.size.analyze]
+    written = []
+    for call in calls:
+        options = dict(call)
+        settings = options.pop("settings", None)
+        written += analyze(ctx.folder / cfg.name, device=_analysis_device(ctx.device), progress=ctx.progress,
+                           settings=Settings(**settings) if settings else None, **options)
     return f"{len(written)} results written" if written else "done before"
 
 
@@ -236,7 +242,7 @@ def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", dev
     """Run every step of a study (skipping what is done) and write its comparison report."""
     spec, path = load_study(study)
     opts = spec.quick if size == "quick" else spec.full
-    configs = run_configs(spec, path, opts)
+    configs = run_configs(spec, path, size)
     folder = Path(out) / (spec.name + ("-quick" if size == "quick" else ""))
     ctx = Context(spec, opts, folder, device, progress)
     missing = missing_steps(spec)

@@ -77,12 +77,18 @@ def table_html(table: Table) -> str:
     for row in table.rows:
         label = str(row[0])
         cls = ' class="diff"' if label.endswith(" *") else ""
-        cells = "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row)
+        cells = "".join(_cell(fmt(v)) for v in row)
         rows.append(f"<tr{cls}>{cells}</tr>")
     title = f'<div class="fig-title">{html.escape(table.title)}</div>' if table.title else ""
     guide = f'<p class="fig-guide">{html.escape(table.guide)}</p>' if table.guide else ""
     return (f'<div class="block wide" id="table-{html.escape(table.id)}">{title}{guide}<div class="tablewrap">'
             f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></div>')
+
+
+def _cell(text: str) -> str:
+    """A table cell; long text (a warning, a description) wraps, numbers and names do not."""
+    cls = ' class="long"' if len(text) > 40 else ""
+    return f"<td{cls}>{html.escape(text)}</td>"
 
 
 def _asset(name: str) -> str:

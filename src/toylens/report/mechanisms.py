@@ -196,23 +196,36 @@ def _component_total(a: AnalysisResults, component: str) -> float | None:
 
 
 def patching_section(runs: list[RunResults]) -> Section | None:
-    have = [(i, r, a) for i, r, a in with_analysis(runs) if any(k.startswith("patching/") for k in a.focus.results)]
+    have = [(i, r, a) for i, r, a in with_analysis(runs) if _patch_keys(a)]
     if not have:
         return None
-    variants = [v for v in PATCH_GUIDES if any(f"patching/{v}" in a.focus.results for _, _, a in have)]
+    keys = sorted({k for _, _, a in have for k in _patch_keys(a)}, key=_patch_order)
     blocks = []
-    for variant in variants:
-        panels = [_patch_panel(run, a, a.at_focus(f"patching/{variant}"))
-                  for _, run, a in have if a.at_focus(f"patching/{variant}") is not None]
-        blocks.append(_budgeted(HeatmapFigure(f"patching-{variant}", f"Patching {variant.replace('_', ' ')}", panels,
-                                              diverging=True, value_label="restored (1 = clean)",
-                                              guide=f"Patching {PATCH_GUIDES[variant]} from the clean run into the "
-                                                    "corrupted one.")))
-    first = have[0][2].at_focus(f"patching/{variants[0]}")
+    for key in keys:
+        variant = key.rsplit("/", 1)[-1]
+        metric = key.split("/")[1] if key.count("/") == 2 else ""
+        panels = [_patch_panel(run, a, a.at_focus(key)) for _, run, a in have if a.at_focus(key) is not None]
+        first = next(a.at_focus(key) for _, _, a in have if a.at_focus(key) is not None)
+        title = f"Patching {variant.replace('_', ' ')}" + (f" ({metric})" if metric else "")
+        guide = (f"Patching {PATCH_GUIDES.get(variant, variant)} from the clean run into the corrupted one; "
+                 f"metric: {first.metric} ({first.metric_description}).")
+        blocks.append(_budgeted(HeatmapFigure(f"patching-{key.removeprefix('patching/').replace('/', '-')}", title,
+                                              panels, diverging=True, value_label="restored (1 = clean)", guide=guide)))
     guide = ("Activation patching: each cell copies one activation from the clean input into the corrupted run; "
-             "1 means that alone restores the clean answer, 0 that it changes nothing. Metric: "
-             f"{first.metric} ({first.metric_description}).")
+             "1 means that alone restores the clean answer, 0 that it changes nothing.")
     return Section("patching", "Activation patching", guide, blocks, missing_note(runs, have, "patching results"))
+
+
+def _patch_keys(a: AnalysisResults) -> list[str]:
+    """Patching results at the focus checkpoint: patching/<variant> or patching/<metric>/<variant>."""
+    return [k for k in a.focus.results if k.startswith("patching/")]
+
+
+def _patch_order(key: str) -> tuple[str, int, str]:
+    parts = key.split("/")
+    variant, metric = parts[-1], parts[1] if len(parts) == 3 else ""
+    order = list(PATCH_GUIDES)
+    return metric, order.index(variant) if variant in order else len(order), variant
 
 
 def _patch_panel(run: RunResults, a: AnalysisResults, grid: Any) -> Heatmap:
