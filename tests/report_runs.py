@@ -25,5 +25,7 @@ def make_run(out: Path, name: str, base: dict[str, Any] = TINY, **sections: dict
     raw = copy.deepcopy(base)
     raw["name"] = name
     for key, value in sections.items():
+        if key == "task" and value.get("name", raw["task"]["name"]) != raw["task"]["name"]:
+            raw["task"] = {}  # another task: its own fields, not the base task's
         raw.setdefault(key, {}).update(value)
     return train(validate_config(raw), out, progress=False).run_dir

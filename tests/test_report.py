@@ -94,6 +94,22 @@ def test_different_architectures_render(runs, tmp_path):
     assert "2L attn-only, 2 heads, d_model 16, LN" in page and "1L MLP 32, 2 heads, d_model 16" in page
 
 
+def test_runs_of_different_tasks_compare(runs, tmp_path):
+    induction = make_run(tmp_path / "runs", "induction-2l", task={"name": "induction", "n_vocab": 8, "seq_len": 16,
+                         "segment_len": [2, 5], "n_train": 128, "n_test": 32},
+                         model={"n_layers": 2, "attn_only": True}, train={"epochs": 1})
+    result = toylens.report([runs["mlp"], induction], tmp_path / "r.html", png=False)
+    page = result.path.read_text()
+    figures = figure_data(page)
+    # Each metric is drawn for the runs that log it: copy accuracy only for the induction run.
+    assert {s["name"] for s in figures["train-copy_acc"]["series"]} == {"induction-2l test"}
+    assert {s["name"].split()[0] for s in figures["train-loss"]["series"]} == {"mlp", "induction-2l"}
+    assert "<td>task</td><td>sort</td><td>induction</td>" in page
+    # The task's own fields differ, and a field one task lacks shows as a dash, not an error.
+    row = re.search(r'<tr class="diff"><td>task.list_len \*</td><td>([^<]*)</td><td>([^<]*)</td>', page)
+    assert row and row.groups() == ("4", "—")
+
+
 def test_pngs_written_beside_the_report(runs, tmp_path):
     result = toylens.report([runs["mlp"]], tmp_path / "one.html")
     folder = tmp_path / "one_figures"

@@ -8,6 +8,7 @@ state, no display needed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -21,7 +22,8 @@ log = logging.getLogger("toylens")
 PALETTE = ["#2457a6", "#d1495b", "#2a9d5c", "#e08e0b", "#7b4bb7", "#00798c", "#8d6a4f", "#c2459b",
            "#5b6475", "#9bb300"]
 DASHES = ["-", "--", ":", "-."]
-MAX_LABELS = 40  # beyond this many rows or columns, tick labels would overlap
+MAX_LABELS = 40
+PANELS_PER_PNG = 9  # more panels go to several PNGs (<id>-1.png, <id>-2.png, ...)  # beyond this many rows or columns, tick labels would overlap
 
 
 def matplotlib_available() -> bool:
@@ -56,7 +58,12 @@ def _figures(block: Block) -> list[tuple[str, object]]:
         draw_lines(fig.add_subplot(), block)
         return [(block.id, fig)]
     if isinstance(block, HeatmapFigure):
-        return [(block.id, draw_heatmaps(block))]
+        if len(block.panels) <= PANELS_PER_PNG:
+            return [(block.id, draw_heatmaps(block))]
+        chunks = range(0, len(block.panels), PANELS_PER_PNG)
+        return [(f"{block.id}-{k // PANELS_PER_PNG + 1}",
+                 draw_heatmaps(dataclasses.replace(block, panels=block.panels[k : k + PANELS_PER_PNG])))
+                for k in chunks]
     if isinstance(block, AttentionViewer):
         return [(f"{block.id}-{i}-{_safe(run.label)}", draw_attention(run)) for i, run in enumerate(block.runs)]
     return []
