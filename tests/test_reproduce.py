@@ -40,7 +40,7 @@ def manifests(runs: list[Path]) -> list[str]:
 
 def test_reproduce_trains_reports_and_skips_what_is_done(tmp_path):
     study = write_study(tmp_path)
-    first = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
+    first = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     assert first.folder == tmp_path / "out" / "tiny-study-quick"
     assert [r.name for r in first.runs] == ["tiny-a", "tiny-b"]
     assert RunDir(first.runs[0]).read_json("summary.json")["epochs"] == 1  # the quick override
@@ -48,13 +48,13 @@ def test_reproduce_trains_reports_and_skips_what_is_done(tmp_path):
     assert first.report == first.folder / "report.html" and first.report.stat().st_size > 10_000
     assert first.missing_steps == rp.missing_steps(rp.load_study(study)[0])
     before = manifests(first.runs)
-    again = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
+    again = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     assert manifests(again.runs) == before  # nothing retrained or rewritten
 
 
 def test_quick_and_full_never_share_runs(tmp_path):
     study = write_study(tmp_path)
-    full = rp.reproduce(study, size="full", out=tmp_path / "out", progress=False)
+    full = rp.reproduce(study, size="full", out=tmp_path / "out", progress=False, png=False)
     assert full.folder == tmp_path / "out" / "tiny-study"
     assert RunDir(full.runs[0]).read_json("summary.json")["epochs"] == 2
 
@@ -72,12 +72,12 @@ def test_interrupted_study_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rp, "step_train", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
+        rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     folder = tmp_path / "out" / "tiny-study-quick"
     assert RunDir(folder / "tiny-a").has("summary.json") and not (folder / "report.html").exists()
     done_a = manifests([folder / "tiny-a"])
     monkeypatch.setattr(rp, "step_train", real_train)
-    result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
+    result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     assert manifests([folder / "tiny-a"]) == done_a and RunDir(folder / "tiny-b").has("summary.json")
     assert result.report.is_file()
 
@@ -85,19 +85,19 @@ def test_interrupted_study_resumes(tmp_path, monkeypatch):
 def test_missing_steps_are_reported_not_faked(tmp_path, monkeypatch):
     monkeypatch.setitem(rp.OPTIONAL_STEPS, "analyze", ("toylens.no_such_module", rp.step_analyze))
     study = write_study(tmp_path, steps=["train", "analyze", "report"])
-    result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
+    result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     assert result.missing_steps == ["analyze"]
     assert not any((r / "analysis").exists() for r in result.runs)
 
 
 def test_changed_study_config_is_refused_not_mixed(tmp_path):
     study = write_study(tmp_path)
-    rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
+    rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     raw = yaml.safe_load(study.read_text())
     raw["quick"]["set"].append("train.lr=0.01")
     study.write_text(yaml.safe_dump(raw))
     with pytest.raises(ToylensError, match="config differs.*train.lr"):
-        rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False)
+        rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
 
 
 def test_size_placeholder_picks_the_config_of_each_size(tmp_path):
@@ -146,7 +146,7 @@ def test_sorting_study_is_the_three_decay_levels():
 def test_cli_reproduce(tmp_path):
     study = write_study(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "toylens.cli", "reproduce", str(study), "--quick",
-                           "--out", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
+                           "--out", str(tmp_path / "out"), "--no-progress", "--no-png"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == f"report: {tmp_path / 'out' / 'tiny-study-quick' / 'report.html'}"
     assert "[1/" in proc.stderr and "train tiny-a" in proc.stderr

@@ -110,11 +110,13 @@ def reproduce(
     out: Path = typer.Option(Path("runs"), "--out", help="Parent directory: runs and report go to OUT/<study> "
                              "(OUT/<study>-quick with --quick)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Also write the report's figures as PNG files (needs matplotlib)."),
 ) -> None:
     """Reproduce a study end to end: train -> analyze -> llc -> report. Rerunning skips what is done."""
     from toylens.reproduce import reproduce as api_reproduce
 
-    result = api_reproduce(study, size="quick" if quick else "full", device=device, out=out, progress=progress)
+    result = api_reproduce(study, size="quick" if quick else "full", device=device, out=out, progress=progress,
+                           png=png)
     if result.missing_steps:
         typer.echo(f"not in this toylens build (left out of the report): {', '.join(result.missing_steps)}")
     typer.echo(f"{result.study}: {len(result.runs)} runs in {result.folder} ({result.wall_s:.0f}s)")

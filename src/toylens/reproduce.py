@@ -238,7 +238,7 @@ def run_step(step: str, ctx: Context, cfg: RunConfig) -> str:
 
 
 def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", device: str = "auto",
-              out: str | Path = "runs", progress: bool = True) -> StudyResult:
+              out: str | Path = "runs", progress: bool = True, png: bool = True) -> StudyResult:
     """Run every step of a study (skipping what is done) and write its comparison report."""
     spec, path = load_study(study)
     opts = spec.quick if size == "quick" else spec.full
@@ -267,5 +267,5 @@ def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", dev
         from toylens.report import report
 
         log.info("[%d/%d] report ...", total, total)
-        report_path = report(runs, folder / "report.html", title=spec.title or spec.name).path
+        report_path = report(runs, folder / "report.html", title=spec.title or spec.name, png=png).path
     return StudyResult(spec.name, folder, report_path, runs, missing, time.perf_counter() - start)
