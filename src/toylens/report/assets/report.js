@@ -108,84 +108,104 @@
         draw();
       });
     });
-
-    function xName(x) { return fig.x_ticks ? String(fig.x_ticks[x]) : fmt(x); }
-    function points(s) {
-      var out = [];
-      for (var j = 0; j < s.x.length; j++) {
-        var x = s.x[j], y = s.y[j], e = s.err ? s.err[j] || 0 : 0;
-        if (y === null || x === null) continue;
-        if (state.logX && x <= 0) continue;
-        if (state.logY && y - e <= 0 && y <= 0) continue;
-        out.push([x, y, e]);
-      }
-      return out;
-    }
     function draw() {
       holder.textContent = "";
-      var W = fig.small ? 360 : 560, H = fig.small ? 220 : 300, m = { l: 58, r: 12, t: 8, b: 38 };
-      var all = [];
-      var visible = fig.series.map(function (s, i) { return state.hidden[i] ? [] : points(s); });
-      visible.forEach(function (p) { all = all.concat(p); });
-      if (!all.length) { el("p", "fig-guide", holder).textContent = "(no values to show)"; return; }
-      var xs = all.map(function (p) { return p[0]; });
-      var lows = all.map(function (p) { return p[1] - p[2]; }), highs = all.map(function (p) { return p[1] + p[2]; });
-      var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
-      var y0 = Math.min.apply(null, lows), y1 = Math.max.apply(null, highs);
-      if (state.logY) { y0 = Math.max(y0, Math.min.apply(null, all.map(function (p) { return p[1]; })) / 2); }
-      if (x1 === x0) { x0 -= 1; x1 += 1; }
-      if (y1 === y0) { y0 -= Math.abs(y0) * 0.1 + 0.5; y1 += Math.abs(y1) * 0.1 + 0.5; }
-      if (!state.logY) { var pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad; }
-      var sx = scale(x0, x1, m.l, W - m.r, state.logX), sy = scale(y0, y1, H - m.b, m.t, state.logY);
-      var root2 = svg("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img" }, holder);
-      var xt = fig.x_ticks ? fig.x_ticks.map(function (_, i) { return i; }) : state.logX ? logTicks(x0, x1) : niceTicks(x0, x1, 6), yt = state.logY ? logTicks(y0, y1) : niceTicks(y0, y1, 5);
-      var axis = svg("g", { "class": "axis" }, root2);
-      var yName = tickFormatter(yt, state.logY), xTick = tickFormatter(xt, state.logX);
-      yt.forEach(function (t) {
-        svg("line", { x1: m.l, x2: W - m.r, y1: sy(t), y2: sy(t), "class": "gridline" }, axis);
-        svg("text", { x: m.l - 5, y: sy(t) + 3.5, "text-anchor": "end" }, axis).textContent = yName(t);
-      });
-      xt.forEach(function (t) {
-        svg("line", { x1: sx(t), x2: sx(t), y1: H - m.b, y2: H - m.b + 4 }, axis);
-        svg("text", { x: sx(t), y: H - m.b + 15, "text-anchor": "middle" }, axis).textContent = fig.x_ticks ? xName(t) : xTick(t);
-      });
-      svg("path", { d: "M" + m.l + "," + m.t + "V" + (H - m.b) + "H" + (W - m.r), fill: "none" }, axis);
-      svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, axis).textContent = fig.x_label;
-      svg("text", { x: 12, y: (m.t + H - m.b) / 2, "text-anchor": "middle",
-                    transform: "rotate(-90 12 " + (m.t + H - m.b) / 2 + ")" }, axis).textContent = fig.y_label;
+      var visible = fig.series.map(function (s, i) { return state.hidden[i] ? [] : seriesPoints(s, state); });
+      var frame = chartFrame(fig, state, visible);
+      if (!frame) { el("p", "fig-guide", holder).textContent = "(no values to show)"; return; }
+      var plot = svg("svg", { width: frame.W, height: frame.H, viewBox: "0 0 " + frame.W + " " + frame.H, role: "img" }, holder);
+      drawAxes(plot, frame, fig, state);
       var drawn = [];
-      fig.series.forEach(function (s, i) {
-        var p = visible[i];
-        if (!p.length) return;
-        var c = color(s.color);
-        var g = svg("g", {}, root2);
-        p.forEach(function (q) {
-          if (!q[2]) return;
-          var lo = state.logY ? Math.max(q[1] - q[2], y0) : q[1] - q[2];
-          var X = sx(q[0]);
-          svg("path", { d: "M" + X + "," + sy(lo) + "V" + sy(q[1] + q[2]) + "M" + (X - 3) + "," + sy(lo) + "h6M" +
-                        (X - 3) + "," + sy(q[1] + q[2]) + "h6", stroke: c, "stroke-width": 1, fill: "none", opacity: 0.7 }, g);
-        });
-        var d = p.map(function (q, j) { return (j ? "L" : "M") + sx(q[0]).toFixed(1) + "," + sy(q[1]).toFixed(1); }).join("");
-        svg("path", { d: d, fill: "none", stroke: c, "stroke-width": 1.8, "stroke-dasharray": DASHES[s.dash % 4] }, g);
-        if (p.length <= 40) p.forEach(function (q) { svg("circle", { cx: sx(q[0]), cy: sy(q[1]), r: 2.2, fill: c }, g); });
-        p.forEach(function (q) { drawn.push({ X: sx(q[0]), Y: sy(q[1]), q: q, s: s }); });
-      });
-      var dot = svg("circle", { r: 4.5, fill: "none", stroke: "#1d2330", "stroke-width": 1.5, visibility: "hidden" }, root2);
-      var over = svg("rect", { x: m.l, y: m.t, width: W - m.l - m.r, height: H - m.t - m.b, fill: "transparent" }, root2);
-      over.addEventListener("mousemove", function (evt) {
-        var box = root2.getBoundingClientRect(), mx = evt.clientX - box.left, my = evt.clientY - box.top;
-        var best = null, bd = Infinity;
-        drawn.forEach(function (d) { var dd = (d.X - mx) * (d.X - mx) + (d.Y - my) * (d.Y - my); if (dd < bd) { bd = dd; best = d; } });
-        if (!best) return;
-        dot.setAttribute("cx", best.X); dot.setAttribute("cy", best.Y); dot.setAttribute("visibility", "visible");
-        var text = best.s.name + "\n" + fig.x_label + " = " + xName(best.q[0]) + "\n" + fig.y_label + " = " + fmt(best.q[1]);
-        if (best.q[2]) text += " ± " + fmt(best.q[2]);
-        showTip(evt, text);
-      });
-      over.addEventListener("mouseleave", function () { dot.setAttribute("visibility", "hidden"); hideTip(); });
+      fig.series.forEach(function (s, i) { drawn = drawn.concat(drawSeries(plot, frame, s, visible[i], state)); });
+      attachHover(plot, frame, fig, drawn);
     }
     draw();
+  }
+
+  /* [x, y, err] of a series that can be drawn on the current axes. */
+  function seriesPoints(s, state) {
+    var out = [];
+    for (var j = 0; j < s.x.length; j++) {
+      var x = s.x[j], y = s.y[j], e = s.err ? s.err[j] || 0 : 0;
+      if (y === null || x === null || (state.logX && x <= 0) || (state.logY && y <= 0)) continue;
+      out.push([x, y, e]);
+    }
+    return out;
+  }
+
+  /* Size, value ranges and scales of a chart; null when nothing is visible. */
+  function chartFrame(fig, state, visible) {
+    var all = [];
+    visible.forEach(function (p) { all = all.concat(p); });
+    if (!all.length) return null;
+    var f = { W: fig.small ? 360 : 560, H: fig.small ? 220 : 300, m: { l: 58, r: 12, t: 8, b: 38 } };
+    var xs = all.map(function (p) { return p[0]; });
+    f.x0 = Math.min.apply(null, xs); f.x1 = Math.max.apply(null, xs);
+    f.y0 = Math.min.apply(null, all.map(function (p) { return p[1] - p[2]; }));
+    f.y1 = Math.max.apply(null, all.map(function (p) { return p[1] + p[2]; }));
+    if (state.logY) f.y0 = Math.max(f.y0, Math.min.apply(null, all.map(function (p) { return p[1]; })) / 2);
+    if (f.x1 === f.x0) { f.x0 -= 1; f.x1 += 1; }
+    if (f.y1 === f.y0) { f.y0 -= Math.abs(f.y0) * 0.1 + 0.5; f.y1 += Math.abs(f.y1) * 0.1 + 0.5; }
+    if (!state.logY) { var pad = (f.y1 - f.y0) * 0.05; f.y0 -= pad; f.y1 += pad; }
+    f.sx = scale(f.x0, f.x1, f.m.l, f.W - f.m.r, state.logX);
+    f.sy = scale(f.y0, f.y1, f.H - f.m.b, f.m.t, state.logY);
+    return f;
+  }
+
+  function xName(fig, x) { return fig.x_ticks ? String(fig.x_ticks[x]) : fmt(x); }
+
+  function drawAxes(plot, f, fig, state) {
+    var m = f.m, W = f.W, H = f.H;
+    var xt = fig.x_ticks ? fig.x_ticks.map(function (_, i) { return i; }) : state.logX ? logTicks(f.x0, f.x1) : niceTicks(f.x0, f.x1, 6);
+    var yt = state.logY ? logTicks(f.y0, f.y1) : niceTicks(f.y0, f.y1, 5);
+    var yName = tickFormatter(yt, state.logY), xTick = fig.x_ticks ? function (t) { return xName(fig, t); } : tickFormatter(xt, state.logX);
+    var axis = svg("g", { "class": "axis" }, plot);
+    yt.forEach(function (t) {
+      svg("line", { x1: m.l, x2: W - m.r, y1: f.sy(t), y2: f.sy(t), "class": "gridline" }, axis);
+      svg("text", { x: m.l - 5, y: f.sy(t) + 3.5, "text-anchor": "end" }, axis).textContent = yName(t);
+    });
+    xt.forEach(function (t) {
+      svg("line", { x1: f.sx(t), x2: f.sx(t), y1: H - m.b, y2: H - m.b + 4 }, axis);
+      svg("text", { x: f.sx(t), y: H - m.b + 15, "text-anchor": "middle" }, axis).textContent = xTick(t);
+    });
+    svg("path", { d: "M" + m.l + "," + m.t + "V" + (H - m.b) + "H" + (W - m.r), fill: "none" }, axis);
+    svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, axis).textContent = fig.x_label;
+    svg("text", { x: 12, y: (m.t + H - m.b) / 2, "text-anchor": "middle",
+                  transform: "rotate(-90 12 " + (m.t + H - m.b) / 2 + ")" }, axis).textContent = fig.y_label;
+  }
+
+  /* One series: error bars, the line, and dots when there are few points; returns its points in pixels. */
+  function drawSeries(plot, f, s, p, state) {
+    if (!p.length) return [];
+    var c = color(s.color), g = svg("g", {}, plot);
+    p.forEach(function (q) {
+      if (!q[2]) return;
+      var lo = state.logY ? Math.max(q[1] - q[2], f.y0) : q[1] - q[2], X = f.sx(q[0]);
+      svg("path", { d: "M" + X + "," + f.sy(lo) + "V" + f.sy(q[1] + q[2]) + "M" + (X - 3) + "," + f.sy(lo) + "h6M" +
+                    (X - 3) + "," + f.sy(q[1] + q[2]) + "h6", stroke: c, "stroke-width": 1, fill: "none", opacity: 0.7 }, g);
+    });
+    var d = p.map(function (q, j) { return (j ? "L" : "M") + f.sx(q[0]).toFixed(1) + "," + f.sy(q[1]).toFixed(1); }).join("");
+    svg("path", { d: d, fill: "none", stroke: c, "stroke-width": 1.8, "stroke-dasharray": DASHES[s.dash % 4] }, g);
+    if (p.length <= 40) p.forEach(function (q) { svg("circle", { cx: f.sx(q[0]), cy: f.sy(q[1]), r: 2.2, fill: c }, g); });
+    return p.map(function (q) { return { X: f.sx(q[0]), Y: f.sy(q[1]), q: q, s: s }; });
+  }
+
+  /* Hovering shows the nearest point's series, x, and y (± its error bar). */
+  function attachHover(plot, f, fig, drawn) {
+    var dot = svg("circle", { r: 4.5, fill: "none", stroke: "#1d2330", "stroke-width": 1.5, visibility: "hidden" }, plot);
+    var over = svg("rect", { x: f.m.l, y: f.m.t, width: f.W - f.m.l - f.m.r, height: f.H - f.m.t - f.m.b,
+                             fill: "transparent" }, plot);
+    over.addEventListener("mousemove", function (evt) {
+      var box = plot.getBoundingClientRect(), mx = evt.clientX - box.left, my = evt.clientY - box.top;
+      var best = null, bd = Infinity;
+      drawn.forEach(function (d) { var dd = (d.X - mx) * (d.X - mx) + (d.Y - my) * (d.Y - my); if (dd < bd) { bd = dd; best = d; } });
+      if (!best) return;
+      dot.setAttribute("cx", best.X); dot.setAttribute("cy", best.Y); dot.setAttribute("visibility", "visible");
+      var text = best.s.name + "\n" + fig.x_label + " = " + xName(fig, best.q[0]) + "\n" + fig.y_label + " = " + fmt(best.q[1]);
+      if (best.q[2]) text += " ± " + fmt(best.q[2]);
+      showTip(evt, text);
+    });
+    over.addEventListener("mouseleave", function () { dot.setAttribute("visibility", "hidden"); hideTip(); });
   }
 
   /* ---- heatmaps ---------------------------------------------------------------------------- */
