@@ -17,6 +17,11 @@ from report_runs import make_run
 
 import toylens
 
+try:  # the interpretability results the report shows; the viewer test needs them
+    from toylens.analysis.analyze import analyze
+except ImportError:
+    analyze = None
+
 CHROMIUM = Path(os.environ.get("TOYLENS_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
 # Without the background-networking flags Chromium tries to reach Google's services at start.
@@ -71,6 +76,9 @@ def report_page(browser, tmp_path_factory):
     out = tmp_path_factory.mktemp("browser")
     runs = [make_run(out / "runs", "mlp-1L", train={"epochs": 3, "log_checkpoints": 3}),
             make_run(out / "runs", "attn-2L", model={"n_layers": 2, "attn_only": True}, train={"epochs": 2})]
+    for run in runs:
+        if analyze is not None:
+            analyze(run, "all", progress=False)
     result = toylens.report(runs, out / "report.html", png=False)
     page = Page(browser, result.path)
     yield result, page
@@ -87,7 +95,9 @@ def test_every_section_and_figure_is_drawn(report_page):
     result, page = report_page
     shown = page.page.eval_on_selector_all("main section", "els => els.map(e => e.id)")
     assert shown == [f"sec-{s}" for s in result.sections]
-    assert result.sections == ["summary", "training", "weights", "configs"]
+    analysed = ["sparsity", "head-scores", "attention", "circuits", "composition", "attribution", "patching",
+                "ablation", "analysis-over-training"] if analyze is not None else []
+    assert result.sections == ["summary", "training", "weights", *analysed, "configs"]
     undrawn = page.page.eval_on_selector_all(
         "[data-figure]", "els => els.filter(e => !e.querySelector('svg, canvas')).map(e => e.id)")
     assert undrawn == []
@@ -114,6 +124,29 @@ def test_legend_click_hides_a_series(report_page):
     assert page.page.locator(paths).count() == before - 1
     page.page.locator("#fig-weights-total .legend span").first.click()
     assert page.page.locator(paths).count() == before
+
+
+def test_attention_viewer_changes_with_the_head(report_page):
+    if analyze is None:
+        pytest.skip("toylens.analysis is not in this build: no attention results to view")
+    result, page = report_page
+    p = page.page
+    canvas = "#fig-attention-viewer canvas[data-attn]"
+    p.locator("#fig-attention-viewer").scroll_into_view_if_needed()
+    before = p.eval_on_selector(canvas, "c => c.toDataURL()")
+    assert p.get_attribute(canvas, "data-attn") == "0,0,0,0"
+    p.select_option("#fig-attention-viewer select[data-control=head]", "1")
+    assert p.get_attribute(canvas, "data-attn") == "0,0,1,0"
+    after = p.eval_on_selector(canvas, "c => c.toDataURL()")
+    assert after != before  # the drawn pattern changed, not just the label
+    # Another run (2 layers) offers its own layers, and hovering a cell names both tokens.
+    runs = p.eval_on_selector_all("#fig-attention-viewer select[data-control=run] option", "os => os.map(o => o.textContent)")
+    p.select_option("#fig-attention-viewer select[data-control=run]", str(len(runs) - 1))
+    assert p.eval_on_selector_all("#fig-attention-viewer select[data-control=layer] option", "os => os.length") == 2
+    p.locator(canvas).hover(position={"x": p.eval_on_selector(canvas, "c => c.clientWidth") - 10, "y": 5})
+    assert "attention = " in p.locator("#tip").inner_text()
+    p.locator("#fig-attention-viewer").screenshot(path=str(SCREENSHOTS / "attention-viewer.png"))
+    assert page.errors == []
 
 
 def test_chromium_is_what_ci_installs():

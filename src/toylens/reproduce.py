@@ -57,7 +57,9 @@ class StudySize(Section):
     """Keyword arguments of the analysis step, or a list of them for several calls (e.g. head scores
     of every checkpoint, then everything of the final one)."""
     llc: dict[str, Any] = {}
-    """Keyword arguments of the LLC step."""
+    """The LLC step: "checkpoints" (all, or names/epochs), "calibrate" (keyword arguments of the
+    sampler calibration such as epsilons and gammas, or false to use the settings as given), and
+    any LLC setting (chains, draws, burnin, ...)."""
 
 
 class Study(Section):
@@ -190,9 +192,10 @@ def step_llc(ctx: Context, cfg: RunConfig) -> str:
     run = RunDir(ctx.folder / cfg.name)
     options = dict(ctx.size.llc)
     checkpoints = options.pop("checkpoints", "all")
+    calibration = options.pop("calibrate", {})
     device = _analysis_device(ctx.device)
-    if not run.has("llc/calibration.json"):
-        calibrate(run, settings=load_settings(run, options), device=device, progress=ctx.progress)
+    if calibration is not False and not run.has("llc/calibration.json"):
+        calibrate(run, settings=load_settings(run, options), device=device, progress=ctx.progress, **calibration)
     results = llc_over_checkpoints(run, checkpoints, settings=load_settings(run, options), device=device,
                                    progress=ctx.progress)
     warned = sum(bool(r.get("warnings")) for r in results.values())
