@@ -134,9 +134,11 @@ def test_attention_viewer_changes_with_the_head(report_page):
     canvas = "#fig-attention-viewer canvas[data-attn]"
     p.locator("#fig-attention-viewer").scroll_into_view_if_needed()
     before = p.eval_on_selector(canvas, "c => c.toDataURL()")
-    assert p.get_attribute(canvas, "data-attn") == "0,0,0,0"
+    run = p.eval_on_selector("#fig-attention-viewer select[data-control=run]", "s => s.value")
+    assert p.get_attribute(canvas, "data-attn") == f"{run},0,0,0"
+    assert "mlp-1L · epoch-0003" in p.inner_text("#fig-attention-viewer select[data-control=run] option:checked")
     p.select_option("#fig-attention-viewer select[data-control=head]", "1")
-    assert p.get_attribute(canvas, "data-attn") == "0,0,1,0"
+    assert p.get_attribute(canvas, "data-attn") == f"{run},0,1,0"
     after = p.eval_on_selector(canvas, "c => c.toDataURL()")
     assert after != before  # the drawn pattern changed, not just the label
     # Another run (2 layers) offers its own layers, and hovering a cell names both tokens.

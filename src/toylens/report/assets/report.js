@@ -309,7 +309,10 @@
     if (fig.guide) el("p", "fig-guide", root).textContent = fig.guide;
     var controls = el("div", "controls", root);
     var view = el("div", "attn-view", root);
-    var state = { run: 0, layer: 0, head: 0, example: 0 };
+    // Start on the first run's last checkpoint: the trained model, not the initialisation.
+    var first = 0;
+    fig.runs.forEach(function (r, i) { if (r.label === fig.runs[0].label) first = i; });
+    var state = { run: first, layer: 0, head: 0, example: 0 };
     function select(parent, name, options) {
       var label = el("label", null, parent);
       label.appendChild(document.createTextNode(name + " "));
@@ -319,7 +322,7 @@
       s.addEventListener("change", function () { state[name] = Number(s.value); if (name === "run") rebuild(); else draw(); });
       return s;
     }
-    select(controls, "run", fig.runs.map(function (r) { return r.label + " · " + r.checkpoint; }));
+    select(controls, "run", fig.runs.map(function (r) { return r.label + " · " + r.checkpoint; })).value = first;
     var dynamic = el("span", "controls", controls);
     function rebuild() {
       dynamic.textContent = "";
