@@ -48,3 +48,46 @@ def tiny_model(n_layers: int = 2, attn_only: bool = False, normalization: str = 
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(0))
+
+
+def wandb_records(path) -> list:
+    """The protobuf records of a W&B offline run file (`run-<id>.wandb`), read independently of
+    toylens: a 7-byte header, then LevelDB-style log records (crc32, length, type) in 32 KiB blocks."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    pos, records, pending = 7, [], b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_run(folder) -> dict:
+    """Group, name, config and history rows of every offline W&B run under `folder`, by name."""
+    import json
+
+    runs: dict = {}
+    for file in sorted(folder.rglob("offline-run-*/run-*.wandb")):
+        info: dict = {"history": [], "config": {}}
+        for rec in wandb_records(file):
+            kind = rec.WhichOneof("record_type")
+            if kind == "run":
+                info.update(group=rec.run.run_group, name=rec.run.display_name, id=rec.run.run_id)
+                info["config"] = {i.key: json.loads(i.value_json) for i in rec.run.config.update}
+            elif kind == "history":
+                info["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                        for i in rec.history.item})
+        runs.setdefault(info["name"], []).append(info)
+    return runs

@@ -15,7 +15,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "toylens.cli", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["summary"], ["config"], ["config", "fields"], ["config", "show"]])
+@pytest.mark.parametrize("cmd", [[], ["train"], ["summary"], ["config"], ["config", "fields"], ["config", "show"], ["sweep"]])
 def test_help(cmd):
     proc = cli(*cmd, "--help")
     assert proc.returncode == 0 and "Usage:" in proc.stdout and len(proc.stdout.splitlines()) > 4

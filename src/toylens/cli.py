@@ -59,14 +59,69 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run directory of the same name first."),
     device: str = DeviceOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    wandb: bool = typer.Option(False, "--wandb", help="Log config and per-epoch metrics to Weights & Biases "
+                               "(needs toylens[wandb]; WANDB_MODE=offline works without an account)."),
+    wandb_project: str = typer.Option("toylens", "--wandb-project", help="W&B project for --wandb."),
 ) -> None:
-    """Train a model from CONFIG into OUT/<name>: metrics.jsonl, a checkpoint per epoch, final.safetensors."""
+    """Train a model from CONFIG into OUT/<name>: metrics.jsonl, a checkpoint per epoch, final.safetensors.
+
+    Under torchrun (e.g. `torchrun --nproc_per_node 4 -m toylens.cli train CONFIG`) each process
+    trains one shard of every batch with DistributedDataParallel; rank 0 writes the run."""
     from toylens.train import train as api_train
 
+    callbacks = []
+    if wandb:
+        from toylens.train.wandb_log import WandbLogger
+
+        callbacks.append(WandbLogger(project=wandb_project))
     result = api_train(config, out, overrides=tuple(set_ or ()), resume=resume, overwrite=overwrite,
-                       device=device, progress=progress)
-    typer.echo(f"run: {result.run_dir}")
-    typer.echo(_metrics_line(result.metrics))
+                       device=device, progress=progress, callbacks=callbacks)
+    if result.metrics:  # empty on the ranks other than 0 under torchrun
+        typer.echo(f"run: {result.run_dir}")
+        typer.echo(_metrics_line(result.metrics))
+
+
+@app.command()
+@user_errors
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep spec (YAML): name, base config, parameters, seeds."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Members go to OUT/<sweep name>/<member>."),
+    backend: str = typer.Option("local", "--backend", help="local (parallel processes on this machine) or ray."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Local backend: jobs running at once (each gets cpu_count/jobs threads)."),
+    ensemble: Optional[bool] = typer.Option(None, "--ensemble/--no-ensemble", help="Train members that differ only in "
+                                            "seed, lr, weight decay or L1 coefficient as one vectorised ensemble "
+                                            "(default: on when training on a GPU)."),
+    ensemble_size: int = typer.Option(32, "--ensemble-size", min=1, help="Most members in one ensemble."),
+    wandb: bool = typer.Option(False, "--wandb", help="Log every member to W&B, grouped by sweep (needs toylens[wandb])."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to use with --backend ray "
+                                              "(e.g. auto or ray://host:10001); default: start a local Ray."),
+    device: str = DeviceOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the members and exit."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train every member of a sweep that is not finished; write OUT/<sweep>/summary.csv and sweep.json.
+
+    Rerunning the same command skips finished members, resumes interrupted ones and retries failed
+    ones. Exit code 1 if any member failed (the others still finish)."""
+    from toylens.sweep import expand, format_table, load_sweep, run_sweep
+    from toylens.sweep.runner import SweepFailed
+
+    parsed, root = load_sweep(spec)
+    if dry_run:
+        for m in expand(parsed, root, str(spec)):
+            typer.echo(f"{m.name}  seed={m.seed}  " + "  ".join(f"{k}={v}" for k, v in m.params.items()))
+        return
+    try:
+        result = run_sweep(spec, out, backend=backend, jobs=jobs, ensemble=ensemble, ensemble_size=ensemble_size,
+                           wandb=wandb, device=device, ray_address=ray_address, progress=progress)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; run the same command again to continue", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(format_table(result.rows, varied=list(parsed.parameters)))
+    typer.echo(f"summary: {result.sweep_dir / 'summary.csv'}")
+    if result.failed:
+        raise SweepFailed(f"{len(result.failed)} of {len(result.rows)} members did not finish; "
+                          f"see {result.sweep_dir / 'summary.csv'}")
 
 
 @app.command()

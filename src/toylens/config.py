@@ -317,23 +317,40 @@ def field_docs(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tup
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _apply_override(raw: dict, item: str) -> None:
-    if "=" not in item:
-        raise ToylensError(f"--set {item!r}: expected key.path=value, e.g. train.weight_decay=0.1")
-    key, value = item.split("=", 1)
+def set_field(raw: dict, key: str, value: Any, where: str = "--set") -> None:
+    """Set the dotted field `key` (e.g. "train.weight_decay") of a raw config mapping in place."""
     parts = key.strip().split(".")
     if not all(parts):
-        raise ToylensError(f"--set {item!r}: empty key in {key!r}")
+        raise ToylensError(f"{where} {key!r}: empty key in {key!r}")
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ToylensError(f"--set {key}: {part!r} is a value, not a section")
+            raise ToylensError(f"{where} {key}: {part!r} is a value, not a section")
         node = child
+    node[parts[-1]] = _deep_copy(value)
+
+
+def field_paths(model: type[BaseModel] = RunConfig, prefix: str = "") -> set[str]:
+    """Every dotted field name, sections included ("train", "train.l1", "train.l1.coef", ...)."""
+    paths: set[str] = set()
+    for name, info in model.model_fields.items():
+        paths.add(prefix + name)
+        sub = _section_type(info.annotation)
+        for member in sub.members if isinstance(sub, _UnionSection) else [sub] if sub is not None else []:
+            paths |= field_paths(member, f"{prefix}{name}.")
+    return paths
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ToylensError(f"--set {item!r}: expected key.path=value, e.g. train.weight_decay=0.1")
+    key, value = item.split("=", 1)
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError:
-        node[parts[-1]] = value
+        parsed = value
+    set_field(raw, key, parsed)
 
 
 def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:

@@ -7,6 +7,11 @@ One AdamW step per batch on the task's loss plus the L1 penalty; an evaluation a
 checkpoint after every epoch (epoch 0 is the initialisation). Data order comes from a generator
 seeded by (seed, epoch), so resuming from the last epoch checkpoint replays the interrupted epoch
 exactly and the final weights are bit-identical to an uninterrupted run on CPU.
+
+Under torchrun (`WORLD_SIZE` set) the same loop runs on every rank with DistributedDataParallel:
+see `train.distributed` for how batches are sharded and why the result matches one process.
+Loggers plug in as `callbacks` (see `train.callbacks`); `train.ensemble` reuses `Trainer`'s
+evaluation and checkpointing for every member of a vectorised ensemble.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,7 +34,9 @@ from toylens.model import Transformer
 from toylens.run import RunDir
 from toylens.storage import remove_stale_temp_files
 from toylens.tasks import Task, build_task
+from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
+from toylens.train.distributed import SingleProcess, process_group, resolve_device
 from toylens.train.optim import build_optimizer, lr_at, set_lr
 from toylens.train.regularisers import L1Penalty
 
@@ -43,17 +51,7 @@ class TrainResult:
     wall_s: float
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else must be a usable torch device."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ToylensError(f"--device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ToylensError(f"--device {device!r}: CUDA is not available on this machine")
-    return dev
+__all__ = ["TrainResult", "Trainer", "epoch_order", "resolve_device", "train"]
 
 
 def train(
@@ -65,30 +63,55 @@ def train(
     overwrite: bool = False,
     device: str | torch.device = "auto",
     progress: bool = True,
+    callbacks: Sequence[TrainCallback] = (),
 ) -> TrainResult:
     """Train the run a config describes into `out/<name>`; see the module docstring."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     task = build_task(cfg.task)
     cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)
-    run = _prepare_run_dir(Path(out) / cfg.name, cfg, resume, overwrite)
-    if run.has("summary.json"):
-        log.info("%s: already complete", run.path)
-        summary = run.read_json("summary.json")
-        return TrainResult(run.path, summary["final"], summary["best"], summary["wall_s"])
-    dev = resolve_device(device)
-    model = Transformer(cfg.model, seed=cfg.seed).to(dev)
-    opt = build_optimizer(model, cfg.train)
-    state = _start_or_resume(run, cfg, task, model, opt)
-    return Trainer(cfg, task, model, opt, run, state, progress).fit()
+    group = process_group(device)  # joins the torchrun process group when WORLD_SIZE > 1
+    try:
+        path = Path(out) / cfg.name
+        group.on_main(lambda: prepare_run_dir(path, cfg, resume, overwrite))
+        run = RunDir(path)
+        (done,) = group.broadcast_ints([int(group.is_main and run.has("summary.json"))])
+        if done:
+            return finished_result(run) if group.is_main else TrainResult(run.path, {}, None, 0.0)
+        model = Transformer(cfg.model, seed=cfg.seed).to(group.device)
+        opt = build_optimizer(model, cfg.train)
+        state = start_or_resume(run, cfg, task, model, opt, group)
+        return Trainer(cfg, task, model, opt, run, state, progress, callbacks, group).fit()
+    finally:
+        group.close()
+
+
+def finished_result(run: RunDir) -> TrainResult:
+    """The result of a run that already has its summary."""
+    log.info("%s: already complete", run.path)
+    summary = run.read_json("summary.json")
+    return TrainResult(run.path, summary["final"], summary["best"], summary["wall_s"])
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of the n training examples in 0-based `epoch` of a run with this seed."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 class Trainer:
-    """Runs the remaining epochs of one run; one method per stage of an epoch."""
+    """Runs the remaining epochs of one run; one method per stage of an epoch.
+
+    `group` is the process group (one process unless under torchrun); only its main process
+    evaluates, writes the run directory and calls `callbacks`.
+    """
 
     def __init__(self, cfg: RunConfig, task: Task, model: Transformer, opt: torch.optim.Optimizer,
-                 run: RunDir, state: TrainState, progress: bool):
+                 run: RunDir, state: TrainState, progress: bool, callbacks: Sequence[TrainCallback] = (),
+                 group: SingleProcess | None = None):
         self.cfg, self.task, self.model, self.opt, self.run, self.state = cfg, task, model, opt, run, state
         self.device = next(model.parameters()).device
+        self.group = group or SingleProcess(self.device)
+        self.net = self.group.wrap(model)  # DistributedDataParallel under torchrun; saved unwrapped
+        self.callbacks = list(callbacks) if self.group.is_main else []
         self.data = task.splits[task.train_split]
         self.steps_per_epoch = math.ceil(len(self.data) / cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
@@ -97,56 +120,95 @@ class Trainer:
         self.penalty = L1Penalty(cfg.train.l1)
         self.select = cfg.train.select_metric or task.select_metric
         self.bar = tqdm(total=self.total_steps, initial=state.step, desc=cfg.name, unit="step",
-                        disable=not progress, dynamic_ncols=True, mininterval=0.5)
+                        disable=not progress or not self.group.is_main, dynamic_ncols=True, mininterval=0.5)
 
     def fit(self) -> TrainResult:
         start = time.perf_counter() - self.state.history.get("wall_s", 0.0)
-        with self.bar:
-            while self.state.epoch < self.cfg.train.epochs:
-                train_metrics = self.train_epoch()
-                self.state.epoch += 1
-                self.state.history["wall_s"] = time.perf_counter() - start
-                row = self.evaluate(train_metrics)
-                save_checkpoint(self.run, f"epoch-{self.state.epoch:04d}", self.model, self.cfg, self.state, self.opt)
-                self.bar.set_postfix(epoch=self.state.epoch, **{k: f"{v:.4g}" for k, v in row.items() if "/" in k})
-        wall = time.perf_counter() - start
+        self.notify("on_train_start", self.cfg, self.run, self.state)
+        try:
+            with self.bar:
+                while self.state.epoch < self.cfg.train.epochs:
+                    train_metrics = self.train_epoch()
+                    self.end_epoch(train_metrics, time.perf_counter() - start)
+            return self.finish(time.perf_counter() - start)
+        except BaseException as e:
+            self.notify("on_train_error", e)
+            raise
+
+    def end_epoch(self, train_metrics: dict[str, float], wall_s: float) -> dict[str, Any] | None:
+        """Count the epoch, then (main process) evaluate, checkpoint and tell the callbacks."""
+        self.state.epoch += 1
+        self.state.history["wall_s"] = wall_s
+        return self.group.on_main(lambda: self._evaluate_and_save(train_metrics))
+
+    def _evaluate_and_save(self, train_metrics: dict[str, float]) -> dict[str, Any]:
+        row = self.evaluate(train_metrics)
+        save_checkpoint(self.run, f"epoch-{self.state.epoch:04d}", self.model, self.cfg, self.state, self.opt)
+        self.bar.set_postfix(epoch=self.state.epoch, **{k: f"{v:.4g}" for k, v in row.items() if "/" in k})
+        self.notify("on_epoch_end", row)
+        return row
+
+    def finish(self, wall_s: float) -> TrainResult:
+        """Final weights and summary.json (main process); the result on every process."""
+        summary = self.group.on_main(lambda: self._write_summary(wall_s))
+        if summary is None:  # not the main process
+            return TrainResult(self.run.path, {}, None, wall_s)
+        log.info("%s: done in %.1fs; %s", self.run.path, wall_s, _fmt(summary["final"]))
+        return TrainResult(self.run.path, summary["final"], self.state.best, wall_s)
+
+    def _write_summary(self, wall_s: float) -> dict[str, Any]:
         save_weights(self.run, "final.safetensors", self.model, self.cfg, self.state)
-        final = self.run.read_jsonl("metrics.jsonl")[-1]
-        self.run.write_json("summary.json", {
-            "final": final, "best": self.state.best, "wall_s": wall, "epochs": self.state.epoch,
-            "steps": self.state.step, "device": str(self.device), "torch": torch.__version__,
-        })
-        log.info("%s: done in %.1fs; %s", self.run.path, wall, _fmt(final))
-        return TrainResult(self.run.path, final, self.state.best, wall)
+        summary = {
+            "final": self.run.read_jsonl("metrics.jsonl")[-1], "best": self.state.best, "wall_s": wall_s,
+            "epochs": self.state.epoch, "steps": self.state.step, "device": str(self.device),
+            "torch": torch.__version__, "world_size": self.group.world,
+        }
+        self.run.write_json("summary.json", summary)
+        self.notify("on_train_end", summary)
+        return summary
+
+    def notify(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(*args)
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training split in this epoch's order; mean task loss and L1 penalty."""
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.epoch)
-        order = torch.randperm(len(self.data), generator=gen)
+        order = epoch_order(self.cfg.seed, self.state.epoch, len(self.data))
         sums = torch.zeros(2, device=self.device)  # task loss, L1 penalty
         tokens, t0 = 0, time.perf_counter()
         for i, idx in enumerate(order.split(self.cfg.train.batch_size)):
-            sums += self.step(self.data.batch(idx).to(self.device))
+            batch, loss_weight, l1_weight = self.group.shard(self.data.batch(idx))
+            sums += self.step(batch.to(self.device), loss_weight, l1_weight)
             tokens += idx.numel() * self.cfg.model.n_ctx
             if self.state.step in self.log_steps:
-                self._check_finite(sums)
-                save_checkpoint(self.run, f"step-{self.state.step:06d}", self.model, self.cfg, self.state)
+                self.check_finite(self.group.mean(sums))
+                name = f"step-{self.state.step:06d}"
+                self.group.on_main(lambda: save_checkpoint(self.run, name, self.model, self.cfg, self.state))
             if i % 20 == 0:
-                self._check_finite(sums)
+                self.check_finite(self.group.mean(sums))
                 rate = tokens / max(time.perf_counter() - t0, 1e-9)
                 self.bar.set_postfix(epoch=self.state.epoch + 1, loss=f"{float(sums[0]) / (i + 1):.4f}",
                                      tok_s=f"{rate:.3g}", refresh=False)
-        self._check_finite(sums)
+        sums = self.group.mean(sums)
+        self.check_finite(sums)
+        return self.epoch_metrics(sums)
+
+    def epoch_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        """train/loss (and train/l1 when the penalty is on) from the epoch's summed step values."""
         loss, l1 = (sums / self.steps_per_epoch).tolist()
         return {"train/loss": loss, "train/l1": l1} if self.penalty.fwd_hooks else {"train/loss": loss}
 
-    def step(self, batch: Any) -> torch.Tensor:
-        """One optimisation step; returns [task loss, L1 penalty] (detached)."""
+    def step(self, batch: Any, loss_weight: float = 1.0, l1_weight: float = 1.0) -> torch.Tensor:
+        """One optimisation step; returns [task loss, L1 penalty] (detached).
+
+        The weights are this rank's share of the global batch under torchrun (1 otherwise)."""
         set_lr(self.opt, lr_at(self.state.step, self.total_steps, self.cfg.train))
         with self.model.hooks(self.penalty.fwd_hooks):
-            logits = self.model(batch.tokens)
-        loss = self.task.loss(logits, batch)
+            logits = self.net(batch.tokens)
+        # A shard without targets still joins DDP's gradient all-reduce, with zero gradients.
+        loss = self.task.loss(logits, batch) * loss_weight if loss_weight else logits.sum() * 0.0
         l1 = self.penalty.take().to(self.device)
+        l1 = l1 * l1_weight if l1_weight else torch.zeros_like(l1)
         self.opt.zero_grad(set_to_none=True)
         (loss + l1).backward()
         if self.cfg.train.grad_clip is not None:
@@ -177,7 +239,7 @@ class Trainer:
         log.info("epoch %d: %s", self.state.epoch, _fmt(row))
         return row
 
-    def _check_finite(self, sums: torch.Tensor) -> None:
+    def check_finite(self, sums: torch.Tensor) -> None:
         if not torch.isfinite(sums).all():
             last = f"epoch-{self.state.epoch:04d}"
             raise TrainingDiverged(
@@ -194,7 +256,8 @@ def log_spaced_steps(count: int, total_steps: int) -> set[int]:
     return {int(round(float(p))) for p in points}
 
 
-def _prepare_run_dir(path: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> RunDir:
+def prepare_run_dir(path: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> RunDir:
+    """The run directory for cfg: new, or an existing one when resuming (same config), or wiped."""
     run = RunDir(path)
     if run.exists() or (path.exists() and any(path.iterdir())):
         if overwrite:
@@ -216,17 +279,36 @@ def _prepare_run_dir(path: Path, cfg: RunConfig, resume: bool, overwrite: bool) 
     return run
 
 
-def _start_or_resume(run: RunDir, cfg: RunConfig, task: Task, model: Transformer, opt: torch.optim.Optimizer) -> TrainState:
-    resumable = [c for c in run.checkpoints() if c.resumable]
+def start_or_resume(run: RunDir, cfg: RunConfig, task: Task, model: Transformer, opt: torch.optim.Optimizer,
+                    group: SingleProcess | None = None) -> TrainState:
+    """Restore the last resumable checkpoint into model and opt, or evaluate and checkpoint the
+    initialisation (epoch 0) of a new run. Every rank restores the same checkpoint."""
+    group = group or SingleProcess(next(model.parameters()).device)
+    resumable = [c for c in run.checkpoints() if c.resumable] if run.exists() else []
+    mine = resumable[-1].epoch if resumable else -1
+    (main_epoch,) = group.broadcast_ints([mine])
+    if float(group.mean(torch.tensor([float(mine != main_epoch)], device=group.device))) > 0:
+        raise ToylensError(f"{run.path}: rank {group.rank} sees checkpoint epoch {mine}, rank 0 epoch {main_epoch}; "
+                           "--out must be on a filesystem every rank can read")
     if resumable:
-        last = resumable[-1]
-        state = restore_checkpoint(run, last.name, model, opt)
-        rows = [r for r in run.read_jsonl("metrics.jsonl") if r["epoch"] <= state.epoch]
-        run.write_jsonl("metrics.jsonl", rows)
-        log.info("%s: resuming after epoch %d (step %d)", run.path, state.epoch, state.step)
+        state = restore_checkpoint(run, resumable[-1].name, model, opt)
+        group.on_main(lambda: _truncate_metrics(run, state))
         return state
     state = TrainState()
     torch.manual_seed(cfg.seed)
+    group.on_main(lambda: _checkpoint_initialisation(run, cfg, task, model, opt, state))
+    return state
+
+
+def _truncate_metrics(run: RunDir, state: TrainState) -> None:
+    """Drop metrics of epochs after the checkpoint being resumed (they will be redone)."""
+    rows = [r for r in run.read_jsonl("metrics.jsonl") if r["epoch"] <= state.epoch]
+    run.write_jsonl("metrics.jsonl", rows)
+    log.info("%s: resuming after epoch %d (step %d)", run.path, state.epoch, state.step)
+
+
+def _checkpoint_initialisation(run: RunDir, cfg: RunConfig, task: Task, model: Transformer,
+                               opt: torch.optim.Optimizer, state: TrainState) -> None:
     model.eval()
     row: dict[str, Any] = {"epoch": 0, "step": 0, "wall_s": 0.0}
     for split in task.eval_splits:
@@ -234,7 +316,6 @@ def _start_or_resume(run: RunDir, cfg: RunConfig, task: Task, model: Transformer
     model.train()
     run.write_jsonl("metrics.jsonl", [row])
     save_checkpoint(run, "epoch-0000", model, cfg, state, opt)
-    return state
 
 
 def _fmt(row: dict[str, Any]) -> str:
