@@ -1,4 +1,4 @@
-# Quick start: `make demo` (train the study-2 sorting models) and `make test`.
+# Quick start: `make demo` (reproduce study 2 at its quick size, ending with the report) and `make test`.
 # Both create .venv with the CPU build of torch pinned; on a GPU machine install your own torch
 # into .venv first (any torch >= 2.2) and the pin is skipped.
 
@@ -19,7 +19,7 @@ $(VENV)/.torch: | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.core: pyproject.toml $(VENV)/.torch
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[report]'
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.torch
@@ -29,11 +29,10 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.torch
 install: $(VENV)/.core
 install-dev: $(VENV)/.dev
 
+# The study-2 reproduction at its quick size: train the three weight-decay levels, analyse them,
+# estimate the LLC of every checkpoint, and write the comparison report (its path is the last line).
 demo: $(VENV)/.core
-	for level in no mid high; do \
-	  $(VENV)/bin/toylens train configs/sort-$$level-decay.yaml --out $(RUNS) --resume || exit $$?; \
-	done
-	$(VENV)/bin/toylens summary $(RUNS)/sort-no-decay $(RUNS)/sort-mid-decay $(RUNS)/sort-high-decay
+	$(VENV)/bin/toylens reproduce sorting-weight-decay --quick --out $(RUNS)
 
 test: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest

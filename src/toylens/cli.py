@@ -197,6 +197,46 @@ def export(
     typer.echo(f"wrote {path}; load it with toylens.export.load_transformer_lens(path)")
 
 
+@app.command()
+@user_errors
+def report(
+    runs: List[Path] = typer.Argument(..., help="Run directories to show side by side."),
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="The HTML file to write; PNG figures go to <stem>_figures/ beside it."),
+    title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the run names)."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Also write every figure as a PNG file (needs matplotlib)."),
+) -> None:
+    """Write one self-contained HTML report (no network needed to view it) comparing RUNS from their saved results."""
+    from toylens.report import report as api_report
+
+    result = api_report(runs, out, title=title, png=png)
+    typer.echo(f"report: {result.path}")
+
+
+@app.command()
+@user_errors
+def reproduce(
+    study: str = typer.Argument(..., help="A study name (sorting-weight-decay, imdb-attention, wikitext, "
+                                "induction-heads; see configs/studies/) or a study YAML file."),
+    quick: bool = typer.Option(False, "--quick/--full", help="--quick: a small version that finishes in minutes "
+                               "on a CPU; --full (default): the study as published."),
+    device: str = DeviceOption,
+    out: Path = typer.Option(Path("runs"), "--out", help="Parent directory: runs and report go to OUT/<study> "
+                             "(OUT/<study>-quick with --quick)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Also write the report's figures as PNG files (needs matplotlib)."),
+) -> None:
+    """Reproduce a study end to end: train -> analyze -> llc -> report. Rerunning skips what is done."""
+    from toylens.reproduce import reproduce as api_reproduce
+
+    result = api_reproduce(study, size="quick" if quick else "full", device=device, out=out, progress=progress,
+                           png=png)
+    if result.missing_steps:
+        typer.echo(f"not in this toylens build (left out of the report): {', '.join(result.missing_steps)}")
+    typer.echo(f"{result.study}: {len(result.runs)} runs in {result.folder} ({result.wall_s:.0f}s)")
+    if result.report is not None:
+        typer.echo(f"report: {result.report}")
+
+
 @config_app.command("fields")
 def config_fields() -> None:
     """List every config field with its type and meaning."""

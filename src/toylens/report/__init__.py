@@ -1,0 +1,108 @@
+"""Saved results of one or more runs -> one self-contained HTML report (and PNG figures).
+
+    import toylens
+    result = toylens.report(["runs/sort-no-decay", "runs/sort-high-decay"], "report.html")
+    result.path, result.pngs, result.sections
+
+    toylens report runs/sort-no-decay runs/sort-high-decay -o report.html
+
+The report reads only files in the run directories (verified against each run's manifest), never
+runs a model. Each section appears only when some run has its results; a section that applies to
+some runs only says which runs lack it. The page needs no network: its styles, script and data
+are inline, and its Content-Security-Policy forbids loading anything else.
+
+Modules: `collect` (run directories -> `RunResults`), `sections` (results -> figures and tables),
+`figures` (the figure specifications), `html` (the page), `png` (the same figures as PNG files),
+`assets/` (template, stylesheet, script).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+
+from toylens.config import config_to_yaml, validate_config
+from toylens.errors import ToylensError
+from toylens.report.collect import RunResults, collect_runs
+from toylens.report.figures import Code, Section
+from toylens.report.analysis import analysis_summary_rows, read_analysis
+from toylens.report.dynamics import head_scores_section, sparsity_section, trajectory_section
+from toylens.report.html import render_html
+from toylens.report.llc import llc_section, llc_summary_rows, read_llc
+from toylens.report.mechanisms import (ablation_section, attention_section, attribution_section, circuits_section,
+                                       composition_section, patching_section)
+from toylens.report.png import write_pngs
+from toylens.report.sections import summary_section, training_section, weights_section
+from toylens.storage import atomic_write
+
+log = logging.getLogger("toylens")
+
+__all__ = ["ReportResult", "build_sections", "report"]
+
+
+@dataclass
+class ReportResult:
+    path: Path
+    """The HTML file."""
+    pngs: list[Path]
+    """The figures as PNG files, in the folder beside the report (`<stem>_figures/`)."""
+    sections: list[str]
+    """Ids of the sections the report contains, in order."""
+
+
+def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html", *, title: str | None = None,
+           png: bool = True) -> ReportResult:
+    """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False)."""
+    paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ToylensError(f"-o {out}: the report is an HTML file; give a name ending in .html")
+    if out.is_dir():
+        raise ToylensError(f"-o {out}: is a directory; give a file name such as {out / 'report.html'}")
+    results = collect_runs(paths, READERS)
+    sections = build_sections(results)
+    title = title or ("Report: " + ", ".join(r.label for r in results))
+    meta = (f"{len(results)} run{'s' * (len(results) > 1)} · written {time.strftime('%Y-%m-%d %H:%M')} · "
+            f"figures also as PNG in {out.stem}_figures/" if png else f"{len(results)} runs")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, render_html(title, meta, sections).encode("utf-8"))
+    pngs = write_pngs(sections, out.parent / f"{out.stem}_figures") if png else []
+    log.info("report: %s (%d sections, %d PNG figures)", out, len(sections), len(pngs))
+    return ReportResult(out, pngs, [s.id for s in sections])
+
+
+# Results of later pipeline stages, read when a run has them (RunResults.extras[key]).
+READERS = {"analysis": read_analysis, "llc": read_llc}
+
+# Section builders after the summary, in page order; each returns None when no run has its results.
+BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
+    training_section,
+    weights_section,
+    sparsity_section,
+    llc_section,
+    head_scores_section,
+    attention_section,
+    circuits_section,
+    composition_section,
+    attribution_section,
+    patching_section,
+    ablation_section,
+    trajectory_section,
+]
+
+
+def build_sections(runs: list[RunResults]) -> list[Section]:
+    """The summary, every section that some run has results for, then the runs' configs."""
+    summary = summary_section(runs, extra_rows=analysis_summary_rows(runs) + llc_summary_rows(runs))
+    sections = [s for s in (build(runs) for build in BUILDERS) if s is not None]
+    return [summary, *sections, configs_section(runs)]
+
+
+def configs_section(runs: list[RunResults]) -> Section:
+    blocks = [Code(f"config-{i}", f"{r.label}: {r.path}", config_to_yaml(validate_config(r.config)))
+              for i, r in enumerate(runs)]
+    return Section("configs", "Configs", "The resolved config of each run, as saved in its run directory "
+                   "(click a run to unfold it).", blocks)

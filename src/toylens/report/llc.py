@@ -1,0 +1,112 @@
+"""The LLC section: λ̂ of every checkpoint with error bars, the train loss beside it, the
+sampler's diagnostics, and the loss traces of the last estimate.
+
+Reads `RUN/llc/<checkpoint>.json` (one estimate per checkpoint: "llc", "llc_se", "llc_std",
+"train_loss", "acceptance", "converged", "warnings", the settings ...), the traces in
+`RUN/llc/<checkpoint>.safetensors` ("loss" [chains, steps]) of the last estimated checkpoint,
+and `RUN/llc/calibration.json` when the sampler was calibrated; all written by `toylens llc`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from toylens.report.collect import RunResults
+from toylens.report.figures import LineFigure, Section, Series, Table
+from toylens.run import RunDir
+
+MAX_TRACE_POINTS = 300  # per chain; a trace is thinned to this many points for the page
+
+
+@dataclass
+class LLCResults:
+    estimates: list[dict[str, Any]]
+    """Per-checkpoint summaries in training order."""
+    last_trace: list[list[float]] | None
+    """Loss trace [chain][step] of the last estimate, thinned."""
+    calibration: dict[str, Any] | None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.estimates[-1]
+
+
+def read_llc(run: RunDir, checkpoints: list[str]) -> LLCResults | None:
+    """The run's LLC results, or None when `toylens llc` has not been run on it."""
+    estimates = [run.read_json(f"llc/{name}.json") for name in checkpoints if run.has(f"llc/{name}.json")]
+    if not estimates:
+        return None
+    estimates.sort(key=lambda e: e.get("step", 0))
+    trace = None
+    rel = f"llc/{estimates[-1]['checkpoint']}.safetensors"
+    if run.has(rel):
+        loss = run.read_tensors(rel)[0].get("loss")
+        if loss is not None and loss.ndim == 2:
+            stride = max(1, loss.shape[1] // MAX_TRACE_POINTS)
+            trace = loss[:, ::stride].double().tolist()
+    calibration = run.read_json("llc/calibration.json") if run.has("llc/calibration.json") else None
+    return LLCResults(estimates, trace, calibration)
+
+
+def llc_of(run: RunResults) -> LLCResults | None:
+    return run.extras.get("llc")
+
+
+def llc_summary_rows(runs: list[RunResults]) -> list[list[Any]]:
+    if not any(llc_of(r) for r in runs):
+        return []
+    values = [llc_of(r).last if llc_of(r) else None for r in runs]
+    return [["LLC λ̂ (last estimated checkpoint)", *[v.get("llc") if v else None for v in values]],
+            ["LLC standard error", *[v.get("llc_se") if v else None for v in values]]]
+
+
+def llc_section(runs: list[RunResults]) -> Section | None:
+    have = [(i, r, llc_of(r)) for i, r in enumerate(runs) if llc_of(r)]
+    if not have:
+        return None
+    llc = [Series(r.label, _col(res, "step"), _col(res, "llc"), err=_col(res, "llc_se"), color=i) for i, r, res in have]
+    loss = [Series(r.label, _col(res, "step"), _col(res, "train_loss"), color=i) for i, r, res in have]
+    blocks: list[Any] = [
+        LineFigure("llc", "Local learning coefficient λ̂", "step", "λ̂", llc,
+                   guide="Higher λ̂ means a less degenerate, effectively more complex solution; "
+                         "error bars are ± one standard error over the SGLD chains."),
+        LineFigure("llc-train-loss", "Train loss at each checkpoint", "step", "train loss", loss,
+                   log_y=True, guide="The loss the LLC is measured around: read λ̂ together with it."),
+    ]
+    blocks += [_trace_figure(i, r, res) for i, r, res in have if res.last_trace]
+    blocks.append(_diagnostics_table(have))
+    missing = [r.label for r in runs if not llc_of(r)]
+    guide = ("λ̂ of every checkpoint, estimated by localised SGLD around its weights with settings calibrated per "
+             "run; compare runs only through estimates whose diagnostics are healthy.")
+    note = f"No LLC results for: {', '.join(missing)}." if missing else ""
+    return Section("llc", "Local learning coefficient over training", guide, blocks, note)
+
+
+def _trace_figure(i: int, run: RunResults, res: LLCResults) -> LineFigure:
+    series = [Series(f"chain {c}", list(range(len(t))), t, color=c) for c, t in enumerate(res.last_trace)]
+    return LineFigure(f"llc-trace-{i}", f"SGLD loss traces, {run.label} ({res.last['checkpoint']})", "sample (thinned)",
+                      "minibatch loss", series, small=True,
+                      guide="Healthy chains rise from the checkpoint's loss and then stay flat.")
+
+
+def _diagnostics_table(have: list[tuple[int, RunResults, LLCResults]]) -> Table:
+    rows = []
+    for _, run, res in have:
+        last = res.last
+        warned = [e for e in res.estimates if e.get("warnings")]
+        first_warning = next((f"{e['checkpoint']}: {e['warnings'][0]}" for e in warned), "")
+        rows.append([run.label, len(res.estimates), last.get("epsilon"), last.get("gamma"), last.get("nbeta"),
+                     (last.get("settings") or {}).get("chains"), (last.get("settings") or {}).get("draws"),
+                     last.get("acceptance"), sum(bool(e.get("converged")) for e in res.estimates),
+                     "yes" if res.calibration and res.calibration.get("chosen") is not None else "no",
+                     len(warned), first_warning])
+    columns = ["run", "checkpoints", "ε", "γ", "nβ", "chains", "draws", "acceptance (last)", "converged",
+               "calibrated", "with warnings", "first warning"]
+    return Table("llc-diagnostics", columns, rows, title="Sampler settings and diagnostics",
+                 guide="Acceptance is the MALA acceptance of the SGLD steps (healthy well above 0.5); converged "
+                       "counts estimates that move under 5% when the draws are doubled.")
+
+
+def _col(res: LLCResults, key: str) -> list[Any]:
+    return [e.get(key) for e in res.estimates]

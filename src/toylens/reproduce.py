@@ -1,0 +1,274 @@
+"""One command per reference study: train -> analyze -> llc -> report, resumable.
+
+    toylens reproduce sorting-weight-decay --quick      # minutes on a laptop CPU
+    toylens reproduce induction-heads --full --device cuda
+    toylens reproduce my-study.yaml                     # a study of your own
+
+A study is data: a YAML file in `configs/studies/` listing its run configs (paths relative to the
+study file), the pipeline steps, and the overrides of its `quick` and `full` sizes (config `--set`
+overrides for every run, keyword arguments for the analysis and LLC steps). The orchestration
+here is generic: each step is skipped when its results exist, so a rerun after an interruption
+continues where it stopped (training resumes from its last epoch checkpoint). Runs go to
+`OUT/<study>/<run>` (`OUT/<study>-quick/<run>` for --quick, so the two sizes never mix) and the
+comparison report to `OUT/<study>[-quick]/report.html`.
+
+A step whose implementation is not part of this toylens build is not faked: it is reported as
+missing, and the report leaves its sections out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from toylens.config import RunConfig, Section, format_validation_error, load_config
+from toylens.errors import ToylensError
+
+log = logging.getLogger("toylens")
+
+StepName = Literal["train", "analyze", "llc", "report"]
+STUDIES_DIR = "studies"
+
+
+class StudyRun(Section):
+    """One run of a study."""
+
+    config: str
+    """Run config (YAML), relative to the study file; "{size}" stands for quick or full, for configs
+    shipped in two sizes (e.g. ../wikitext-1l-attn-lm.{size}.yaml)."""
+    set: list[str] = []
+    """Overrides for this run only, as with `toylens train --set`."""
+
+
+class StudySize(Section):
+    """What a size (quick or full) changes."""
+
+    set: list[str] = []
+    """Config overrides applied to every run, e.g. [train.epochs=4]."""
+    analyze: dict[str, Any] | list[dict[str, Any]] = {}
+    """Keyword arguments of the analysis step, or a list of them for several calls (e.g. head scores
+    of every checkpoint, then everything of the final one)."""
+    llc: dict[str, Any] = {}
+    """The LLC step: "checkpoints" (all, or names/epochs), "calibrate" (keyword arguments of the
+    sampler calibration such as epsilons and gammas, or false to use the settings as given), and
+    any LLC setting (chains, draws, burnin, ...)."""
+
+
+class Study(Section):
+    """A reproducible study: its runs, its steps, and two sizes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Study name; results go to OUT/<name> (OUT/<name>-quick for the quick size)."""
+    title: str = ""
+    """Report title."""
+    description: str = ""
+    """What the study shows (printed at the start)."""
+    runs: list[StudyRun] = Field(min_length=1)
+    """The runs, each a config file (and optional overrides)."""
+    steps: list[StepName] = ["train", "analyze", "llc", "report"]
+    """Pipeline steps, in order."""
+    quick: StudySize = StudySize()
+    """Overrides of the quick size (minutes on a CPU)."""
+    full: StudySize = StudySize()
+    """Overrides of the full size (the study as published)."""
+
+    @field_validator("runs", mode="before")
+    @classmethod
+    def _plain_paths(cls, runs: Any) -> Any:
+        return [{"config": r} if isinstance(r, str) else r for r in runs] if isinstance(runs, list) else runs
+
+
+@dataclass
+class StudyResult:
+    study: str
+    folder: Path
+    report: Path | None
+    runs: list[Path]
+    missing_steps: list[str] = field(default_factory=list)
+    """Steps the study lists that this toylens build does not implement (left out, not faked)."""
+    wall_s: float = 0.0
+
+
+# ------------------------------------------------------------------------------ study files
+
+
+def studies_dirs() -> list[Path]:
+    """Where study names are looked up: ./configs/studies, then the source tree's."""
+    source_tree = Path(__file__).resolve().parents[2] / "configs" / STUDIES_DIR
+    return list(dict.fromkeys([Path.cwd() / "configs" / STUDIES_DIR, source_tree]))
+
+
+def known_studies() -> list[str]:
+    return sorted({p.stem for d in studies_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def find_study(name_or_path: str | Path) -> Path:
+    """A study name (configs/studies/<name>.yaml) or a path to a study YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ToylensError(f"{path}: study file not found")
+        return path
+    for folder in studies_dirs():
+        if (folder / f"{name_or_path}.yaml").is_file():
+            return folder / f"{name_or_path}.yaml"
+    known = ", ".join(known_studies()) or "none found; run from a toylens checkout"
+    raise ToylensError(f"study {str(name_or_path)!r}: unknown (known studies: {known}; or give a study YAML file)")
+
+
+def load_study(name_or_path: str | Path) -> tuple[Study, Path]:
+    path = find_study(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ToylensError(f"{path}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    try:
+        return Study.model_validate(raw), path
+    except ValidationError as e:
+        raise ToylensError(f"{path}: {format_validation_error(e, Study)}") from None
+
+
+def run_configs(study: Study, path: Path, size: Literal["quick", "full"]) -> list[RunConfig]:
+    """Every run's config of this size, with the size's and the run's overrides applied, validated."""
+    opts = getattr(study, size)
+    configs = [load_config(path.parent / r.config.replace("{size}", size), [*opts.set, *r.set]) for r in study.runs]
+    names = [c.name for c in configs]
+    if len(set(names)) < len(names):
+        raise ToylensError(f"{path}: two runs share a name ({', '.join(names)}); runs need distinct names")
+    return configs
+
+
+# ------------------------------------------------------------------------------------- steps
+
+
+@dataclass
+class Context:
+    """What every step sees."""
+
+    study: Study
+    size: StudySize
+    folder: Path
+    device: str
+    progress: bool
+
+
+def step_train(ctx: Context, cfg: RunConfig) -> str:
+    from toylens.run import RunDir
+    from toylens.train import train
+
+    finished = RunDir(ctx.folder / cfg.name).has("summary.json")
+    # Called even when finished: train() refuses a run directory whose saved config differs.
+    train(cfg, ctx.folder, resume=True, device=ctx.device, progress=ctx.progress)
+    return "done before" if finished else "trained"
+
+
+def step_analyze(ctx: Context, cfg: RunConfig) -> str:
+    """`analyze` with the size's options (e.g. checkpoint: all); it skips finished results itself."""
+    from toylens.analysis.analyze import Settings, analyze
+
+    calls = ctx.size.analyze if isinstance(ctx.size.analyze, list) else [ctx.size.analyze]
+    written = []
+    for call in calls:
+        options = dict(call)
+        settings = options.pop("settings", None)
+        written += analyze(ctx.folder / cfg.name, device=_analysis_device(ctx.device), progress=ctx.progress,
+                           settings=Settings(**settings) if settings else None, **options)
+    return f"{len(written)} results written" if written else "done before"
+
+
+def step_llc(ctx: Context, cfg: RunConfig) -> str:
+    """Calibrate the sampler for this run (once), then the LLC of the chosen checkpoints (done ones skipped)."""
+    from toylens.analysis.llc_run import calibrate, llc_over_checkpoints, load_settings
+    from toylens.run import RunDir
+
+    run = RunDir(ctx.folder / cfg.name)
+    options = dict(ctx.size.llc)
+    checkpoints = options.pop("checkpoints", "all")
+    calibration = options.pop("calibrate", {})
+    device = _analysis_device(ctx.device)
+    if calibration is not False and not run.has("llc/calibration.json"):
+        calibrate(run, settings=load_settings(run, options), device=device, progress=ctx.progress, **calibration)
+    results = llc_over_checkpoints(run, checkpoints, settings=load_settings(run, options), device=device,
+                                   progress=ctx.progress)
+    warned = sum(bool(r.get("warnings")) for r in results.values())
+    return f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
+
+
+def _analysis_device(device: str) -> str:
+    from toylens.train.loop import resolve_device
+
+    return str(resolve_device(device))
+
+
+# Steps that come from parts of toylens a build may lack: name -> (module that must import, step).
+OPTIONAL_STEPS: dict[str, tuple[str, Callable[[Context, RunConfig], str]]] = {
+    "analyze": ("toylens.analysis.analyze", step_analyze),
+    "llc": ("toylens.analysis.llc_run", step_llc),
+}
+
+
+def available(step: str) -> bool:
+    module = OPTIONAL_STEPS[step][0]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def missing_steps(study: Study) -> list[str]:
+    """Steps of the study whose implementation is not part of this toylens build."""
+    return [s for s in study.steps if s in OPTIONAL_STEPS and not available(s)]
+
+
+def run_step(step: str, ctx: Context, cfg: RunConfig) -> str:
+    if step == "train":
+        return step_train(ctx, cfg)
+    if not available(step):
+        return "not available in this toylens build (skipped)"
+    return OPTIONAL_STEPS[step][1](ctx, cfg)
+
+
+# ------------------------------------------------------------------------------ orchestration
+
+
+def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", device: str = "auto",
+              out: str | Path = "runs", progress: bool = True, png: bool = True) -> StudyResult:
+    """Run every step of a study (skipping what is done) and write its comparison report."""
+    spec, path = load_study(study)
+    opts = spec.quick if size == "quick" else spec.full
+    configs = run_configs(spec, path, size)
+    folder = Path(out) / (spec.name + ("-quick" if size == "quick" else ""))
+    ctx = Context(spec, opts, folder, device, progress)
+    missing = missing_steps(spec)
+    start = time.perf_counter()
+    log.info("%s (%s): %s", spec.name, size, spec.description.strip() or spec.title)
+    if missing:
+        log.warning("%s: step(s) %s are not in this toylens build; the report leaves their sections out",
+                    spec.name, ", ".join(missing))
+    per_run = [s for s in spec.steps if s != "report"]
+    total = len(per_run) * len(configs) + ("report" in spec.steps)
+    done = 0
+    for step in per_run:
+        for cfg in configs:
+            done += 1
+            t0 = time.perf_counter()
+            log.info("[%d/%d] %s %s ...", done, total, step, cfg.name)
+            status = run_step(step, ctx, cfg)
+            log.info("[%d/%d] %s %s: %s (%.1fs)", done, total, step, cfg.name, status, time.perf_counter() - t0)
+    runs = [folder / c.name for c in configs]
+    report_path = None
+    if "report" in spec.steps:
+        from toylens.report import report
+
+        log.info("[%d/%d] report ...", total, total)
+        report_path = report(runs, folder / "report.html", title=spec.title or spec.name, png=png).path
+    return StudyResult(spec.name, folder, report_path, runs, missing, time.perf_counter() - start)

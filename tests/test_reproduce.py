@@ -1,0 +1,154 @@
+"""`toylens reproduce`: studies are data, steps are skipped when done, an interrupted study
+resumes, a missing step is reported rather than faked, and the shipped studies validate."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY
+
+from toylens import reproduce as rp
+from toylens.errors import ToylensError
+from toylens.run import RunDir
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write_study(tmp_path: Path, **fields) -> Path:
+    """A two-run study of tiny sorting models (1-layer MLP vs 2-layer attention-only)."""
+    (tmp_path / "cfg").mkdir(exist_ok=True)
+    a, b = copy.deepcopy(TINY), copy.deepcopy(TINY)
+    a["name"], b["name"] = "tiny-a", "tiny-b"
+    b["model"].update(n_layers=2, attn_only=True)
+    (tmp_path / "cfg" / "a.yaml").write_text(yaml.safe_dump(a))
+    (tmp_path / "cfg" / "b.yaml").write_text(yaml.safe_dump(b))
+    study = {"name": "tiny-study", "title": "Tiny", "runs": ["cfg/a.yaml", {"config": "cfg/b.yaml", "set": ["seed=3"]}],
+             "quick": {"set": ["train.epochs=1"]}, "full": {"set": ["train.epochs=2"]}, **fields}
+    path = tmp_path / "tiny-study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def manifests(runs: list[Path]) -> list[str]:
+    return [(r / "manifest.json").read_text() for r in runs]
+
+
+def test_reproduce_trains_reports_and_skips_what_is_done(tmp_path):
+    study = write_study(tmp_path)
+    first = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
+    assert first.folder == tmp_path / "out" / "tiny-study-quick"
+    assert [r.name for r in first.runs] == ["tiny-a", "tiny-b"]
+    assert RunDir(first.runs[0]).read_json("summary.json")["epochs"] == 1  # the quick override
+    assert RunDir(first.runs[1]).config().seed == 3 and RunDir(first.runs[1]).config().model.n_layers == 2
+    assert first.report == first.folder / "report.html" and first.report.stat().st_size > 10_000
+    assert first.missing_steps == rp.missing_steps(rp.load_study(study)[0])
+    before = manifests(first.runs)
+    again = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
+    assert manifests(again.runs) == before  # nothing retrained or rewritten
+
+
+def test_quick_and_full_never_share_runs(tmp_path):
+    study = write_study(tmp_path)
+    full = rp.reproduce(study, size="full", out=tmp_path / "out", progress=False, png=False)
+    assert full.folder == tmp_path / "out" / "tiny-study"
+    assert RunDir(full.runs[0]).read_json("summary.json")["epochs"] == 2
+
+
+def test_interrupted_study_resumes(tmp_path, monkeypatch):
+    study = write_study(tmp_path)
+    real_train = rp.step_train
+    calls = []
+
+    def interrupt_second(ctx, cfg):
+        calls.append(cfg.name)
+        if cfg.name == "tiny-b":
+            raise KeyboardInterrupt
+        return real_train(ctx, cfg)
+
+    monkeypatch.setattr(rp, "step_train", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
+    folder = tmp_path / "out" / "tiny-study-quick"
+    assert RunDir(folder / "tiny-a").has("summary.json") and not (folder / "report.html").exists()
+    done_a = manifests([folder / "tiny-a"])
+    monkeypatch.setattr(rp, "step_train", real_train)
+    result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
+    assert manifests([folder / "tiny-a"]) == done_a and RunDir(folder / "tiny-b").has("summary.json")
+    assert result.report.is_file()
+
+
+def test_missing_steps_are_reported_not_faked(tmp_path, monkeypatch):
+    monkeypatch.setitem(rp.OPTIONAL_STEPS, "analyze", ("toylens.no_such_module", rp.step_analyze))
+    study = write_study(tmp_path, steps=["train", "analyze", "report"])
+    result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
+    assert result.missing_steps == ["analyze"]
+    assert not any((r / "analysis").exists() for r in result.runs)
+
+
+def test_changed_study_config_is_refused_not_mixed(tmp_path):
+    study = write_study(tmp_path)
+    rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
+    raw = yaml.safe_load(study.read_text())
+    raw["quick"]["set"].append("train.lr=0.01")
+    study.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ToylensError, match="config differs.*train.lr"):
+        rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
+
+
+def test_size_placeholder_picks_the_config_of_each_size(tmp_path):
+    study = write_study(tmp_path, runs=["cfg/{size}.yaml"])
+    for size, epochs in (("quick", 1), ("full", 3)):
+        raw = copy.deepcopy(TINY)
+        raw["name"], raw["train"]["epochs"] = f"tiny-{size}", epochs
+        (tmp_path / "cfg" / f"{size}.yaml").write_text(yaml.safe_dump(raw))
+    spec, path = rp.load_study(study)
+    assert [c.name for c in rp.run_configs(spec, path, "quick")] == ["tiny-quick"]
+    assert [c.name for c in rp.run_configs(spec, path, "full")] == ["tiny-full"]
+
+
+def test_bad_studies(tmp_path):
+    with pytest.raises(ToylensError, match="unknown.*sorting-weight-decay"):
+        rp.load_study("no-such-study")
+    bad = write_study(tmp_path, stepz=["train"])
+    with pytest.raises(ToylensError, match="stepz: unknown key"):
+        rp.load_study(bad)
+    bad = write_study(tmp_path, steps=["train", "fly"])
+    with pytest.raises(ToylensError, match="steps.1"):
+        rp.load_study(bad)
+    dup = write_study(tmp_path, runs=["cfg/a.yaml", "cfg/a.yaml"])
+    study, path = rp.load_study(dup)
+    with pytest.raises(ToylensError, match="share a name"):
+        rp.run_configs(study, path, "quick")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "studies").glob("*.yaml")))
+def test_shipped_studies_validate(name):
+    study, path = rp.load_study(name)
+    assert study.name == name and path == CONFIGS / "studies" / f"{name}.yaml"
+    for size in ("quick", "full"):
+        configs = rp.run_configs(study, path, size)
+        assert len(configs) == len(study.runs)
+
+
+def test_sorting_study_is_the_three_decay_levels():
+    study, path = rp.load_study("sorting-weight-decay")
+    configs = rp.run_configs(study, path, "quick")
+    assert [c.train.weight_decay for c in configs] == [0.0, 0.1, 1.0]
+    assert all(c.train.l1.coef > 0 for c in configs)
+    assert study.steps == ["train", "analyze", "llc", "report"]
+
+
+def test_cli_reproduce(tmp_path):
+    study = write_study(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "reproduce", str(study), "--quick",
+                           "--out", str(tmp_path / "out"), "--no-progress", "--no-png"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"report: {tmp_path / 'out' / 'tiny-study-quick' / 'report.html'}"
+    assert "[1/" in proc.stderr and "train tiny-a" in proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "toylens.cli", "reproduce", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown" in bad.stderr
