@@ -12,10 +12,8 @@ from test_report import figure_data, section_ids
 
 import toylens
 
-# These tests read results written by toylens.analysis; they run wherever it is part of the build.
-pytest.importorskip("toylens.analysis.analyze", reason="toylens.analysis is not in this build")
-from toylens.analysis.analyze import analyze  # noqa: E402
-from toylens.analysis.results import load_result  # noqa: E402
+from toylens.analysis.driver import analyze
+from toylens.analysis.results import load_result
 from toylens.report.figures import round_sig
 from toylens.run import RunDir
 

@@ -17,10 +17,9 @@ from report_runs import make_run
 
 import toylens
 
-try:  # the interpretability results the report shows; the viewer test needs them
-    from toylens.analysis.analyze import analyze
-except ImportError:
-    analyze = None
+from toylens.analysis.driver import analyze
+from toylens.analysis.llc import LLCSettings
+from toylens.analysis.llc_run import llc_over_checkpoints
 
 CHROMIUM = Path(os.environ.get("TOYLENS_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
@@ -77,8 +76,8 @@ def report_page(browser, tmp_path_factory):
     runs = [make_run(out / "runs", "mlp-1L", train={"epochs": 3, "log_checkpoints": 3}),
             make_run(out / "runs", "attn-2L", model={"n_layers": 2, "attn_only": True}, train={"epochs": 2})]
     for run in runs:
-        if analyze is not None:
-            analyze(run, "all", progress=False)
+        analyze(run, "all", progress=False)
+    llc_over_checkpoints(runs[0], "all", settings=LLCSettings(chains=2, draws=20, burnin=10), progress=False)
     result = toylens.report(runs, out / "report.html", png=False)
     page = Page(browser, result.path)
     yield result, page
@@ -95,8 +94,8 @@ def test_every_section_and_figure_is_drawn(report_page):
     result, page = report_page
     shown = page.page.eval_on_selector_all("main section", "els => els.map(e => e.id)")
     assert shown == [f"sec-{s}" for s in result.sections]
-    analysed = ["sparsity", "head-scores", "attention", "circuits", "composition", "attribution", "patching",
-                "ablation", "analysis-over-training"] if analyze is not None else []
+    analysed = ["sparsity", "llc", "head-scores", "attention", "circuits", "composition", "attribution", "patching",
+                "ablation", "analysis-over-training"]
     assert result.sections == ["summary", "training", "weights", *analysed, "configs"]
     undrawn = page.page.eval_on_selector_all(
         "[data-figure]", "els => els.filter(e => !e.querySelector('svg, canvas')).map(e => e.id)")
@@ -127,8 +126,6 @@ def test_legend_click_hides_a_series(report_page):
 
 
 def test_attention_viewer_changes_with_the_head(report_page):
-    if analyze is None:
-        pytest.skip("toylens.analysis is not in this build: no attention results to view")
     result, page = report_page
     p = page.page
     canvas = "#fig-attention-viewer canvas[data-attn]"

@@ -1,5 +1,5 @@
 """`toylens reproduce`: studies are data, steps are skipped when done, an interrupted study
-resumes, a missing step is reported rather than faked, and the shipped studies validate."""
+resumes, the analyze and llc steps write what the report shows, and the shipped studies validate."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def write_study(tmp_path: Path, **fields) -> Path:
     (tmp_path / "cfg" / "a.yaml").write_text(yaml.safe_dump(a))
     (tmp_path / "cfg" / "b.yaml").write_text(yaml.safe_dump(b))
     study = {"name": "tiny-study", "title": "Tiny", "runs": ["cfg/a.yaml", {"config": "cfg/b.yaml", "set": ["seed=3"]}],
-             "quick": {"set": ["train.epochs=1"]}, "full": {"set": ["train.epochs=2"]}, **fields}
+             "quick": {"set": ["train.epochs=1"]}, "full": {"set": ["train.epochs=2"]},
+             "steps": ["train", "report"], **fields}  # the orchestration; analyze + llc have their own test
     path = tmp_path / "tiny-study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -46,7 +47,6 @@ def test_reproduce_trains_reports_and_skips_what_is_done(tmp_path):
     assert RunDir(first.runs[0]).read_json("summary.json")["epochs"] == 1  # the quick override
     assert RunDir(first.runs[1]).config().seed == 3 and RunDir(first.runs[1]).config().model.n_layers == 2
     assert first.report == first.folder / "report.html" and first.report.stat().st_size > 10_000
-    assert first.missing_steps == rp.missing_steps(rp.load_study(study)[0])
     before = manifests(first.runs)
     again = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     assert manifests(again.runs) == before  # nothing retrained or rewritten
@@ -61,7 +61,7 @@ def test_quick_and_full_never_share_runs(tmp_path):
 
 def test_interrupted_study_resumes(tmp_path, monkeypatch):
     study = write_study(tmp_path)
-    real_train = rp.step_train
+    real_train = rp.STEPS["train"]
     calls = []
 
     def interrupt_second(ctx, cfg):
@@ -70,24 +70,36 @@ def test_interrupted_study_resumes(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_train(ctx, cfg)
 
-    monkeypatch.setattr(rp, "step_train", interrupt_second)
+    monkeypatch.setitem(rp.STEPS, "train", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     folder = tmp_path / "out" / "tiny-study-quick"
     assert RunDir(folder / "tiny-a").has("summary.json") and not (folder / "report.html").exists()
     done_a = manifests([folder / "tiny-a"])
-    monkeypatch.setattr(rp, "step_train", real_train)
+    monkeypatch.setitem(rp.STEPS, "train", real_train)
     result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     assert manifests([folder / "tiny-a"]) == done_a and RunDir(folder / "tiny-b").has("summary.json")
     assert result.report.is_file()
 
 
-def test_missing_steps_are_reported_not_faked(tmp_path, monkeypatch):
-    monkeypatch.setitem(rp.OPTIONAL_STEPS, "analyze", ("toylens.no_such_module", rp.step_analyze))
-    study = write_study(tmp_path, steps=["train", "analyze", "report"])
+@pytest.mark.slow
+def test_analyze_and_llc_steps_feed_the_report(tmp_path):
+    study = write_study(tmp_path, steps=["train", "analyze", "llc", "report"], quick={
+        "set": ["train.epochs=1"],
+        "analyze": {"checkpoint": "final", "only": ["head_scores", "attention", "patching"],
+                    "settings": {"n_examples": 32, "n_patch": 4, "n_repeated": 8}},
+        "llc": {"checkpoints": "final", "chains": 2, "draws": 20, "burnin": 10,
+                "calibrate": {"epsilons": [0.0001, 0.0003], "gammas": [100.0]}},
+    })
     result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
-    assert result.missing_steps == ["analyze"]
-    assert not any((r / "analysis").exists() for r in result.runs)
+    for run in map(RunDir, result.runs):
+        names = run.manifest()["files"]
+        assert any(n.startswith("analysis/final/head_scores/") for n in names)
+        assert any(n.startswith("analysis/final/patching/") for n in names)
+        assert run.has("llc/calibration.json") and run.has("llc/epoch-0001.json")  # "final" is stored under its name
+    html = result.report.read_text()
+    for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
+        assert section in html
 
 
 def test_changed_study_config_is_refused_not_mixed(tmp_path):

@@ -230,8 +230,6 @@ def reproduce(
 
     result = api_reproduce(study, size="quick" if quick else "full", device=device, out=out, progress=progress,
                            png=png)
-    if result.missing_steps:
-        typer.echo(f"not in this toylens build (left out of the report): {', '.join(result.missing_steps)}")
     typer.echo(f"{result.study}: {len(result.runs)} runs in {result.folder} ({result.wall_s:.0f}s)")
     if result.report is not None:
         typer.echo(f"report: {result.report}")

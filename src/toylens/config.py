@@ -452,7 +452,8 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
         msg = msg.removeprefix("Value error, ")
         # A section's cross-field check that starts with one of its keys ("files: ...") names that key.
         key, _, rest = msg.partition(": ")
-        section = _section_type(parent.model_fields[field.rsplit(".", 1)[-1]].annotation) if parent and field else None
+        info = parent.model_fields.get(field.rsplit(".", 1)[-1]) if parent and field else None  # not a list index
+        section = _section_type(info.annotation) if info is not None else None
         if rest and section is not None and key in section.model_fields:
             field, msg = f"{field}.{key}", rest
         got = first.get("input")

@@ -11,18 +11,14 @@ here is generic: each step is skipped when its results exist, so a rerun after a
 continues where it stopped (training resumes from its last epoch checkpoint). Runs go to
 `OUT/<study>/<run>` (`OUT/<study>-quick/<run>` for --quick, so the two sizes never mix) and the
 comparison report to `OUT/<study>[-quick]/report.html`.
-
-A step whose implementation is not part of this toylens build is not faked: it is reported as
-missing, and the report leaves its sections out.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,8 +88,6 @@ class StudyResult:
     folder: Path
     report: Path | None
     runs: list[Path]
-    missing_steps: list[str] = field(default_factory=list)
-    """Steps the study lists that this toylens build does not implement (left out, not faked)."""
     wall_s: float = 0.0
 
 
@@ -172,7 +166,7 @@ def step_train(ctx: Context, cfg: RunConfig) -> str:
 
 def step_analyze(ctx: Context, cfg: RunConfig) -> str:
     """`analyze` with the size's options (e.g. checkpoint: all); it skips finished results itself."""
-    from toylens.analysis.analyze import Settings, analyze
+    from toylens.analysis.driver import Settings, analyze
 
     calls = ctx.size.analyze if isinstance(ctx.size.analyze, list) else [ctx.size.analyze]
     written = []
@@ -208,33 +202,11 @@ def _analysis_device(device: str) -> str:
     return str(resolve_device(device))
 
 
-# Steps that come from parts of toylens a build may lack: name -> (module that must import, step).
-OPTIONAL_STEPS: dict[str, tuple[str, Callable[[Context, RunConfig], str]]] = {
-    "analyze": ("toylens.analysis.analyze", step_analyze),
-    "llc": ("toylens.analysis.llc_run", step_llc),
+STEPS: dict[str, Callable[[Context, RunConfig], str]] = {
+    "train": step_train,
+    "analyze": step_analyze,
+    "llc": step_llc,
 }
-
-
-def available(step: str) -> bool:
-    module = OPTIONAL_STEPS[step][0]
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
-def missing_steps(study: Study) -> list[str]:
-    """Steps of the study whose implementation is not part of this toylens build."""
-    return [s for s in study.steps if s in OPTIONAL_STEPS and not available(s)]
-
-
-def run_step(step: str, ctx: Context, cfg: RunConfig) -> str:
-    if step == "train":
-        return step_train(ctx, cfg)
-    if not available(step):
-        return "not available in this toylens build (skipped)"
-    return OPTIONAL_STEPS[step][1](ctx, cfg)
 
 
 # ------------------------------------------------------------------------------ orchestration
@@ -248,12 +220,8 @@ def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", dev
     configs = run_configs(spec, path, size)
     folder = Path(out) / (spec.name + ("-quick" if size == "quick" else ""))
     ctx = Context(spec, opts, folder, device, progress)
-    missing = missing_steps(spec)
     start = time.perf_counter()
     log.info("%s (%s): %s", spec.name, size, spec.description.strip() or spec.title)
-    if missing:
-        log.warning("%s: step(s) %s are not in this toylens build; the report leaves their sections out",
-                    spec.name, ", ".join(missing))
     per_run = [s for s in spec.steps if s != "report"]
     total = len(per_run) * len(configs) + ("report" in spec.steps)
     done = 0
@@ -262,7 +230,7 @@ def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", dev
             done += 1
             t0 = time.perf_counter()
             log.info("[%d/%d] %s %s ...", done, total, step, cfg.name)
-            status = run_step(step, ctx, cfg)
+            status = STEPS[step](ctx, cfg)
             log.info("[%d/%d] %s %s: %s (%.1fs)", done, total, step, cfg.name, status, time.perf_counter() - t0)
     runs = [folder / c.name for c in configs]
     report_path = None
@@ -271,4 +239,4 @@ def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", dev
 
         log.info("[%d/%d] report ...", total, total)
         report_path = report(runs, folder / "report.html", title=spec.title or spec.name, png=png).path
-    return StudyResult(spec.name, folder, report_path, runs, missing, time.perf_counter() - start)
+    return StudyResult(spec.name, folder, report_path, runs, time.perf_counter() - start)

@@ -217,7 +217,10 @@ def calibrate(
         run.write_tensors("llc/calibration.safetensors", traces, {"format": FORMAT})
         run.write_json("llc/calibration.json", {"format": FORMAT, "checkpoint": ckpt.name, "grid": cal.rows(),
                                                 "chosen": chosen})
-        if chosen is not None:
+        if chosen is None:
+            log.warning("%s: no (ε, γ) in the calibration grid gave healthy, converged traces; estimates keep "
+                        "ε=%g γ=%g: widen the grid or raise draws", run.path, base.epsilon, base.gamma)
+        else:
             pick = estimates[chosen]
             new = base.model_copy(update={"epsilon": pick.epsilon, "gamma": pick.gamma})
             run.write_json("llc/settings.json", new.model_dump(mode="json"))
