@@ -60,8 +60,6 @@ def test_two_layers_grow_a_copying_induction_head(circuit):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="shipped induction-2l config: the previous-token job is spread over three "
-                   "layer-0 heads; the strongest scores 0.375 < 0.4 at the end of training (see BENCHMARKS.md)")
 def test_its_k_composition_source_is_a_previous_token_head_over_0_4(circuit):
     layer, source = circuit["source"]
     assert circuit["previous"][layer, source] >= 0.4
