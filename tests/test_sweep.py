@@ -151,6 +151,13 @@ def test_failing_member_does_not_stop_the_others_and_rerun_trains_only_what_is_m
     assert all((out / "sw" / name / "summary.json").read_bytes() == data for name, data in done_files.items())
     assert len(wandb_run(result.sweep_dir)[fresh.name]) == 1  # nothing retrained
 
+    import toylens  # the report on a sweep: its finished members, and a row per member
+
+    page = toylens.report([result.sweep_dir], tmp_path / "sweep.html", png=False)
+    assert page.sections[:2] == ["summary", "sweep"]
+    html = page.path.read_text()
+    assert html.count(interrupted.name) >= 2 and "val/bogus" in html and "is not a metric" in html
+
 
 def test_shipped_sweep_specs_expand():
     from pathlib import Path

@@ -200,7 +200,8 @@ def export(
 @app.command()
 @user_errors
 def report(
-    runs: List[Path] = typer.Argument(..., help="Run directories to show side by side."),
+    runs: List[Path] = typer.Argument(..., help="Run directories to show side by side; a sweep directory stands for "
+                                      "its finished members plus a table of every member."),
     out: Path = typer.Option(Path("report.html"), "-o", "--out", help="The HTML file to write; PNG figures go to <stem>_figures/ beside it."),
     title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the run names)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Also write every figure as a PNG file (needs matplotlib)."),

@@ -5,6 +5,7 @@
     result.path, result.pngs, result.sections
 
     toylens report runs/sort-no-decay runs/sort-high-decay -o report.html
+    toylens report runs/sort-weight-decay -o sweep.html      # a sweep: its members + a member table
 
 The report reads only files in the run directories (verified against each run's manifest), never
 runs a model. Each section appears only when some run has its results; a section that applies to
@@ -36,6 +37,7 @@ from toylens.report.mechanisms import (ablation_section, attention_section, attr
                                        composition_section, patching_section)
 from toylens.report.png import write_pngs
 from toylens.report.sections import summary_section, training_section, weights_section
+from toylens.report.sweep import SweepSummary, expand_sweeps, sweep_section
 from toylens.storage import atomic_write
 
 log = logging.getLogger("toylens")
@@ -56,14 +58,14 @@ class ReportResult:
 def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html", *, title: str | None = None,
            png: bool = True) -> ReportResult:
     """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False)."""
-    paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    paths, sweeps = expand_sweeps([runs] if isinstance(runs, (str, Path)) else list(runs))
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ToylensError(f"-o {out}: the report is an HTML file; give a name ending in .html")
     if out.is_dir():
         raise ToylensError(f"-o {out}: is a directory; give a file name such as {out / 'report.html'}")
     results = collect_runs(paths, READERS)
-    sections = build_sections(results)
+    sections = build_sections(results, sweeps)
     title = title or ("Report: " + ", ".join(r.label for r in results))
     meta = (f"{len(results)} run{'s' * (len(results) > 1)} · written {time.strftime('%Y-%m-%d %H:%M')} · "
             f"figures also as PNG in {out.stem}_figures/" if png else f"{len(results)} runs")
@@ -94,11 +96,12 @@ BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
 ]
 
 
-def build_sections(runs: list[RunResults]) -> list[Section]:
-    """The summary, every section that some run has results for, then the runs' configs."""
+def build_sections(runs: list[RunResults], sweeps: list[SweepSummary] = ()) -> list[Section]:
+    """The summary, the sweep tables, every section that some run has results for, the configs."""
     summary = summary_section(runs, extra_rows=analysis_summary_rows(runs) + llc_summary_rows(runs))
     sections = [s for s in (build(runs) for build in BUILDERS) if s is not None]
-    return [summary, *sections, configs_section(runs)]
+    sweep = sweep_section(list(sweeps))
+    return [summary, *([sweep] if sweep else []), *sections, configs_section(runs)]
 
 
 def configs_section(runs: list[RunResults]) -> Section:
