@@ -102,6 +102,25 @@ def test_unigram_baseline_and_perplexity_against_brute_force(tmp_path):
     assert task.select_metric == "val/loss" and task.eval_splits == ("val", "test")
 
 
+def test_evaluation_batches_keep_gpt2_logits_small_and_averages_unchanged(cache, monkeypatch):
+    """A large eval batch over a 50,257-token vocabulary is cut to the logits budget; same averages."""
+    from toylens.config import ModelConfig
+    from toylens.tasks import base
+
+    task = build_task(LmTaskConfig(dataset="wikitext", subset="wikitext-2-v1", source="bundled", n_ctx=64,
+                                   max_examples=600, cache_dir=cache))
+    spec = task.spec
+    model = Transformer(ModelConfig(n_layers=1, n_heads=1, d_model=8, attn_only=True)
+                        .resolved(spec.d_vocab, spec.d_vocab_out, spec.n_ctx), seed=0).eval()
+    seen: list[int] = []
+    real = task.metric_sums
+    monkeypatch.setattr(task, "metric_sums", lambda logits, batch: seen.append(logits.numel()) or real(logits, batch))
+    monkeypatch.setattr(base, "LOGITS_BUDGET", 64 * 50257 * 5)  # at most 5 windows of 64 tokens at once
+    big = task.evaluate(model, "val", 10_000)
+    assert len(task.splits["val"]) > 5 and max(seen) <= base.LOGITS_BUDGET
+    assert big == pytest.approx(task.evaluate(model, "val", 2), rel=1e-6)
+
+
 def test_trains_end_to_end_and_reloads(tmp_path, cache):
     """A tiny classifier through the unchanged Trainer: val picks the best epoch; load() rebuilds the task."""
     raw = {"name": "imdb-tiny", "seed": 0,

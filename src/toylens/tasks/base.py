@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 IGNORE = -100
+LOGITS_BUDGET = 2**25  # elements of one evaluation batch's logits (128 MB in float32)
 
 
 @dataclass
@@ -102,10 +103,19 @@ class Task(ABC):
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: str, batch_size: int = 1024) -> dict[str, float]:
-        """Average every metric over a whole split; keys are prefixed `split/`."""
+        """Average every metric over a whole split; keys are prefixed `split/`.
+
+        Batches are cut further so that one batch's logits stay under LOGITS_BUDGET elements
+        (a batch of 256 windows of 128 GPT-2 tokens would otherwise need 6.6 GB of logits and as
+        much again for the loss); the averages do not depend on the batch size.
+        """
         device = next(model.parameters()).device
         data = self.splits[split]
         sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)  # DDP wraps
+        if cfg is not None and len(data) > 0:
+            row_logits = data.batch(torch.arange(1)).tokens.numel() * cfg.d_vocab_out
+            batch_size = max(1, min(batch_size, LOGITS_BUDGET // row_logits))
         for idx in torch.arange(len(data)).split(batch_size):
             batch = data.batch(idx).to(device)
             for key, (s, n) in self.metric_sums(model(batch.tokens), batch).items():
