@@ -100,3 +100,16 @@ def test_source_never_unpickles():
     pattern = re.compile(r"torch\.load\(|pickle\.loads?\(|import pickle|weights_only\s*=\s*False")
     offenders = [str(p) for p in src.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_atomic_writes_get_the_mode_an_ordinary_open_would(tmp_path):
+    """mkstemp's temp files are 0600; a written report or run file must be readable like any other."""
+    import os
+
+    from toylens.storage import atomic_write, current_umask
+
+    target = tmp_path / "report.html"
+    atomic_write(target, b"<html></html>")
+    assert target.read_bytes() == b"<html></html>"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
