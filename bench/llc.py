@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from toylens.analysis.llc import LLCSettings, estimate_many
 from toylens.analysis.llc_run import _weights, run_objective, select_checkpoints
-from toylens.analysis.llc_sampler import reuse_freed_memory
+from toylens.memory import reuse_freed_memory
 from toylens.run import RunDir, load
 from toylens.tasks import Batch
 from toylens.train.regularisers import L1Penalty

@@ -265,6 +265,6 @@ def test_warnings_for_unhealthy_chains():
 def test_reuse_freed_memory_on_glibc():
     import platform
 
-    from toylens.analysis.llc_sampler import reuse_freed_memory
+    from toylens.memory import reuse_freed_memory
 
     assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from toylens.analysis.llc import LLCSettings, Objective, estimate_many
 from toylens.analysis.llc_diagnostics import LLCEstimate
-from toylens.analysis.llc_sampler import reuse_freed_memory
+from toylens.memory import reuse_freed_memory
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
 from toylens.model import Transformer
@@ -142,7 +142,7 @@ def llc_over_checkpoints(
     """Estimate the LLC of each checkpoint (skipping those done), `group` checkpoints at a time.
 
     Returns {checkpoint name: summary} for every selected checkpoint (done earlier or now).
-    Tunes the process's malloc for speed (see `llc_sampler.reuse_freed_memory`).
+    Tunes the process's malloc for speed (see `toylens.memory.reuse_freed_memory`).
     """
     reuse_freed_memory()
     run = run if isinstance(run, RunDir) else RunDir(run)

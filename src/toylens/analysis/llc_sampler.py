@@ -27,8 +27,6 @@ chain itself never rejects: this is SGLD, the acceptance only measures how far i
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -194,24 +192,3 @@ def _mala_acceptance(
     return torch.where(torch.isfinite(log_alpha), accept, torch.zeros_like(accept)).cpu()
 
 
-def reuse_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
-
-    Every SGLD step allocates and frees the same large activation buffers (tens of MB with many
-    rows). By default glibc serves such blocks with fresh mmaps and unmaps them when freed, so
-    each step pays for page faults: measured on the study-2 runs, 35-40% of an LLC run's CPU time
-    was system time, and ~1% with this. Process-wide and permanent (the process keeps its peak
-    memory), so only the long-running entry points call it (`llc_over_checkpoints`, `calibrate`,
-    the CLI). Returns False (and does nothing) where the C library is not glibc.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    ok = mallopt(m_mmap_threshold, 1 << 30) == 1
-    ok &= mallopt(m_trim_threshold, 1 << 30) == 1
-    ok &= mallopt(m_top_pad, 64 << 20) == 1
-    return bool(ok)

@@ -22,10 +22,7 @@ What the trainer does with it, and why it gives the single-process result:
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
-import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from toylens.errors import ToylensError
+from toylens.memory import reuse_freed_memory
 from toylens.tasks.base import Batch
 
 T = TypeVar("T")
@@ -42,7 +40,7 @@ T = TypeVar("T")
 def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" -> cuda when available, else cpu; anything else must be a usable torch device.
 
-    Resolving to the CPU also keeps large tensor buffers in glibc's heap (`keep_cpu_buffers`).
+    Resolving to the CPU also keeps large freed buffers for reuse (`toylens.memory.reuse_freed_memory`).
     """
     if str(device) == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,30 +52,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ToylensError(f"--device {device!r}: CUDA is not available on this machine")
     if dev.type == "cpu":
-        keep_cpu_buffers()
+        reuse_freed_memory()
     return dev
-
-
-@functools.cache
-def keep_cpu_buffers() -> bool:
-    """Stop glibc from returning every large freed buffer to the kernel (Linux only; once per process).
-
-    By default glibc serves each allocation over ~32 MB with its own mmap and unmaps it on free,
-    so a training step that builds a [batch, n_ctx, 50257] logit tensor and its gradients
-    page-faults hundreds of MB of fresh zeroed pages every step: measured 672 ms/step, half of
-    it kernel time, against 331 ms with the buffers kept (GPT-2 vocabulary, 2 threads). Raising
-    the mmap and trim thresholds to 1 GB lets freed buffers be reused; peak memory is unchanged
-    (the heap holds at most what was live at once). Set TOYLENS_MALLOC_TUNING=0 to leave malloc
-    alone. Returns whether the thresholds were set.
-    """
-    if os.environ.get("TOYLENS_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # musl or another libc: nothing to tune
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 class SingleProcess:
