@@ -50,6 +50,20 @@ def test_every_analysis_saved_and_loadable(runs):
     assert analyze(mlp, "final", settings=SMALL, progress=False) == []  # all done: skipped
 
 
+def test_neuron_ablations_can_be_left_out(runs, tmp_path):
+    """ablate_neurons=False (the text studies' quick size) keeps the head ablations, drops the neurons."""
+    import shutil
+
+    results = {}
+    for neurons in (False, True):
+        run = shutil.copytree(runs[0], tmp_path / f"mlp-{neurons}")
+        analyze(run, "final", only=["ablation/mean"], settings=Settings(n_examples=24, ablate_neurons=neurons),
+                progress=False)
+        results[neurons] = load_result(RunDir(run), "analysis/final/ablation/mean")
+    assert results[False].neurons.shape == (1, 0) and results[True].neurons.shape == (1, 32)
+    assert torch.allclose(results[False].heads, results[True].heads)
+
+
 def test_all_checkpoints_and_trajectory(runs):
     _, attn = runs
     written = analyze(attn, "all", only=["head_scores/repeated", "composition"], settings=SMALL, progress=False)

@@ -50,6 +50,8 @@ class Settings:
     """Example inputs whose attention patterns are saved."""
     max_pattern_pos: int = 64
     """Saved example patterns are cut to this many positions."""
+    ablate_neurons: bool = True
+    """Also ablate every MLP neuron (one stacked pass per neuron chunk: slow with a 50K vocabulary)."""
     patch_metric: str | None = None
     """Patching metric: logit_diff, neg_loss or accuracy (default: the task's, see corrupt.py)."""
     seed: int = 0
@@ -159,7 +161,8 @@ def _circuits(s: Subject) -> Result:
 
 
 def _ablation(kind: str) -> Callable[[Subject], Result]:
-    return lambda s: ablate(s.model, s.data.tokens, s.data.targets, kind, seed=s.settings.seed)
+    return lambda s: ablate(s.model, s.data.tokens, s.data.targets, kind, seed=s.settings.seed,
+                            neurons=s.settings.ablate_neurons)
 
 
 def _patch(variant: str) -> Callable[[Subject], Result]:
