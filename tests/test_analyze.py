@@ -104,6 +104,10 @@ def test_cli_analyze_and_export(runs):
     proc = run("analyze", str(mlp), "--checkpoint", "1", "--only", "attention", "--no-progress", "--examples", "8")
     assert proc.exit_code == 0, proc.output
     assert RunDir(mlp).has("analysis/epoch-0001/attention/task.json")
+    heads = run("analyze", str(mlp), "--checkpoint", "1", "--only", "ablation/zero", "--no-progress", "--examples", "8",
+                "--no-neuron-ablations")
+    assert heads.exit_code == 0, heads.output
+    assert load_result(RunDir(mlp), "analysis/epoch-0001/ablation/zero").neurons.shape == (1, 0)
     bad = run("analyze", str(mlp), "--metric", "vibes", "--only", "patching", "--no-progress")
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "patch metric" in bad.stderr
     exp = run("export", str(mlp), "--to", "transformer-lens")
