@@ -50,13 +50,14 @@ def test_every_analysis_saved_and_loadable(runs):
     assert analyze(mlp, "final", settings=SMALL, progress=False) == []  # all done: skipped
 
 
-def test_neuron_ablations_can_be_left_out(runs, tmp_path):
+def test_neuron_ablations_can_be_left_out(tmp_path):
     """ablate_neurons=False (the text studies' quick size) keeps the head ablations, drops the neurons."""
     import shutil
 
+    fresh = train(tiny_config(name="mlp"), tmp_path / "a", progress=False).run_dir  # no analysis yet
     results = {}
     for neurons in (False, True):
-        run = shutil.copytree(runs[0], tmp_path / f"mlp-{neurons}")
+        run = shutil.copytree(fresh, tmp_path / f"mlp-{neurons}")
         analyze(run, "final", only=["ablation/mean"], settings=Settings(n_examples=24, ablate_neurons=neurons),
                 progress=False)
         results[neurons] = load_result(RunDir(run), "analysis/final/ablation/mean")
