@@ -9,6 +9,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from toylens.config import flatten
 from toylens.report.collect import RunResults
 from toylens.report.figures import LineFigure, Section, Series, Table
 
@@ -34,8 +35,9 @@ def summary_section(runs: list[RunResults], extra_rows: list[list[Any]] = ()) ->
         ["parameters", *[r.weight_norms[-1].n_params if r.weight_norms else None for r in runs]],
     ]
     differing = config_differences(runs)
+    flats = [flatten(r.config) for r in runs]
     for key in differing + [k for k in KEY_FIELDS if k not in differing]:
-        rows.append([key + (" *" if key in differing else ""), *[_flat(r.config).get(key) for r in runs]])
+        rows.append([key + (" *" if key in differing else ""), *[f.get(key) for f in flats]])
     for key in final_metric_keys(runs):
         rows.append([f"final {key}", *[r.final.get(key) for r in runs]])
     rows.append(["weight norm (L2, all parameters)", *[r.weight_norms[-1].total if r.weight_norms else None for r in runs]])
@@ -94,7 +96,7 @@ def config_differences(runs: list[RunResults]) -> list[str]:
     """Dotted config fields whose values are not the same in every run (the name excluded)."""
     if len(runs) < 2:
         return []
-    flats = [_flat(r.config) for r in runs]
+    flats = [flatten(r.config) for r in runs]
     keys = sorted(set().union(*flats) - {"name"})
     return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
 
@@ -119,13 +121,3 @@ def _kind_norm(norms: dict[str, float], kind: str) -> float | None:
 def _spans_decades(series: list[Series]) -> bool:
     ys = [y for s in series for y in s.y if y is not None and y > 0]
     return bool(ys) and max(ys) / min(ys) > 30
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
