@@ -9,6 +9,7 @@ import torch
 
 from conftest import tiny_model
 from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
+from toylens.analysis import patching
 from toylens.analysis.patching import Patcher, cell_masks
 from toylens.model import act_name
 
@@ -77,6 +78,28 @@ def test_batched_grid_equals_naive_loop(variant, attn_only, norm):
     assert (grid.values - naive).abs().max() <= 1e-5
     span = patcher.clean - patcher.corrupted
     torch.testing.assert_close(grid.normalized, (naive - patcher.corrupted) / span, atol=1e-4, rtol=1e-4)
+
+
+# Grids outside the named variants, each through Patcher.grid: the fast path's other cases (a
+# replaced resid_mid, all heads at one position, one head everywhere with no position axis, a
+# whole layer at once) and the hook path's (a d_model component), on three layers.
+GRIDS = [("resid_mid", {"pos": 0}), ("z", {"pos": 0}), ("attn_out", {}), ("mlp_out", {}),
+         ("z", {"head": 1, "pos": 0}), ("resid_pre", {"d_model": 1})]
+
+
+@pytest.mark.parametrize("activation,axes,attn_only", [(a, x, attn_only) for a, x in GRIDS for attn_only in (False, True)
+                                                      if not (attn_only and a in ("resid_mid", "mlp_out"))])
+def test_other_grids_equal_naive_loop(activation, axes, attn_only, monkeypatch):
+    if activation != "resid_pre" or "pos" in axes:  # these must not need the hook path
+        monkeypatch.setattr(patching, "_patched_pass", None)
+    model = tiny_model(n_layers=3, attn_only=attn_only)
+    clean, corrupted, correct, wrong = pair(seed=3, pos=7)
+    metric = LogitDiff(correct, wrong)
+    with torch.no_grad():
+        naive = naive_grid(model, clean, corrupted, metric, activation, axes)
+        grid = Patcher(model, clean, corrupted, metric, max_rows=11).grid(activation, tuple(axes))
+    assert grid.values.shape == naive.shape
+    assert (grid.values - naive).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("metric_cls", [NegLoss, Accuracy])

@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -69,7 +70,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @user_errors
 def train(
     config: Path = typer.Argument(..., help="Run config (YAML): task, model, train."),
-    set_: Optional[List[str]] = SetOption,
+    set_: Optional[list[str]] = SetOption,
     out: Path = typer.Option(Path("runs"), "--out", help="Directory holding run directories; the run goes to OUT/<name>."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last epoch checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run directory of the same name first."),
@@ -142,7 +143,7 @@ def sweep(
 
 @app.command()
 @user_errors
-def summary(runs: List[Path] = typer.Argument(..., help="Run directories.")) -> None:
+def summary(runs: list[Path] = typer.Argument(..., help="Run directories.")) -> None:
     """Print each run's final metrics (one line per run)."""
     from toylens.run import RunDir
 
@@ -160,7 +161,7 @@ def summary(runs: List[Path] = typer.Argument(..., help="Run directories.")) -> 
 def analyze(
     run: Path = typer.Argument(..., help="Run directory."),
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, best, an epoch number, a checkpoint name, or all."),
-    only: Optional[List[str]] = typer.Option(None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Patching metric: logit_diff, neg_loss or accuracy (default: the task's)."),
     examples: int = typer.Option(256, "--examples", min=1, help="Task examples for head scores, attribution, sparsity and ablations."),
     neurons: bool = typer.Option(True, "--neuron-ablations/--no-neuron-ablations",
@@ -203,7 +204,7 @@ def export(
 @app.command()
 @user_errors
 def report(
-    runs: List[Path] = typer.Argument(..., help="Run directories to show side by side; a sweep directory stands for "
+    runs: list[Path] = typer.Argument(..., help="Run directories to show side by side; a sweep directory stands for "
                                       "its finished members plus a table of every member."),
     out: Path = typer.Option(Path("report.html"), "-o", "--out", help="The HTML file to write; PNG figures go to <stem>_figures/ beside it."),
     title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the run names)."),
@@ -250,7 +251,7 @@ def config_fields() -> None:
 
 @config_app.command("show")
 @user_errors
-def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), set_: Optional[List[str]] = SetOption) -> None:
+def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), set_: Optional[list[str]] = SetOption) -> None:
     """Validate CONFIG (with overrides) and print it with every default and derived value filled in."""
     from toylens.config import config_to_yaml, load_config
     from toylens.tasks import build_task
@@ -270,7 +271,7 @@ LLCSetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
 def llc_estimate(
     run: Path = typer.Argument(..., help="Run directory."),
     checkpoints: str = typer.Option("all", "--checkpoints", help="all, final, or epochs/names: 3,5 or epoch-0003."),
-    set_: Optional[List[str]] = LLCSetOption,
+    set_: Optional[list[str]] = LLCSetOption,
     device: str = DeviceOption,
     group: int = typer.Option(16, "--group", min=1, help="Checkpoints sampled together in one batched computation."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -298,7 +299,7 @@ def llc_calibrate(
     checkpoint: str = typer.Option("final", "--checkpoint", help="Checkpoint to calibrate on: final, an epoch, or a name."),
     epsilons: str = typer.Option("1e-4,3e-4,1e-3,3e-3", "--epsilons", help="Step sizes to try (comma-separated)."),
     gammas: str = typer.Option("300,1000", "--gammas", help="Localisation strengths to try (comma-separated)."),
-    set_: Optional[List[str]] = LLCSetOption,
+    set_: Optional[list[str]] = LLCSetOption,
     device: str = DeviceOption,
     write: bool = typer.Option(True, "--write/--no-write", help="Write the sweep and the chosen settings into RUN/llc/."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -326,7 +327,7 @@ def llc_calibrate(
     typer.echo(f"chosen: epsilon={pick.epsilon:g} gamma={pick.gamma:g}{where}")
 
 
-def _llc_overrides(items: Optional[List[str]]) -> dict[str, Any]:
+def _llc_overrides(items: Optional[list[str]]) -> dict[str, Any]:
     import yaml
 
     out: dict[str, Any] = {}

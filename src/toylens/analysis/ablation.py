@@ -75,7 +75,7 @@ def ablate(
     base = -float(metric(logits).mean())
 
     def loss_change(activation: str, axis: str) -> Tensor:
-        values = patch_cells(model, lambda l: cache["resid_pre", l], lambda l: ablation_source(cache[activation, l], kind, seed),
+        values = patch_cells(model, cache, logits, lambda l: ablation_source(cache[activation, l], kind, seed),
                              metric, activation, (axis,), max_rows=max_rows)
         return (-values - base).cpu()
 

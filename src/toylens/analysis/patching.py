@@ -29,7 +29,7 @@ from torch import Tensor
 from toylens.analysis.metrics import Metric
 from toylens.analysis.results import Result
 from toylens.errors import ToylensError
-from toylens.model import Transformer, act_name
+from toylens.model import ActivationCache, Transformer, act_name
 
 # The axes of each patchable activation after the batch axis (see toylens.model.names).
 ACT_AXES: dict[str, tuple[str, ...]] = {
@@ -94,7 +94,8 @@ def final_logits(model: Transformer, residual: Tensor, start_at_layer: int, posi
 @torch.no_grad()
 def patch_cells(
     model: Transformer,
-    base_resid: Callable[[int], Float[Tensor, "batch pos d_model"]],
+    base: ActivationCache,
+    base_logits: Float[Tensor, "batch pos d_vocab_out"],
     source: Callable[[int], Tensor],
     metric: Metric,
     activation: str,
@@ -104,7 +105,8 @@ def patch_cells(
 ) -> Tensor:
     """The engine: metric (mean over the batch) with each cell of `activation` patched from `source`.
 
-    `base_resid(l)` is the base run's resid_pre at layer l [batch, pos, d_model]; `source(l)` the
+    `base` is the base run's cache (it needs resid_pre, and for the fast path resid_mid, attn_out,
+    mlp_out, k, v and the patched activation), `base_logits` its logits; `source(l)` the
     activation to write in (shape [batch or 1, *act]). Returns [len(layers), *index sizes].
     """
     if activation not in ACT_AXES:
@@ -114,25 +116,42 @@ def patch_cells(
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
     read = read_positions(metric)
     metric = metric.at(read)
+    base_read = base_logits[:, read]
+    fast = _fast_path(activation, index_axes)
     out = []
     for layer in layers:
-        resid = base_resid(layer)
+        resid = base["resid_pre", layer]
         batch, pos = resid.shape[:2]
         src = source(layer)
         sizes = [src.shape[1 + d] for d in dims]
-        cells = torch.arange(math.prod(sizes), device=resid.device)
+        n_cells = math.prod(sizes)
+        cells = torch.arange(n_cells, device=resid.device)
         per_pass = max(1, (max_rows or rows_per_pass(model, pos)) // batch)
-        values = [
-            _patched_pass(model, layer, resid, src, metric, read, act_name(activation, layer), dims, chunk)
-            for chunk in cells.split(per_pass)
-        ]
-        out.append(torch.cat(values).view(sizes))
+        if not fast:
+            values = [
+                _patched_pass(model, layer, resid, src, metric, read, act_name(activation, layer), dims, chunk)
+                for chunk in cells.split(per_pass)
+            ]
+            out.append(torch.cat(values).view(sizes))
+            continue
+        idx = _cell_indices(sizes, index_axes, cells)
+        order = cells
+        if "pos" in idx:  # cells by position, in POSITION_GROUPS passes at least, each starting later
+            order = idx["pos"].argsort(stable=True)
+            per_pass = min(per_pass, -(-n_cells // POSITION_GROUPS))
+        stage_values = _stage_values(model, base, src, activation, layer)
+        result = torch.empty(n_cells, device=resid.device)
+        for chunk in order.split(per_pass):
+            result[chunk] = _fast_pass(model, layer, activation, base, base_read, stage_values,
+                                       {a: i[chunk] for a, i in idx.items()}, len(chunk), metric, read)
+        out.append(result.view(sizes))
     return torch.stack(out)
 
 
 def _patched_pass(model: Transformer, layer: int, resid: Tensor, src: Tensor, metric: Metric, read: Tensor,
                   hook_name: str, dims: list[int], cells: Tensor) -> Tensor:
-    """One stacked forward: copy c of the batch gets cell c patched. Returns the metric per cell."""
+    """One stacked forward through a hook (any activation, any cells): copy c of the batch gets
+    cell c patched. Returns the metric per cell."""
     batch, n = resid.shape[0], len(cells)
     mask = cell_masks(src.shape[1:], dims, cells).unsqueeze(1)  # [c, 1, *act]
 
@@ -142,6 +161,130 @@ def _patched_pass(model: Transformer, layer: int, resid: Tensor, src: Tensor, me
 
     logits = final_logits(model, resid.repeat(n, 1, 1), layer, read, [(hook_name, hook)])
     return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
+
+
+# --- the fast path: start after the patch, compute only what it changes ----------------------
+# Where each linearly patchable activation enters the residual stream: (stage, how).
+# "pre" l = resid_pre of block l; "mid" l = after block l's attention; "post" l = after its MLP.
+# "replace" writes the source there; "add" adds source - base (for z through the head's W_O).
+_FAST: dict[str, tuple[str, str]] = {
+    "resid_pre": ("pre", "replace"),
+    "resid_mid": ("mid", "replace"),
+    "attn_out": ("mid", "add"),
+    "z": ("mid", "add"),
+    "mlp_out": ("post", "add"),
+}
+# A stack of cells split by position gives each pass a later start: positions before a pass's
+# first patched position equal the base run (causal attention), so they are never recomputed.
+POSITION_GROUPS = 4
+
+
+def _base_stage(model: Transformer, base: ActivationCache, stage: str, layer: int) -> Tensor:
+    """The base run's residual stream at `stage` of `layer` [batch, pos, d_model]."""
+    if stage == "pre":
+        return base["resid_pre", layer]
+    if stage == "mid":
+        if model.cfg.attn_only:
+            return base["resid_pre", layer] + base["attn_out", layer]
+        return base["resid_mid", layer]
+    if layer + 1 < model.cfg.n_layers:
+        return base["resid_pre", layer + 1]
+    return _base_stage(model, base, "mid", layer) + (0 if model.cfg.attn_only else base["mlp_out", layer])
+
+
+def _fast_path(activation: str, index_axes: tuple[str, ...]) -> bool:
+    """Whether the fast path handles these cells: one position or all of them, for z one head or
+    all of them (never one d_model or d_head component), and a replaced residual at one position."""
+    if activation not in _FAST or not set(index_axes) <= {"pos", "head"}:
+        return False
+    if activation != "z" and "head" in index_axes:
+        return False
+    return _FAST[activation][1] == "add" or "pos" in index_axes
+
+
+def _cell_indices(sizes: list[int], index_axes: tuple[str, ...], cells: Tensor) -> dict[str, Tensor]:
+    """Each flat cell index split into its index along every axis of `index_axes`."""
+    out, rest = {}, cells
+    for axis, size in reversed(list(zip(index_axes, sizes))):
+        out[axis], rest = rest % size, rest // size
+    return out
+
+
+def _stage_values(model: Transformer, base: ActivationCache, src: Tensor, activation: str, layer: int) -> Tensor:
+    """What a patch writes at its stage: [batch, pos, k, d_model], k = heads for z, 1 otherwise;
+    for "add" the change source - base, for "replace" the new residual."""
+    stage, how = _FAST[activation]
+    if how == "replace":
+        return src.expand(base[activation, layer].shape).unsqueeze(2)
+    delta = src - base[activation, layer]
+    if activation == "z":  # each head's change through its own rows of W_O
+        return torch.einsum("bphe,hed->bphd", delta, model.blocks[layer].attn.W_O)
+    return delta.unsqueeze(2)
+
+
+def _fast_pass(model: Transformer, layer: int, activation: str, base: ActivationCache, base_read: Tensor,
+               values: Tensor, idx: dict[str, Tensor], n: int, metric: Metric, read: Tensor) -> Tensor:
+    """The metric for a stack of `n` cells, running only what each patch changes. Returns [n].
+
+    `values` are `_stage_values`; `idx` each cell's position and head (an axis left out means
+    all of them)."""
+    stage, how = _FAST[activation]
+    batch = base_read.shape[0]
+    heads = idx.get("head")
+    if heads is None and values.shape[2] > 1:  # z patched at all heads at once
+        values = values.sum(2, keepdim=True)
+    k = heads if heads is not None else torch.zeros(n, dtype=torch.long, device=values.device)
+    base_resid = _base_stage(model, base, stage, layer)
+    logits = base_read.expand(n, *base_read.shape).clone()  # [cells, batch, read, vocab]
+    if "pos" in idx:  # one position per cell: position-wise work runs at that position only
+        pos = idx["pos"]
+        at = values[:, pos, k].transpose(0, 1)  # [cells, batch, d_model]
+        if how == "add":
+            at = base_resid[:, pos].transpose(0, 1) + at
+        if stage == "mid" and not model.cfg.attn_only:
+            mlp_block = model.blocks[layer]
+            at = at + mlp_block.mlp(mlp_block.ln2(at))
+        if stage != "pre" and layer + 1 == model.cfg.n_layers:  # only the logits at pos change
+            hit = read.unsqueeze(0) == pos.unsqueeze(1)  # [cells, read]
+            cell, slot = hit.nonzero(as_tuple=True)
+            if len(cell):  # else no cell's position is read: every metric is the base run's
+                logits[cell, :, slot] = model.unembed(model.ln_final(at[cell]))
+            return metric(logits).mean(-1)
+        start = int(pos.min())
+        next_layer = layer if stage == "pre" else layer + 1
+        resid = (base_resid if stage == "pre" else _base_stage(model, base, "pre", next_layer))[:, start:]
+        resid = resid.expand(n, *resid.shape).clone()
+        resid[torch.arange(n, device=pos.device), :, pos - start] = at
+        final = _run_suffix(model, resid.flatten(0, 1), next_layer, start, base)
+    else:  # every position: start at the stage with the whole sequence changed
+        start = 0
+        resid = base_resid + values[:, :, k].permute(2, 0, 1, 3)  # [cells, batch, pos, d_model]
+        resid = resid.flatten(0, 1)
+        if stage == "mid":
+            if not model.cfg.attn_only:
+                mlp_block = model.blocks[layer]
+                resid = resid + mlp_block.mlp(mlp_block.ln2(resid))
+            final = _run_suffix(model, resid, layer + 1, 0, base)
+        else:
+            final = _run_suffix(model, resid, layer if stage == "pre" else layer + 1, 0, base)
+    later = read >= start
+    new = model.unembed(model.ln_final(final[:, read[later] - start]))
+    logits[:, :, later] = new.view(n, batch, *new.shape[1:])
+    return metric(logits).mean(-1)
+
+
+def _run_suffix(model: Transformer, resid: Tensor, layer: int, start: int, base: ActivationCache) -> Tensor:
+    """Blocks `layer`.. on positions `start`.. of each row; earlier positions' keys and values
+    are the base run's (rows are cell-major copies of the base batch). Returns the final
+    residual stream of those positions."""
+    for j in range(layer, model.cfg.n_layers):
+        prefix = None
+        if start > 0:
+            k, v = base["k", j][:, :start], base["v", j][:, :start]
+            copies = resid.shape[0] // k.shape[0]
+            prefix = (k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1))
+        resid = model.blocks[j](resid, prefix)
+    return resid
 
 
 @dataclass
@@ -177,6 +320,7 @@ class Patcher:
         with torch.no_grad():
             clean_logits, self.clean_cache = model.run_with_cache(clean_tokens.to(device), names_filter=patchable)
             corrupted_logits, self.corrupted_cache = model.run_with_cache(corrupted_tokens.to(device), names_filter=patchable)
+        self.corrupted_logits = corrupted_logits
         self.clean = float(self.metric(clean_logits).mean())
         self.corrupted = float(self.metric(corrupted_logits).mean())
         self.pos_labels = pos_labels or [str(i) for i in range(clean_tokens.shape[1])]
@@ -187,7 +331,7 @@ class Patcher:
         if activation in ("mlp_out", "resid_mid", "pre", "post") and self.model.cfg.attn_only:
             raise ToylensError(f"cannot patch {activation!r}: the model has no MLPs (attn_only)")
         values = patch_cells(
-            self.model, lambda l: self.corrupted_cache["resid_pre", l], lambda l: self.clean_cache[activation, l],
+            self.model, self.corrupted_cache, self.corrupted_logits, lambda l: self.clean_cache[activation, l],
             self.metric, activation, index_axes, max_rows=self.max_rows)
         span = self.clean - self.corrupted
         normalized = (values - self.corrupted) / span if span != 0 else torch.full_like(values, float("nan"))

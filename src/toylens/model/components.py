@@ -62,6 +62,11 @@ def _per_head(x: Float[Tensor, "batch pos d_model"], W: Float[Tensor, "n_heads d
     return out.view(*x.shape[:-1], h, e)
 
 
+def _causal(n_q: int, n_k: int, device: torch.device) -> Tensor:
+    """True where query i (the last n_q of n_k positions) must not attend to key j: j > i."""
+    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).triu(1 + n_k - n_q)
+
+
 class Attention(nn.Module):
     """Causal multi-head attention.
 
@@ -85,15 +90,23 @@ class Attention(nn.Module):
         for name in ("q", "k", "v", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Float[Tensor, "batch pos d_model"], past: tuple[Tensor, Tensor] | None = None
+                ) -> Float[Tensor, "batch pos d_model"]:
+        """Attention output for the positions of `x`. With `past` (keys and values
+        [batch, p0, n_heads, d_head] of the p0 positions before them), `x` holds positions p0..
+        and attends to those too; hook_q/k/v see only the new positions."""
         q = self.hook_q(_per_head(x, self.W_Q, self.b_Q))
         k = self.hook_k(_per_head(x, self.W_K, self.b_K))
         v = self.hook_v(_per_head(x, self.W_V, self.b_V))
+        if past is not None:
+            k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
         if self.explicit or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
             z = self._explicit(q, k, v)
         else:  # [b, p, h, e] -> [b, h, p, e] for the fused kernel, and back
+            n_q, n_k = q.shape[1], k.shape[1]
+            mask = None if n_q == n_k else _causal(n_q, n_k, q.device).logical_not()
             z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None
             ).transpose(1, 2)
         z = self.hook_z(z)
         if self.hook_result.has_hooks:
@@ -109,8 +122,7 @@ class Attention(nn.Module):
         v: Float[Tensor, "batch pos n_heads d_head"],
     ) -> Float[Tensor, "batch pos n_heads d_head"]:
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
-        n = scores.shape[-1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+        causal = _causal(q.shape[1], k.shape[1], scores.device)
         scores = self.hook_attn_scores(scores.masked_fill(causal, float("-inf")))
         pattern = self.hook_pattern(scores.softmax(-1))
         return torch.einsum("bhqk,bkhe->bqhe", pattern, v)
@@ -128,9 +140,10 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        pre = self.hook_pre(x @ self.W_in + self.b_in)
+        # addmm adds each bias inside its matrix product instead of in another pass over the output.
+        pre = self.hook_pre(torch.addmm(self.b_in, x.reshape(-1, x.shape[-1]), self.W_in).view(*x.shape[:-1], -1))
         post = self.hook_post(self.act(pre))
-        return post @ self.W_out + self.b_out
+        return torch.addmm(self.b_out, post.reshape(-1, post.shape[-1]), self.W_out).view(*x.shape[:-1], -1)
 
 
 class Unembed(nn.Module):
@@ -164,9 +177,11 @@ class TransformerBlock(nn.Module):
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid: Float[Tensor, "batch pos d_model"], past: tuple[Tensor, Tensor] | None = None
+                ) -> Float[Tensor, "batch pos d_model"]:
+        """`past`: the keys and values of earlier positions, as in `Attention.forward`."""
         resid = self.hook_resid_pre(resid)
-        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid)))
+        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid), past))
         if not self.attn_only:
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
