@@ -6,7 +6,9 @@ full forward pass per patched cell. Here all the cells of one layer are stacked 
 the base batch is repeated once per cell, each copy gets its own cell patched by a single hook,
 and the stack starts from the base run's cached `resid_pre` of that layer
 (`model(residual=..., start_at_layer=layer)`), so layers below the patch are never recomputed.
-A grid costs n_layers forward passes (more when a stack is split into chunks to bound memory).
+A grid costs about n_layers stacked passes (more when a stack is split into chunks to bound
+memory), and for the activations that enter the residual stream linearly much less: see "the fast
+path" below.
 
     patcher = Patcher(model, clean_tokens, corrupted_tokens, LogitDiff(clean_answers, wrong_answers))
     grid = patcher.resid_pre()          # PatchGrid: values [layer, pos], normalized, clean, corrupted
