@@ -31,10 +31,14 @@ def run_dir(tmp_path_factory):
     return train(cfg, out, progress=False).run_dir
 
 
-def test_objective_is_the_training_objective(run_dir):
+# The run's L1 hook, which the stacked forward serves, and one it does not (the vmapped path).
+@pytest.mark.parametrize("l1_hook,stacked", [("blocks.0.mlp.hook_post", True), ("blocks.0.attn.hook_z", False)])
+def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
     loaded = load(run_dir, "final")
     cfg, task, model = loaded.config, loaded.task, loaded.model
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"l1": cfg.train.l1.model_copy(update={"hooks": [l1_hook]})})})
     objective = run_objective(model, cfg, task, LLCSettings(weight_decay=None))  # the run's own decay
+    assert (objective.stacked_fn is not None) == stacked
     gen = torch.Generator().manual_seed(0)
     base = {k: v.detach() for k, v in model.named_parameters()}
     w = {k: torch.stack([v, v + 0.01 * torch.randn(v.shape, generator=gen)]) for k, v in base.items()}

@@ -22,7 +22,8 @@ loss, the others are regularisers such as "l1"). With `data=None` there is no mi
 minibatches (with replacement). `weight_decay` ({parameter name: c}) adds (c/2)·||w||² to L.
 
 All chains of all estimates run as one computation over stacked weights (`torch.func.vmap` of
-`functional_call`); see `llc_sampler`. Run directories: `analysis.llc_run`.
+`functional_call`, or an `Objective`'s own `stacked_fn`, as run directories use for a toylens
+transformer); see `llc_sampler`. Run directories: `analysis.llc_run`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from toylens.tasks.base import Split
 
 LossFn = Callable[[Callable[..., Any], tuple], Union[Tensor, dict[str, Tensor]]]
 Data = Union[tuple[Tensor, ...], Split, None]
+StackedLossFn = Callable[..., dict[str, Tensor]]
 
 
 class LLCSettings(Section):
@@ -103,8 +105,11 @@ def default_nbeta(m: int) -> float:
 class Objective:
     """The sampled objective L for stacked weights: `loss_fn` on each row's minibatch, plus decay."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data, weight_decay: dict[str, float] | None = None):
-        self.model, self.loss_fn, self.data = model, loss_fn, data
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data, weight_decay: dict[str, float] | None = None,
+                 stacked_fn: StackedLossFn | None = None):
+        """`stacked_fn(params, *batch)`, if given, computes every row's terms at once from stacked
+        parameters and a batch with a leading row axis, in place of vmapping `loss_fn`."""
+        self.model, self.loss_fn, self.data, self.stacked_fn = model, loss_fn, data, stacked_fn
         self.weight_decay = {k: c for k, c in (weight_decay or {}).items() if c}
         unknown = set(self.weight_decay) - {n for n, _ in model.named_parameters()}
         if unknown:
@@ -143,7 +148,13 @@ class Objective:
             terms = vmap(lambda p: self._one(p))(params)
         elif idx is None:  # one copy of the data shared by every row
             data = self.everything()
-            terms = vmap(self._one, in_dims=(0,) + (None,) * len(data))(params, *data)
+            if self.stacked_fn is not None:
+                rows = next(iter(params.values())).shape[0]
+                terms = self.stacked_fn(params, *(t.expand(rows, *t.shape) for t in data))
+            else:
+                terms = vmap(self._one, in_dims=(0,) + (None,) * len(data))(params, *data)
+        elif self.stacked_fn is not None:
+            terms = self.stacked_fn(params, *self.fetch(idx))
         else:
             terms = self._batched(params, *self.fetch(idx))
         if self.weight_decay:

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +50,7 @@ from toylens.memory import reuse_freed_memory
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
 from toylens.model import Transformer
+from toylens.model.stacked import STACKED_HOOKS, stacked_forward
 from toylens.run import CheckpointInfo, Loaded, RunDir, load
 from toylens.tasks import Batch, Task
 from toylens.train.optim import decays
@@ -67,10 +68,16 @@ DISQUALIFYING = {"nonfinite", "negative", "low_acceptance", "drift", "below_init
 
 def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCSettings) -> Objective:
     """The run's training objective (task loss + L1 + weight decay, as settings say) on its train
-    split. Switches `model` to the explicit attention path (same outputs), which vmap needs."""
+    split. Every row runs through `stacked_forward` when it can record the L1 penalty's hooks;
+    otherwise through vmap, for which `model` is switched to the explicit attention path (same
+    outputs)."""
     wd = cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay
     decay = {n: wd for n, _ in model.named_parameters() if decays(n, cfg.train.weight_decay_on)} if wd else {}
     penalty = L1Penalty(cfg.train.l1) if settings.l1 else None
+    hooks = [name for name, _ in penalty.fwd_hooks] if penalty else []
+    if all(STACKED_HOOKS.fullmatch(name) for name in hooks):
+        return Objective(model, _unused_loss_fn, task.splits[task.train_split], decay,
+                         stacked_fn=_stacked_objective(model, task, hooks, penalty.coef if penalty else 0.0))
     model.explicit_attention = True  # vmap has no batching rule for CPU scaled_dot_product_attention
 
     def loss_fn(call: Any, batch: tuple) -> dict[str, torch.Tensor]:
@@ -82,6 +89,27 @@ def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCS
         return {"loss": task.loss(logits, Batch(tokens, targets)), "l1": penalty.take()}
 
     return Objective(model, loss_fn, task.splits[task.train_split], decay)
+
+
+def _stacked_objective(model: Transformer, task: Task, l1_hooks: list[str], l1_coef: float) -> Any:
+    """Task loss and L1 term per row, every row in one `stacked_forward` (no vmap): the same
+    objective as the vmapped loss_fn above, with the fused attention kernel."""
+    row_loss = torch.func.vmap(lambda logits, tokens, targets: task.loss(logits, Batch(tokens, targets)))
+
+    def terms(params: dict[str, torch.Tensor], tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        l1: list[torch.Tensor] = []
+        record = {name: (lambda act: l1.append(act.abs().sum(-1).flatten(1).mean(1))) for name in l1_hooks}
+        logits = stacked_forward(model, params, tokens, record)
+        out = {"loss": row_loss(logits, tokens, targets)}
+        if l1:
+            out["l1"] = torch.stack(l1).sum(0) * l1_coef
+        return out
+
+    return terms
+
+
+def _unused_loss_fn(call: Any, batch: tuple) -> Any:
+    raise AssertionError("a stacked objective never calls its per-row loss_fn")
 
 
 def estimate_loaded(loaded: Loaded, settings: LLCSettings | None = None, *, progress: bool = False) -> LLCEstimate:
