@@ -105,10 +105,13 @@ def default_nbeta(m: int) -> float:
 class Objective:
     """The sampled objective L for stacked weights: `loss_fn` on each row's minibatch, plus decay."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data, weight_decay: dict[str, float] | None = None,
+    def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: Data, weight_decay: dict[str, float] | None = None,
                  stacked_fn: StackedLossFn | None = None):
         """`stacked_fn(params, *batch)`, if given, computes every row's terms at once from stacked
-        parameters and a batch with a leading row axis, in place of vmapping `loss_fn`."""
+        parameters and a batch with a leading row axis, in place of vmapping `loss_fn` (which
+        may then be None)."""
+        if loss_fn is None and (stacked_fn is None or data is None):
+            raise ValueError("Objective needs loss_fn, or stacked_fn and data")
         self.model, self.loss_fn, self.data, self.stacked_fn = model, loss_fn, data, stacked_fn
         self.weight_decay = {k: c for k, c in (weight_decay or {}).items() if c}
         unknown = set(self.weight_decay) - {n for n, _ in model.named_parameters()}
@@ -123,6 +126,7 @@ class Objective:
         def call(*args: Any, **kwargs: Any) -> Any:
             return functional_call(self.model, params, args, kwargs)
 
+        assert self.loss_fn is not None  # __init__: without loss_fn every call goes to stacked_fn
         out = self.loss_fn(call, batch)
         return out if isinstance(out, dict) else {"loss": out}
 

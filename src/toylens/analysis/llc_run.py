@@ -76,7 +76,7 @@ def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCS
     penalty = L1Penalty(cfg.train.l1) if settings.l1 else None
     hooks = [name for name, _ in penalty.fwd_hooks] if penalty else []
     if all(STACKED_HOOKS.fullmatch(name) for name in hooks):
-        return Objective(model, _unused_loss_fn, task.splits[task.train_split], decay,
+        return Objective(model, None, task.splits[task.train_split], decay,
                          stacked_fn=_stacked_objective(model, task, hooks, penalty.coef if penalty else 0.0))
     model.explicit_attention = True  # vmap has no batching rule for CPU scaled_dot_product_attention
 
@@ -106,10 +106,6 @@ def _stacked_objective(model: Transformer, task: Task, l1_hooks: list[str], l1_c
         return out
 
     return terms
-
-
-def _unused_loss_fn(call: Any, batch: tuple) -> Any:
-    raise AssertionError("a stacked objective never calls its per-row loss_fn")
 
 
 def estimate_loaded(loaded: Loaded, settings: LLCSettings | None = None, *, progress: bool = False) -> LLCEstimate:

@@ -142,6 +142,8 @@ def patch_cells(
             order = idx["pos"].argsort(stable=True)
             per_pass = min(per_pass, -(-n_cells // POSITION_GROUPS))
         stage_values = _stage_values(model, base, src, activation, layer)
+        if "head" not in idx and stage_values.shape[2] > 1:  # z patched at all heads at once
+            stage_values = stage_values.sum(2, keepdim=True)
         result = torch.empty(n_cells, device=resid.device)
         for chunk in order.split(per_pass):
             result[chunk] = _fast_pass(model, layer, activation, base, base_read, stage_values,
@@ -228,51 +230,50 @@ def _fast_pass(model: Transformer, layer: int, activation: str, base: Activation
                values: Tensor, idx: dict[str, Tensor], n: int, metric: Metric, read: Tensor) -> Tensor:
     """The metric for a stack of `n` cells, running only what each patch changes. Returns [n].
 
-    `values` are `_stage_values`; `idx` each cell's position and head (an axis left out means
-    all of them)."""
+    `values` are `_stage_values` ([batch, pos, k, d_model], k = 1 unless cells pick a head);
+    `idx` each cell's position and head (an axis left out means all of them)."""
     stage, how = _FAST[activation]
     batch = base_read.shape[0]
-    heads = idx.get("head")
-    if heads is None and values.shape[2] > 1:  # z patched at all heads at once
-        values = values.sum(2, keepdim=True)
-    k = heads if heads is not None else torch.zeros(n, dtype=torch.long, device=values.device)
+    k = idx.get("head", torch.zeros(n, dtype=torch.long, device=values.device))
     base_resid = _base_stage(model, base, stage, layer)
+    next_layer = layer if stage == "pre" else layer + 1
     logits = base_read.expand(n, *base_read.shape).clone()  # [cells, batch, read, vocab]
     if "pos" in idx:  # one position per cell: position-wise work runs at that position only
         pos = idx["pos"]
         at = values[:, pos, k].transpose(0, 1)  # [cells, batch, d_model]
         if how == "add":
             at = base_resid[:, pos].transpose(0, 1) + at
-        if stage == "mid" and not model.cfg.attn_only:
-            mlp_block = model.blocks[layer]
-            at = at + mlp_block.mlp(mlp_block.ln2(at))
-        if stage != "pre" and layer + 1 == model.cfg.n_layers:  # only the logits at pos change
+        if stage == "mid":
+            at = _mlp_of_block(model, layer, at)
+        if next_layer == model.cfg.n_layers:  # only the logits at pos change
             hit = read.unsqueeze(0) == pos.unsqueeze(1)  # [cells, read]
             cell, slot = hit.nonzero(as_tuple=True)
             if len(cell):  # else no cell's position is read: every metric is the base run's
                 logits[cell, :, slot] = model.unembed(model.ln_final(at[cell]))
             return metric(logits).mean(-1)
         start = int(pos.min())
-        next_layer = layer if stage == "pre" else layer + 1
         resid = (base_resid if stage == "pre" else _base_stage(model, base, "pre", next_layer))[:, start:]
         resid = resid.expand(n, *resid.shape).clone()
         resid[torch.arange(n, device=pos.device), :, pos - start] = at
         final = _run_suffix(model, resid.flatten(0, 1), next_layer, start, base)
     else:  # every position: start at the stage with the whole sequence changed
         start = 0
-        resid = base_resid + values[:, :, k].permute(2, 0, 1, 3)  # [cells, batch, pos, d_model]
-        resid = resid.flatten(0, 1)
+        resid = (base_resid + values[:, :, k].permute(2, 0, 1, 3)).flatten(0, 1)  # [cells * batch, pos, d_model]
         if stage == "mid":
-            if not model.cfg.attn_only:
-                mlp_block = model.blocks[layer]
-                resid = resid + mlp_block.mlp(mlp_block.ln2(resid))
-            final = _run_suffix(model, resid, layer + 1, 0, base)
-        else:
-            final = _run_suffix(model, resid, layer if stage == "pre" else layer + 1, 0, base)
+            resid = _mlp_of_block(model, layer, resid)
+        final = _run_suffix(model, resid, next_layer, 0, base)
     later = read >= start
     new = model.unembed(model.ln_final(final[:, read[later] - start]))
     logits[:, :, later] = new.view(n, batch, *new.shape[1:])
     return metric(logits).mean(-1)
+
+
+def _mlp_of_block(model: Transformer, layer: int, resid: Tensor) -> Tensor:
+    """The rest of block `layer` after its attention: resid + MLP (nothing without MLPs)."""
+    if model.cfg.attn_only:
+        return resid
+    block = model.blocks[layer]
+    return resid + block.mlp(block.ln2(resid))
 
 
 def _run_suffix(model: Transformer, resid: Tensor, layer: int, start: int, base: ActivationCache) -> Tensor:
