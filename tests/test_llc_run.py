@@ -11,8 +11,9 @@ import torch
 
 from conftest import tiny_config
 from toylens.analysis import llc_run
-from toylens.analysis.llc import LLCSettings
+from toylens.analysis.llc import CHUNK_ELEMENTS, LLCSettings
 from toylens.analysis.llc_diagnostics import LLCEstimate
+from toylens.analysis.llc_sampler import RowChunks, loss_and_grad, row_chunks
 from toylens.analysis.llc_run import (calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc,
                                       run_objective)
 from toylens.run import RunDir, load
@@ -57,8 +58,55 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
             assert float(terms["l1"][r]) == pytest.approx(float(penalty.take()), rel=1e-5)
             decay = sum(p.pow(2).sum() for k, p in model.named_parameters() if decays(k, cfg.train.weight_decay_on))
             assert float(terms["weight_decay"][r]) == pytest.approx(0.5 * 0.1 * float(decay), rel=1e-5)
+    # Gradients too (the stacked path takes the L1 of ReLU outputs without abs): row 0's gradient
+    # of the whole objective against the hooked model's.
+    leaves = {k: v.clone().requires_grad_(True) for k, v in w.items()}
+    grads = torch.autograd.grad(objective(leaves, idx).sum(), list(leaves.values()))
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(w[k][0])
+    batch = task.splits["train"].batch(idx[0])
+    with model.hooks(penalty.fwd_hooks):
+        logits = model(batch.tokens)
+    total = task.loss(logits, batch) + penalty.take()
+    total = total + 0.05 * sum(p.pow(2).sum() for k, p in model.named_parameters() if decays(k, cfg.train.weight_decay_on))
+    ref = torch.autograd.grad(total, [p for _, p in model.named_parameters()])
+    for (k, _), g, r in zip(model.named_parameters(), grads, ref):
+        assert torch.allclose(g[0], r, rtol=1e-4, atol=1e-6), k
     off = run_objective(model, cfg, task, LLCSettings(l1=False, weight_decay=0.0)).terms(w, idx)
     assert set(off) == {"loss"}
+
+
+def test_rows_in_chunks_and_on_worker_threads_give_each_row_its_own_result(run_dir):
+    loaded = load(run_dir, "final")
+    objective = run_objective(loaded.model, loaded.config, loaded.task, LLCSettings())
+    cfg = loaded.model.cfg  # sorting 4 values: 2·4 tokens; q, k and v together (3·2 heads·8) the widest
+    assert (cfg.n_heads, cfg.d_head, cfg.d_mlp) == (2, 8, 32)
+    assert objective.rows_per_chunk(16) == CHUNK_ELEMENTS // (16 * 8 * 48)
+    assert objective.rows_per_chunk(4096) == 1
+    gen = torch.Generator().manual_seed(0)
+    w = {k: v.detach() + 0.01 * torch.randn(5, *v.shape, generator=gen) for k, v in loaded.model.named_parameters()}
+    idx = torch.randint(len(loaded.task.splits["train"]), (5, 16), generator=gen)
+    loss, grad = loss_and_grad(objective, w, idx)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for size in (1, 2, 3):
+            in_turn = loss_and_grad(objective, w, idx, RowChunks(size))
+            with row_chunks(size, 5) as chunks:
+                assert chunks.pool is not None and torch.get_num_threads() == 1  # one intra-op thread per worker
+                pooled = loss_and_grad(objective, w, idx, chunks)
+                again = loss_and_grad(objective, w, idx, chunks)
+            assert torch.get_num_threads() == 2
+            for got in (in_turn, pooled):
+                assert torch.allclose(got[0], loss, rtol=1e-5)
+                for k in w:
+                    assert torch.allclose(got[1][k], grad[k], rtol=1e-4, atol=1e-7), (size, k)
+            assert torch.equal(pooled[0], again[0]) and all(torch.equal(pooled[1][k], again[1][k]) for k in w)
+        with row_chunks(None, 5) as chunks:  # one chunk: nothing to spread
+            assert chunks.pool is None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):

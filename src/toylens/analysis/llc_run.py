@@ -95,10 +95,17 @@ def _stacked_objective(model: Transformer, task: Task, l1_hooks: list[str], l1_c
     """Task loss and L1 term per row, every row in one `stacked_forward` (no vmap): the same
     objective as the vmapped loss_fn above, with the fused attention kernel."""
     row_loss = torch.func.vmap(lambda logits, tokens, targets: task.loss(logits, Batch(tokens, targets)))
+    # ReLU outputs are >= 0, so |act| = act, and the gradient is the same: sum's is 1 where abs's
+    # is sign(act) = 1, and where act = 0 the ReLU passes no gradient back either way.
+    nonnegative = {n for n in l1_hooks if n.endswith("mlp.hook_post") and model.cfg.act_fn == "relu"}
+
+    def l1_of(name: str, out: list[torch.Tensor]) -> Any:
+        size = (lambda act: act) if name in nonnegative else torch.abs
+        return lambda act: out.append(size(act).sum(-1).flatten(1).mean(1))
 
     def terms(params: dict[str, torch.Tensor], tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         l1: list[torch.Tensor] = []
-        record = {name: (lambda act: l1.append(act.abs().sum(-1).flatten(1).mean(1))) for name in l1_hooks}
+        record = {name: l1_of(name, l1) for name in l1_hooks}
         logits = stacked_forward(model, params, tokens, record)
         out = {"loss": row_loss(logits, tokens, targets)}
         if l1:

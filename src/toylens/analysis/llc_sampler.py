@@ -19,6 +19,12 @@ first `adapt_steps` steps, then frozen:
 
     w' = w - (ε/2)·P·∇U(w) + sqrt(ε·P)·ξ,   ξ ~ N(0, I)
 
+On a CPU, rows run in chunks of a few rows (`RowChunks`), spread over worker threads with one
+intra-op thread each: the small products of a few rows stay in cache and the cores work on
+different chunks, instead of every op of one big stacked computation being split across them
+(measured on 2 cores: 4 rows of the sort model 34 ms per step against 48 ms stacked). Each chunk
+is computed the same way whatever the number of workers, so results do not depend on them.
+
 Every `mala_every` steps the proposal is also scored as a Metropolis-adjusted Langevin (MALA)
 proposal on the same minibatch (one extra forward and backward pass), giving the acceptance
 probability min(1, exp(U(w) - U(w') + log q(w|w') - log q(w'|w))) as a step-size diagnostic. The
@@ -27,8 +33,10 @@ chain itself never rejects: this is SGLD, the acceptance only measures how far i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -83,6 +91,45 @@ class MinibatchDraws:
         return {k: p.reshape(v.shape) for (k, v), p in zip(like.items(), parts)}
 
 
+@dataclass
+class RowChunks:
+    """How a computation over rows is split: `size` rows per chunk (None: all rows at once),
+    chunks run one after another or on `pool`'s worker threads. Rows never interact, so every
+    split gives each row the same computation."""
+
+    size: int | None = None
+    pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+
+    def map(self, fn: Callable[[Params, Tensor | None], tuple], w: Params, idx: Tensor | None) -> list[tuple]:
+        """fn(rows' params, rows' minibatch indices) for every chunk, in row order."""
+        n = next(iter(w.values())).shape[0]
+        if self.size is None or self.size >= n:
+            return [fn(w, idx)]
+        parts = [({k: v[i:i + self.size] for k, v in w.items()}, None if idx is None else idx[i:i + self.size])
+                 for i in range(0, n, self.size)]
+        if self.pool is None:
+            return [fn(*p) for p in parts]
+        return list(self.pool.map(lambda p: fn(*p), parts))
+
+
+@contextmanager
+def row_chunks(size: int | None, rows: int) -> Iterator[RowChunks]:
+    """`RowChunks` of `size` rows, on as many worker threads as torch has intra-op threads (at
+    most one per chunk), each worker with one intra-op thread; the thread count is restored after."""
+    chunks = 1 if size is None else -(-rows // size)
+    threads = torch.get_num_threads()
+    workers = min(threads, chunks)
+    if workers <= 1:
+        yield RowChunks(size)
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="toylens-llc") as pool:
+            yield RowChunks(size, pool)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_sgld(
     loss_fn: BatchedLoss,
     center: Params,
@@ -95,10 +142,14 @@ def run_sgld(
     rmsprop_delta: float = 0.1,
     adapt_steps: int = 0,
     mala_every: int = 10,
+    chunks: RowChunks | None = None,
     progress: bool = False,
     desc: str = "llc",
 ) -> SamplerRun:
-    """Run `steps` SGLD steps for every row from `center` (the w* of each row, [rows, *shape])."""
+    """Run `steps` SGLD steps for every row from `center` (the w* of each row, [rows, *shape]);
+    the loss and its gradient are computed chunk by chunk as `chunks` says (default: all rows
+    at once)."""
+    chunks = chunks or RowChunks()
     n_rows = next(iter(center.values())).shape[0]
     w = {k: v.detach().clone() for k, v in center.items()}
     v_sq = {k: torch.zeros_like(x) for k, x in w.items()} if precondition == "rmsprop" else None
@@ -107,7 +158,7 @@ def run_sgld(
     for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True,
                      mininterval=0.5, leave=False):
         idx = draws.indices()
-        loss, grad = loss_and_grad(loss_fn, w, idx)
+        loss, grad = loss_and_grad(loss_fn, w, idx, chunks)
         loss_trace[:, step] = loss.double().cpu()
         drift = _drift(grad, w, center, rows)
         precond = _precondition(v_sq, drift, rmsprop_alpha, rmsprop_delta, step, adapt=step < max(adapt_steps, 1))
@@ -118,17 +169,25 @@ def run_sgld(
             scale = eps if precond is None else eps * precond[k]
             proposal[k] = w[k] - 0.5 * scale * drift[k] + scale.sqrt() * noise[k]
         if mala_every and step % mala_every == 0:
-            accepts.append(_mala_acceptance(loss_fn, idx, w, loss, drift, proposal, center, rows, precond))
+            accepts.append(_mala_acceptance(loss_fn, idx, w, loss, drift, proposal, center, rows, precond, chunks))
         w = proposal
     accept = torch.stack(accepts, 1) if accepts else torch.empty(n_rows, 0, dtype=torch.float64)
     return SamplerRun(loss_trace, accept)
 
 
-def loss_and_grad(loss_fn: BatchedLoss, w: Params, idx: Tensor | None) -> tuple[Tensor, Params]:
-    """Per-row loss [rows] and its gradient with respect to each row's own weights.
+def loss_and_grad(loss_fn: BatchedLoss, w: Params, idx: Tensor | None,
+                  chunks: RowChunks | None = None) -> tuple[Tensor, Params]:
+    """Per-row loss [rows] and its gradient with respect to each row's own weights, chunk by chunk.
 
     Rows do not interact, so the gradient of the summed loss is every row's own gradient.
     """
+    parts = (chunks or RowChunks()).map(lambda w, idx: _loss_and_grad(loss_fn, w, idx), w, idx)
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), {k: torch.cat([p[1][k] for p in parts]) for k in w}
+
+
+def _loss_and_grad(loss_fn: BatchedLoss, w: Params, idx: Tensor | None) -> tuple[Tensor, Params]:
     leaves = {k: v.detach().requires_grad_(True) for k, v in w.items()}
     with torch.enable_grad():
         loss = loss_fn(leaves, idx)
@@ -175,9 +234,10 @@ def _potential(loss: Tensor, w: Params, center: Params, rows: RowSettings) -> Te
 def _mala_acceptance(
     loss_fn: BatchedLoss, idx: Tensor | None, w: Params, loss: Tensor, drift: Params,
     proposal: Params, center: Params, rows: RowSettings, precond: Params | None,
+    chunks: RowChunks | None = None,
 ) -> Tensor:
     """min(1, exp(U(w) - U(w') + log q(w|w') - log q(w'|w))) per row, on the same minibatch."""
-    loss_new, grad_new = loss_and_grad(loss_fn, proposal, idx)
+    loss_new, grad_new = loss_and_grad(loss_fn, proposal, idx, chunks)
     drift_new = _drift(grad_new, proposal, center, rows)
     log_fwd = log_back = 0.0
     for k in w:
