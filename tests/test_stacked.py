@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from toylens.model.stacked import stacked_forward
+from toylens.model.stacked import _cut, stacked_forward
 
 
 @pytest.mark.parametrize("attn_only,norm,act", [(False, "LN", "gelu"), (False, "none", "relu"), (True, "LN", "relu")])
@@ -41,3 +41,35 @@ def test_stacked_forward_refuses_a_hook_it_cannot_serve():
     params = {n: p.detach().unsqueeze(0) for n, p in model.named_parameters()}
     with pytest.raises(ValueError, match="hook_pattern"):
         stacked_forward(model, params, torch.zeros(1, 2, 8, dtype=torch.long), {"blocks.0.attn.hook_pattern": print})
+
+
+# The last layer narrows to the logits' positions as early as the hooks recorded in it allow.
+@pytest.mark.parametrize("attn_only,hook,cut", [
+    (False, None, 0), (False, "blocks.0.mlp.hook_post", 0), (False, "blocks.1.hook_resid_mid", 1),
+    (False, "blocks.1.mlp.hook_post", 2), (False, "blocks.1.hook_mlp_out", 4), (True, None, 0),
+    (True, "blocks.1.hook_resid_pre", 0), (True, "blocks.1.hook_attn_out", 4),
+])
+def test_stacked_forward_at_some_positions_equals_the_full_forward(attn_only, hook, cut):
+    models = [tiny_model(n_layers=2, attn_only=attn_only, act_fn="relu", seed=s) for s in range(2)]
+    last = "blocks.1."
+    recorded = [hook[len(last):]] if hook and hook.startswith(last) else []
+    assert _cut(attn_only, recorded) == cut
+    positions = torch.tensor([2, 5, 6])
+    tokens = torch.randint(0, 11, (2, 3, 8), generator=torch.Generator().manual_seed(2))
+    out = []
+    for at in (None, positions):
+        params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).requires_grad_(True)
+                  for n, _ in models[0].named_parameters()}
+        seen = {}
+        logits = stacked_forward(models[0], params, tokens, {hook: lambda act: seen.setdefault("act", act)} if hook else {}, at)
+        if at is None:
+            logits = logits[:, :, positions]
+        grads = torch.autograd.grad(logits.logsumexp(-1).sum() + (seen["act"].square().sum() if hook else 0),
+                                    list(params.values()))
+        out.append((logits, seen.get("act"), grads))
+    (full, act_full, g_full), (part, act_part, g_part) = out
+    torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
+    if hook:
+        torch.testing.assert_close(act_part, act_full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_part, g_full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -52,7 +52,7 @@ from toylens.errors import ToylensError
 from toylens.model import Transformer
 from toylens.model.stacked import STACKED_HOOKS, stacked_forward
 from toylens.run import CheckpointInfo, Loaded, RunDir, load
-from toylens.tasks import Batch, Task
+from toylens.tasks import IGNORE, Batch, Task, TensorSplit
 from toylens.train.optim import decays
 from toylens.train.regularisers import L1Penalty
 
@@ -103,16 +103,32 @@ def _stacked_objective(model: Transformer, task: Task, l1_hooks: list[str], l1_c
         size = (lambda act: act) if name in nonnegative else torch.abs
         return lambda act: out.append(size(act).sum(-1).flatten(1).mean(1))
 
+    positions = loss_positions(task)
+
     def terms(params: dict[str, torch.Tensor], tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         l1: list[torch.Tensor] = []
         record = {name: l1_of(name, l1) for name in l1_hooks}
-        logits = stacked_forward(model, params, tokens, record)
+        at = None if positions is None else positions.to(tokens.device)
+        logits = stacked_forward(model, params, tokens, record, at)
+        if at is not None:  # the loss reads the targets at the logits' positions (Batch wants tokens to match)
+            tokens, targets = tokens[..., at], targets[..., at]
         out = {"loss": row_loss(logits, tokens, targets)}
         if l1:
             out["l1"] = torch.stack(l1).sum(0) * l1_coef
         return out
 
     return terms
+
+
+def loss_positions(task: Task) -> torch.Tensor | None:
+    """The sequence positions where some training example has a target, when the task's loss is
+    the masked cross-entropy (which reads nothing else) and they are not all positions: the only
+    logits the LLC objective needs. None: every position (or a split not held in memory)."""
+    split = task.splits[task.train_split]
+    if type(task).loss is not Task.loss or not isinstance(split, TensorSplit):
+        return None
+    used = (split.targets != IGNORE).any(0)
+    return None if bool(used.all()) else used.nonzero().flatten()
 
 
 def estimate_loaded(loaded: Loaded, settings: LLCSettings | None = None, *, progress: bool = False) -> LLCEstimate:

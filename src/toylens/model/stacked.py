@@ -47,8 +47,17 @@ def _heads(W: Tensor) -> Tensor:
 
 
 def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tensor,
-                    record: dict[str, Callable[[Tensor], None]] | None = None) -> Tensor:
-    """Logits [rows, m, pos, d_vocab_out] (see the module docstring)."""
+                    record: dict[str, Callable[[Tensor], None]] | None = None,
+                    positions: Tensor | None = None) -> Tensor:
+    """Logits [rows, m, pos, d_vocab_out] (see the module docstring).
+
+    With `positions` (sorted sequence positions), only those positions' logits [rows, m,
+    len(positions), d_vocab_out] are computed: the last layer's work that feeds nothing but the
+    logits (queries and attention, the MLP, its output projection, as far as no recorded hook of
+    that layer needs every position) and the unembedding run at those positions only; the keys
+    and values still come from every earlier position. A task whose loss is taken at a few
+    positions (sorting) so saves part of the last layer.
+    """
     cfg = model.cfg
     record = record or {}
     unknown = [n for n in record if not STACKED_HOOKS.fullmatch(n)]
@@ -60,30 +69,64 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
     row = torch.arange(rows, device=tokens.device).view(rows, 1, 1)
     x = params["embed.W_E"][row, tokens] + params["pos_embed.W_pos"][:, None, :pos]
     x = x.reshape(rows, m * pos, cfg.d_model)
+    n = pos  # positions x currently holds per sequence
 
     def hook(name: str, act: Tensor) -> Tensor:
         if name in record:
-            record[name](act.view(rows, m, pos, -1))
+            record[name](act.view(rows, m, n, -1))
         return act
 
+    def keep(t: Tensor) -> Tensor:
+        """t [rows, m * pos, d] at `positions` only."""
+        return t.view(rows, m, pos, -1)[:, :, positions].reshape(rows, m * len(positions), -1)
+
+    last = f"blocks.{cfg.n_layers - 1}."
+    cut = 4 if positions is None else _cut(cfg.attn_only, [name[len(last):] for name in record if name.startswith(last)])
     for layer in range(cfg.n_layers):
         p = f"blocks.{layer}."
+        at = cut if layer == cfg.n_layers - 1 else 4  # where this layer narrows to `positions`
         x = hook(p + "hook_resid_pre", x)
         a = _norm(x, params, p + "ln1") if ln else x
-        W = torch.cat([_heads(params[p + f"attn.W_{c}"]) for c in "QKV"], -1)
-        b = torch.cat([params[p + f"attn.b_{c}"].flatten(1) for c in "QKV"], -1)
-        qkv = _linear(a, W, b).view(rows * m, pos, 3, h, e).permute(2, 0, 3, 1, 4)  # [3, rows*m, h, pos, e]
-        z = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
-        z = z.transpose(1, 2).reshape(rows, m * pos, h * e)
+        if at == 0:  # queries at `positions` only, keys and values everywhere
+            q = _linear(keep(a), _heads(params[p + "attn.W_Q"]), params[p + "attn.b_Q"].flatten(1))
+            W = torch.cat([_heads(params[p + f"attn.W_{c}"]) for c in "KV"], -1)
+            b = torch.cat([params[p + f"attn.b_{c}"].flatten(1) for c in "KV"], -1)
+            kv = _linear(a, W, b).view(rows * m, pos, 2, h, e).permute(2, 0, 3, 1, 4)  # [2, rows*m, h, pos, e]
+            q = q.view(rows * m, len(positions), h, e).transpose(1, 2)
+            mask = positions.view(-1, 1) >= torch.arange(pos, device=positions.device)
+            z = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+            x, n = keep(x), len(positions)
+        else:
+            W = torch.cat([_heads(params[p + f"attn.W_{c}"]) for c in "QKV"], -1)
+            b = torch.cat([params[p + f"attn.b_{c}"].flatten(1) for c in "QKV"], -1)
+            qkv = _linear(a, W, b).view(rows * m, pos, 3, h, e).permute(2, 0, 3, 1, 4)  # [3, rows*m, h, pos, e]
+            z = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+        z = z.transpose(1, 2).reshape(rows, m * n, h * e)
         attn_out = hook(p + "hook_attn_out", _linear(z, params[p + "attn.W_O"].flatten(1, 2), params[p + "attn.b_O"]))
         x = x + attn_out
         if not cfg.attn_only:
             x = hook(p + "hook_resid_mid", x)
+            if at == 1:
+                x, n = keep(x), len(positions)
             a = _norm(x, params, p + "ln2") if ln else x
             pre = hook(p + "mlp.hook_pre", _linear(a, params[p + "mlp.W_in"], params[p + "mlp.b_in"]))
             post = hook(p + "mlp.hook_post", F.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre))
+            if at == 2:
+                x, post, n = keep(x), keep(post), len(positions)
             x = x + hook(p + "hook_mlp_out", _linear(post, params[p + "mlp.W_out"], params[p + "mlp.b_out"]))
         x = hook(p + "hook_resid_post", x)
+    if n != (pos if positions is None else len(positions)):
+        x, n = keep(x), len(positions)
     if ln:
         x = _norm(x, params, "ln_final")
-    return _linear(x, params["unembed.W_U"], params["unembed.b_U"]).view(rows, m, pos, -1)
+    return _linear(x, params["unembed.W_U"], params["unembed.b_U"]).view(rows, m, n, -1)
+
+
+def _cut(attn_only: bool, recorded: list[str]) -> int:
+    """Where the last layer can narrow to the logits' positions, given the hooks recorded in it:
+    0 at the queries, 1 before the MLP, 2 before its output projection, 4 after the layer."""
+    if attn_only:
+        return 4 if {"hook_attn_out", "hook_resid_post"} & set(recorded) else 0
+    needs = {"hook_attn_out": 1, "hook_resid_mid": 1, "mlp.hook_pre": 2, "mlp.hook_post": 2,
+             "hook_mlp_out": 4, "hook_resid_post": 4}
+    return max((needs.get(r, 0) for r in recorded), default=0)
