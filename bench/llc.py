@@ -9,7 +9,7 @@ devinterp 1.x (`estimate_learning_coeff_with_summary` with its `SGLD`) takes any
 its L1 activation penalty (use a run without weight decay: devinterp's weight decay is a prior,
 not a term of nβ·L). Both use the same ε, γ, nβ, minibatch size, chains, draws and burn-in;
 devinterp runs each chain (and each checkpoint) one after another, toylens advances all chains of
-all checkpoints together. toylens also scores every 10th proposal for the MALA diagnostic, which
+all checkpoints together (on a CPU, a chunk of a few chains per worker thread, one per core). toylens also scores every 10th proposal for the MALA diagnostic, which
 devinterp is not asked to do. Prints both estimates with standard errors, whether they agree
 (within 2 combined standard errors), and the time ratio.
 """
