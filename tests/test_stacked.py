@@ -46,8 +46,8 @@ def test_stacked_forward_refuses_a_hook_it_cannot_serve():
 # The last layer narrows to the logits' positions as early as the hooks recorded in it allow.
 @pytest.mark.parametrize("attn_only,hook,cut", [
     (False, None, 0), (False, "blocks.0.mlp.hook_post", 0), (False, "blocks.1.hook_resid_mid", 1),
-    (False, "blocks.1.mlp.hook_post", 2), (False, "blocks.1.hook_mlp_out", 4), (True, None, 0),
-    (True, "blocks.1.hook_resid_pre", 0), (True, "blocks.1.hook_attn_out", 4),
+    (False, "blocks.1.mlp.hook_post", 2), (False, "blocks.1.hook_mlp_out", 3), (True, None, 0),
+    (True, "blocks.1.hook_resid_pre", 0), (True, "blocks.1.hook_attn_out", 3),
 ])
 def test_stacked_forward_at_some_positions_equals_the_full_forward(attn_only, hook, cut):
     models = [tiny_model(n_layers=2, attn_only=attn_only, act_fn="relu", seed=s) for s in range(2)]

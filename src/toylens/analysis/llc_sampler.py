@@ -96,7 +96,7 @@ class MinibatchDraws:
 class RowChunks:
     """How a computation over rows is split: `size` rows per chunk (None: all rows at once),
     chunks run one after another or on `pool`'s worker threads. Rows never interact, so every
-    split gives each row the same computation."""
+    split gives each row the same result up to float rounding."""
 
     size: int | None = None
     pool: ThreadPoolExecutor | None = field(default=None, repr=False)

@@ -10,7 +10,8 @@ sampler uses it to advance all its chains together (`toylens.analysis.llc_run`).
 
 `record` maps hook names to callbacks that receive that activation as [rows, m, pos, ...]; the
 hooks it can serve are `STACKED_HOOKS` (the residual stream, attention and MLP outputs, MLP
-pre- and post-activations).
+pre- and post-activations). `positions` limits the logits to some sequence positions, and the last
+layer to what those logits need (see `stacked_forward`).
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
         return t.view(rows, m, pos, -1)[:, :, positions].reshape(rows, m * len(positions), -1)
 
     last = f"blocks.{cfg.n_layers - 1}."
-    cut = 4 if positions is None else _cut(cfg.attn_only, [name[len(last):] for name in record if name.startswith(last)])
+    cut = 3 if positions is None else _cut(cfg.attn_only, [name[len(last):] for name in record if name.startswith(last)])
     for layer in range(cfg.n_layers):
         p = f"blocks.{layer}."
-        at = cut if layer == cfg.n_layers - 1 else 4  # where this layer narrows to `positions`
+        at = cut if layer == cfg.n_layers - 1 else 3  # where this layer narrows to `positions`
         x = hook(p + "hook_resid_pre", x)
         a = _norm(x, params, p + "ln1") if ln else x
         if at == 0:  # queries at `positions` only, keys and values everywhere
@@ -124,9 +125,9 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
 
 def _cut(attn_only: bool, recorded: list[str]) -> int:
     """Where the last layer can narrow to the logits' positions, given the hooks recorded in it:
-    0 at the queries, 1 before the MLP, 2 before its output projection, 4 after the layer."""
+    0 at the queries, 1 before the MLP, 2 before its output projection, 3 after the layer."""
     if attn_only:
-        return 4 if {"hook_attn_out", "hook_resid_post"} & set(recorded) else 0
+        return 3 if {"hook_attn_out", "hook_resid_post"} & set(recorded) else 0
     needs = {"hook_attn_out": 1, "hook_resid_mid": 1, "mlp.hook_pre": 2, "mlp.hook_post": 2,
-             "hook_mlp_out": 4, "hook_resid_post": 4}
+             "hook_mlp_out": 3, "hook_resid_post": 3}
     return max((needs.get(r, 0) for r in recorded), default=0)
