@@ -40,7 +40,7 @@ def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: fl
     loaded = load(run.path, ckpt.name)
     model, task, cfg = loaded.model, loaded.task, loaded.config
     model.train()
-    penalty = L1Penalty(cfg.train.l1) if s.l1 else None
+    penalty = L1Penalty(cfg.train.l1, cfg.model.act_fn) if s.l1 else None  # the same L1 as toylens samples
     split = task.splits[task.train_split]
     loader = DataLoader(TensorDataset(split.tokens, split.targets), batch_size=s.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(s.seed), drop_last=True)

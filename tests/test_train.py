@@ -116,6 +116,19 @@ def test_l1_penalty_value_and_effect(tmp_path):
     _, cache = model.run_with_cache(tokens)
     assert float(pen.take().detach()) == pytest.approx(0.5 * float(cache["post", 0].abs().sum(-1).mean()), rel=1e-6)
     assert float(pen.take()) == 0.0
+    # With ReLU outputs the norm is a plain sum: the same value and the same gradient as abs.
+    relu = tiny_model(act_fn="relu")
+    cfg = tiny_config(train={"l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.5}}).train.l1
+    got = []
+    for act_fn in (None, "relu"):
+        p = L1Penalty(cfg, act_fn)
+        with relu.hooks(p.fwd_hooks):
+            relu(tokens)
+        value = p.take()
+        got.append((value.detach(), torch.autograd.grad(value, list(relu.parameters()), allow_unused=True)))
+    assert torch.equal(got[0][0], got[1][0])
+    for a, b in zip(got[0][1], got[1][1]):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-6, atol=1e-8)
     l1 = {}
     for coef in (0.0, 0.05):
         cfg = tiny_config(name=f"l1-{coef}", train={"epochs": 2, "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": coef}})

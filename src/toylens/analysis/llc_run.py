@@ -73,11 +73,11 @@ def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCS
     outputs)."""
     wd = cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay
     decay = {n: wd for n, _ in model.named_parameters() if decays(n, cfg.train.weight_decay_on)} if wd else {}
-    penalty = L1Penalty(cfg.train.l1) if settings.l1 else None
+    penalty = L1Penalty(cfg.train.l1, cfg.model.act_fn) if settings.l1 else None
     hooks = [name for name, _ in penalty.fwd_hooks] if penalty else []
     if all(STACKED_HOOKS.fullmatch(name) for name in hooks):
         return Objective(model, None, task.splits[task.train_split], decay,
-                         stacked_fn=_stacked_objective(model, task, hooks, penalty.coef if penalty else 0.0))
+                         stacked_fn=_stacked_objective(model, task, penalty))
     model.explicit_attention = True  # vmap has no batching rule for CPU scaled_dot_product_attention
 
     def loss_fn(call: Any, batch: tuple) -> dict[str, torch.Tensor]:
@@ -91,30 +91,28 @@ def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCS
     return Objective(model, loss_fn, task.splits[task.train_split], decay)
 
 
-def _stacked_objective(model: Transformer, task: Task, l1_hooks: list[str], l1_coef: float) -> Any:
+def _stacked_objective(model: Transformer, task: Task, penalty: L1Penalty | None) -> Any:
     """Task loss and L1 term per row, every row in one `stacked_forward` (no vmap): the same
     objective as the vmapped loss_fn above, with the fused attention kernel."""
     row_loss = torch.func.vmap(lambda logits, tokens, targets: task.loss(logits, Batch(tokens, targets)))
-    # ReLU outputs are >= 0, so |act| = act, and the gradient is the same: sum's is 1 where abs's
-    # is sign(act) = 1, and where act = 0 the ReLU passes no gradient back either way.
-    nonnegative = {n for n in l1_hooks if n.endswith("mlp.hook_post") and model.cfg.act_fn == "relu"}
+    hooks = [name for name, _ in penalty.fwd_hooks] if penalty else []
 
-    def l1_of(name: str, out: list[torch.Tensor]) -> Any:
-        size = (lambda act: act) if name in nonnegative else torch.abs
-        return lambda act: out.append(size(act).sum(-1).flatten(1).mean(1))
+    def l1_of(name: str, out: list[torch.Tensor]) -> Any:  # the penalty's norm, averaged per row
+        assert penalty is not None
+        return lambda act: out.append(penalty.norm(name, act).flatten(1).mean(1))
 
     positions = loss_positions(task)
 
     def terms(params: dict[str, torch.Tensor], tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         l1: list[torch.Tensor] = []
-        record = {name: l1_of(name, l1) for name in l1_hooks}
+        record = {name: l1_of(name, l1) for name in hooks}
         at = None if positions is None else positions.to(tokens.device)
         logits = stacked_forward(model, params, tokens, record, at)
         if at is not None:  # the loss reads the targets at the logits' positions (Batch wants tokens to match)
             tokens, targets = tokens[..., at], targets[..., at]
         out = {"loss": row_loss(logits, tokens, targets)}
         if l1:
-            out["l1"] = torch.stack(l1).sum(0) * l1_coef
+            out["l1"] = torch.stack(l1).sum(0) * penalty.coef  # type: ignore[union-attr]
         return out
 
     return terms

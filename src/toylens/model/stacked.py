@@ -88,20 +88,18 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
         at = cut if layer == cfg.n_layers - 1 else 3  # where this layer narrows to `positions`
         x = hook(p + "hook_resid_pre", x)
         a = _norm(x, params, p + "ln1") if ln else x
-        if at == 0:  # queries at `positions` only, keys and values everywhere
+        which = "KV" if at == 0 else "QKV"  # at 0 the queries are computed at `positions` only
+        W = torch.cat([_heads(params[p + f"attn.W_{c}"]) for c in which], -1)
+        b = torch.cat([params[p + f"attn.b_{c}"].flatten(1) for c in which], -1)
+        proj = _linear(a, W, b).view(rows * m, pos, len(which), h, e).permute(2, 0, 3, 1, 4)  # [., rows*m, h, pos, e]
+        if at == 0:
             q = _linear(keep(a), _heads(params[p + "attn.W_Q"]), params[p + "attn.b_Q"].flatten(1))
-            W = torch.cat([_heads(params[p + f"attn.W_{c}"]) for c in "KV"], -1)
-            b = torch.cat([params[p + f"attn.b_{c}"].flatten(1) for c in "KV"], -1)
-            kv = _linear(a, W, b).view(rows * m, pos, 2, h, e).permute(2, 0, 3, 1, 4)  # [2, rows*m, h, pos, e]
             q = q.view(rows * m, len(positions), h, e).transpose(1, 2)
             mask = positions.view(-1, 1) >= torch.arange(pos, device=positions.device)
-            z = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+            z = F.scaled_dot_product_attention(q, proj[0], proj[1], attn_mask=mask)
             x, n = keep(x), len(positions)
         else:
-            W = torch.cat([_heads(params[p + f"attn.W_{c}"]) for c in "QKV"], -1)
-            b = torch.cat([params[p + f"attn.b_{c}"].flatten(1) for c in "QKV"], -1)
-            qkv = _linear(a, W, b).view(rows * m, pos, 3, h, e).permute(2, 0, 3, 1, 4)  # [3, rows*m, h, pos, e]
-            z = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+            z = F.scaled_dot_product_attention(proj[0], proj[1], proj[2], is_causal=True)
         z = z.transpose(1, 2).reshape(rows, m * n, h * e)
         attn_out = hook(p + "hook_attn_out", _linear(z, params[p + "attn.W_O"].flatten(1, 2), params[p + "attn.b_O"]))
         x = x + attn_out

@@ -148,7 +148,8 @@ class EnsembleTrainer:
         self.base = copy.deepcopy(lead.model).to("meta")  # a stateless template for functional_call
         self.base.explicit_attention = True
         coefs = [m.cfg.train.l1.coef for m in members]
-        self.penalty = L1Penalty(L1Config(hooks=lead.cfg.train.l1.hooks, coef=1.0 if any(coefs) else 0.0))
+        self.penalty = L1Penalty(L1Config(hooks=lead.cfg.train.l1.hooks, coef=1.0 if any(coefs) else 0.0),
+                                 lead.cfg.model.act_fn)
         self.l1_coef = torch.tensor(coefs, device=self.device)
         # Members share the schedule's shape (warmup, cosine, floor), so lr_k(step) = lr_k * shape(step):
         # one Python float per step, and no host-to-device copy that would stall a GPU.

@@ -117,7 +117,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         epoch_ends = range(0, self.total_steps + 1, self.steps_per_epoch)
         self.log_steps = log_spaced_steps(cfg.train.log_checkpoints, self.total_steps) - set(epoch_ends)
-        self.penalty = L1Penalty(cfg.train.l1)
+        self.penalty = L1Penalty(cfg.train.l1, cfg.model.act_fn)
         self.select = cfg.train.select_metric or task.select_metric
         self.bar = tqdm(total=self.total_steps, initial=state.step, desc=cfg.name, unit="step",
                         disable=not progress or not self.group.is_main, dynamic_ncols=True, mininterval=0.5)
