@@ -23,7 +23,10 @@ class Embed(nn.Module):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        return self.W_E[tokens]
+        # index_select, not W_E[tokens]: the backward of advanced indexing adds repeated tokens'
+        # gradients with atomic adds across CPU threads, in an order that changes from run to
+        # run; index_select's backward (index_add_) adds them in token order, on every thread count.
+        return self.W_E.index_select(0, tokens.reshape(-1)).view(*tokens.shape, -1)
 
 
 class PosEmbed(nn.Module):

@@ -67,8 +67,9 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
     rows, m, pos = tokens.shape
     ln = cfg.normalization == "LN"
     h, e = cfg.n_heads, cfg.d_head
-    row = torch.arange(rows, device=tokens.device).view(rows, 1, 1)
-    x = params["embed.W_E"][row, tokens] + params["pos_embed.W_pos"][:, None, :pos]
+    W_E = params["embed.W_E"]  # [rows, d_vocab, d_model]; flat ids keep the backward deterministic (see Embed)
+    ids = (torch.arange(rows, device=tokens.device).view(rows, 1, 1) * W_E.shape[1] + tokens).reshape(-1)
+    x = W_E.reshape(-1, cfg.d_model).index_select(0, ids).view(rows, m, pos, -1) + params["pos_embed.W_pos"][:, None, :pos]
     x = x.reshape(rows, m * pos, cfg.d_model)
     n = pos  # positions x currently holds per sequence
 
