@@ -286,6 +286,11 @@ class TrainConfig(Section):
     select_metric: str | None = None
     """Metric that picks the best checkpoint, e.g. "val/loss" (default: the task's choice);
     lower is better for names ending in loss, higher otherwise."""
+    deterministic: bool = True
+    """Reruns give identical weights. On a CPU toylens's own kernels are deterministic at any
+    thread count, so this changes nothing there; on CUDA it turns on
+    `torch.use_deterministic_algorithms` (and sets CUBLAS_WORKSPACE_CONFIG=:4096:8 when unset)
+    for the run, at some cost in speed. false lets CUDA pick its fastest, order-dependent kernels."""
 
 
 # ------------------------------------------------------------------------------------------ run

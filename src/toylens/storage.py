@@ -24,10 +24,16 @@ from toylens.errors import ToylensError
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix.
+
+    A write that fails (a full disk, an I/O error, a read-only folder) removes its temp file,
+    leaves any earlier `path` as it was, and raises `ToylensError` naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode an ordinary open() would
@@ -36,14 +42,24 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:  # the rename is done; only its durability is in doubt
+        raise ToylensError(f"{path}: written, but its folder could not be synced to disk ({e.strerror or e})") from None
+
+
+def write_error(path: Path, err: OSError) -> ToylensError:
+    """One line naming the file that could not be written, and why (full disk, read-only, ...)."""
+    return ToylensError(f"{path}: cannot write ({err.strerror or err}); the previous contents, if any, are unchanged")
 
 
 @functools.cache

@@ -30,6 +30,7 @@ from toylens.analysis.results import Result, has_result
 from toylens.analysis.summary import summarize_checkpoint, write_trajectory
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
+from toylens.lock import run_lock
 from toylens.model import Transformer
 from toylens.run import Loaded, RunDir, load
 from toylens.tasks import Batch, Task
@@ -232,29 +233,30 @@ def analyze(run: str | Path, checkpoint: str | int = "final", *, device: str | t
     rundir.manifest()  # a clear error when RUN is not a run directory
     if settings.patch_metric not in (None, *METRICS):
         raise ToylensError(f"patch metric {settings.patch_metric!r}: expected one of {', '.join(METRICS)}")
-    names = checkpoint_names(rundir, checkpoint)
-    config = rundir.config()
-    subjects = [Subject(rundir, config, name, torch.device(device), settings) for name in names]
-    paths = {a.name: a.path(subjects[0]) for a in ANALYSES}
-    chosen = [a for a in ANALYSES if not only or any(_selects(o, paths[a.name]) for o in only)]
-    if only and not chosen:
-        raise ToylensError(f"--only {only}: no such analysis (have: {', '.join(paths.values())})")
-    written: list[str] = []
-    bar = tqdm(total=len(names) * len(chosen), disable=not progress, desc="analyze", unit="result")
-    for name, subject in zip(names, subjects):
-        for a in chosen:
-            bar.set_postfix_str(f"{name}: {a.name}")
-            rel = f"analysis/{name}/{paths[a.name]}"
-            if not has_result(rundir, rel) and a.applies(subject):
-                result = a.compute(subject)
-                if result is not None:
-                    result.save(rundir, rel)
-                    written.append(rel)
-            bar.update()
-        summarize_checkpoint(rundir, name)
-    bar.close()
-    write_trajectory(rundir)
-    return written
+    with run_lock(rundir.path, "analyze"):
+        names = checkpoint_names(rundir, checkpoint)
+        config = rundir.config()
+        subjects = [Subject(rundir, config, name, torch.device(device), settings) for name in names]
+        paths = {a.name: a.path(subjects[0]) for a in ANALYSES}
+        chosen = [a for a in ANALYSES if not only or any(_selects(o, paths[a.name]) for o in only)]
+        if only and not chosen:
+            raise ToylensError(f"--only {only}: no such analysis (have: {', '.join(paths.values())})")
+        written: list[str] = []
+        bar = tqdm(total=len(names) * len(chosen), disable=not progress, desc="analyze", unit="result")
+        for name, subject in zip(names, subjects):
+            for a in chosen:
+                bar.set_postfix_str(f"{name}: {a.name}")
+                rel = f"analysis/{name}/{paths[a.name]}"
+                if not has_result(rundir, rel) and a.applies(subject):
+                    result = a.compute(subject)
+                    if result is not None:
+                        result.save(rundir, rel)
+                        written.append(rel)
+                bar.update()
+            summarize_checkpoint(rundir, name)
+        bar.close()
+        write_trajectory(rundir)
+        return written
 
 
 def _selects(pattern: str, path: str) -> bool:

@@ -49,6 +49,7 @@ from toylens.analysis.llc_diagnostics import LLCEstimate
 from toylens.memory import reuse_freed_memory
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
+from toylens.lock import run_lock
 from toylens.model import Transformer
 from toylens.model.stacked import STACKED_HOOKS, stacked_forward
 from toylens.run import CheckpointInfo, Loaded, RunDir, load
@@ -191,31 +192,32 @@ def llc_over_checkpoints(
     """
     reuse_freed_memory()
     run = run if isinstance(run, RunDir) else RunDir(run)
-    settings = settings or load_settings(run)
-    chosen = select_checkpoints(run, checkpoints)
-    loaded = load(run.path, chosen[0].name if chosen else "final", device=device)
-    objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
-    key = _resolved(settings, objective, loaded.config)
-    results, todo = {}, []
-    for ckpt in chosen:
-        done = run.read_json(f"llc/{ckpt.name}.json") if run.has(f"llc/{ckpt.name}.json") else None
-        if done is not None and done.get("settings") == key:
-            results[ckpt.name] = done
-        else:
-            todo.append(ckpt)
-    bar = tqdm(total=len(chosen), initial=len(results), desc=f"llc {run.path.name}", unit="ckpt",
-               disable=not progress, dynamic_ncols=True)
-    with bar:
-        for start in range(0, len(todo), group):
-            part = todo[start : start + group]
-            centers = [_weights(run, c, objective) for c in part]
-            estimates = estimate_many(objective, centers, settings, labels=[f"{run.path.name}/{c.name}" for c in part],
-                                      progress=progress)
-            for ckpt, est in zip(part, estimates):
-                est.settings = key
-                results[ckpt.name] = _write_estimate(run, ckpt, est)
-                bar.update()
-    return {c.name: results[c.name] for c in chosen}
+    with run_lock(run.path, "llc"):
+        settings = settings or load_settings(run)
+        chosen = select_checkpoints(run, checkpoints)
+        loaded = load(run.path, chosen[0].name if chosen else "final", device=device)
+        objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
+        key = _resolved(settings, objective, loaded.config)
+        results, todo = {}, []
+        for ckpt in chosen:
+            done = run.read_json(f"llc/{ckpt.name}.json") if run.has(f"llc/{ckpt.name}.json") else None
+            if done is not None and done.get("settings") == key:
+                results[ckpt.name] = done
+            else:
+                todo.append(ckpt)
+        bar = tqdm(total=len(chosen), initial=len(results), desc=f"llc {run.path.name}", unit="ckpt",
+                   disable=not progress, dynamic_ncols=True)
+        with bar:
+            for start in range(0, len(todo), group):
+                part = todo[start : start + group]
+                centers = [_weights(run, c, objective) for c in part]
+                estimates = estimate_many(objective, centers, settings, labels=[f"{run.path.name}/{c.name}" for c in part],
+                                          progress=progress)
+                for ckpt, est in zip(part, estimates):
+                    est.settings = key
+                    results[ckpt.name] = _write_estimate(run, ckpt, est)
+                    bar.update()
+        return {c.name: results[c.name] for c in chosen}
 
 
 @dataclass
@@ -248,28 +250,29 @@ def calibrate(
     """
     reuse_freed_memory()
     run = run if isinstance(run, RunDir) else RunDir(run)
-    base = settings or load_settings(run)
-    ckpt = select_checkpoints(run, checkpoint)[0]
-    loaded = load(run.path, ckpt.name, device=device)
-    objective = run_objective(loaded.model, loaded.config, loaded.task, base)
-    grid = [(float(e), float(g)) for g in gammas for e in epsilons]
-    estimates = estimate_many(objective, [_weights(run, ckpt, objective)], base, grid=grid,
-                              labels=[f"ε={e:g} γ={g:g}" for e, g in grid], progress=progress)
-    chosen = choose(estimates)
-    cal = Calibration(ckpt.name, estimates, chosen)
-    if write:
-        traces = {f"{kind}.{i}": t for i, e in enumerate(estimates) for kind, t in e.traces().items()}
-        run.write_tensors("llc/calibration.safetensors", traces, {"format": FORMAT})
-        run.write_json("llc/calibration.json", {"format": FORMAT, "checkpoint": ckpt.name, "grid": cal.rows(),
-                                                "chosen": chosen})
-        if chosen is None:
-            log.warning("%s: no (ε, γ) in the calibration grid gave healthy, converged traces; estimates keep "
-                        "ε=%g γ=%g: widen the grid or raise draws", run.path, base.epsilon, base.gamma)
-        else:
-            pick = estimates[chosen]
-            new = base.model_copy(update={"epsilon": pick.epsilon, "gamma": pick.gamma})
-            run.write_json("llc/settings.json", new.model_dump(mode="json"))
-    return cal
+    with run_lock(run.path, "llc calibrate"):
+        base = settings or load_settings(run)
+        ckpt = select_checkpoints(run, checkpoint)[0]
+        loaded = load(run.path, ckpt.name, device=device)
+        objective = run_objective(loaded.model, loaded.config, loaded.task, base)
+        grid = [(float(e), float(g)) for g in gammas for e in epsilons]
+        estimates = estimate_many(objective, [_weights(run, ckpt, objective)], base, grid=grid,
+                                  labels=[f"ε={e:g} γ={g:g}" for e, g in grid], progress=progress)
+        chosen = choose(estimates)
+        cal = Calibration(ckpt.name, estimates, chosen)
+        if write:
+            traces = {f"{kind}.{i}": t for i, e in enumerate(estimates) for kind, t in e.traces().items()}
+            run.write_tensors("llc/calibration.safetensors", traces, {"format": FORMAT})
+            run.write_json("llc/calibration.json", {"format": FORMAT, "checkpoint": ckpt.name, "grid": cal.rows(),
+                                                    "chosen": chosen})
+            if chosen is None:
+                log.warning("%s: no (ε, γ) in the calibration grid gave healthy, converged traces; estimates keep "
+                            "ε=%g γ=%g: widen the grid or raise draws", run.path, base.epsilon, base.gamma)
+            else:
+                pick = estimates[chosen]
+                new = base.model_copy(update={"epsilon": pick.epsilon, "gamma": pick.gamma})
+                run.write_json("llc/settings.json", new.model_dump(mode="json"))
+        return cal
 
 
 def usable(est: LLCEstimate) -> bool:

@@ -69,7 +69,6 @@ def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html",
     title = title or ("Report: " + ", ".join(r.label for r in results))
     meta = (f"{len(results)} run{'s' * (len(results) > 1)} · written {time.strftime('%Y-%m-%d %H:%M')} · "
             f"figures also as PNG in {out.stem}_figures/" if png else f"{len(results)} runs")
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, render_html(title, meta, sections).encode("utf-8"))
     pngs = write_pngs(sections, out.parent / f"{out.stem}_figures") if png else []
     log.info("report: %s (%d sections, %d PNG figures)", out, len(sections), len(pngs))

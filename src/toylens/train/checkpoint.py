@@ -26,6 +26,10 @@ class TrainState:
     step: int = 0
     best: dict[str, Any] | None = None
     history: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """Every metrics.jsonl row so far: a resume rewrites metrics.jsonl from the checkpoint's rows,
+    so rows of epochs after it, or a file that a crash left out of step with the manifest, never
+    survive into the resumed run."""
 
 
 def save_weights(run: RunDir, rel: str, model: nn.Module, cfg: RunConfig, state: TrainState) -> None:

@@ -24,6 +24,7 @@ stops with its last good checkpoint kept, as a solo run would; the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -40,11 +41,13 @@ from tqdm.auto import tqdm
 
 from toylens.config import L1Config, RunConfig, load_config
 from toylens.errors import ToylensError, TrainingDiverged
+from toylens.lock import run_lock
 from toylens.model import Transformer
 from toylens.run import RunDir
 from toylens.tasks import Batch, build_task
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import save_checkpoint
+from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import resolve_device
 from toylens.train.loop import (
     TrainResult, Trainer, prepare_run_dir, epoch_order, finished_result, start_or_resume,
@@ -101,22 +104,24 @@ def train_ensemble(
     dev = resolve_device(device)
     outcomes: dict[str, MemberOutcome] = {}
     members: list[Trainer] = []
-    for cfg in cfgs:
-        run = prepare_run_dir(Path(out) / cfg.name, cfg, resume, overwrite)
-        if run.has("summary.json"):
-            outcomes[cfg.name] = MemberOutcome(cfg.name, finished_result(run))
-            continue
-        model = Transformer(cfg.model, seed=cfg.seed).to(dev)
-        opt = build_optimizer(model, cfg.train)
-        state = start_or_resume(run, cfg, task, model, opt)
-        members.append(Trainer(cfg, task, model, opt, run, state, progress=False,
-                               callbacks=callbacks(cfg) if callbacks else ()))
-    if members:
-        steps = sorted({m.state.step for m in members})
-        if len(steps) > 1:
-            raise ToylensError(f"ensemble members resume from different steps ({steps}); "
-                               "train them in separate ensembles or alone")
-        outcomes.update(EnsembleTrainer(members, progress).fit())
+    with contextlib.ExitStack() as locks, deterministic_algorithms(cfgs[0].train.deterministic, dev):
+        for cfg in cfgs:
+            locks.enter_context(run_lock(Path(out) / cfg.name, "train (ensemble)", create=True))
+            run = prepare_run_dir(Path(out) / cfg.name, cfg, resume, overwrite)
+            if run.has("summary.json"):
+                outcomes[cfg.name] = MemberOutcome(cfg.name, finished_result(run))
+                continue
+            model = Transformer(cfg.model, seed=cfg.seed).to(dev)
+            opt = build_optimizer(model, cfg.train)
+            state = start_or_resume(run, cfg, task, model, opt)
+            members.append(Trainer(cfg, task, model, opt, run, state, progress=False,
+                                   callbacks=callbacks(cfg) if callbacks else ()))
+        if members:
+            steps = sorted({m.state.step for m in members})
+            if len(steps) > 1:
+                raise ToylensError(f"ensemble members resume from different steps ({steps}); "
+                                   "train them in separate ensembles or alone")
+            outcomes.update(EnsembleTrainer(members, progress).fit())
     return [outcomes[c.name] for c in cfgs]
 
 

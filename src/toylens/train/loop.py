@@ -16,6 +16,7 @@ evaluation and checkpointing for every member of a vectorised ensemble.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -30,12 +31,13 @@ from tqdm.auto import tqdm
 
 from toylens.config import RunConfig, config_diff, config_to_yaml, load_config
 from toylens.errors import ToylensError, TrainingDiverged
+from toylens.lock import LOCK, run_lock
 from toylens.model import Transformer
 from toylens.run import RunDir
-from toylens.storage import remove_stale_temp_files
 from toylens.tasks import Task, build_task
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
+from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import SingleProcess, process_group, resolve_device
 from toylens.train.optim import build_optimizer, lr_at, set_lr
 from toylens.train.regularisers import L1Penalty
@@ -70,17 +72,19 @@ def train(
     task = build_task(cfg.task)
     cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)
     group = process_group(device)  # joins the torchrun process group when WORLD_SIZE > 1
+    path = Path(out) / cfg.name
     try:
-        path = Path(out) / cfg.name
-        group.on_main(lambda: prepare_run_dir(path, cfg, resume, overwrite))
-        run = RunDir(path)
-        (done,) = group.broadcast_ints([int(group.is_main and run.has("summary.json"))])
-        if done:
-            return finished_result(run) if group.is_main else TrainResult(run.path, {}, None, 0.0)
-        model = Transformer(cfg.model, seed=cfg.seed).to(group.device)
-        opt = build_optimizer(model, cfg.train)
-        state = start_or_resume(run, cfg, task, model, opt, group)
-        return Trainer(cfg, task, model, opt, run, state, progress, callbacks, group).fit()
+        with run_lock(path, "train", create=True) if group.is_main else contextlib.nullcontext():
+            group.on_main(lambda: prepare_run_dir(path, cfg, resume, overwrite))
+            run = RunDir(path)
+            (done,) = group.broadcast_ints([int(group.is_main and run.has("summary.json"))])
+            if done:
+                return finished_result(run) if group.is_main else TrainResult(run.path, {}, None, 0.0)
+            with deterministic_algorithms(cfg.train.deterministic, group.device):
+                model = Transformer(cfg.model, seed=cfg.seed).to(group.device)
+                opt = build_optimizer(model, cfg.train)
+                state = start_or_resume(run, cfg, task, model, opt, group)
+                return Trainer(cfg, task, model, opt, run, state, progress, callbacks, group).fit()
     finally:
         group.close()
 
@@ -159,7 +163,7 @@ class Trainer:
     def _write_summary(self, wall_s: float) -> dict[str, Any]:
         save_weights(self.run, "final.safetensors", self.model, self.cfg, self.state)
         summary = {
-            "final": self.run.read_jsonl("metrics.jsonl")[-1], "best": self.state.best, "wall_s": wall_s,
+            "final": self.state.rows[-1], "best": self.state.best, "wall_s": wall_s,
             "epochs": self.state.epoch, "steps": self.state.step, "device": str(self.device),
             "torch": torch.__version__, "world_size": self.group.world,
         }
@@ -227,7 +231,8 @@ class Trainer:
         self.model.train()
         row["lr"] = lr_at(max(self.state.step - 1, 0), self.total_steps, self.cfg.train)
         row["wall_s"] = round(self.state.history.get("wall_s", 0.0), 3)
-        self.run.append_jsonl("metrics.jsonl", row)
+        self.state.rows.append(row)
+        self.run.write_jsonl("metrics.jsonl", self.state.rows)
         if self.select not in row:
             raise ToylensError(f"train.select_metric: {self.select!r} is not a metric of this task ({_keys(row)})")
         value = row[self.select]
@@ -257,26 +262,38 @@ def log_spaced_steps(count: int, total_steps: int) -> set[int]:
 
 
 def prepare_run_dir(path: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> RunDir:
-    """The run directory for cfg: new, or an existing one when resuming (same config), or wiped."""
+    """The run directory for cfg: new, or an existing one when resuming (same config), or wiped.
+
+    The caller holds the run's lock (`toylens.lock`), which lives in the directory and survives
+    --overwrite. A directory that a kill left half-created (a config but no manifest yet) is
+    started afresh by --resume."""
     run = RunDir(path)
-    if run.exists() or (path.exists() and any(path.iterdir())):
-        if overwrite:
-            shutil.rmtree(path)
-        elif not resume:
+    leftovers = [p for p in path.iterdir() if p.name != LOCK] if path.is_dir() else []
+    if overwrite:
+        _remove(leftovers)
+    elif run.exists():
+        if not resume:
             raise ToylensError(f"{path}: run directory exists; pass --resume to continue it or --overwrite to restart")
-        elif run.exists():
-            saved = run.config()
-            diff = config_diff(saved, cfg)
-            if diff:
-                raise ToylensError(f"{path}: config differs from the saved run in {', '.join(diff[:5])}; "
-                                   "use --overwrite to restart with the new config")
-            remove_stale_temp_files(path)
-            return run
-        else:
+        diff = config_diff(run.config(), cfg)
+        if diff:
+            raise ToylensError(f"{path}: config differs from the saved run in {', '.join(diff[:5])}; "
+                               "use --overwrite to restart with the new config")
+        return run
+    elif leftovers:
+        if not resume:
+            raise ToylensError(f"{path}: run directory exists; pass --resume to continue it or --overwrite to restart")
+        if not all(p.name == "config.yaml" or p.name.endswith(".tmp") for p in leftovers):
             raise ToylensError(f"{path}: exists but is not a toylens run directory (no manifest.json)")
+        log.info("%s: was interrupted while being created; starting it afresh", path)
+        _remove(leftovers)
     path.mkdir(parents=True, exist_ok=True)
     run.write_bytes("config.yaml", config_to_yaml(cfg).encode())
     return run
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def start_or_resume(run: RunDir, cfg: RunConfig, task: Task, model: Transformer, opt: torch.optim.Optimizer,
@@ -301,9 +318,10 @@ def start_or_resume(run: RunDir, cfg: RunConfig, task: Task, model: Transformer,
 
 
 def _truncate_metrics(run: RunDir, state: TrainState) -> None:
-    """Drop metrics of epochs after the checkpoint being resumed (they will be redone)."""
-    rows = [r for r in run.read_jsonl("metrics.jsonl") if r["epoch"] <= state.epoch]
-    run.write_jsonl("metrics.jsonl", rows)
+    """metrics.jsonl as it was at the checkpoint being resumed: later epochs will be redone."""
+    if not state.rows:  # a checkpoint written before TrainState kept the rows
+        state.rows = [r for r in run.read_jsonl("metrics.jsonl") if r["epoch"] <= state.epoch]
+    run.write_jsonl("metrics.jsonl", state.rows)
     log.info("%s: resuming after epoch %d (step %d)", run.path, state.epoch, state.step)
 
 
@@ -314,7 +332,8 @@ def _checkpoint_initialisation(run: RunDir, cfg: RunConfig, task: Task, model: T
     for split in task.eval_splits:
         row.update(task.evaluate(model, split, cfg.train.eval_batch_size))
     model.train()
-    run.write_jsonl("metrics.jsonl", [row])
+    state.rows = [row]
+    run.write_jsonl("metrics.jsonl", state.rows)
     save_checkpoint(run, "epoch-0000", model, cfg, state, opt)
 
 
