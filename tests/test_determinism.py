@@ -86,3 +86,17 @@ def test_lm_training_reruns_bit_identical(tmp_path):
     a, b = _train_twice(raw, tmp_path)
     _assert_identical(a, b)
     assert load(a).task.spec.d_vocab > 20  # a real character vocabulary, so tokens repeat in every batch
+
+
+def test_ensemble_training_reruns_bit_identical(tmp_path):
+    from toylens.train.ensemble import train_ensemble
+
+    base = {**TINY, "model": {"n_layers": 1, "n_heads": 2, "d_model": 64, "d_mlp": 128},
+            "task": {"name": "sort", "list_len": 6, "n_values": 20, "n_train": 512, "n_test": 64}}
+    cfgs = [validate_config({**base, "name": f"m{i}", "seed": i, "train": {**TINY["train"], "lr": lr}})
+            for i, lr in enumerate((0.003, 0.01))]
+    for out in ("a", "b"):
+        outcomes = train_ensemble(cfgs, tmp_path / out, device="cpu", progress=False)
+        assert all(o.error is None for o in outcomes)
+    for cfg in cfgs:
+        _assert_identical(tmp_path / "a" / cfg.name, tmp_path / "b" / cfg.name)

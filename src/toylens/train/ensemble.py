@@ -50,7 +50,7 @@ from toylens.train.checkpoint import save_checkpoint
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import resolve_device
 from toylens.train.loop import (
-    TrainResult, Trainer, prepare_run_dir, epoch_order, finished_result, start_or_resume,
+    TrainResult, Trainer, prepare_run_dir, epoch_order, finished_result, restore_metrics, start_or_resume,
 )
 from toylens.train.optim import build_optimizer, decays, lr_at, set_lr
 from toylens.train.regularisers import L1Penalty
@@ -109,6 +109,8 @@ def train_ensemble(
             locks.enter_context(run_lock(Path(out) / cfg.name, "train (ensemble)", create=True))
             run = prepare_run_dir(Path(out) / cfg.name, cfg, resume, overwrite)
             if run.has("summary.json"):
+                if resume:
+                    restore_metrics(run)
                 outcomes[cfg.name] = MemberOutcome(cfg.name, finished_result(run))
                 continue
             model = Transformer(cfg.model, seed=cfg.seed).to(dev)

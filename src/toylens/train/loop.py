@@ -79,6 +79,8 @@ def train(
             run = RunDir(path)
             (done,) = group.broadcast_ints([int(group.is_main and run.has("summary.json"))])
             if done:
+                if group.is_main and resume:
+                    restore_metrics(run)
                 return finished_result(run) if group.is_main else TrainResult(run.path, {}, None, 0.0)
             with deterministic_algorithms(cfg.train.deterministic, group.device):
                 model = Transformer(cfg.model, seed=cfg.seed).to(group.device)
@@ -94,6 +96,21 @@ def finished_result(run: RunDir) -> TrainResult:
     log.info("%s: already complete", run.path)
     summary = run.read_json("summary.json")
     return TrainResult(run.path, summary["final"], summary["best"], summary["wall_s"])
+
+
+def restore_metrics(run: RunDir) -> None:
+    """Give a finished run whose metrics.jsonl no longer matches its manifest (damaged, or left
+    out of the manifest by a crash) the rows kept in its last resumable checkpoint."""
+    try:
+        run.read_bytes("metrics.jsonl")
+        return
+    except ToylensError as damaged:
+        last = [c for c in run.checkpoints() if c.resumable]
+        rows = run.read_tensors(f"checkpoints/{last[-1].name}.state.safetensors")[1]["trainer"].get("rows") if last else None
+        if not rows:
+            raise damaged
+    run.write_jsonl("metrics.jsonl", rows)
+    log.warning("%s: metrics.jsonl did not match the run manifest; rewrote it from checkpoint %s", run.path, last[-1].name)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
