@@ -1,11 +1,14 @@
-"""Killed with SIGKILL at any moment and rerun, training, `analyze` and `llc` end with the files
-of an uninterrupted run: weights bit-identical, metrics equal apart from wall-clock fields,
-analysis and LLC results identical.
+"""Killed with SIGKILL at any moment and rerun, training, `analyze`, `llc`, `sweep` and
+`reproduce` end with the files of an uninterrupted run: weights bit-identical, metrics equal apart
+from wall-clock fields, analysis and LLC results identical.
 
 Every process here runs at its default thread count. Kill moments are drawn from a seeded
-generator across each job's own running time; the write-path kills (inside a checkpoint write,
-between fsync and rename, between a write and the manifest update) run the CLI under a wrapper
-that kills the process at that point of `toylens.storage.atomic_write`.
+generator across each job's work, counted in ticks that do not depend on the machine's load:
+every call of an `nn.Module` (a layer's forward pass), of `scaled_dot_product_attention` (the
+LLC sampler's stacked forward) and every file write. The write-path kills (inside a checkpoint
+write, between fsync and rename, between a write and the manifest update) stop the process at
+that point of `toylens.storage.atomic_write`. A sweep's own process does no work of its own
+(its workers train), so its kills are timed from its members' progress on disk.
 """
 
 from __future__ import annotations
@@ -37,33 +40,56 @@ CONFIG = {
 }
 WALL_CLOCK = {"wall_s"}
 
-# Runs the CLI, killing the process at one point of a write to a file whose path ends in TARGET:
-#   mid-write        the temp file holds half the bytes (killed at its fsync)
-#   before-rename    the temp file is complete and synced, not yet renamed over the target
-#   before-manifest  the file is in place, the manifest does not list it yet
+# Runs the CLI and kills it (SIGKILL) at a point of its work. MODE ARG:
+#   ticks PATH       count the job's ticks (module calls, attention calls, file writes) into PATH
+#   tick N           kill at the N-th tick
+#   mid-write F      kill inside the write of a file ending in F: its temp file holds half the bytes
+#   before-rename F  the temp file of F is complete and synced, not yet renamed over F
+#   before-manifest F  F is in place, the run manifest does not list it yet
 KILLER = r"""
-import os, signal, sys
-mode, target = sys.argv[1], sys.argv[2]
+import atexit, os, signal, sys
+import torch
+mode, arg = sys.argv[1], sys.argv[2]
 real_replace, real_fsync = os.replace, os.fsync
+real_call, real_sdpa = torch.nn.Module.__call__, torch.nn.functional.scaled_dot_product_attention
+ticks = 0
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
+def tick():
+    global ticks
+    ticks += 1
+    if mode == "tick" and ticks == int(arg):
+        die()
+
 def replace(src, dst, *args, **kwargs):
-    if mode == "before-rename" and str(dst).endswith(target):
+    tick()
+    if mode == "before-rename" and str(dst).endswith(arg):
         die()
     real_replace(src, dst, *args, **kwargs)
-    if mode == "before-manifest" and str(dst).endswith(target):
+    if mode == "before-manifest" and str(dst).endswith(arg):
         die()
 
 def fsync(fd):
     name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-    if mode == "mid-write" and name.startswith("." + os.path.basename(target) + "."):
+    if mode == "mid-write" and name.startswith("." + os.path.basename(arg) + "."):
         os.ftruncate(fd, os.fstat(fd).st_size // 2)
         die()
     real_fsync(fd)
 
+def call(self, *args, **kwargs):
+    tick()
+    return real_call(self, *args, **kwargs)
+
+def sdpa(*args, **kwargs):
+    tick()
+    return real_sdpa(*args, **kwargs)
+
 os.replace, os.fsync = replace, fsync
+torch.nn.Module.__call__, torch.nn.functional.scaled_dot_product_attention = call, sdpa
+if mode == "ticks":
+    atexit.register(lambda: open(arg, "w").write(str(ticks)))
 from toylens.cli import main
 sys.argv = ["toylens", *sys.argv[3:]]
 main()
@@ -74,8 +100,30 @@ def toylens(*args: str) -> list[str]:
     return [sys.executable, "-m", "toylens.cli", *args, "--no-progress"]
 
 
-def killer(mode: str, target: str, *args: str) -> list[str]:
-    return [sys.executable, "-c", KILLER, mode, target, *args, "--no-progress"]
+def killer(mode: str, arg: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", KILLER, mode, arg, *args, "--no-progress"]
+
+
+def count_ticks(args: list[str], tmp_path: Path) -> int:
+    """Run the job to completion under the tick counter; its number of ticks."""
+    counter = tmp_path / "ticks.txt"
+    proc = subprocess.run(killer("ticks", str(counter), *args), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(counter.read_text())
+
+
+def random_kills(args: list[str], total: int, seed: int, kills: int) -> list[int]:
+    """Kill the job at `kills` moments drawn uniformly over its `total` ticks (2-95%), rerunning
+    the same command after each: the i-th run is killed after the ticks between the (i-1)-th and
+    i-th moments. A rerun redoes some work (a resumed epoch), so each kill lands no later in the
+    job than its moment, and before the job ends. Returns the moments."""
+    rng = random.Random(seed)
+    moments = sorted(rng.randint(int(0.02 * total), int(0.95 * total)) for _ in range(kills))
+    for i, moment in enumerate(moments):
+        proc = subprocess.run(killer("tick", str(max(1, moment - (moments[i - 1] if i else 0))), *args),
+                              capture_output=True, text=True)
+        assert proc.returncode == -signal.SIGKILL, f"kill {i + 1} at tick {moment} of {total} did not land: {proc.stderr[-2000:]}"
+    return moments
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +174,7 @@ def _equal(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         # bit for bit, so that NaNs (positions without targets) compare equal to themselves
         return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-                and a.contiguous().view(torch.uint8).numpy().tobytes() == b.contiguous().view(torch.uint8).numpy().tobytes())
+                and a.numpy().tobytes() == b.numpy().tobytes())
     if isinstance(a, (tuple, list)):
         return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
@@ -149,44 +197,13 @@ def assert_same_files(a: Path, b: Path, under: str = "") -> None:
 # ------------------------------------------------------------------------------ kill and rerun
 
 
-def _kill_after(cmd: list[str], started: Path, delay: float) -> bool:
-    """Run cmd, SIGKILL it `delay` seconds after `started` exists; True if it was killed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(delay)
-    if proc.poll() is not None:
-        return False
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return True
-
-
-def _random_kills(cmd: list[str], started: Path, span: float, seed: int, kills: int) -> list[float]:
-    """Kill cmd at `kills` moments drawn uniformly over its running time `span`, rerunning
-    (the same command) between kills; returns the moments that landed before the job ended."""
-    rng = random.Random(seed)
-    landed: list[float] = []
-    for _ in range(4 * kills):
-        moment = rng.uniform(0.02, 0.95) * span
-        if _kill_after(cmd, started, moment):
-            landed.append(round(moment, 2))
-        if len(landed) == kills:
-            break
-    assert len(landed) == kills, f"only {len(landed)} kills landed before the job finished: {landed}"
-    return landed
-
-
 def test_training_killed_at_random_moments_resumes_bit_identical(config, reference, tmp_path):
     ref, _ = reference
-    span = RunDir(ref).read_json("summary.json")["wall_s"]  # the training loop's own time
-    out = tmp_path / "out"
-    cmd = toylens("train", str(config), "--out", str(out), "--device", "cpu", "--resume")
-    landed = _random_kills(cmd, out / "killme" / "manifest.json", span, seed=13, kills=5)
-    subprocess.run(cmd, check=True, capture_output=True)
-    assert_same_files(ref, out / "killme")
-    print("kills landed at (s after the run directory appeared):", landed)
+    args = ["train", str(config), "--out", str(tmp_path / "out"), "--device", "cpu", "--resume"]
+    total = count_ticks(["train", str(config), "--out", str(tmp_path / "count"), "--device", "cpu"], tmp_path)
+    random_kills(args, total, seed=13, kills=5)
+    subprocess.run(toylens(*args), check=True, capture_output=True)
+    assert_same_files(ref, tmp_path / "out" / "killme")
 
 
 @pytest.mark.parametrize("mode,target", [
@@ -220,25 +237,71 @@ ANALYZE = ["--checkpoint", "all", "--examples", "64"]
 LLC = ["--group", "2", "--set", "chains=2", "--set", "draws=30", "--set", "burnin=10", "--set", "batch_size=32"]
 
 
-def _timed(cmd: list[str], started: Path) -> float:
-    """Run cmd to completion; seconds from `started` appearing to its exit."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while not started.exists() and proc.poll() is None:
-        time.sleep(0.01)
-    t0 = time.perf_counter()
-    _, err = proc.communicate()
-    assert proc.returncode == 0, err.decode()[-2000:]
-    return time.perf_counter() - t0
-
-
 @pytest.mark.parametrize("job,extra,results", [("analyze", ANALYZE, "analysis/"), ("llc", LLC, "llc/")])
 def test_analysis_and_llc_killed_and_rerun_give_identical_results(reference, tmp_path, job, extra, results):
-    """The kills land while results are computed and written (the job's lock file marks its start)."""
     ref, _ = reference
     a, b = _copy_run(ref, tmp_path / "a"), _copy_run(ref, tmp_path / "b")
-    span = _timed(toylens(job, str(a), *extra), a / ".lock")
-    cmd = toylens(job, str(b), *extra)
-    _random_kills(cmd, b / ".lock", span, seed=7, kills=3)
-    subprocess.run(cmd, check=True, capture_output=True)
+    total = count_ticks([job, str(a), *extra], tmp_path)
+    random_kills([job, str(b), *extra], total, seed=7, kills=3)
+    subprocess.run(toylens(job, str(b), *extra), check=True, capture_output=True)
     assert_same_files(a, b, under=results)
     assert len([f for f in RunDir(b).manifest()["files"] if f.startswith(results)]) > 10
+
+
+def _members(out: Path) -> list[Path]:
+    return sorted(p.parent for p in out.glob("*/manifest.json"))
+
+
+def _kill_when(cmd: list[str], ready, delay: float) -> None:
+    """Run cmd and SIGKILL it `delay` seconds after `ready()` first holds (before it ends)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before its kill"
+        time.sleep(0.01)
+    time.sleep(delay)
+    assert proc.poll() is None, "the sweep ended before its kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _checkpoints(member: Path) -> int:
+    return len(RunDir(member).checkpoints()) if RunDir(member).exists() else 0
+
+
+def test_sweep_killed_and_rerun_gives_identical_members(config, reference, tmp_path):
+    """Two members trained one after the other, each as its own worker process; the sweep is
+    killed while each member trains (its worker dies with it) and the rerun resumes both."""
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({"name": "sw", "base": str(config), "method": "grid",
+                                    "parameters": {"train.weight_decay": [0.0, 0.3]}, "seeds": [0]}))
+    a, b = tmp_path / "a", tmp_path / "b"
+    subprocess.run(toylens("sweep", str(spec), "--out", str(a), "--device", "cpu"), check=True, capture_output=True)
+    cmd = toylens("sweep", str(spec), "--out", str(b), "--device", "cpu")
+    rng = random.Random(5)
+    first, second = b / "sw" / "sw-weight_decay0-seed0", b / "sw" / "sw-weight_decay0.3-seed0"
+    _kill_when(cmd, lambda: _checkpoints(first) >= 2, rng.uniform(0, 0.3))   # inside member 1's epoch 2
+    _kill_when(cmd, lambda: _checkpoints(second) >= 1, rng.uniform(0, 0.3))  # inside member 2's epoch 1
+    time.sleep(0.5)  # let the kernel deliver the workers' parent-death signal
+    subprocess.run(cmd, check=True, capture_output=True)
+    members = [m.name for m in _members(a / "sw")]
+    assert members == [m.name for m in _members(b / "sw")] == [first.name, second.name]
+    for name in members:
+        assert_same_files(a / "sw" / name, b / "sw" / name)
+
+
+def test_study_killed_and_rerun_gives_identical_results(config, tmp_path):
+    """train -> analyze -> llc -> report of one run, killed 4 times; every result file equal."""
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "st", "title": "kill test", "runs": [str(config)], "steps": ["train", "analyze", "llc", "report"],
+        "quick": {"analyze": [{"checkpoint": "all", "only": ["head_scores", "attention"]},
+                              {"checkpoint": "final", "settings": {"n_examples": 64, "ablate_neurons": False}}],
+                  "llc": {"checkpoints": "all", "chains": 2, "draws": 20, "burnin": 10, "calibrate": False}}}))
+    a, b = tmp_path / "a", tmp_path / "b"
+    total = count_ticks(["reproduce", str(study), "--quick", "--out", str(a), "--device", "cpu"], tmp_path)
+    args = ["reproduce", str(study), "--quick", "--out", str(b), "--device", "cpu"]
+    random_kills(args, total, seed=11, kills=4)
+    subprocess.run(toylens(*args), check=True, capture_output=True)
+    assert_same_files(a / "st-quick" / "killme", b / "st-quick" / "killme")
+    assert (b / "st-quick" / "report.html").is_file()

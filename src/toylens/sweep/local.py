@@ -2,7 +2,9 @@
 
 A separate process per job keeps a crash (segfault, out of memory, a bug in one member) from
 taking the sweep down, gives every job its own log file, and lets Ctrl-C stop everything
-cleanly: the workers checkpoint every epoch, so a rerun resumes them. Each worker uses
+cleanly: the workers checkpoint every epoch, so a rerun resumes them. A worker dies with the
+sweep process even when that is killed outright (SIGKILL; Linux), so a rerun never finds its
+members still training. Each worker uses
 cpu_count / jobs torch threads, so parallel jobs do not fight over cores.
 """
 
@@ -62,7 +64,7 @@ class LocalBackend:
         logfile.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {job.id} ===\n")
         logfile.flush()
         env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)}
-        proc = subprocess.Popen([sys.executable, "-m", "toylens.sweep.worker", str(job_file)],
+        proc = subprocess.Popen([sys.executable, "-m", "toylens.sweep.worker", str(job_file), str(os.getpid())],
                                 stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         return proc, logfile
 

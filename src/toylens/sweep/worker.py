@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 import traceback
 from dataclasses import asdict, dataclass
@@ -107,8 +109,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m toylens.sweep.worker JOB.json`: run one job, logging to stderr."""
+    """`python -m toylens.sweep.worker JOB.json [PARENT_PID]`: run one job, logging to stderr;
+    with PARENT_PID, the worker dies with that process (see `die_with_parent`)."""
     args = sys.argv[1:] if argv is None else argv
+    if len(args) > 1:
+        die_with_parent(int(args[1]))
     job = Job(**json.loads(Path(args[0]).read_text()))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -117,6 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     log.propagate = False
     run_job(job)
     return 0
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when the sweep process that started it dies (Linux),
+    as a kill of the sweep would not otherwise reach its workers: they would train on, holding
+    their runs' locks, while the rerun of the sweep wants to resume them."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the sweep died before the line above took effect
+        sys.exit(f"the sweep process {parent} that started this worker is gone")
 
 
 def job_to_json(job: Job) -> str:
