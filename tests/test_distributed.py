@@ -74,6 +74,8 @@ def test_torchrun_two_ranks_resume_a_run_and_match_one_process(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(tmp_path / "script.py"), str(tmp_path / "cfg.yaml"), str(tmp_path / "two")],
+        # One thread per rank so that the two ranks do not fight over CI's two cores (speed only:
+        # the 1e-9 agreement below is of float64 sums in another order, at any thread count).
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,21 +1,15 @@
-"""Training: the run directory, regularisers, divergence, and a resume after SIGKILL that ends
-bit-identical to an uninterrupted run."""
+"""Training: the run directory, regularisers, divergence. Resuming after SIGKILL is tested in
+test_resume.py, at the default thread count."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import TINY, tiny_config
+from conftest import tiny_config
 from toylens import load, train
 from toylens.errors import ToylensError, TrainingDiverged
 from toylens.run import RunDir
@@ -149,44 +143,3 @@ def test_lr_schedule():
 def test_unknown_select_metric(tmp_path):
     with pytest.raises(ToylensError, match="train.select_metric: 'val/loss' is not a metric"):
         train(tiny_config(train={"epochs": 1, "select_metric": "val/loss"}), tmp_path, progress=False)
-
-
-SLOW_TINY = {**TINY, "name": "killme",
-             "task": {"name": "sort", "list_len": 6, "n_values": 20, "n_train": 12000, "n_test": 200},
-             "train": {**TINY["train"], "epochs": 4, "batch_size": 32, "weight_decay": 0.1,
-                       "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.001}}}
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "toylens.cli", "train", *args, "--no-progress", "--device", "cpu"]
-
-
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    cfg = tmp_path / "killme.yaml"
-    cfg.write_text(yaml.safe_dump(SLOW_TINY))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_cli(str(cfg), "--out", str(tmp_path / "a")), check=True, env=env, capture_output=True)
-
-    run = RunDir(tmp_path / "b" / "killme")
-    proc = subprocess.Popen(_cli(str(cfg), "--out", str(tmp_path / "b")), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run.exists() and "epoch-0001" in run.manifest()["checkpoints"]):
-        time.sleep(0.05)
-    started = run.read_jsonl("metrics.jsonl")[-1]["wall_s"]
-    time.sleep(max(0.2, started * 0.4))  # well inside epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not run.has("summary.json"), "the run must have been interrupted"
-    done = [c.epoch for c in run.checkpoints()]
-    assert max(done) < 4
-
-    resumed = subprocess.run(_cli(str(cfg), "--out", str(tmp_path / "b"), "--resume"), env=env,
-                             capture_output=True, text=True, check=True)
-    assert f"resuming after epoch {max(done)}" in resumed.stderr
-    a, _ = read_safetensors(tmp_path / "a" / "killme" / "final.safetensors")
-    b, _ = read_safetensors(run.path / "final.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rows = run.read_jsonl("metrics.jsonl")
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
