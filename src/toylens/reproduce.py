@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from toylens.config import RunConfig, Section, format_validation_error, load_config
+from toylens.config import RunConfig, Section, format_validation_error, load_config, read_yaml
 from toylens.errors import ToylensError
 
 log = logging.getLogger("toylens")
@@ -120,10 +119,7 @@ def find_study(name_or_path: str | Path) -> Path:
 
 def load_study(name_or_path: str | Path) -> tuple[Study, Path]:
     path = find_study(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ToylensError(f"{path}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml(path, "study", "a mapping (name, runs, steps, quick, full)")
     try:
         return Study.model_validate(raw), path
     except ValidationError as e:

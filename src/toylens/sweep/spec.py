@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from toylens.config import RunConfig, Section, field_paths, format_validation_error, set_field, validate_config
+from toylens.config import (RunConfig, Section, field_paths, format_validation_error, read_yaml, set_field,
+                            validate_config)
 from toylens.config import _suggest as suggest  # the "(did you mean ...?)" of config errors
 from toylens.errors import ToylensError
 
@@ -184,14 +184,7 @@ def load_sweep(source: str | Path | dict) -> tuple[SweepSpec, Path]:
     else:
         path = Path(source)
         where, root = str(path), path.parent
-        if not path.is_file():
-            raise ToylensError(f"{path}: sweep spec not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ToylensError(f"{path}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise ToylensError(f"{path}: the top level must be a mapping (name, base, parameters, ...)")
+        raw = read_yaml(path, "sweep spec", "a mapping (name, base, parameters, ...)")
     try:
         return SweepSpec.model_validate(raw), root
     except ValidationError as e:
@@ -224,13 +217,7 @@ def _base_mapping(spec: SweepSpec, root: Path, where: str) -> dict:
     path = root / spec.base
     if not path.is_file():
         raise ToylensError(f"{where}: base: config file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ToylensError(f"{path}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise ToylensError(f"{path}: the top level must be a mapping of sections (task, model, train)")
-    return raw
+    return read_yaml(path, "config", "a mapping of sections (task, model, train)")
 
 
 def _grid(spec: SweepSpec) -> list[dict[str, Any]]:
