@@ -8,6 +8,8 @@
 
 Every field has a docstring (shown by `toylens config fields`). Unknown keys, wrong types and
 out-of-range values raise `ToylensError` with one line naming the field, before any work starts.
+Types are strict (`validate_input`): nothing is coerced, so `true` is not the number 1, `"0.1"` is
+text, not a number, and 1.5 is not an integer; an int is still a float and a list fills a pair.
 Derived values (`d_vocab`, `d_vocab_out`, `n_ctx`, `d_head`, `d_mlp`, `init_range`) are filled in
 one place, `RunConfig.resolved`, and the resolved config is what a run directory stores.
 """
@@ -15,11 +17,12 @@ one place, `RunConfig.resolved`, and the resolved config is what a run directory
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,8 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from toylens.errors import ToylensError
 
 
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, field docstrings become descriptions."""
+    """Base for config sections: unknown keys are errors, field docstrings become descriptions.
+    User input (files, --set) is validated strictly through `validate_input`."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
@@ -343,10 +350,24 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Run
 
 
 def validate_config(raw: dict, where: str = "config") -> RunConfig:
+    return validate_input(RunConfig, raw, where)
+
+
+def validate_input(model: type[SectionT], raw: Any, where: str) -> SectionT:
+    """`model` from what a user wrote (a YAML file, --set values, JSON metadata), strictly: a bool
+    is not a number, a quoted number is text, 1.5 is not an integer, a number is not text.
+
+    Validates through JSON in pydantic's strict mode, which still takes an int for a float and a
+    list for a tuple (`betas: [0.9, 0.99]`); a value JSON has no type for (a YAML date) is an error
+    naming its field. Raises ToylensError: `<where>: <field>: <problem>`.
+    """
+    problem = _not_json(raw)
+    if problem:
+        raise ToylensError(f"{where}: {problem}")
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as e:
-        raise ToylensError(f"{where}: {format_validation_error(e, RunConfig)}") from None
+        raise ToylensError(f"{where}: {format_validation_error(e, model)}") from None
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
@@ -480,12 +501,15 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
     elif typ in ("union_tag_invalid", "union_tag_not_found"):  # the `name` that picks a section
         union = _section_type(parent.model_fields[field.rsplit(".", 1)[-1]].annotation) if parent else None
         tags = [m.model_fields["name"].default for m in getattr(union, "members", [])]
-        got = first["ctx"].get("tag")
+        given = first["input"] if isinstance(first["input"], dict) else {}
         known = "one of " + ", ".join(map(repr, tags))
-        text = (f"{field}.name: unknown name {got!r}{_suggest(got, tags)}; {known}" if got is not None
-                else f"{field}.name: required field is missing ({known})")
+        if "name" in given:
+            got = given["name"]
+            text = f"{field}.name: unknown name {_shown(got)}{_suggest(str(got), tags)}; {known}"
+        else:
+            text = f"{field}.name: required field is missing ({known})"
     else:
-        msg = msg.removeprefix("Value error, ")
+        msg = _YAML_WORDS.get(typ, msg).removeprefix("Value error, ")
         # A section's cross-field check that starts with one of its keys ("files: ...") names that key.
         key, _, rest = msg.partition(": ")
         info = parent.model_fields.get(field.rsplit(".", 1)[-1]) if parent and field else None  # not a list index
@@ -493,10 +517,41 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
         if rest and section is not None and key in section.model_fields:
             field, msg = f"{field}.{key}", rest
         got = first.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        if isinstance(got, (dict, list)):  # a section's own checks get the whole mapping: not worth showing
+            shown = f" (got {_kind(got)})" if typ.endswith("_type") else ""
+        else:
+            shown = f" (got {_shown(got)})"
         text = f"{field}: {msg}{shown}" if field else f"{msg}{shown}"
     more = len(err.errors()) - 1
     return text + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+
+
+# Strict validation goes through JSON; its words for a mapping and a list, in YAML's.
+_YAML_WORDS = {"model_type": "Input should be a mapping", "dict_type": "Input should be a mapping",
+               "model_attributes_type": "Input should be a mapping", "list_type": "Input should be a list",
+               "tuple_type": "Input should be a list"}
+
+
+def _not_json(value: Any, path: str = "") -> str | None:
+    """The first value JSON has no type for (a YAML date or set, a non-text key) as `field: problem`."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                return f"{dotted}: a key must be text (got {key!r})"
+            problem = _not_json(item, dotted)
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _not_json(item, f"{path}.{i}")
+            if problem:
+                return problem
+    elif not (value is None or isinstance(value, (str, int, float))):
+        kind = {"date": "a date", "datetime": "a timestamp", "bytes": "binary data"}.get(
+            type(value).__name__, f"a {type(value).__name__}")
+        return f"{path or 'value'}: {value} is {kind}, not text, a number, a boolean, null, a list or a mapping"
+    return None
 
 
 def _shown(value: Any) -> str:

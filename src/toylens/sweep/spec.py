@@ -15,7 +15,8 @@ so raising `count` keeps the members already drawn.
 Member names are deterministic: grid members are named after their values
 (`sort-weight-decay-weight_decay0.1-seed2`), random members after their draw
 (`lr-search-007-seed0`). Every member config is validated before anything runs; errors are one
-line naming the spec file and the field, like run configs.
+line naming the spec file and the field, like run configs, and types are as strict (`count: "3"`
+or a value of `"0.1"` for a float field is an error, not a conversion).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from toylens.config import (RunConfig, Section, field_paths, format_validation_error, read_yaml, set_field,
-                            validate_config)
+                            validate_config, validate_input)
 from toylens.config import _suggest as suggest  # the "(did you mean ...?)" of config errors
 from toylens.errors import ToylensError
 
@@ -156,7 +157,7 @@ def _check_values(key: str, value: Any, method: str) -> None:
         raise ValueError(f"parameters.{key}.distribution: expected one of {', '.join(DISTRIBUTIONS)} "
                          f"(got {value.get('distribution')!r})")
     try:
-        kind.model_validate(value)
+        kind.model_validate(value, strict=True)  # `value` is JSON data already (the spec came through validate_input)
     except ValidationError as e:
         raise ValueError(f"parameters.{key}.{format_validation_error(e, kind)}") from None
 
@@ -185,10 +186,7 @@ def load_sweep(source: str | Path | dict) -> tuple[SweepSpec, Path]:
         path = Path(source)
         where, root = str(path), path.parent
         raw = read_yaml(path, "sweep spec", "a mapping (name, base, parameters, ...)")
-    try:
-        return SweepSpec.model_validate(raw), root
-    except ValidationError as e:
-        raise ToylensError(f"{where}: {format_validation_error(e, SweepSpec)}") from None
+    return validate_input(SweepSpec, raw, where), root
 
 
 def expand(spec: SweepSpec, root: Path = Path("."), where: str = "sweep spec") -> list[Member]:
