@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import toylens
 from conftest import TINY
-from toylens.cli import app
+from toylens.cli import _llc_overrides, app
 from toylens.config import config_to_yaml, load_config
 from toylens.errors import ToylensError
 from toylens.reproduce import load_study
@@ -116,6 +116,32 @@ def test_empty_file_through_the_cli_exits_2_without_a_run(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+# ------------------------------------------------------------------------------- --set
+
+
+def test_set_values_are_yaml_but_text_fields_keep_their_text(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(TASK)
+    cfg = load_config(path, ["train.lr=0.1", "seed=1", "name=123", "train.select_metric=1e3", "train.betas=[0.9, 0.98]",
+                             "train.grad_clip=null", "model.attn_only=true", "train.weight_decay=1e-2"])
+    assert (cfg.train.lr, cfg.seed, cfg.name, cfg.train.select_metric) == (0.1, 1, "123", "1e3")
+    assert cfg.train.betas == (0.9, 0.98) and cfg.train.grad_clip is None and cfg.model.attn_only is True
+    assert cfg.train.weight_decay == 0.01
+    assert load_config(path, ["train.select_metric=null"]).train.select_metric is None
+    assert error_of(tmp_path, TASK, ("model.d_model=true",)) == "model.d_model: Input should be a valid integer (got True)"
+    assert error_of(tmp_path, TASK, ('train.lr="0.1"',)) == "train.lr: Input should be a valid number (got '0.1')"
+    assert error_of(tmp_path, TASK, ("model.act_fn=1",)) == "model.act_fn: Input should be 'relu' or 'gelu' (got '1')"
+
+
+def test_llc_set_reads_values_like_config_set():
+    assert _llc_overrides(["epsilon=1e-4", "chains=8", "precondition=none", "nbeta=null"]) == {
+        "epsilon": 1e-4, "chains": 8, "precondition": "none", "nbeta": None}
+    from toylens.analysis.llc_run import validate_settings
+
+    with pytest.raises(ToylensError, match=r"^llc\.json: chains: Input should be a valid integer \(got True\)$"):
+        validate_settings(_llc_overrides(["chains=true"]), "llc.json")
+
+
 # ------------------------------------------------------------------------------- sweeps and studies
 
 
@@ -179,6 +205,17 @@ def test_studies_are_strict(tmp_path, study, message):
     assert str(e.value) == f"{path}: {message}"
 
 
+def test_study_set_overrides_follow_the_set_rule(tmp_path):
+    write_yaml(tmp_path / "a.yaml", TINY)
+    path = write_yaml(tmp_path / "study.yaml", {"name": "s", "runs": [{"config": "a.yaml", "set": ["name=42"]}],
+                                                 "quick": {"set": ["train.lr=1e-3"]}})
+    from toylens.reproduce import run_configs
+
+    study, path = load_study(path)
+    (cfg,) = run_configs(study, path, "quick")
+    assert (cfg.name, cfg.train.lr) == ("42", 0.001)
+
+
 def test_llc_settings_are_strict():
     from toylens.analysis.llc_run import validate_settings
 
@@ -220,3 +257,4 @@ def test_shipped_configs_sweeps_and_studies_pass_strict_validation():
         study, _ = load_study(path)
         for size in ("quick", "full"):
             assert run_configs(study, path, size)
+

@@ -20,6 +20,7 @@ import difflib
 import json
 import math
 import re
+import types
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
@@ -481,11 +482,46 @@ def _apply_override(raw: dict, item: str) -> None:
     if "=" not in item:
         raise ToylensError(f"--set {item!r}: expected key.path=value, e.g. train.weight_decay=0.1")
     key, value = item.split("=", 1)
+    set_field(raw, key, override_value(RunConfig, key.strip(), value))
+
+
+def override_value(model: type[BaseModel], key: str, text: str) -> Any:
+    """The value of `--set key=text` for a field of `model`: `text` read as YAML (0.1, 1e-4, true,
+    null, [a, b]), except that a field that takes text keeps `text` as written where YAML would
+    read a number, a boolean or a date (`--set name=123` names a run "123")."""
     try:
-        parsed = parse_yaml(value)
+        value = parse_yaml(text)
     except yaml.YAMLError:
-        parsed = value
-    set_field(raw, key, parsed)
+        return text
+    if value is not None and not isinstance(value, (str, list, dict)) and _takes_text(model, key):
+        return text.strip()
+    return value
+
+
+def _takes_text(model: type[BaseModel] | _UnionSection, key: str) -> bool:
+    """Whether the dotted field `key` of `model` accepts text (in any member of a union)."""
+    head, _, rest = key.partition(".")
+    for member in model.members if isinstance(model, _UnionSection) else [model]:
+        info = member.model_fields.get(head)
+        if info is None:
+            continue
+        if not rest:
+            if _is_text(info.annotation):
+                return True
+            continue
+        sub = _section_type(info.annotation)
+        if sub is not None and _takes_text(sub, rest):
+            return True
+    return False
+
+
+def _is_text(annotation: Any) -> bool:
+    """str, str | None, or a choice of words (Literal["relu", "gelu"])."""
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in get_args(annotation))
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_text(a) for a in get_args(annotation))
+    return annotation is str
 
 
 def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
