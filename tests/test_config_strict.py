@@ -2,17 +2,23 @@
 
 A bool is not a number, a quoted number is text, 1.5 is not an integer and a number is not text;
 an int still fills a float and a YAML list a pair. Empty files, a top level or a section that is
-not a mapping, and missing names stop with one line naming the file and the field.
+not a mapping, and missing names stop with one line naming the file and the field. The property
+test at the end breaks a valid config in one place at a time and runs it through the CLI.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import toylens
@@ -258,3 +264,216 @@ def test_shipped_configs_sweeps_and_studies_pass_strict_validation():
         for size in ("quick", "full"):
             assert run_configs(study, path, size)
 
+
+# ------------------------------------------------------------------------------- property test
+# Two valid bases (the shipped sort config at test size, and an induction model), broken in one
+# place per example. The generator keeps its own description of the schema (not read from
+# toylens), so it knows what it broke and which dotted field the error must name.
+
+BASES: dict[str, dict[str, Any]] = {
+    "sort": {"name": "tiny-sort", "seed": 0,
+             "task": {"name": "sort", "list_len": 4, "n_values": 10, "duplicates": False, "n_train": 600, "n_test": 100},
+             "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "d_head": 8, "d_mlp": 32, "act_fn": "relu",
+                       "normalization": "none"},
+             "train": {"epochs": 2, "batch_size": 64, "lr": 0.002, "weight_decay": 0.0, "betas": [0.9, 0.99],
+                       "schedule": "cosine", "warmup_steps": 2, "grad_clip": 1.0,
+                       "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.0001}}},
+    "induction": {"name": "tiny-induction", "seed": 1,
+                  "task": {"name": "induction", "n_vocab": 8, "seq_len": 16, "segment_len": [2, 4], "loss_on": "copied",
+                           "n_train": 100, "n_test": 20},
+                  "model": {"n_layers": 2, "n_heads": 2, "d_model": 16, "attn_only": True, "normalization": "LN"},
+                  "train": {"epochs": 1, "lr": 1, "schedule": "constant", "weight_decay_on": "all",
+                            "l1": {"hooks": ["blocks.1.hook_resid_post"], "coef": 0.0}}},
+}
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """What a field takes: kind (int, float, bool, text, choice, hooks, pair_int, pair_float),
+    whether null is allowed, the bounds of a number (`open_low`: the bound itself is out), the words
+    of a choice."""
+
+    kind: str
+    optional: bool = False
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple[str, ...] = ()
+
+
+COMMON = {
+    "name": Leaf("text"), "seed": Leaf("int", low=0),
+    "model.n_layers": Leaf("int", low=1, high=64), "model.n_heads": Leaf("int", low=1, high=128),
+    "model.d_model": Leaf("int", low=1), "model.d_head": Leaf("int", True, low=1), "model.d_mlp": Leaf("int", True, low=1),
+    "model.attn_only": Leaf("bool"), "model.act_fn": Leaf("choice", choices=("relu", "gelu")),
+    "model.normalization": Leaf("choice", choices=("none", "LN")), "model.n_ctx": Leaf("int", True, low=1),
+    "model.d_vocab": Leaf("int", True, low=1), "model.d_vocab_out": Leaf("int", True, low=1),
+    "model.init_range": Leaf("float", True, low=0, open_low=True),
+    "train.epochs": Leaf("int", low=1), "train.batch_size": Leaf("int", low=1),
+    "train.lr": Leaf("float", low=0, open_low=True), "train.weight_decay": Leaf("float", low=0),
+    "train.weight_decay_on": Leaf("choice", choices=("matrices", "embeddings", "all")), "train.betas": Leaf("pair_float"),
+    "train.schedule": Leaf("choice", choices=("cosine", "constant")), "train.warmup_steps": Leaf("int", low=0),
+    "train.min_lr_ratio": Leaf("float", low=0, high=1), "train.grad_clip": Leaf("float", True, low=0, open_low=True),
+    "train.eval_batch_size": Leaf("int", low=1), "train.log_checkpoints": Leaf("int", low=0, high=10_000),
+    "train.select_metric": Leaf("text", True), "train.l1.hooks": Leaf("hooks"), "train.l1.coef": Leaf("float", low=0),
+}
+TASKS = {
+    "sort": {"task.list_len": Leaf("int", low=1, high=512), "task.n_values": Leaf("int", low=2, high=100_000),
+             "task.duplicates": Leaf("bool"), "task.n_train": Leaf("int", low=1), "task.n_test": Leaf("int", low=1),
+             "task.data_seed": Leaf("int", low=0)},
+    "induction": {"task.n_vocab": Leaf("int", low=2, high=100_000), "task.seq_len": Leaf("int", low=5, high=100_000),
+                  "task.segment_len": Leaf("pair_int"), "task.loss_on": Leaf("choice", choices=("all", "copied")),
+                  "task.n_train": Leaf("int", low=1), "task.n_test": Leaf("int", low=1), "task.data_seed": Leaf("int", low=0)},
+}
+SECTIONS = ("task", "model", "train", "train.l1")
+TASK_NAMES = ("sort", "induction", "lm", "classify")
+
+WORDS = st.from_regex(r"[a-z][a-z_]{0,9}", fullmatch=True)
+BOOLS = st.booleans()
+QUOTED_NUMBERS = st.one_of(st.integers(-1000, 1000).map(str), st.floats(-1e3, 1e3).map(lambda x: f"{x:.3f}"))
+FRACTIONS = st.floats(-1e6, 1e6).filter(lambda x: x != int(x))  # never an integer
+NUMBERS = st.one_of(st.integers(-10**6, 10**6), st.floats(-1e6, 1e6))
+LISTS = st.lists(st.integers(0, 9), max_size=3)
+MAPPINGS = st.dictionaries(WORDS, st.integers(0, 9), min_size=1, max_size=2)
+
+
+def keys_of(base: str, level: str) -> set[str]:
+    """The valid keys at a level ("" for the top) of a base's schema."""
+    fields = {**COMMON, **TASKS[base]}
+    keys = {f.removeprefix(f"{level}.") for f in fields if f.startswith(f"{level}.")} if level else set(fields)
+    return {k.split(".")[0] for k in keys} | ({"name"} if level == "task" else set())
+
+
+def put(raw: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        raw = raw.setdefault(part, {})
+    raw[leaf] = value
+
+
+def wrong_scalar(leaf: Leaf) -> st.SearchStrategy:
+    """A value of the wrong type for `leaf` (null too, unless the field allows it)."""
+    null = [] if leaf.optional else [st.none()]
+    by_kind = {
+        "int": [BOOLS, QUOTED_NUMBERS, FRACTIONS, WORDS, LISTS, MAPPINGS],
+        "float": [BOOLS, QUOTED_NUMBERS, WORDS, LISTS, MAPPINGS],
+        "bool": [NUMBERS, st.sampled_from(["true", "false", "yes", "no", "1"]), LISTS, MAPPINGS],
+        "text": [NUMBERS, BOOLS, LISTS, MAPPINGS],
+        "choice": [WORDS.filter(lambda w: w not in leaf.choices), NUMBERS, BOOLS, LISTS, MAPPINGS],
+        "hooks": [WORDS, NUMBERS, BOOLS, MAPPINGS],
+        "pair_int": [NUMBERS, WORDS, BOOLS, MAPPINGS],
+        "pair_float": [NUMBERS, WORDS, BOOLS, MAPPINGS],
+    }
+    return st.one_of(*by_kind[leaf.kind], *null)
+
+
+@st.composite
+def wrong_list(draw, leaf: Leaf) -> tuple[Any, str]:
+    """A list field with a bad item or, for a pair, the wrong length; and the suffix of the field
+    the error names (".i" for item i, "" for the list)."""
+    if leaf.kind == "hooks":
+        items = ["blocks.0.hook_resid_pre"] * draw(st.integers(1, 3))
+        bad = [NUMBERS, BOOLS, st.none(), LISTS, MAPPINGS]
+    else:
+        items = [2, 4] if leaf.kind == "pair_int" else [0.9, 0.99]
+        bad = [BOOLS, QUOTED_NUMBERS, WORDS, st.none(), LISTS, MAPPINGS] + ([FRACTIONS] if leaf.kind == "pair_int" else [])
+        length = draw(st.integers(0, 4))
+        if length != 2:
+            items = (items * 2)[:length]
+            return items, (f".{length}" if length < 2 else "")  # the first missing item, or too many
+    i = draw(st.integers(0, len(items) - 1))
+    items[i] = draw(st.one_of(*bad))
+    return items, f".{i}"
+
+
+def out_of_range(leaf: Leaf) -> st.SearchStrategy:
+    below, above = [], []
+    if leaf.kind == "int":
+        below = [st.integers(int(leaf.low) - 10**6, int(leaf.low) - 1)] if leaf.low is not None else []
+        above = [st.integers(int(leaf.high) + 1, int(leaf.high) + 10**6)] if leaf.high is not None else []
+    elif leaf.kind == "float":
+        if leaf.low is not None:  # closed bounds stay 1e-6 away: -0.0 is not below 0
+            below = [st.floats(leaf.low - 1e6, leaf.low if leaf.open_low else leaf.low - 1e-6)]
+        above = [st.floats(leaf.high + 1e-6, leaf.high + 1e6)] if leaf.high is not None else []
+    elif leaf.kind == "hooks":
+        below = [WORDS.map(lambda w: [f"blocks.0.nohook_{w}"]), st.just(["blocks.7.attn.hook_pattern"])]
+    return st.one_of(*below, *above)
+
+
+RANGED = {k for k, leaf in {**COMMON, **TASKS["sort"], **TASKS["induction"]}.items() if leaf.low is not None
+          or leaf.high is not None or leaf.kind == "hooks"}
+BAD_NAMES = st.one_of(st.just(""), st.just("x" * 129), st.from_regex(r"[-._][a-z0-9]{0,8}", fullmatch=True),
+                      st.from_regex(r"[a-z]{1,5}[ /:;!@#][a-z]{1,5}", fullmatch=True))
+
+
+@st.composite
+def broken_configs(draw) -> tuple[dict, str, str]:
+    """(config, the dotted field it breaks, how): a valid base broken in exactly one place."""
+    base = draw(st.sampled_from(sorted(BASES)))
+    raw, fields = copy.deepcopy(BASES[base]), {**COMMON, **TASKS[base]}
+    how = draw(st.sampled_from(["wrong type"] * 3 + ["out of range"] * 2 + ["unknown key", "section not a mapping",
+                                                                             "task name"]))
+    if how == "wrong type":
+        field = draw(st.sampled_from(sorted(fields)))
+        leaf, suffix = fields[field], ""
+        if leaf.kind in ("hooks", "pair_int", "pair_float") and draw(st.booleans()):
+            value, suffix = draw(wrong_list(leaf))
+        else:
+            value = draw(wrong_scalar(leaf))
+        put(raw, field, value)
+        field += suffix
+    elif how == "out of range":
+        field = draw(st.sampled_from(sorted(RANGED & set(fields) | {"name"})))
+        put(raw, field, draw(BAD_NAMES if field == "name" else out_of_range(fields[field])))
+    elif how == "unknown key":
+        level = draw(st.sampled_from(["", *SECTIONS]))
+        key = draw(WORDS.filter(lambda k: k not in keys_of(base, level)))
+        field = f"{level}.{key}" if level else key
+        put(raw, field, draw(st.one_of(NUMBERS, WORDS)))
+    elif how == "section not a mapping":
+        field = draw(st.sampled_from(SECTIONS))
+        put(raw, field, draw(st.one_of(NUMBERS, BOOLS, WORDS, LISTS, st.none())))
+    else:  # an unknown or mistyped task name, or none at all
+        field = "task.name"
+        if draw(st.booleans()):
+            del raw["task"]["name"]
+        else:
+            put(raw, field, draw(st.one_of(WORDS.filter(lambda w: w not in TASK_NAMES), NUMBERS, BOOLS, st.none())))
+    return raw, field, how
+
+
+def test_bases_are_valid():
+    """The property test's bases load, so each broken config differs from a valid one in one place."""
+    for raw in BASES.values():
+        assert load_config(raw).name == raw["name"]
+
+
+def invoke_train(config: Path, out: Path):
+    """`toylens train` in-process, with training itself replaced by a failure: a config that
+    validation lets through fails fast (exit 1) rather than training."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the config passed validation")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importlib.import_module("toylens.train.loop"), "build_task", refuse)
+        return CliRunner().invoke(app, ["train", str(config), "--out", str(out), "--no-progress", "--device", "cpu"])
+
+
+@settings(max_examples=800, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(broken_configs())
+def test_every_broken_config_stops_with_one_line_naming_the_field(case):
+    raw, field, how = case
+    event(how)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, out = Path(tmp) / "cfg.yaml", Path(tmp) / "runs"
+        text = yaml.safe_dump(raw, sort_keys=False)
+        assert yaml.safe_load(text) == raw, "the file must say what the generator meant"
+        path.write_text(text)
+        result = invoke_train(path, out)
+        note(f"{how} {field}\n{text}\nstderr: {result.stderr}")
+        assert result.exit_code == 2
+        assert result.stdout == "" and result.stderr.endswith("\n") and result.stderr.count("\n") == 1
+        assert result.stderr.startswith(f"error: {path}: {field}: ")
+        assert "Traceback" not in result.stderr and isinstance(result.exception, SystemExit)
+        assert not out.exists(), "nothing may be written before the config is valid"
