@@ -194,6 +194,16 @@ def test_sweep_base_file_must_not_be_empty(tmp_path):
         expand(loaded, root)
 
 
+def test_sweep_base_with_a_date_names_the_member_and_field(tmp_path):
+    (tmp_path / "base.yaml").write_text(TASK + "train: {epochs: 2024-01-01}\n")
+    path = write_yaml(tmp_path / "spec.yaml", {"name": "sw", "base": "base.yaml", "seeds": [0]})
+    loaded, root = load_sweep(path)
+    with pytest.raises(ToylensError) as e:
+        expand(loaded, root, str(path))
+    assert str(e.value) == (f"{path} (member sw-seed0): train.epochs: 2024-01-01 is a date, not text, a number, a boolean, "
+                            "null, a list or a mapping")
+
+
 @pytest.mark.parametrize("study, message", [
     ("", "study is empty"),
     ("just text\n", "the top level must be a mapping (name, runs, steps, quick, full), not text 'just text'"),

@@ -21,6 +21,7 @@ or a value of `"0.1"` for a float field is an error, not a conversion).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -197,7 +198,7 @@ def expand(spec: SweepSpec, root: Path = Path("."), where: str = "sweep spec") -
     for i, point in enumerate(points):
         for seed in spec.seeds:
             name = _member_name(spec, i, point, seed)
-            raw = json.loads(json.dumps(base))  # a deep copy of plain YAML data
+            raw = copy.deepcopy(base)  # YAML data: may hold a date, which validation names
             for key, value in point.items():
                 set_field(raw, key, value, where=f"{where}: parameters")
             raw.update(name=name, seed=seed)
