@@ -63,6 +63,10 @@ def error_of(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:
     ("train: {l1: {hooks: blocks.0.mlp.hook_post}}", "train.l1.hooks: Input should be a list (got 'blocks.0.mlp.hook_post')"),
     ("seed: 2024-01-01", "seed: 2024-01-01 is a date, not text, a number, a boolean, null, a list or a mapping"),
     ("name: 2024-01-01", "name: 2024-01-01 is a date, not text, a number, a boolean, null, a list or a mapping"),
+    ("train: &a {l1: *a}", "train.l1: contains itself (a YAML alias inside its own anchor)"),
+    ("train: {l1: {hooks: &h [a, *h]}}", "train.l1.hooks.1: contains itself (a YAML alias inside its own anchor)"),
+    ("train: {l1: &c {coef: 0.1}, select_metric: null}\nmodel: {n_layers: 1}\nx: *c",
+     "x: unknown key"),  # an alias used twice is not a cycle
     ("task: {name: sort, list_len: 4, n_values: 10, n_train: 600, n_test: !!binary aGk=}",
      "task.n_test: b'hi' is binary data, not text, a number, a boolean, null, a list or a mapping"),
 ])

@@ -568,19 +568,22 @@ _YAML_WORDS = {"model_type": "Input should be a mapping", "dict_type": "Input sh
                "tuple_type": "Input should be a list"}
 
 
-def _not_json(value: Any, path: str = "") -> str | None:
-    """The first value JSON has no type for (a YAML date or set, a non-text key) as `field: problem`."""
+def _not_json(value: Any, path: str = "", outer: tuple[int, ...] = ()) -> str | None:
+    """The first value JSON has no type for (a YAML date or set, a non-text key, a mapping that
+    holds itself through a YAML alias) as `field: problem`; `outer` are the enclosing containers."""
+    if isinstance(value, (dict, list, tuple)) and id(value) in outer:
+        return f"{path}: contains itself (a YAML alias inside its own anchor)"
     if isinstance(value, dict):
         for key, item in value.items():
             dotted = f"{path}.{key}" if path else str(key)
             if not isinstance(key, str):
                 return f"{dotted}: a key must be text (got {key!r})"
-            problem = _not_json(item, dotted)
+            problem = _not_json(item, dotted, (*outer, id(value)))
             if problem:
                 return problem
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            problem = _not_json(item, f"{path}.{i}")
+            problem = _not_json(item, f"{path}.{i}", (*outer, id(value)))
             if problem:
                 return problem
     elif not (value is None or isinstance(value, (str, int, float))):
