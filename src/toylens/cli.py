@@ -44,8 +44,9 @@ llc_app = typer.Typer(cls=_DefaultToEstimate, no_args_is_help=True, help=(
     "checkpoint into RUN/llc/; `toylens llc calibrate RUN` picks the step size and localisation first."))
 app.add_typer(llc_app, name="llc")
 
-SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
-                         help="Override a config field, e.g. --set train.weight_decay=0.1 (repeatable).")
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
+    "Override a config field, e.g. --set train.weight_decay=0.1 (repeatable). VALUE is read as YAML (0.1, 1e-4, "
+    "true, null, [a, b]), except that a text field keeps it as written: --set name=123 names the run 123."))
 DeviceOption = typer.Option("auto", "--device", help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1.")
 
 
@@ -263,7 +264,8 @@ def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), s
 
 LLCSetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
     "Override an LLC setting, e.g. --set chains=8 --set epsilon=1e-4 (repeatable; fields: epsilon, gamma, "
-    "nbeta, batch_size, chains, draws, burnin, thin, precondition, weight_decay, l1, init_batches, mala_every, seed)."))
+    "nbeta, batch_size, chains, draws, burnin, thin, precondition, weight_decay, l1, init_batches, mala_every, seed; "
+    "values are read as with train --set)."))
 
 
 @llc_app.command("estimate")
@@ -328,14 +330,16 @@ def llc_calibrate(
 
 
 def _llc_overrides(items: Optional[list[str]]) -> dict[str, Any]:
-    import yaml
+    """`--set key=value` of the LLC commands, read as a config's --set (`override_value`)."""
+    from toylens.analysis.llc import LLCSettings
+    from toylens.config import override_value
 
     out: dict[str, Any] = {}
     for item in items or ():
         if "=" not in item:
             raise ToylensError(f"--set {item!r}: expected key=value, e.g. chains=8")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = override_value(LLCSettings, key.strip(), value)
     return out
 
 

@@ -8,6 +8,8 @@
 
 Every field has a docstring (shown by `toylens config fields`). Unknown keys, wrong types and
 out-of-range values raise `ToylensError` with one line naming the field, before any work starts.
+Types are strict (`validate_input`): nothing is coerced, so `true` is not the number 1, `"0.1"` is
+text, not a number, and 1.5 is not an integer; an int is still a float and a list fills a pair.
 Derived values (`d_vocab`, `d_vocab_out`, `n_ctx`, `d_head`, `d_mlp`, `init_range`) are filled in
 one place, `RunConfig.resolved`, and the resolved config is what a run directory stores.
 """
@@ -15,10 +17,13 @@ one place, `RunConfig.resolved`, and the resolved config is what a run directory
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import re
+import types
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,8 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from toylens.errors import ToylensError
 
 
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, field docstrings become descriptions."""
+    """Base for config sections: unknown keys are errors, field docstrings become descriptions.
+    User input (files, --set) is validated strictly through `validate_input`."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
@@ -339,16 +348,7 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Run
     else:
         path = Path(source)
         where = str(path)
-        if not path.is_file():
-            raise ToylensError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f" at line {mark.line + 1}" if mark else ""
-            raise ToylensError(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
-        if not isinstance(raw, dict):
-            raise ToylensError(f"{path}: the top level must be a mapping of sections (task, model, train)")
+        raw = read_yaml(path, "config", "a mapping of sections (task, model, train)")
         raw.setdefault("name", path.stem)
     for item in overrides:
         _apply_override(raw, item)
@@ -356,10 +356,24 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Run
 
 
 def validate_config(raw: dict, where: str = "config") -> RunConfig:
+    return validate_input(RunConfig, raw, where)
+
+
+def validate_input(model: type[SectionT], raw: Any, where: str) -> SectionT:
+    """`model` from what a user wrote (a YAML file, --set values, JSON metadata), strictly: a bool
+    is not a number, a quoted number is text, 1.5 is not an integer, a number is not text.
+
+    Validates through JSON in pydantic's strict mode, which still takes an int for a float and a
+    list for a tuple (`betas: [0.9, 0.99]`); a value JSON has no type for (a YAML date) is an error
+    naming its field. Raises ToylensError: `<where>: <field>: <problem>`.
+    """
+    problem = _not_json(raw)
+    if problem:
+        raise ToylensError(f"{where}: {problem}")
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as e:
-        raise ToylensError(f"{where}: {format_validation_error(e, RunConfig)}") from None
+        raise ToylensError(f"{where}: {format_validation_error(e, model)}") from None
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
@@ -369,7 +383,51 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(cfg.model_dump(mode="json"), Dumper=ConfigDumper, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------ YAML
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """Safe YAML that also reads 1e-4 as a number. PyYAML follows YAML 1.1, where a float needs a
+    dot (1e-4 is the text "1e-4"); YAML 1.2 and JSON read it as a number, and strict validation
+    would otherwise reject a learning rate written the usual way."""
+
+
+class ConfigDumper(yaml.SafeDumper):
+    """Safe YAML that quotes text such as "1e-4", so that ConfigLoader reads it back as text."""
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)[eE][-+]?[0-9]+$")
+for _cls in (ConfigLoader, ConfigDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+
+
+def parse_yaml(text: str | bytes) -> Any:
+    """YAML text as configs read it (ConfigLoader); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
+def read_yaml(path: Path, what: str, shape: str) -> dict:
+    """The top-level mapping of a YAML file (a config, sweep spec or study). Errors name the file:
+    not found, invalid YAML, empty (nothing but comments, or `{}`), or a top level that is not a
+    mapping; `shape` says what the mapping holds."""
+    if not path.is_file():
+        raise ToylensError(f"{path}: {what} file not found")
+    try:
+        raw = parse_yaml(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ToylensError(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise ToylensError(f"{path}: not a text file (YAML must be UTF-8)") from None
+    if raw is None or raw == {}:
+        raise ToylensError(f"{path}: {what} is empty")
+    if not isinstance(raw, dict):
+        raise ToylensError(f"{path}: the top level must be {shape}, not {_kind(raw)}")
+    return raw
 
 
 def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
@@ -429,11 +487,46 @@ def _apply_override(raw: dict, item: str) -> None:
     if "=" not in item:
         raise ToylensError(f"--set {item!r}: expected key.path=value, e.g. train.weight_decay=0.1")
     key, value = item.split("=", 1)
+    set_field(raw, key, override_value(RunConfig, key.strip(), value))
+
+
+def override_value(model: type[BaseModel], key: str, text: str) -> Any:
+    """The value of `--set key=text` for a field of `model`: `text` read as YAML (0.1, 1e-4, true,
+    null, [a, b]), except that a field that takes text keeps `text` as written where YAML would
+    read a number, a boolean or a date (`--set name=123` names a run "123")."""
     try:
-        parsed = yaml.safe_load(value)
+        value = parse_yaml(text)
     except yaml.YAMLError:
-        parsed = value
-    set_field(raw, key, parsed)
+        return text
+    if value is not None and not isinstance(value, (str, list, dict)) and _takes_text(model, key):
+        return text.strip()
+    return value
+
+
+def _takes_text(model: type[BaseModel] | _UnionSection, key: str) -> bool:
+    """Whether the dotted field `key` of `model` accepts text (in any member of a union)."""
+    head, _, rest = key.partition(".")
+    for member in model.members if isinstance(model, _UnionSection) else [model]:
+        info = member.model_fields.get(head)
+        if info is None:
+            continue
+        if not rest:
+            if _is_text(info.annotation):
+                return True
+            continue
+        sub = _section_type(info.annotation)
+        if sub is not None and _takes_text(sub, rest):
+            return True
+    return False
+
+
+def _is_text(annotation: Any) -> bool:
+    """str, str | None, or a choice of words (Literal["relu", "gelu"])."""
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in get_args(annotation))
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_text(a) for a in get_args(annotation))
+    return annotation is str
 
 
 def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
@@ -449,12 +542,15 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
     elif typ in ("union_tag_invalid", "union_tag_not_found"):  # the `name` that picks a section
         union = _section_type(parent.model_fields[field.rsplit(".", 1)[-1]].annotation) if parent else None
         tags = [m.model_fields["name"].default for m in getattr(union, "members", [])]
-        got = first["ctx"].get("tag")
+        given = first["input"] if isinstance(first["input"], dict) else {}
         known = "one of " + ", ".join(map(repr, tags))
-        text = (f"{field}.name: unknown name {got!r}{_suggest(got, tags)}; {known}" if got is not None
-                else f"{field}.name: required field is missing ({known})")
+        if "name" in given:
+            got = given["name"]
+            text = f"{field}.name: unknown name {_shown(got)}{_suggest(str(got), tags)}; {known}"
+        else:
+            text = f"{field}.name: required field is missing ({known})"
     else:
-        msg = msg.removeprefix("Value error, ")
+        msg = _YAML_WORDS.get(typ, msg).removeprefix("Value error, ")
         # A section's cross-field check that starts with one of its keys ("files: ...") names that key.
         key, _, rest = msg.partition(": ")
         info = parent.model_fields.get(field.rsplit(".", 1)[-1]) if parent and field else None  # not a list index
@@ -462,10 +558,60 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
         if rest and section is not None and key in section.model_fields:
             field, msg = f"{field}.{key}", rest
         got = first.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        if isinstance(got, (dict, list)):  # a section's own checks get the whole mapping: not worth showing
+            shown = f" (got {_kind(got)})" if typ.endswith("_type") else ""
+        else:
+            shown = f" (got {_shown(got)})"
         text = f"{field}: {msg}{shown}" if field else f"{msg}{shown}"
     more = len(err.errors()) - 1
     return text + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+
+
+# Strict validation goes through JSON; its words for a mapping and a list, in YAML's.
+_YAML_WORDS = {"model_type": "Input should be a mapping", "dict_type": "Input should be a mapping",
+               "model_attributes_type": "Input should be a mapping", "list_type": "Input should be a list",
+               "tuple_type": "Input should be a list"}
+
+
+def _not_json(value: Any, path: str = "", outer: tuple[int, ...] = ()) -> str | None:
+    """The first value JSON has no type for (a YAML date or set, a non-text key, a mapping that
+    holds itself through a YAML alias) as `field: problem`; `outer` are the enclosing containers."""
+    if isinstance(value, (dict, list, tuple)) and id(value) in outer:
+        return f"{path}: contains itself (a YAML alias inside its own anchor)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                return f"{dotted}: a key must be text (got {key!r})"
+            problem = _not_json(item, dotted, (*outer, id(value)))
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _not_json(item, f"{path}.{i}", (*outer, id(value)))
+            if problem:
+                return problem
+    elif not (value is None or isinstance(value, (str, int, float))):
+        kind = {"date": "a date", "datetime": "a timestamp", "bytes": "binary data"}.get(
+            type(value).__name__, f"a {type(value).__name__}")
+        return f"{path or 'value'}: {value} is {kind}, not text, a number, a boolean, null, a list or a mapping"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value in an error message: repr, but null for None (as the user wrote it)."""
+    return "null" if value is None else repr(value)
+
+
+def _kind(value: Any) -> str:
+    """A value as a YAML user would name it: "a mapping", "a list", "text 'abc'", "3", "null"."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"text {value!r}"
+    return _shown(value)
 
 
 def _walk_loc(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] | _UnionSection | None]:

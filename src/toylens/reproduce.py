@@ -10,7 +10,8 @@ overrides for every run, keyword arguments for the analysis and LLC steps). The 
 here is generic: each step is skipped when its results exist, so a rerun after an interruption
 continues where it stopped (training resumes from its last epoch checkpoint). Runs go to
 `OUT/<study>/<run>` (`OUT/<study>-quick/<run>` for --quick, so the two sizes never mix) and the
-comparison report to `OUT/<study>[-quick]/report.html`.
+comparison report to `OUT/<study>[-quick]/report.html`. A study file is validated like a run
+config (unknown keys, wrong types, a missing name: one line naming the field) before any step runs.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from toylens.config import RunConfig, Section, format_validation_error, load_config
+from toylens.config import RunConfig, Section, load_config, read_yaml, validate_input
 from toylens.errors import ToylensError
 
 log = logging.getLogger("toylens")
@@ -120,14 +120,8 @@ def find_study(name_or_path: str | Path) -> Path:
 
 def load_study(name_or_path: str | Path) -> tuple[Study, Path]:
     path = find_study(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ToylensError(f"{path}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    try:
-        return Study.model_validate(raw), path
-    except ValidationError as e:
-        raise ToylensError(f"{path}: {format_validation_error(e, Study)}") from None
+    raw = read_yaml(path, "study", "a mapping (name, runs, steps, quick, full)")
+    return validate_input(Study, raw, str(path)), path
 
 
 def run_configs(study: Study, path: Path, size: Literal["quick", "full"]) -> list[RunConfig]:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 
 from toylens.errors import ToylensError
 from toylens.storage import (
@@ -131,9 +130,9 @@ class RunDir:
 
     # --- config, checkpoints ------------------------------------------------------------
     def config(self) -> RunConfig:
-        from toylens.config import validate_config
+        from toylens.config import parse_yaml, validate_config
 
-        raw = yaml.safe_load(self.read_bytes("config.yaml"))
+        raw = parse_yaml(self.read_bytes("config.yaml"))
         return validate_config(raw, str(self.path / "config.yaml"))
 
     def register_checkpoint(self, name: str, *, epoch: int, step: int, resumable: bool) -> None:

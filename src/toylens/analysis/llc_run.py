@@ -146,14 +146,9 @@ def load_settings(run: RunDir, overrides: dict[str, Any] | None = None) -> LLCSe
 
 
 def validate_settings(raw: dict[str, Any], where: str) -> LLCSettings:
-    from pydantic import ValidationError
+    from toylens.config import validate_input
 
-    from toylens.config import format_validation_error
-
-    try:
-        return LLCSettings.model_validate(raw)
-    except ValidationError as e:
-        raise ToylensError(f"{where}: llc {format_validation_error(e, LLCSettings)}") from None
+    return validate_input(LLCSettings, raw, where)
 
 
 def select_checkpoints(run: RunDir, which: str | Sequence[str | int] = "all") -> list[CheckpointInfo]:

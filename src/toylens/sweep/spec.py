@@ -15,11 +15,13 @@ so raising `count` keeps the members already drawn.
 Member names are deterministic: grid members are named after their values
 (`sort-weight-decay-weight_decay0.1-seed2`), random members after their draw
 (`lr-search-007-seed0`). Every member config is validated before anything runs; errors are one
-line naming the spec file and the field, like run configs.
+line naming the spec file and the field, like run configs, and types are as strict (`count: "3"`
+or a value of `"0.1"` for a float field is an error, not a conversion).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -30,10 +32,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from toylens.config import RunConfig, Section, field_paths, format_validation_error, set_field, validate_config
+from toylens.config import (RunConfig, Section, field_paths, format_validation_error, read_yaml, set_field,
+                            validate_config, validate_input)
 from toylens.config import _suggest as suggest  # the "(did you mean ...?)" of config errors
 from toylens.errors import ToylensError
 
@@ -156,7 +158,7 @@ def _check_values(key: str, value: Any, method: str) -> None:
         raise ValueError(f"parameters.{key}.distribution: expected one of {', '.join(DISTRIBUTIONS)} "
                          f"(got {value.get('distribution')!r})")
     try:
-        kind.model_validate(value)
+        kind.model_validate(value, strict=True)  # `value` is JSON data already (the spec came through validate_input)
     except ValidationError as e:
         raise ValueError(f"parameters.{key}.{format_validation_error(e, kind)}") from None
 
@@ -184,18 +186,8 @@ def load_sweep(source: str | Path | dict) -> tuple[SweepSpec, Path]:
     else:
         path = Path(source)
         where, root = str(path), path.parent
-        if not path.is_file():
-            raise ToylensError(f"{path}: sweep spec not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ToylensError(f"{path}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise ToylensError(f"{path}: the top level must be a mapping (name, base, parameters, ...)")
-    try:
-        return SweepSpec.model_validate(raw), root
-    except ValidationError as e:
-        raise ToylensError(f"{where}: {format_validation_error(e, SweepSpec)}") from None
+        raw = read_yaml(path, "sweep spec", "a mapping (name, base, parameters, ...)")
+    return validate_input(SweepSpec, raw, where), root
 
 
 def expand(spec: SweepSpec, root: Path = Path("."), where: str = "sweep spec") -> list[Member]:
@@ -206,7 +198,7 @@ def expand(spec: SweepSpec, root: Path = Path("."), where: str = "sweep spec") -
     for i, point in enumerate(points):
         for seed in spec.seeds:
             name = _member_name(spec, i, point, seed)
-            raw = json.loads(json.dumps(base))  # a deep copy of plain YAML data
+            raw = copy.deepcopy(base)  # YAML data: may hold a date, which validation names
             for key, value in point.items():
                 set_field(raw, key, value, where=f"{where}: parameters")
             raw.update(name=name, seed=seed)
@@ -224,13 +216,7 @@ def _base_mapping(spec: SweepSpec, root: Path, where: str) -> dict:
     path = root / spec.base
     if not path.is_file():
         raise ToylensError(f"{where}: base: config file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ToylensError(f"{path}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise ToylensError(f"{path}: the top level must be a mapping of sections (task, model, train)")
-    return raw
+    return read_yaml(path, "config", "a mapping of sections (task, model, train)")
 
 
 def _grid(spec: SweepSpec) -> list[dict[str, Any]]:
