@@ -56,6 +56,8 @@ def error_of(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:
     ("name: 123", "name: Input should be a valid string (got 123)"),
     ("train: {select_metric: 0.5}", "train.select_metric: Input should be a valid string (got 0.5)"),
     ("model: {d_model: 1.5}", "model.d_model: Input should be a valid integer (got 1.5)"),
+    ("train: {lr: .inf}", "train.lr: Input should be a finite number (got inf)"),
+    ("train: {l1: {coef: .nan}}", "train.l1.coef: Input should be a finite number (got nan)"),
     ("model: {d_head: null, d_model: null}", "model.d_model: Input should be a valid integer (got null)"),
     ("train: {lr: {value: 0.1}}", "train.lr: Input should be a valid number (got a mapping)"),
     ("train: {betas: [true, 0.99]}", "train.betas.0: Input should be a valid number (got True)"),

@@ -38,7 +38,7 @@ class Section(BaseModel):
     """Base for config sections: unknown keys are errors, field docstrings become descriptions.
     User input (files, --set) is validated strictly through `validate_input`."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------- task
