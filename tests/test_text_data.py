@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +43,6 @@ def write_hub_dir(root: Path, n: dict[str, int]) -> Path:
         configs.append(f"- config_name: {config}\n  data_files:\n{files}")
     (root / "README.md").write_text("---\nconfigs:\n" + "".join(configs) + "---\n# test dataset\n")
     return root
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError(101, "Network is unreachable")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_hub_layout_directory_is_loaded_with_datasets(tmp_path, caplog):

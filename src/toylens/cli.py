@@ -222,19 +222,23 @@ def report(
 def reproduce(
     study: str = typer.Argument(..., help="A study name (sorting-weight-decay, imdb-attention, wikitext, "
                                 "induction-heads; see configs/studies/) or a study YAML file."),
-    quick: bool = typer.Option(False, "--quick/--full", help="--quick: a small version that finishes in minutes "
-                               "on a CPU; --full (default): the study as published."),
+    quick: Optional[bool] = typer.Option(None, "--quick/--full", help="--quick: a small version that finishes in "
+                                         "minutes on a CPU; --full (default): the study as published."),
+    smoke: bool = typer.Option(False, "--smoke", help="The quick size cut to a few examples and steps (the study's "
+                               "smoke: section): every step and call of --quick in seconds, for CI; its numbers mean nothing."),
     device: str = DeviceOption,
     out: Path = typer.Option(Path("runs"), "--out", help="Parent directory: runs and report go to OUT/<study> "
-                             "(OUT/<study>-quick with --quick)."),
+                             "(OUT/<study>-quick with --quick, OUT/<study>-smoke with --smoke)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     png: bool = typer.Option(True, "--png/--no-png", help="Also write the report's figures as PNG files (needs matplotlib)."),
 ) -> None:
     """Reproduce a study end to end: train -> analyze -> llc -> report. Rerunning skips what is done."""
     from toylens.reproduce import reproduce as api_reproduce
 
-    result = api_reproduce(study, size="quick" if quick else "full", device=device, out=out, progress=progress,
-                           png=png)
+    if smoke and quick is False:
+        raise ToylensError("--smoke is a cut of the quick size; it cannot be combined with --full")
+    size = "smoke" if smoke else "quick" if quick else "full"
+    result = api_reproduce(study, size=size, device=device, out=out, progress=progress, png=png)
     typer.echo(f"{result.study}: {len(result.runs)} runs in {result.folder} ({result.wall_s:.0f}s)")
     if result.report is not None:
         typer.echo(f"report: {result.report}")
