@@ -164,6 +164,8 @@ def analyze(
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Patching metric: logit_diff, neg_loss or accuracy (default: the task's)."),
     examples: int = typer.Option(256, "--examples", min=1, help="Task examples for head scores, attribution, sparsity and ablations."),
+    pairs: int = typer.Option(32, "--patch-pairs", min=1, help="Clean/corrupted pairs for patching (fewer are used "
+                              "when one stacked batch of logits would not fit, e.g. with a 50K vocabulary)."),
     neurons: bool = typer.Option(True, "--neuron-ablations/--no-neuron-ablations",
                                  help="Also ablate every MLP neuron (slow with a large vocabulary)."),
     device: str = DeviceOption,
@@ -176,7 +178,8 @@ def analyze(
     ckpt: str | int = int(checkpoint) if checkpoint.isdigit() else checkpoint
     try:
         written = api_analyze(run, ckpt, device=resolve_device(device), only=list(only or []) or None,
-                              settings=Settings(n_examples=examples, patch_metric=metric, ablate_neurons=neurons),
+                              settings=Settings(n_examples=examples, n_patch=pairs, patch_metric=metric,
+                                                ablate_neurons=neurons),
                               progress=progress)
     except KeyboardInterrupt:
         typer.echo("interrupted; finished results are kept: run the same command again to continue", err=True)
