@@ -142,7 +142,7 @@ def test_bad_studies(tmp_path):
 def test_shipped_studies_validate(name):
     study, path = rp.load_study(name)
     assert study.name == name and path == CONFIGS / "studies" / f"{name}.yaml"
-    for size in ("quick", "full"):
+    for size in ("quick", "full", "smoke"):
         configs = rp.run_configs(study, path, size)
         assert len(configs) == len(study.runs)
 
@@ -166,7 +166,7 @@ def test_cli_reproduce(tmp_path):
     assert bad.returncode == 2 and "unknown" in bad.stderr
 
 
-def test_smoke_size_is_quick_with_the_smoke_section_on_top(tmp_path):
+def test_smoke_size_is_quick_with_the_smoke_section_on_top(tmp_path, toylens_main):
     """The same runs, calls and settings keys as --quick; smoke's values win; its own folder."""
     study = write_study(tmp_path, quick={
         "set": ["train.epochs=3", "task.n_train=300"],
@@ -189,6 +189,8 @@ def test_smoke_size_is_quick_with_the_smoke_section_on_top(tmp_path):
         rp.reproduce(write_study(tmp_path), size="smoke", out=tmp_path / "out")
     with pytest.raises(ToylensError, match="smoke.analyze_settings.*n_pairs"):
         rp.load_study(write_study(tmp_path, smoke={"analyze_settings": {"n_pairs": 2}}))
+    both = toylens_main("reproduce", study, "--smoke", "--full", "--out", tmp_path / "out")
+    assert both.exit_code == 2 and "cannot be combined with --full" in both.stderr
 
 
 SHIPPED_STUDIES = sorted(p.stem for p in (CONFIGS / "studies").glob("*.yaml"))
