@@ -1,8 +1,15 @@
-"""Shared fixtures: tiny seeded configs and models (no network, no GPU)."""
+"""Shared fixtures: tiny seeded configs and models (no network, no GPU), a blocked network, and
+the `toylens` command run in this process."""
 
 from __future__ import annotations
 
 import copy
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +50,64 @@ def tiny_model(n_layers: int = 2, attn_only: bool = False, normalization: str = 
             if not name.rsplit(".", 1)[-1].startswith("W_"):
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))
     return model
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt fails at once, as on a machine with no route out."""
+
+    def refuse(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    """A HOME for end-to-end tests, so that the default token cache (~/.cache/toylens) stays out of
+    the user's and each bundled sample is tokenized once per session."""
+    try:  # matplotlib finds its font cache under the real HOME first (no rebuild in the new one)
+        import matplotlib.font_manager  # noqa: F401
+    except ImportError:
+        pass
+    return tmp_path_factory.mktemp("home")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def toylens_main(monkeypatch, capsys) -> Callable[..., CliResult]:
+    """`toylens ARGS...` through the console script's entry point (toylens.cli:main) in this
+    process: a blocked network applies to it, and no command pays for a Python start. The logging
+    setup main() does is undone after each call. A Python exception propagates to the test."""
+    from toylens.cli import main
+
+    logger = logging.getLogger("toylens")
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        saved = list(logger.handlers), logger.level, logger.propagate
+        monkeypatch.setattr(sys, "argv", ["toylens", *map(str, args)])
+        code: int | str | None = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        finally:
+            logger.handlers[:] = saved[0]
+            logger.setLevel(saved[1])
+            logger.propagate = saved[2]
+        out = capsys.readouterr()
+        return CliResult(code if isinstance(code, int) else int(code is not None), out.out, out.err)
+
+    return run
 
 
 @pytest.fixture

@@ -136,3 +136,85 @@ def test_cell_masks_mark_one_index_per_dim():
     assert mask.shape == (12, 3, 4, 1)
     for c in range(12):
         assert mask[c].sum() == 1 and mask[c, c // 4, c % 4, 0]
+
+
+# --- cells that change nothing the metric reads --------------------------------------------
+# Under causal attention a patch at a position changes only that position and later ones, so a
+# cell after the last position the metric reads scores the base (corrupted) run, with no pass.
+# Language-model pairs are like this (the repeated sequence ends one position after its last
+# answer), as are padded batches and windows with no answer at all.
+FAST_CASES = [("resid_pre", {"pos": 0}), ("attn_out", {"pos": 0}), ("mlp_out", {"pos": 0}),
+              ("z", {"pos": 0, "head": 1}), ("resid_mid", {"pos": 0}), ("z", {"head": 1})]
+ALL_CASES = FAST_CASES + [("v", {"pos": 0, "head": 1}), ("pattern", {"head": 0, "dest": 1}), ("pattern", {"head": 0})]
+
+
+def patched_positions(monkeypatch):
+    """Record the positions of every cell the fast path runs."""
+    seen, fast_pass = [], patching._fast_pass
+
+    def recording(*args, **kwargs):
+        idx = args[6]
+        if "pos" in idx:
+            seen.append(idx["pos"])
+        return fast_pass(*args, **kwargs)
+
+    monkeypatch.setattr(patching, "_fast_pass", recording)
+    return seen
+
+
+def assert_equals_naive(model, clean, corrupted, metric, activation, axes, max_rows):
+    with torch.no_grad():
+        naive = naive_grid(model, clean, corrupted, metric, activation, axes)
+        grid = Patcher(model, clean, corrupted, metric, max_rows=max_rows).grid(activation, tuple(axes))
+    assert grid.values.shape == naive.shape
+    assert torch.isfinite(grid.values).all()
+    assert (grid.values - naive).abs().max() <= 1e-5
+    return grid
+
+
+@pytest.mark.parametrize("activation,axes", FAST_CASES)
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_position_groups_after_the_last_read_position(activation, axes, n_layers, monkeypatch):
+    """The metric reads positions 2..4 of 8: the position groups of 5..7 have nothing to compute
+    (one cell per pass, so each such group is a pass of its own)."""
+    model = tiny_model(n_layers=n_layers)
+    clean, corrupted, correct, wrong = pair(seed=4)
+    correct[:, :2] = -100
+    correct[:, 5:] = -100
+    seen = patched_positions(monkeypatch)
+    assert_equals_naive(model, clean, corrupted, LogitDiff(correct, wrong), activation, axes, max_rows=5)
+    if "pos" in axes:
+        assert seen and int(torch.cat(seen).max()) == 4  # nothing ran for positions 5..7
+
+
+@pytest.mark.parametrize("activation,axes", ALL_CASES)
+def test_padded_batch(activation, axes):
+    """Reviews of different lengths right-padded to a common width beyond the longest: each row
+    reads only its last real token (as for classification), and the last positions are padding
+    in every row."""
+    model = tiny_model(n_layers=2)
+    clean, corrupted, _, _ = pair(seed=5)
+    lengths = torch.tensor([5, 3, 4, 2, 5])
+    rows = torch.arange(len(lengths))
+    pad = torch.arange(clean.shape[1]) >= lengths[:, None]
+    clean, corrupted = clean.masked_fill(pad, 0), corrupted.masked_fill(pad, 0)
+    correct = torch.full_like(clean, -100)
+    wrong = torch.full_like(clean, -100)
+    correct[rows, lengths - 1] = torch.tensor([1, 0, 1, 1, 0])
+    wrong[rows, lengths - 1] = 1 - correct[rows, lengths - 1]
+    assert_equals_naive(model, clean, corrupted, LogitDiff(correct, wrong), activation, axes, max_rows=7)
+
+
+@pytest.mark.parametrize("activation,axes", ALL_CASES)
+def test_windows_without_read_positions(activation, axes):
+    """Two windows read nothing (their metric is 0, as in the naive loop) and the others read
+    positions 3..5; and when no window reads anything every cell is the base run's value."""
+    model = tiny_model(n_layers=2)
+    clean, corrupted, correct, _ = pair(seed=6)
+    targets = torch.full_like(correct, -100)
+    targets[2:, 3:6] = correct[2:, 3:6]
+    assert_equals_naive(model, clean, corrupted, NegLoss(targets), activation, axes, max_rows=5)
+    nothing = torch.full_like(correct, -100)
+    grid = assert_equals_naive(model, clean, corrupted, NegLoss(nothing), activation, axes, max_rows=5)
+    assert (grid.values == 0).all() and grid.clean == grid.corrupted == 0
+    assert grid.normalized.isnan().all()  # no span to normalise by

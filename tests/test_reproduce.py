@@ -142,7 +142,7 @@ def test_bad_studies(tmp_path):
 def test_shipped_studies_validate(name):
     study, path = rp.load_study(name)
     assert study.name == name and path == CONFIGS / "studies" / f"{name}.yaml"
-    for size in ("quick", "full"):
+    for size in ("quick", "full", "smoke"):
         configs = rp.run_configs(study, path, size)
         assert len(configs) == len(study.runs)
 
@@ -164,3 +164,68 @@ def test_cli_reproduce(tmp_path):
     assert "[1/" in proc.stderr and "train tiny-a" in proc.stderr
     bad = subprocess.run([sys.executable, "-m", "toylens.cli", "reproduce", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown" in bad.stderr
+
+
+def test_smoke_size_is_quick_with_the_smoke_section_on_top(tmp_path, toylens_main):
+    """The same runs, calls and settings keys as --quick; smoke's values win; its own folder."""
+    study = write_study(tmp_path, quick={
+        "set": ["train.epochs=3", "task.n_train=300"],
+        "analyze": [{"checkpoint": "all", "only": ["head_scores"]},
+                    {"checkpoint": "final", "settings": {"n_examples": 64, "ablate_neurons": False}}],
+        "llc": {"checkpoints": [0, 3], "chains": 2, "draws": 40, "calibrate": {"epsilons": [0.001], "gammas": [100.0]}},
+    }, smoke={"set": ["train.epochs=1"], "analyze_settings": {"n_examples": 8},
+              "llc": {"checkpoints": [0, 1], "draws": 4, "calibrate": {"epsilons": [0.01]}}})
+    spec, path = rp.load_study(study)
+    opts = rp.size_options(spec, path, "smoke")
+    assert opts.analyze == [{"checkpoint": "all", "only": ["head_scores"], "settings": {"n_examples": 8}},
+                            {"checkpoint": "final", "settings": {"n_examples": 8, "ablate_neurons": False}}]
+    assert opts.llc == {"checkpoints": [0, 1], "chains": 2, "draws": 4,
+                        "calibrate": {"epsilons": [0.01], "gammas": [100.0]}}
+    configs = rp.run_configs(spec, path, "smoke")
+    assert [(c.train.epochs, c.task.n_train) for c in configs] == [(1, 300), (1, 300)]
+    result = rp.reproduce(study, size="smoke", out=tmp_path / "out", progress=False, png=False)
+    assert result.folder == tmp_path / "out" / "tiny-study-smoke"
+    with pytest.raises(ToylensError, match="no smoke size"):
+        rp.reproduce(write_study(tmp_path), size="smoke", out=tmp_path / "out")
+    with pytest.raises(ToylensError, match="smoke.analyze_settings.*n_pairs"):
+        rp.load_study(write_study(tmp_path, smoke={"analyze_settings": {"n_pairs": 2}}))
+    both = toylens_main("reproduce", study, "--smoke", "--full", "--out", tmp_path / "out")
+    assert both.exit_code == 2 and "cannot be combined with --full" in both.stderr
+
+
+SHIPPED_STUDIES = sorted(p.stem for p in (CONFIGS / "studies").glob("*.yaml"))
+
+
+@pytest.mark.slow
+def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_network, session_home, monkeypatch):
+    """Each shipped study end to end through the `toylens` entry point with no network: the same
+    runs, steps and calls as --quick on a few examples (its smoke: section). The PNG copies of the
+    figures are drawn for one study (about 50 figures, 13 s of a 2-core CPU per study; the four
+    draw the same kinds of figure)."""
+    monkeypatch.setenv("HOME", str(session_home))
+    for name in SHIPPED_STUDIES:
+        png = "--png" if name == "imdb-attention" else "--no-png"
+        result = toylens_main("reproduce", name, "--smoke", "--out", tmp_path, "--no-progress", png)
+        assert result.exit_code == 0, f"{name}:\n{result.stderr[-3000:]}"
+        assert "Traceback" not in result.stderr
+        folder = tmp_path / f"{name}-smoke"
+        assert result.stdout.strip().splitlines()[-1] == f"report: {folder / 'report.html'}"
+        assert (folder / "report.html").stat().st_size > 10_000
+        study, path = rp.load_study(name)
+        opts = rp.size_options(study, path, "smoke")
+        for cfg in rp.run_configs(study, path, "smoke"):
+            run = RunDir(folder / cfg.name)
+            files = run.manifest()["files"]
+            assert run.has("summary.json"), f"{name}/{cfg.name}: not trained"
+            assert any(f.startswith("analysis/final/patching/") for f in files), f"{name}/{cfg.name}: no patching"
+            assert any(f.startswith("analysis/final/head_scores/") for f in files), f"{name}/{cfg.name}: no head scores"
+            assert run.has("analysis/trajectory.json")
+            estimates = [f for f in files if f.startswith("llc/") and f.endswith(".json")
+                         and f not in ("llc/settings.json", "llc/calibration.json")]
+            wanted = opts.llc.get("checkpoints", "all")
+            expected = len(run.checkpoints()) if wanted == "all" else len(wanted)
+            assert len(estimates) == expected, f"{name}/{cfg.name}: LLC of {estimates}, expected {expected}"
+        assert (folder / "report_figures").is_dir() == (png == "--png")
+        html = (folder / "report.html").read_text()
+        for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
+            assert section in html, f"{name}: report without {section}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +43,6 @@ def write_hub_dir(root: Path, n: dict[str, int]) -> Path:
         configs.append(f"- config_name: {config}\n  data_files:\n{files}")
     (root / "README.md").write_text("---\nconfigs:\n" + "".join(configs) + "---\n# test dataset\n")
     return root
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError(101, "Network is unreachable")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_hub_layout_directory_is_loaded_with_datasets(tmp_path, caplog):
@@ -235,24 +226,3 @@ def test_cli_reports_a_missing_data_file_in_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: task.files: {tmp_path / 'nope.txt'}: no such file"
     assert not (tmp_path / "runs").exists()
-
-
-QUICK = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.quick.yaml"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("path", QUICK, ids=[p.stem for p in QUICK])
-def test_every_quick_config_trains_offline(path, tmp_path_factory, no_network, caplog):
-    """Each shipped quick config, cut to a few reviews or lines, trains from the bundled sample with no network."""
-    from toylens.config import load_config
-    from toylens.train import train
-
-    cache = tmp_path_factory.getbasetemp() / "quick-token-cache"
-    cfg = load_config(path, ["task.max_examples=30", "task.max_eval_examples=30", "train.epochs=1",
-                             "train.batch_size=4", "train.warmup_steps=0", f"task.cache_dir={cache}"])
-    with caplog.at_level("INFO", logger="toylens"):
-        result = train(cfg, tmp_path_factory.mktemp("quick"), progress=False)
-    assert "bundled sample" in caplog.text
-    import math
-
-    assert math.isfinite(result.metrics["train/loss"]) and result.metrics["test/loss"] < 20

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
@@ -10,15 +9,6 @@ from toylens.errors import ToylensError
 from toylens.tasks.tokenizers import load_tokenizer
 
 TEXT = "Hello world, this movie was great!"
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def test_gpt2_and_bert_ids_offline(no_network):

@@ -165,6 +165,8 @@ def analyze(
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Patching metric: logit_diff, neg_loss or accuracy (default: the task's)."),
     examples: int = typer.Option(256, "--examples", min=1, help="Task examples for head scores, attribution, sparsity and ablations."),
+    pairs: int = typer.Option(32, "--patch-pairs", min=1, help="Clean/corrupted pairs for patching (fewer are used "
+                              "when one stacked batch of logits would not fit, e.g. with a 50K vocabulary)."),
     neurons: bool = typer.Option(True, "--neuron-ablations/--no-neuron-ablations",
                                  help="Also ablate every MLP neuron (slow with a large vocabulary)."),
     device: str = DeviceOption,
@@ -177,7 +179,8 @@ def analyze(
     ckpt: str | int = int(checkpoint) if checkpoint.isdigit() else checkpoint
     try:
         written = api_analyze(run, ckpt, device=resolve_device(device), only=list(only or []) or None,
-                              settings=Settings(n_examples=examples, patch_metric=metric, ablate_neurons=neurons),
+                              settings=Settings(n_examples=examples, n_patch=pairs, patch_metric=metric,
+                                                ablate_neurons=neurons),
                               progress=progress)
     except KeyboardInterrupt:
         typer.echo("interrupted; finished results are kept: run the same command again to continue", err=True)
@@ -223,19 +226,23 @@ def report(
 def reproduce(
     study: str = typer.Argument(..., help="A study name (sorting-weight-decay, imdb-attention, wikitext, "
                                 "induction-heads; see configs/studies/) or a study YAML file."),
-    quick: bool = typer.Option(False, "--quick/--full", help="--quick: a small version that finishes in minutes "
-                               "on a CPU; --full (default): the study as published."),
+    quick: Optional[bool] = typer.Option(None, "--quick/--full", help="--quick: a small version that finishes in "
+                                         "minutes on a CPU; --full (default): the study as published."),
+    smoke: bool = typer.Option(False, "--smoke", help="The quick size cut to a few examples and steps (the study's "
+                               "smoke: section): every step and call of --quick in seconds, for CI; its numbers mean nothing."),
     device: str = DeviceOption,
     out: Path = typer.Option(Path("runs"), "--out", help="Parent directory: runs and report go to OUT/<study> "
-                             "(OUT/<study>-quick with --quick)."),
+                             "(OUT/<study>-quick with --quick, OUT/<study>-smoke with --smoke)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     png: bool = typer.Option(True, "--png/--no-png", help="Also write the report's figures as PNG files (needs matplotlib)."),
 ) -> None:
     """Reproduce a study end to end: train -> analyze -> llc -> report. Rerunning skips what is done."""
     from toylens.reproduce import reproduce as api_reproduce
 
-    result = api_reproduce(study, size="quick" if quick else "full", device=device, out=out, progress=progress,
-                           png=png)
+    if smoke and quick is False:
+        raise ToylensError("--smoke is a cut of the quick size; it cannot be combined with --full")
+    size = "smoke" if smoke else "quick" if quick else "full"
+    result = api_reproduce(study, size=size, device=device, out=out, progress=progress, png=png)
     typer.echo(f"{result.study}: {len(result.runs)} runs in {result.folder} ({result.wall_s:.0f}s)")
     if result.report is not None:
         typer.echo(f"report: {result.report}")

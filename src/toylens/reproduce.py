@@ -2,6 +2,7 @@
 
     toylens reproduce sorting-weight-decay --quick      # minutes on a laptop CPU
     toylens reproduce induction-heads --full --device cuda
+    toylens reproduce wikitext --smoke                  # seconds: every step on a few examples (CI)
     toylens reproduce my-study.yaml                     # a study of your own
 
 A study is data: a YAML file in `configs/studies/` listing its run configs (paths relative to the
@@ -9,9 +10,16 @@ study file), the pipeline steps, and the overrides of its `quick` and `full` siz
 overrides for every run, keyword arguments for the analysis and LLC steps). The orchestration
 here is generic: each step is skipped when its results exist, so a rerun after an interruption
 continues where it stopped (training resumes from its last epoch checkpoint). Runs go to
-`OUT/<study>/<run>` (`OUT/<study>-quick/<run>` for --quick, so the two sizes never mix) and the
-comparison report to `OUT/<study>[-quick]/report.html`. A study file is validated like a run
-config (unknown keys, wrong types, a missing name: one line naming the field) before any step runs.
+`OUT/<study>/<run>` (`OUT/<study>-quick/<run>` for --quick, `-smoke` for --smoke, so the sizes
+never mix) and the comparison report to `OUT/<study>[-quick|-smoke]/report.html`. A study file is
+validated like a run config (unknown keys, wrong types, a missing name: one line naming the field)
+before any step runs.
+
+The `smoke` size is the quick size made tiny, for CI: a study's optional `smoke:` section is
+layered on top of `quick` (its `set` after quick's, its analysis settings merged into every
+analysis call of quick, its LLC options merged over quick's), so a smoke run goes through the
+same runs, steps, calls and settings keys as --quick on a few examples and steps. Its results
+mean nothing; it shows that every step runs.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from toylens.errors import ToylensError
 log = logging.getLogger("toylens")
 
 StepName = Literal["train", "analyze", "llc", "report"]
+Size = Literal["quick", "full", "smoke"]
 STUDIES_DIR = "studies"
 
 
@@ -39,7 +48,7 @@ class StudyRun(Section):
 
     config: str
     """Run config (YAML), relative to the study file; "{size}" stands for quick or full, for configs
-    shipped in two sizes (e.g. ../wikitext-1l-attn-lm.{size}.yaml)."""
+    shipped in two sizes (e.g. ../wikitext-1l-attn-lm.{size}.yaml); the smoke size uses quick's."""
     set: list[str] = []
     """Overrides for this run only, as with `toylens train --set`."""
 
@@ -58,11 +67,38 @@ class StudySize(Section):
     any LLC setting (chains, draws, burnin, ...)."""
 
 
+class SmokeSize(Section):
+    """What the smoke size changes on top of the quick size: the same runs, steps and calls on a
+    few examples and steps, so that CI sees every step of the study run."""
+
+    set: list[str] = []
+    """Config overrides applied to every run after the quick size's (a key set in both takes this value)."""
+    analyze_settings: dict[str, Any] = {}
+    """Fields of toylens.analysis.Settings (n_examples, n_patch, n_repeated, ...) merged into the
+    settings of every analysis call of the quick size."""
+    llc: dict[str, Any] = {}
+    """LLC options merged over the quick size's: settings (draws, init_batches, ...), "checkpoints"
+    (when quick names epochs a smoke run does not reach) and "calibrate" (merged key by key)."""
+
+    @field_validator("analyze_settings")
+    @classmethod
+    def _known_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        import dataclasses
+
+        from toylens.analysis.driver import Settings
+
+        known = [f.name for f in dataclasses.fields(Settings)]
+        unknown = [k for k in settings if k not in known]
+        if unknown:
+            raise ValueError(f"unknown analysis setting {unknown[0]!r} (settings: {', '.join(known)})")
+        return settings
+
+
 class Study(Section):
-    """A reproducible study: its runs, its steps, and two sizes."""
+    """A reproducible study: its runs, its steps, two sizes and a smoke test of the quick one."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    """Study name; results go to OUT/<name> (OUT/<name>-quick for the quick size)."""
+    """Study name; results go to OUT/<name> (OUT/<name>-quick, OUT/<name>-smoke for those sizes)."""
     title: str = ""
     """Report title."""
     description: str = ""
@@ -75,6 +111,8 @@ class Study(Section):
     """Overrides of the quick size (minutes on a CPU)."""
     full: StudySize = StudySize()
     """Overrides of the full size (the study as published)."""
+    smoke: SmokeSize | None = None
+    """The smoke size: the quick size cut to a few examples and steps (CI). None: no smoke size."""
 
     @field_validator("runs", mode="before")
     @classmethod
@@ -124,10 +162,28 @@ def load_study(name_or_path: str | Path) -> tuple[Study, Path]:
     return validate_input(Study, raw, str(path)), path
 
 
-def run_configs(study: Study, path: Path, size: Literal["quick", "full"]) -> list[RunConfig]:
-    """Every run's config of this size, with the size's and the run's overrides applied, validated."""
-    opts = getattr(study, size)
-    configs = [load_config(path.parent / r.config.replace("{size}", size), [*opts.set, *r.set]) for r in study.runs]
+def size_options(study: Study, path: Path, size: Size) -> StudySize:
+    """What a size changes; for smoke, the quick size with the smoke section layered on top."""
+    if size != "smoke":
+        return getattr(study, size)
+    if study.smoke is None:
+        raise ToylensError(f"{path}: study {study.name!r} has no smoke size (add a smoke: section)")
+    quick, smoke = study.quick, study.smoke
+    calls = quick.analyze if isinstance(quick.analyze, list) else [quick.analyze]
+    analyze = [{**call, "settings": {**call.get("settings", {}), **smoke.analyze_settings}}
+               if smoke.analyze_settings else call for call in calls]
+    llc = {**quick.llc, **smoke.llc}
+    if isinstance(quick.llc.get("calibrate"), dict) and isinstance(smoke.llc.get("calibrate"), dict):
+        llc["calibrate"] = {**quick.llc["calibrate"], **smoke.llc["calibrate"]}
+    return StudySize(set=[*quick.set, *smoke.set], analyze=analyze, llc=llc)
+
+
+def run_configs(study: Study, path: Path, size: Size) -> list[RunConfig]:
+    """Every run's config of this size, with the size's and the run's overrides applied, validated
+    (smoke runs use the quick configs)."""
+    opts = size_options(study, path, size)
+    files = "quick" if size == "smoke" else size
+    configs = [load_config(path.parent / r.config.replace("{size}", files), [*opts.set, *r.set]) for r in study.runs]
     names = [c.name for c in configs]
     if len(set(names)) < len(names):
         raise ToylensError(f"{path}: two runs share a name ({', '.join(names)}); runs need distinct names")
@@ -206,13 +262,13 @@ STEPS: dict[str, Callable[[Context, RunConfig], str]] = {
 # ------------------------------------------------------------------------------ orchestration
 
 
-def reproduce(study: str | Path, *, size: Literal["quick", "full"] = "full", device: str = "auto",
+def reproduce(study: str | Path, *, size: Size = "full", device: str = "auto",
               out: str | Path = "runs", progress: bool = True, png: bool = True) -> StudyResult:
     """Run every step of a study (skipping what is done) and write its comparison report."""
     spec, path = load_study(study)
-    opts = spec.quick if size == "quick" else spec.full
+    opts = size_options(spec, path, size)
     configs = run_configs(spec, path, size)
-    folder = Path(out) / (spec.name + ("-quick" if size == "quick" else ""))
+    folder = Path(out) / (spec.name + ("" if size == "full" else f"-{size}"))
     ctx = Context(spec, opts, folder, device, progress)
     start = time.perf_counter()
     log.info("%s (%s): %s", spec.name, size, spec.description.strip() or spec.title)

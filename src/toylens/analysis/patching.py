@@ -110,6 +110,8 @@ def patch_cells(
     `base` is the base run's cache (it needs resid_pre, and for the fast path resid_mid, attn_out,
     mlp_out, k, v and the patched activation), `base_logits` its logits; `source(l)` the
     activation to write in (shape [batch or 1, *act]). Returns [len(layers), *index sizes].
+    Cells that cannot change a position the metric reads (after its last one) are not run: they
+    score the base run's value.
     """
     if activation not in ACT_AXES:
         raise ToylensError(f"cannot patch {activation!r}; patchable: {', '.join(ACT_AXES)}")
@@ -119,6 +121,7 @@ def patch_cells(
     read = read_positions(metric)
     metric = metric.at(read)
     base_read = base_logits[:, read]
+    base_value = metric(base_read).mean()  # what a cell that changes no read logit scores
     fast = _fast_path(activation, index_axes)
     out = []
     for layer in layers:
@@ -128,28 +131,44 @@ def patch_cells(
         sizes = [src.shape[1 + d] for d in dims]
         n_cells = math.prod(sizes)
         cells = torch.arange(n_cells, device=resid.device)
+        idx = _cell_indices(sizes, index_axes, cells)
+        live = _cells_that_matter(idx, cells, read)
+        result = base_value.expand(n_cells).clone()
         per_pass = max(1, (max_rows or rows_per_pass(model, pos)) // batch)
         if not fast:
-            values = [
-                _patched_pass(model, layer, resid, src, metric, read, act_name(activation, layer), dims, chunk)
-                for chunk in cells.split(per_pass)
-            ]
-            out.append(torch.cat(values).view(sizes))
+            for chunk in _chunks(live, per_pass):
+                result[chunk] = _patched_pass(model, layer, resid, src, metric, read, act_name(activation, layer),
+                                              dims, chunk)
+            out.append(result.view(sizes))
             continue
-        idx = _cell_indices(sizes, index_axes, cells)
-        order = cells
+        order = live
         if "pos" in idx:  # cells by position, in POSITION_GROUPS passes at least, each starting later
-            order = idx["pos"].argsort(stable=True)
-            per_pass = min(per_pass, -(-n_cells // POSITION_GROUPS))
+            order = live[idx["pos"][live].argsort(stable=True)]
+            per_pass = min(per_pass, max(1, -(-len(order) // POSITION_GROUPS)))
         stage_values = _stage_values(model, base, src, activation, layer)
         if "head" not in idx and stage_values.shape[2] > 1:  # z patched at all heads at once
             stage_values = stage_values.sum(2, keepdim=True)
-        result = torch.empty(n_cells, device=resid.device)
-        for chunk in order.split(per_pass):
+        for chunk in _chunks(order, per_pass):
             result[chunk] = _fast_pass(model, layer, activation, base, base_read, stage_values,
                                        {a: i[chunk] for a, i in idx.items()}, len(chunk), metric, read)
         out.append(result.view(sizes))
     return torch.stack(out)
+
+
+def _cells_that_matter(idx: dict[str, Tensor], cells: Tensor, read: Tensor) -> Tensor:
+    """The cells whose patch can change a logit the metric reads. Under causal attention a patch
+    at a position (or at a query position, "dest") changes that position and later ones only, so
+    a cell after the last read position (padding, the end of a window) scores as the base run; and
+    when the metric reads no position at all, no cell matters."""
+    if len(read) == 0:
+        return cells[:0]
+    at = idx.get("pos", idx.get("dest"))
+    return cells if at is None else cells[at <= read.max()]
+
+
+def _chunks(cells: Tensor, size: int) -> tuple[Tensor, ...]:
+    """`cells` in chunks of `size`; none for no cells (split would give one empty chunk)."""
+    return cells.split(size) if len(cells) else ()
 
 
 def _patched_pass(model: Transformer, layer: int, resid: Tensor, src: Tensor, metric: Metric, read: Tensor,
