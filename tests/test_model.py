@@ -195,3 +195,12 @@ def test_init_is_deterministic_in_seed():
     a, b, c = tiny_model(seed=3), tiny_model(seed=3), tiny_model(seed=4)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.W_E, c.W_E)
+
+
+def test_empty_position_selections_run():
+    """A residual stream with no positions (a patching pass with nothing to read) gives empty
+    logits of the right shape instead of failing to reshape."""
+    model = tiny_model()
+    resid = torch.zeros(3, 0, model.cfg.d_model)
+    assert model(residual=resid).shape == (3, 0, model.cfg.d_vocab_out)
+    assert model.unembed(resid).shape == (3, 0, model.cfg.d_vocab_out)

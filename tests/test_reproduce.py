@@ -229,3 +229,21 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
         html = (folder / "report.html").read_text()
         for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
             assert section in html, f"{name}: report without {section}"
+
+
+@pytest.mark.parametrize("quick, message", [
+    ({"analyze": {"checkpoint": "final", "settings": {"n_exampels": 8}}},
+     "quick.analyze.settings.n_exampels: unknown key (did you mean 'n_examples'?)"),
+    ({"analyze": [{"checkpoint": "all"}, {"checkpoint": "final", "settings": {"ablate_neurons": 0}}]},
+     "quick.analyze.1.settings.ablate_neurons: expected bool (got 0)"),
+    ({"analyze": {"checkpoints": "all"}}, "quick.analyze.checkpoints: unknown key (did you mean 'checkpoint'?)"),
+    ({"llc": {"calibrate": {"epsilon": [1e-4]}}}, "quick.llc.calibrate.epsilon: unknown key (did you mean 'epsilons'?)"),
+    ({"llc": {"chains": "2"}}, "quick.llc: chains: Input should be a valid integer (got '2')"),
+])
+def test_step_options_are_checked_before_anything_runs(tmp_path, quick, message):
+    """A wrong analysis or LLC option stops the study at once, not after training."""
+    study = write_study(tmp_path, quick=quick, steps=["train", "analyze", "llc", "report"])
+    with pytest.raises(ToylensError) as err:
+        rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
+    assert message in str(err.value)
+    assert not (tmp_path / "out").exists()

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from toylens.config import RunConfig, Section, load_config, read_yaml, validate_input
+from toylens.config import RunConfig, Section, _suggest, load_config, read_yaml, validate_input
 from toylens.errors import ToylensError
 
 log = logging.getLogger("toylens")
@@ -246,6 +246,47 @@ def step_llc(ctx: Context, cfg: RunConfig) -> str:
     return f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
 
 
+ANALYZE_OPTIONS = ("checkpoint", "only", "settings")
+CALIBRATE_OPTIONS = ("epsilons", "gammas")
+
+
+def check_step_options(opts: StudySize, where: str) -> None:
+    """The options of the analysis and LLC steps, checked before any step runs (a wrong key would
+    otherwise surface only after training, as a TypeError)."""
+    import dataclasses
+
+    from toylens.analysis.driver import Settings
+    from toylens.analysis.llc_run import validate_settings
+
+    calls = opts.analyze if isinstance(opts.analyze, list) else [opts.analyze]
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for i, call in enumerate(calls):
+        at = f"{where}.analyze" + (f".{i}" if isinstance(opts.analyze, list) else "")
+        _known_keys(call, ANALYZE_OPTIONS, at)
+        settings = call.get("settings", {})
+        if not isinstance(settings, dict):
+            raise ToylensError(f"{at}.settings: expected a mapping of analysis settings (got {settings!r})")
+        _known_keys(settings, tuple(fields), f"{at}.settings")
+        for key, value in settings.items():
+            kind = type(fields[key].default)
+            if fields[key].default is not None and (type(value) is not kind and not (kind is float and type(value) is int)):
+                raise ToylensError(f"{at}.settings.{key}: expected {kind.__name__} (got {value!r})")
+    llc = dict(opts.llc)
+    llc.pop("checkpoints", None)
+    calibration = llc.pop("calibrate", {})
+    if calibration is not False:
+        if not isinstance(calibration, dict):
+            raise ToylensError(f"{where}.llc.calibrate: expected false or a mapping of {', '.join(CALIBRATE_OPTIONS)}")
+        _known_keys(calibration, CALIBRATE_OPTIONS, f"{where}.llc.calibrate")
+    validate_settings(llc, f"{where}.llc")
+
+
+def _known_keys(options: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise ToylensError(f"{where}.{unknown[0]}: unknown key{_suggest(unknown[0], known)} (keys: {', '.join(known)})")
+
+
 def _analysis_device(device: str) -> str:
     from toylens.train.loop import resolve_device
 
@@ -267,6 +308,7 @@ def reproduce(study: str | Path, *, size: Size = "full", device: str = "auto",
     """Run every step of a study (skipping what is done) and write its comparison report."""
     spec, path = load_study(study)
     opts = size_options(spec, path, size)
+    check_step_options(opts, f"{path}: {size}")
     configs = run_configs(spec, path, size)
     folder = Path(out) / (spec.name + ("" if size == "full" else f"-{size}"))
     ctx = Context(spec, opts, folder, device, progress)

@@ -144,9 +144,9 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         # addmm adds each bias inside its matrix product instead of in another pass over the output.
-        pre = self.hook_pre(torch.addmm(self.b_in, x.reshape(-1, x.shape[-1]), self.W_in).view(*x.shape[:-1], -1))
+        pre = self.hook_pre(torch.addmm(self.b_in, x.reshape(-1, x.shape[-1]), self.W_in).view(*x.shape[:-1], self.W_in.shape[1]))
         post = self.hook_post(self.act(pre))
-        return torch.addmm(self.b_out, post.reshape(-1, post.shape[-1]), self.W_out).view(*x.shape[:-1], -1)
+        return torch.addmm(self.b_out, post.reshape(-1, post.shape[-1]), self.W_out).view(*x.shape[:-1], self.W_out.shape[1])
 
 
 class Unembed(nn.Module):
@@ -158,7 +158,7 @@ class Unembed(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab_out"]:
         # addmm adds the bias inside the matrix product: one pass fewer over the logits, which
         # dominate a step with a 50,257-token vocabulary.
-        return torch.addmm(self.b_U, x.reshape(-1, x.shape[-1]), self.W_U).view(*x.shape[:-1], -1)
+        return torch.addmm(self.b_U, x.reshape(-1, x.shape[-1]), self.W_U).view(*x.shape[:-1], self.W_U.shape[1])
 
 
 class TransformerBlock(nn.Module):
