@@ -198,10 +198,16 @@ def assert_same_files(a: Path, b: Path, under: str = "") -> None:
 
 
 def test_training_killed_at_random_moments_resumes_bit_identical(config, reference, tmp_path):
+    """Five kills at random moments, then one inside the write of the next epoch checkpoint."""
     ref, _ = reference
     args = ["train", str(config), "--out", str(tmp_path / "out"), "--device", "cpu", "--resume"]
     total = count_ticks(["train", str(config), "--out", str(tmp_path / "count"), "--device", "cpu"], tmp_path)
     random_kills(args, total, seed=13, kills=5)
+    run = RunDir(tmp_path / "out" / "killme")
+    done = max((c.epoch for c in run.checkpoints() if c.resumable), default=-1) if run.exists() else -1
+    assert done < CONFIG["train"]["epochs"], "the random kills left no epoch checkpoint to kill inside"
+    target = f"checkpoints/epoch-{done + 1:04d}.safetensors"
+    assert subprocess.run(killer("mid-write", target, *args), capture_output=True).returncode == -signal.SIGKILL
     subprocess.run(toylens(*args), check=True, capture_output=True)
     assert_same_files(ref, tmp_path / "out" / "killme")
 
