@@ -2,11 +2,13 @@
 
     logits = stacked_forward(model, params, tokens)    # params {name: [rows, *shape]}, tokens [rows, m, pos]
 
-Row r runs `model`'s architecture with the weights `params[name][r]` on `tokens[r]`. Every
-product is one batched matrix product over rows (bias inside it), and attention is the fused
-`scaled_dot_product_attention` over rows x sequences, which `torch.func.vmap` cannot batch on a
-CPU (it has no batching rule there, so the vmapped path materialises the pattern). The LLC
-sampler uses it to advance all its chains together (`toylens.analysis.llc_run`).
+Row r runs `model`'s architecture with the weights `params[name][r]` on `tokens[r]`, through the
+same functions as the model itself (`toylens.model.functional`, given weights with a leading
+rows axis). Every product is one batched matrix product over rows (bias inside it), and
+attention is the fused `scaled_dot_product_attention` over rows x sequences, which
+`torch.func.vmap` cannot batch on a CPU (it has no batching rule there, so the vmapped path
+materialises the pattern). The LLC sampler uses it to advance all its chains together
+(`toylens.analysis.llc_run`).
 
 `record` maps hook names to callbacks that receive that activation as [rows, m, pos, ...]; the
 hooks it can serve are `STACKED_HOOKS` (the residual stream, attention and MLP outputs, MLP
@@ -20,31 +22,13 @@ import re
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from toylens.model import functional as core
 from toylens.model.transformer import Transformer
 
 STACKED_HOOKS = re.compile(r"blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|"
                            r"hook_mlp_out|mlp\.hook_pre|mlp\.hook_post)")
-
-
-def _linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
-    """x [rows, n, i] @ W [rows, i, o] + b [rows, o], one batched product."""
-    return torch.baddbmm(b.unsqueeze(1), x, W)
-
-
-def _norm(x: Tensor, params: dict[str, Tensor], name: str, eps: float = 1e-5) -> Tensor:
-    """LayerNorm with per-row gain and bias (as `components.LayerNorm`)."""
-    x = x - x.mean(-1, keepdim=True)
-    scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    return x / scale * params[f"{name}.w"].unsqueeze(1) + params[f"{name}.b"].unsqueeze(1)
-
-
-def _heads(W: Tensor) -> Tensor:
-    """[rows, n_heads, d_model, d_head] -> [rows, d_model, n_heads * d_head]."""
-    r, h, d, e = W.shape
-    return W.permute(0, 2, 1, 3).reshape(r, d, h * e)
 
 
 def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tensor,
@@ -65,11 +49,7 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
     if unknown:
         raise ValueError(f"stacked_forward cannot record {unknown[0]!r}")
     rows, m, pos = tokens.shape
-    ln = cfg.normalization == "LN"
-    h, e = cfg.n_heads, cfg.d_head
-    W_E = params["embed.W_E"]  # [rows, d_vocab, d_model]; flat ids keep the backward deterministic (see Embed)
-    ids = (torch.arange(rows, device=tokens.device).view(rows, 1, 1) * W_E.shape[1] + tokens).reshape(-1)
-    x = W_E.reshape(-1, cfg.d_model).index_select(0, ids).view(rows, m, pos, -1) + params["pos_embed.W_pos"][:, None, :pos]
+    x = core.embed(params["embed.W_E"], tokens) + core.pos_embed(params["pos_embed.W_pos"], pos)[:, None]
     x = x.reshape(rows, m * pos, cfg.d_model)
     n = pos  # positions x currently holds per sequence
 
@@ -82,44 +62,53 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
         """t [rows, m * pos, d] at `positions` only."""
         return t.view(rows, m, pos, -1)[:, :, positions].reshape(rows, m * len(positions), -1)
 
+    def norm(x: Tensor, name: str) -> Tensor:
+        return core.layer_norm(x, params[f"{name}.w"], params[f"{name}.b"]) if cfg.normalization == "LN" else x
+
     last = f"blocks.{cfg.n_layers - 1}."
     cut = 3 if positions is None else _cut(cfg.attn_only, [name[len(last):] for name in record if name.startswith(last)])
     for layer in range(cfg.n_layers):
         p = f"blocks.{layer}."
         at = cut if layer == cfg.n_layers - 1 else 3  # where this layer narrows to `positions`
         x = hook(p + "hook_resid_pre", x)
-        a = _norm(x, params, p + "ln1") if ln else x
-        which = "KV" if at == 0 else "QKV"  # at 0 the queries are computed at `positions` only
-        W = torch.cat([_heads(params[p + f"attn.W_{c}"]) for c in which], -1)
-        b = torch.cat([params[p + f"attn.b_{c}"].flatten(1) for c in which], -1)
-        proj = _linear(a, W, b).view(rows * m, pos, len(which), h, e).permute(2, 0, 3, 1, 4)  # [., rows*m, h, pos, e]
-        if at == 0:
-            q = _linear(keep(a), _heads(params[p + "attn.W_Q"]), params[p + "attn.b_Q"].flatten(1))
-            q = q.view(rows * m, len(positions), h, e).transpose(1, 2)
-            mask = positions.view(-1, 1) >= torch.arange(pos, device=positions.device)
-            z = F.scaled_dot_product_attention(q, proj[0], proj[1], attn_mask=mask)
+        a = norm(x, p + "ln1")
+        z = _attention(params, p + "attn.", a, (rows * m, pos), positions if at == 0 else None, keep)
+        if at == 0:  # the queries were at `positions` only
             x, n = keep(x), len(positions)
-        else:
-            z = F.scaled_dot_product_attention(proj[0], proj[1], proj[2], is_causal=True)
-        z = z.transpose(1, 2).reshape(rows, m * n, h * e)
-        attn_out = hook(p + "hook_attn_out", _linear(z, params[p + "attn.W_O"].flatten(1, 2), params[p + "attn.b_O"]))
+        attn_out = hook(p + "hook_attn_out", core.attn_output(z.reshape(rows, m * n, *z.shape[-2:]),
+                                                              params[p + "attn.W_O"], params[p + "attn.b_O"]))
         x = x + attn_out
         if not cfg.attn_only:
             x = hook(p + "hook_resid_mid", x)
             if at == 1:
                 x, n = keep(x), len(positions)
-            a = _norm(x, params, p + "ln2") if ln else x
-            pre = hook(p + "mlp.hook_pre", _linear(a, params[p + "mlp.W_in"], params[p + "mlp.b_in"]))
-            post = hook(p + "mlp.hook_post", F.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre))
+            pre = hook(p + "mlp.hook_pre", core.linear(norm(x, p + "ln2"), params[p + "mlp.W_in"], params[p + "mlp.b_in"]))
+            post = hook(p + "mlp.hook_post", core.activation(pre, cfg.act_fn))
             if at == 2:
                 x, post, n = keep(x), keep(post), len(positions)
-            x = x + hook(p + "hook_mlp_out", _linear(post, params[p + "mlp.W_out"], params[p + "mlp.b_out"]))
+            x = x + hook(p + "hook_mlp_out", core.linear(post, params[p + "mlp.W_out"], params[p + "mlp.b_out"]))
         x = hook(p + "hook_resid_post", x)
     if n != (pos if positions is None else len(positions)):
         x, n = keep(x), len(positions)
-    if ln:
-        x = _norm(x, params, "ln_final")
-    return _linear(x, params["unembed.W_U"], params["unembed.b_U"]).view(rows, m, n, -1)
+    return core.unembed(norm(x, "ln_final"), params["unembed.W_U"], params["unembed.b_U"]).view(rows, m, n, -1)
+
+
+def _attention(params: dict[str, Tensor], p: str, a: Tensor, seqs: tuple[int, int], positions: Tensor | None,
+               keep: Callable[[Tensor], Tensor]) -> Tensor:
+    """z [rows * m, n, n_heads, d_head] of one attention layer, for `a` [rows, m * pos, d_model]
+    (`seqs` = (rows * m, pos)); with `positions`, the queries only at those positions (n of them).
+
+    The queries, keys and values come out of one product, their weights concatenated along the
+    head axis, and attention is one fused kernel over rows x sequences."""
+    which = "KV" if positions is not None else "QKV"
+    W = torch.cat([params[p + f"W_{c}"] for c in which], -3)  # [rows, 3 * n_heads, d_model, d_head]
+    b = torch.cat([params[p + f"b_{c}"] for c in which], -2)
+    h, e = params[p + "W_Q"].shape[-3], params[p + "W_Q"].shape[-1]
+    proj = core.project(a, W, b).view(*seqs, len(which), h, e)
+    if positions is None:
+        return core.attention(proj[:, :, 0], proj[:, :, 1], proj[:, :, 2])
+    q = core.project(keep(a), params[p + "W_Q"], params[p + "b_Q"]).view(seqs[0], len(positions), h, e)
+    return core.attention(q, proj[:, :, 0], proj[:, :, 1], q_pos=positions)
 
 
 def _cut(attn_only: bool, recorded: list[str]) -> int:
