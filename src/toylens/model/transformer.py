@@ -4,7 +4,9 @@
     logits = model(tokens)                         # [batch, pos, d_vocab_out]
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: "pattern" in n)
     logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", fn)])
+    logits = model(residual=resid, start_at_layer=1, positions=read)   # part of the model (patching)
 
+The modules compute with `toylens.model.functional`, the arithmetic written once.
 `model.W_Q` etc. are the weights stacked over layers ([n_layers, n_heads, d_model, d_head]),
 as in TransformerLens; `model.QK` and `model.OV` are every head's circuits as `FactoredMatrix`.
 """
@@ -60,11 +62,23 @@ class Transformer(HookedRootModule):
         residual: Float[Tensor, "batch pos d_model"] | None = None,
         start_at_layer: int = 0,
         stop_at_layer: int | None = None,
+        after_attention: bool = False,
+        past: dict[int, tuple[Tensor, Tensor]] | None = None,
+        positions: Int[Tensor, " n"] | None = None,
     ) -> Tensor:
         """Logits [batch, pos, d_vocab_out] for `tokens`.
 
-        start_at_layer=l runs from `residual` (the resid_pre of block l, l >= 0) instead of tokens;
-        stop_at_layer=l returns the resid_pre of block l instead of logits.
+        The other arguments run part of the model on a given residual stream, as patching and
+        ablation do:
+        - start_at_layer=l runs from `residual`, the resid_pre of block l (l = n_layers: the
+          final residual stream), instead of from tokens; with after_attention=True `residual`
+          is the stream after block l's attention (its resid_mid) and block l runs its MLP only;
+        - stop_at_layer=l returns the resid_pre of block l instead of logits;
+        - past={l: (k, v)} gives block l the keys and values [batch, p0, n_heads, d_head] of p0
+          positions before those `residual` holds: under causal attention a stream that differs
+          from some run only from position p0 on can start there, with that run's keys and values;
+        - positions (indices into `residual`'s positions) returns the output there only
+          [batch, len(positions), ...]: the final norm and the unembedding run only there.
         """
         if residual is None:
             if start_at_layer > 0:
@@ -74,8 +88,12 @@ class Transformer(HookedRootModule):
             if tokens.shape[-1] > self.cfg.n_ctx:
                 raise ToylensError(f"input has {tokens.shape[-1]} positions; the model's n_ctx is {self.cfg.n_ctx}")
             residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
-        for block in self.blocks[start_at_layer:stop_at_layer]:
-            residual = block(residual)
+        past = past or {}
+        layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
+        for layer in layers:
+            residual = self.blocks[layer](residual, past.get(layer), after_attention=after_attention and layer == layers[0])
+        if positions is not None:
+            residual = residual[:, positions]
         if stop_at_layer is not None:
             return residual
         return self.unembed(self.ln_final(residual))
