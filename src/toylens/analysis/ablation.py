@@ -22,7 +22,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from toylens.analysis.metrics import NegLoss
-from toylens.analysis.patching import final_logits, patch_cells, read_positions, rows_per_pass
+from toylens.analysis.patching import patch_cells, read_positions, rows_per_pass
 from toylens.analysis.results import Result
 from toylens.errors import ToylensError
 from toylens.model import ActivationCache, Transformer
@@ -107,6 +107,6 @@ def _neuron_values(model: Transformer, cache: ActivationCache, layer: int, sourc
     values = []
     for idx in torch.arange(post.shape[-1], device=post.device).split(per_pass):
         change = delta[:, :, idx].permute(2, 0, 1)[..., None] * W_out[idx][:, None, None, :]  # [c, b, p, d_model]
-        logits = final_logits(model, (resid + change).flatten(0, 1), layer + 1, read)
+        logits = model(residual=(resid + change).flatten(0, 1), start_at_layer=layer + 1, positions=read)
         values.append(metric.at(read)(logits.view(len(idx), len(resid), len(read), -1)).mean(-1))
     return torch.cat(values)

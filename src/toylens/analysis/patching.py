@@ -32,6 +32,7 @@ from toylens.analysis.metrics import Metric
 from toylens.analysis.results import Result
 from toylens.errors import ToylensError
 from toylens.model import ActivationCache, Transformer, act_name
+from toylens.model import functional as core
 
 # The axes of each patchable activation after the batch axis (see toylens.model.names).
 ACT_AXES: dict[str, tuple[str, ...]] = {
@@ -79,18 +80,6 @@ def rows_per_pass(model: Transformer, pos: int, budget: int = DEFAULT_BUDGET) ->
 def read_positions(metric: Metric) -> Tensor:
     """The positions any example's metric reads."""
     return metric.positions.any(0).nonzero().squeeze(-1)
-
-
-def final_logits(model: Transformer, residual: Tensor, start_at_layer: int, positions: Tensor,
-                 fwd_hooks: list | tuple = ()) -> Tensor:
-    """Logits at `positions` only, running from resid_pre of `start_at_layer` (n_layers = the end).
-
-    Positions not read by the metric are never unembedded: with a large vocabulary the unembedding
-    is most of a small model's work.
-    """
-    with model.hooks(fwd_hooks):
-        final = model(residual=residual, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers)
-        return model.unembed(model.ln_final(final[:, positions]))
 
 
 @torch.no_grad()
@@ -182,7 +171,8 @@ def _patched_pass(model: Transformer, layer: int, resid: Tensor, src: Tensor, me
         stacked = act.view(n, batch, *act.shape[1:])  # rows are cell-major: copy c = rows c*B..c*B+B-1
         return torch.where(mask, src.unsqueeze(0), stacked).view(act.shape)
 
-    logits = final_logits(model, resid.repeat(n, 1, 1), layer, read, [(hook_name, hook)])
+    with model.hooks([(hook_name, hook)]):
+        logits = model(residual=resid.repeat(n, 1, 1), start_at_layer=layer, positions=read)
     return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
 
 
@@ -241,7 +231,7 @@ def _stage_values(model: Transformer, base: ActivationCache, src: Tensor, activa
         return src.expand(base[activation, layer].shape).unsqueeze(2)
     delta = src - base[activation, layer]
     if activation == "z":  # each head's change through its own rows of W_O
-        return torch.einsum("bphe,hed->bphd", delta, model.blocks[layer].attn.W_O)
+        return core.head_results(delta, model.blocks[layer].attn.W_O)
     return delta.unsqueeze(2)
 
 
@@ -255,58 +245,47 @@ def _fast_pass(model: Transformer, layer: int, activation: str, base: Activation
     batch = base_read.shape[0]
     k = idx.get("head", torch.zeros(n, dtype=torch.long, device=values.device))
     base_resid = _base_stage(model, base, stage, layer)
-    next_layer = layer if stage == "pre" else layer + 1
-    logits = base_read.expand(n, *base_read.shape).clone()  # [cells, batch, read, vocab]
-    if "pos" in idx:  # one position per cell: position-wise work runs at that position only
-        pos = idx["pos"]
-        at = values[:, pos, k].transpose(0, 1)  # [cells, batch, d_model]
-        if how == "add":
-            at = base_resid[:, pos].transpose(0, 1) + at
-        if stage == "mid":
-            at = _mlp_of_block(model, layer, at)
-        if next_layer == model.cfg.n_layers:  # only the logits at pos change
-            hit = read.unsqueeze(0) == pos.unsqueeze(1)  # [cells, read]
-            cell, slot = hit.nonzero(as_tuple=True)
-            if len(cell):  # else no cell's position is read: every metric is the base run's
-                logits[cell, :, slot] = model.unembed(model.ln_final(at[cell]))
-            return metric(logits).mean(-1)
-        start = int(pos.min())
-        resid = (base_resid if stage == "pre" else _base_stage(model, base, "pre", next_layer))[:, start:]
-        resid = resid.expand(n, *resid.shape).clone()
-        resid[torch.arange(n, device=pos.device), :, pos - start] = at
-        final = _run_suffix(model, resid.flatten(0, 1), next_layer, start, base)
-    else:  # every position: start at the stage with the whole sequence changed
-        start = 0
+    mid = stage == "mid"  # a patch after a block's attention runs the rest of that block (its MLP) first
+    first = layer + 1 if stage == "post" else layer  # the first block that runs
+    next_layer = layer if stage == "pre" else layer + 1  # the first block whose resid_pre the patch changes
+    if "pos" not in idx:  # every position: start at the stage with the whole sequence changed
         resid = (base_resid + values[:, :, k].permute(2, 0, 1, 3)).flatten(0, 1)  # [cells * batch, pos, d_model]
-        if stage == "mid":
-            resid = _mlp_of_block(model, layer, resid)
-        final = _run_suffix(model, resid, next_layer, 0, base)
+        new = model(residual=resid, start_at_layer=first, after_attention=mid, positions=read)
+        return metric(new.view(n, batch, *new.shape[1:])).mean(-1)
+    # One position per cell: position-wise work runs at that position only.
+    logits = base_read.expand(n, *base_read.shape).clone()  # [cells, batch, read, vocab]
+    pos = idx["pos"]
+    at = values[:, pos, k].transpose(0, 1)  # [cells, batch, d_model]: the batch stands in for positions
+    if how == "add":
+        at = base_resid[:, pos].transpose(0, 1) + at
+    if next_layer == model.cfg.n_layers:  # only the logits at pos change
+        hit = read.unsqueeze(0) == pos.unsqueeze(1)  # [cells, read]
+        cell, slot = hit.nonzero(as_tuple=True)
+        if len(cell):  # else no cell's position is read: every metric is the base run's
+            logits[cell, :, slot] = model(residual=at[cell], start_at_layer=first, after_attention=mid)
+        return metric(logits).mean(-1)
+    if mid:
+        at = model(residual=at, start_at_layer=layer, after_attention=True, stop_at_layer=next_layer)
+    # Positions before the first patched one equal the base run: start there, with its keys and values.
+    start = int(pos.min())
+    resid = (base_resid if stage == "pre" else _base_stage(model, base, "pre", next_layer))[:, start:]
+    resid = resid.expand(n, *resid.shape).clone()
+    resid[torch.arange(n, device=pos.device), :, pos - start] = at
     later = read >= start
-    new = model.unembed(model.ln_final(final[:, read[later] - start]))
+    new = model(residual=resid.flatten(0, 1), start_at_layer=next_layer, past=_base_past(model, base, next_layer, start, n),
+                positions=read[later] - start)
     logits[:, :, later] = new.view(n, batch, *new.shape[1:])
     return metric(logits).mean(-1)
 
 
-def _mlp_of_block(model: Transformer, layer: int, resid: Tensor) -> Tensor:
-    """The rest of block `layer` after its attention: resid + MLP (nothing without MLPs)."""
-    if model.cfg.attn_only:
-        return resid
-    block = model.blocks[layer]
-    return resid + block.mlp(block.ln2(resid))
-
-
-def _run_suffix(model: Transformer, resid: Tensor, layer: int, start: int, base: ActivationCache) -> Tensor:
-    """Blocks `layer`.. on positions `start`.. of each row; earlier positions' keys and values
-    are the base run's (rows are cell-major copies of the base batch). Returns the final
-    residual stream of those positions."""
-    for j in range(layer, model.cfg.n_layers):
-        prefix = None
-        if start > 0:
-            k, v = base["k", j][:, :start], base["v", j][:, :start]
-            copies = resid.shape[0] // k.shape[0]
-            prefix = (k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1))
-        resid = model.blocks[j](resid, prefix)
-    return resid
+def _base_past(model: Transformer, base: ActivationCache, layer: int, start: int, copies: int
+               ) -> dict[int, tuple[Tensor, Tensor]]:
+    """The base run's keys and values before position `start` in blocks `layer`.., for a stack of
+    `copies` cell-major copies of the base batch."""
+    if start == 0:
+        return {}
+    return {j: (base["k", j][:, :start].repeat(copies, 1, 1, 1), base["v", j][:, :start].repeat(copies, 1, 1, 1))
+            for j in range(layer, model.cfg.n_layers)}
 
 
 @dataclass
