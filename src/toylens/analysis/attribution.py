@@ -29,6 +29,7 @@ from toylens.analysis.residual import (
 )
 from toylens.analysis.results import Result
 from toylens.model import ActivationCache, Transformer
+from toylens.model import functional as core
 from toylens.tasks.base import IGNORE
 
 
@@ -117,7 +118,7 @@ def logit_lens(model: Transformer, tokens: Int[Tensor, "batch pos"], targets: In
     tokens, targets = tokens.to(device), targets.to(device)
     _, cache = model.run_with_cache(tokens, names_filter=needed_hooks(model))
     resid = accumulated_resid(model, cache)
-    logits = (apply_ln_final(model, cache, resid.stack) + ln_final_bias(model)) @ model.W_U + model.b_U
+    logits = core.unembed(apply_ln_final(model, cache, resid.stack) + ln_final_bias(model), model.W_U, model.b_U)
     mask = targets != IGNORE
     n = mask.sum().clamp_min(1)
     logp = logits.log_softmax(-1)

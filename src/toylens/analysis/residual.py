@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from toylens.model import ActivationCache, Transformer, act_name
+from toylens.model import functional as core
 
 
 @dataclass
@@ -53,7 +54,7 @@ def residual_components(model: Transformer, cache: ActivationCache, layer: int |
     labels, parts = ["embed", "pos_embed"], [cache["hook_embed"], cache["hook_pos_embed"]]
     for l in range(layer):
         block = model.blocks[l]
-        heads = torch.einsum("bphe,hed->hbpd", cache["z", l], block.attn.W_O)
+        heads = core.head_results(cache["z", l], block.attn.W_O).movedim(-2, 0)  # [head, batch, pos, d_model]
         labels += [f"L{l}H{h}" for h in range(model.cfg.n_heads)] + [f"L{l} b_O"]
         parts += list(heads) + [block.attn.b_O.expand_as(heads[0])]
         if not model.cfg.attn_only:
@@ -75,8 +76,7 @@ def apply_ln_final(model: Transformer, cache: ActivationCache,
     """Each part through ln_final, linearised with the cached scale (without the bias ln_final.b)."""
     if model.cfg.normalization != "LN":
         return stack
-    centred = stack - stack.mean(-1, keepdim=True)
-    return centred / cache["ln_final.hook_scale"] * model.ln_final.w
+    return core.layer_norm(stack, model.ln_final.w, scale=cache["ln_final.hook_scale"])
 
 
 def ln_final_bias(model: Transformer) -> Float[Tensor, " d_model"]:
