@@ -1,4 +1,5 @@
-"""The hookable transformer: `Transformer`, its hook machinery, and the name table."""
+"""The hookable transformer: `Transformer`, its hook machinery, the name table, and
+`functional`, the arithmetic that the modules and everything else compute with."""
 
 from toylens.model.cache import ActivationCache
 from toylens.model.factored import FactoredMatrix
