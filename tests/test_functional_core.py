@@ -176,18 +176,18 @@ def _norm(x, params, name, eps=1e-5):
     scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     return x / scale * params[f"{name}.w"].unsqueeze(1) + params[f"{name}.b"].unsqueeze(1)
 """),
-    "RMS norm": ("LayerNorm", "def rms(x):\n    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)\n"),
-    "torch's LayerNorm": ("LayerNorm", "def ln(x, w, b):\n    return F.layer_norm(x, (x.shape[-1],), w, b)\n"),
-    "activation switch": ("activation", "def act(cfg, pre):\n    return F.relu(pre) if cfg.act_fn == 'relu' else F.gelu(pre)\n"),
-    "activation method": ("activation", "def act(pre):\n    return pre.relu()\n"),
-    "explicit attention": ("attention softmax", "def attend(scores, v):\n    return torch.einsum('bhqk,bkhe->bqhe', scores.softmax(-1), v)\n"),
-    "fused attention": ("attention softmax", "def attend(q, k, v):\n    return F.scaled_dot_product_attention(q, k, v, is_causal=True)\n"),
-    "logit lens by hand": ("unembedding", "def lens(model, x):\n    return x @ model.W_U + model.b_U\n"),
-    "stacked unembedding": ("unembedding", "def out(x, params):\n    return torch.baddbmm(params['unembed.b_U'].unsqueeze(1), x, params['unembed.W_U'])\n"),
-    "core.linear for logits": ("unembedding", "from toylens.model import functional as core\ndef out(x, W_U, b_U):\n    return core.linear(x, W_U, b_U)\n"),
-    "final norm by hand": ("forward pass by hand", "def final_logits(model, final, positions):\n    return model.unembed(model.ln_final(final[:, positions]))\n"),
-    "block by hand": ("forward pass by hand", "def suffix(model, resid, j, prefix):\n    return model.blocks[j](resid, prefix)\n"),
-    "MLP by hand": ("forward pass by hand", "def rest(block, resid):\n    return resid + block.mlp(block.ln2(resid))\n"),
+    "RMS norm": ("LayerNorm", "y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)"),
+    "torch's LayerNorm": ("LayerNorm", "y = F.layer_norm(x, (x.shape[-1],), w, b)"),
+    "activation switch": ("activation", "post = F.relu(pre) if cfg.act_fn == 'relu' else F.gelu(pre)"),
+    "activation method": ("activation", "post = pre.relu()"),
+    "explicit attention": ("attention softmax", "z = torch.einsum('bhqk,bkhe->bqhe', scores.softmax(-1), v)"),
+    "fused attention": ("attention softmax", "z = F.scaled_dot_product_attention(q, k, v, is_causal=True)"),
+    "logit lens by hand": ("unembedding", "logits = x @ model.W_U + model.b_U"),
+    "stacked unembedding": ("unembedding", "logits = torch.baddbmm(params['unembed.b_U'].unsqueeze(1), x, params['unembed.W_U'])"),
+    "core.linear for logits": ("unembedding", "from toylens.model import functional as core\nlogits = core.linear(x, W_U, b_U)"),
+    "final norm by hand": ("forward pass by hand", "logits = model.unembed(model.ln_final(final[:, positions]))"),
+    "block by hand": ("forward pass by hand", "resid = model.blocks[j](resid, prefix)"),
+    "MLP by hand": ("forward pass by hand", "resid = resid + block.mlp(block.ln2(resid))"),
 }
 
 

@@ -272,8 +272,8 @@ def _fast_pass(model: Transformer, layer: int, activation: str, base: Activation
     resid = resid.expand(n, *resid.shape).clone()
     resid[torch.arange(n, device=pos.device), :, pos - start] = at
     later = read >= start
-    new = model(residual=resid.flatten(0, 1), start_at_layer=next_layer, past=_base_past(model, base, next_layer, start, n),
-                positions=read[later] - start)
+    past = _base_past(model, base, next_layer, start, n)
+    new = model(residual=resid.flatten(0, 1), start_at_layer=next_layer, past=past, positions=read[later] - start)
     logits[:, :, later] = new.view(n, batch, *new.shape[1:])
     return metric(logits).mean(-1)
 

@@ -91,7 +91,8 @@ class Transformer(HookedRootModule):
         past = past or {}
         layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
         for layer in layers:
-            residual = self.blocks[layer](residual, past.get(layer), after_attention=after_attention and layer == layers[0])
+            mlp_only = after_attention and layer == layers[0]
+            residual = self.blocks[layer](residual, past.get(layer), after_attention=mlp_only)
         if positions is not None:
             residual = residual[:, positions]
         if stop_at_layer is not None:
