@@ -101,7 +101,7 @@ def _attention(params: dict[str, Tensor], p: str, a: Tensor, seqs: tuple[int, in
     The queries, keys and values come out of one product, their weights concatenated along the
     head axis, and attention is one fused kernel over rows x sequences."""
     which = "KV" if positions is not None else "QKV"
-    W = torch.cat([params[p + f"W_{c}"] for c in which], -3)  # [rows, 3 * n_heads, d_model, d_head]
+    W = torch.cat([params[p + f"W_{c}"] for c in which], -3)  # [rows, len(which) * n_heads, d_model, d_head]
     b = torch.cat([params[p + f"b_{c}"] for c in which], -2)
     h, e = params[p + "W_Q"].shape[-3], params[p + "W_Q"].shape[-1]
     proj = core.project(a, W, b).view(*seqs, len(which), h, e)
