@@ -370,8 +370,8 @@ class TrainConfig(Section):
     log_checkpoints: int = Field(0, ge=0, le=10_000)
     """Extra weight-only checkpoints at this many log-spaced steps (for fast early dynamics)."""
     select_metric: str | None = None
-    """Metric that picks the best checkpoint, e.g. "val/loss" (default: the task's choice);
-    lower is better for names ending in loss, higher otherwise."""
+    """Metric that picks the best checkpoint, e.g. "val/loss" (default: the task's choice); the
+    task says whether lower or higher is better (loss and ppl lower, acc higher)."""
     deterministic: bool = True
     """Reruns give identical weights. On a CPU toylens's own kernels are deterministic at any
     thread count, so this changes nothing there; on CUDA it turns on
