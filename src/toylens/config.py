@@ -99,9 +99,11 @@ class _RegisteredTaskConfig:
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        def validator(strict: bool) -> core_schema.CoreSchema:
+            return core_schema.with_info_plain_validator_function(functools.partial(_validate_task, strict=strict))
+
         return core_schema.lax_or_strict_schema(
-            lax_schema=core_schema.with_info_plain_validator_function(functools.partial(_validate_task, strict=False)),
-            strict_schema=core_schema.with_info_plain_validator_function(functools.partial(_validate_task, strict=True)),
+            lax_schema=validator(False), strict_schema=validator(True),
             serialization=core_schema.plain_serializer_function_ser_schema(_dump_task, info_arg=True),
         )
 

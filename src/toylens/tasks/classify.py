@@ -143,8 +143,8 @@ class ClassifyTask(Task):
         corrupted = clean.clone()
         corrupted[torch.arange(len(rows)), pick] = table[clean[torch.arange(len(rows)), pick]]
         wrong = torch.where(targets != IGNORE, (targets + 1) % self.spec.d_vocab_out, IGNORE)
-        return CorruptedPair(clean, corrupted, targets, wrong,
-                             "one sentiment word of each review swapped for its antonym (good/bad, great/terrible, ...)")
+        description = "one sentiment word of each review swapped for its antonym (good/bad, great/terrible, ...)"
+        return CorruptedPair(clean, corrupted, targets, wrong, description)
 
 
 # Single-word sentiment antonyms; a pair is used in every casing/spacing the tokenizer keeps as one token.
