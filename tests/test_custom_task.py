@@ -80,6 +80,7 @@ class ReverseTask(Task):
         return CorruptedPair(clean.tokens, corrupted, clean.targets, wrong, f"list element {where + 1} changed")
 
 
+SETTINGS = Settings(n_examples=24, n_patch=6, n_repeated=8, n_pattern_examples=2)
 RAW = {"name": "reverse", "seed": 0, "task": {"name": "toy-reverse", "n_train": 512},
        "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "d_mlp": 32},
        "train": {"epochs": 2, "batch_size": 64, "lr": 0.01}}
@@ -107,17 +108,21 @@ def test_the_config_validates_strictly_and_is_documented(toylens_main, tmp_path)
     assert "task.n_values" in toylens_main("config", "fields").stdout
 
 
-def test_train_analyze_llc_report(tmp_path):
-    result = toylens.train(validate_config(RAW), tmp_path / "runs", progress=False)
-    run = RunDir(result.run_dir)
+@pytest.fixture(scope="module")
+def reverse_run(tmp_path_factory) -> RunDir:
+    result = toylens.train(validate_config(RAW), tmp_path_factory.mktemp("runs"), progress=False)
+    rows = RunDir(result.run_dir).read_jsonl("metrics.jsonl")[1:]  # epoch 0 (the initialisation) is never "best"
+    assert result.best["metric"] == "test/acc" and result.best["value"] == max(r["test/acc"] for r in rows)
+    return RunDir(result.run_dir)
+
+
+def test_train_analyze_llc_report(reverse_run, tmp_path):
+    run = reverse_run
     assert run.config().task == ReverseConfig(n_train=512)  # saved and read back from config.yaml
     loaded = toylens.load(run.path, "best")  # the checkpoint's own metadata rebuilds model and task
     assert isinstance(loaded.task, ReverseTask) and loaded.config.task == run.config().task
-    rows = run.read_jsonl("metrics.jsonl")[1:]
-    assert result.best["metric"] == "test/acc" and result.best["value"] == max(r["test/acc"] for r in rows)
 
-    settings = Settings(n_examples=24, n_patch=6, n_repeated=8, n_pattern_examples=2)
-    written = analyze(run.path, "final", settings=settings, progress=False)
+    written = analyze(run.path, "final", settings=SETTINGS, progress=False)
     assert "analysis/final/patching/logit_diff/head_out_by_pos" in written  # the task's own corruption and metric
     assert "analysis/final/head_scores/next_output_by_pos" in written  # outputs are tokens
     grid = load_result(run, "analysis/final/patching/logit_diff/resid_pre")
@@ -133,6 +138,14 @@ def test_train_analyze_llc_report(tmp_path):
 
     page = toylens.report([run.path], tmp_path / "report.html", png=False)
     assert {"patching", "llc"} <= set(page.sections) and "toy-reverse" in page.path.read_text()
+
+
+def test_without_a_patching_metric_patching_does_not_apply(reverse_run, monkeypatch):
+    monkeypatch.setattr(ReverseTask, "patch_metric", None)
+    assert analyze(reverse_run.path, "epoch-0001", only=["patching"], settings=SETTINGS, progress=False) == []
+    monkeypatch.undo()
+    assert analyze(reverse_run.path, "epoch-0001", only=["patching/logit_diff/resid_pre"], settings=SETTINGS,
+                   progress=False) == ["analysis/epoch-0001/patching/logit_diff/resid_pre"]
 
 
 def test_loss_positions_are_the_reversed_half():
