@@ -1,17 +1,18 @@
-"""Corrupted inputs: minimal changes, and answers that differ (or are measured) where they should."""
+"""Corrupted inputs (`Task.corrupted_pair`): minimal changes, and answers that differ (or are
+measured) where they should."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from toylens.analysis.corrupt import corrupted_pair
 from toylens.config import InductionTaskConfig, SortTaskConfig
-from toylens.tasks import IGNORE, Task, TaskSpec, TensorSplit, build_task
+from toylens.tasks import IGNORE, ClassifyTask, TaskSpec, TensorSplit, build_task
 
 
 def test_sort_changes_one_token_and_the_answers():
     task = build_task(SortTaskConfig(list_len=6, n_values=20, n_train=100, n_test=50))
-    pair = corrupted_pair(task, 40, seed=1)
+    pair = task.corrupted_pair(40, seed=1)
     assert pair.clean.shape == pair.corrupted.shape == (40, 12)
     changed = (pair.clean != pair.corrupted)
     where = changed.nonzero()[:, 1].unique()
@@ -29,7 +30,7 @@ def test_sort_changes_one_token_and_the_answers():
 
 def test_repeated_sequences_are_broken_in_the_first_half():
     task = build_task(InductionTaskConfig(n_vocab=16, seq_len=30, segment_len=(3, 10), n_train=10, n_test=10))
-    pair = corrupted_pair(task, 8, seed=0)
+    pair = task.corrupted_pair(8, seed=0)
     half = 14
     c, x = pair.clean, pair.corrupted
     assert c.shape == (8, 2 * half + 1) and (c[:, 0] == task.bos).all() and (x[:, 0] == task.bos).all()
@@ -50,10 +51,10 @@ class WordTokenizer:
         return [self.ids[w] for w in text.split()] if all(w in self.ids for w in text.split()) else [0, 0]
 
 
-class FakeClassify(Task):
-    """Quacks like ClassifyTask: reviews right-padded with 0, the label at the last real token."""
+class FakeClassify(ClassifyTask):
+    """ClassifyTask on a few reviews of a word tokenizer: right-padded with 0, the label at the last real token."""
 
-    name, eval_splits = "classify", ("val",)
+    eval_splits = ("val",)
 
     def __init__(self, reviews, labels):
         words = ["<pad>", "the", "film", "was", "good", "bad", "great", "terrible", "plot"]
@@ -71,7 +72,7 @@ class FakeClassify(Task):
 
 def test_classify_swaps_one_sentiment_word():
     task = FakeClassify(["the film was good", "the plot", "terrible plot was bad film", "great"], [1, 0, 0, 1])
-    pair = corrupted_pair(task, 10, seed=0)
+    pair = task.corrupted_pair(10, seed=0)
     assert pair.clean.shape == (3, 5), "the review without a sentiment word is skipped, padding trimmed"
     words = ["<pad>", "the", "film", "was", "good", "bad", "great", "terrible", "plot"]
     antonym = {"good": "bad", "bad": "good", "great": "terrible", "terrible": "great"}
@@ -81,3 +82,13 @@ def test_classify_swaps_one_sentiment_word():
         label_at = [i for i, a in enumerate(answers) if a != IGNORE]
         assert len(label_at) == 1 and wrong[label_at[0]] == 1 - answers[label_at[0]]
         assert diff[0] <= label_at[0]
+
+
+def test_the_old_function_still_gives_the_task_pair_with_a_warning():
+    from toylens.analysis import corrupted_pair
+
+    task = build_task(SortTaskConfig(list_len=6, n_values=20, n_train=100, n_test=50))
+    with pytest.warns(DeprecationWarning, match="task.corrupted_pair"):
+        old = corrupted_pair(task, 8, seed=3)
+    new = task.corrupted_pair(8, seed=3)
+    assert torch.equal(old.clean, new.clean) and torch.equal(old.corrupted, new.corrupted)

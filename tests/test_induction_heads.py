@@ -16,7 +16,6 @@ import torch
 from toylens import load
 from toylens.analysis import Settings, analyze, composition_scores, copying_scores, load_result, repeated_token_scores
 from toylens.analysis.composition import strongest_source
-from toylens.analysis.profiles import bos_token, random_token_ids
 from toylens.run import RunDir
 from toylens.train import train
 
@@ -31,7 +30,7 @@ def runs(tmp_path_factory):
 
 def scores(run_dir: Path):
     run = load(run_dir)
-    return run, repeated_token_scores(run.model, random_token_ids(run.task), bos_token(run.task), n_seq=100, half=50)
+    return run, repeated_token_scores(run.model, run.task.random_token_ids(), run.task.bos_token(), n_seq=100, half=50)
 
 
 @pytest.fixture(scope="module")

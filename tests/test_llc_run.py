@@ -40,7 +40,7 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"l1": cfg.train.l1.model_copy(update={"hooks": [l1_hook]})})})
     objective = run_objective(model, cfg, task, LLCSettings(weight_decay=None))  # the run's own decay
     assert (objective.stacked_fn is not None) == stacked
-    assert llc_run.loss_positions(task).tolist() == [4, 5, 6, 7]  # sorting 4 values: the sorted half
+    assert task.loss_positions().tolist() == [4, 5, 6, 7]  # sorting 4 values: the sorted half
     gen = torch.Generator().manual_seed(0)
     base = {k: v.detach() for k, v in model.named_parameters()}
     w = {k: torch.stack([v, v + 0.01 * torch.randn(v.shape, generator=gen)]) for k, v in base.items()}

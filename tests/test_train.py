@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import TINY, tiny_config
 from toylens import load, train
+from toylens.config import validate_config
 from toylens.errors import ToylensError, TrainingDiverged
 from toylens.run import RunDir
 from toylens.storage import read_safetensors, sha256_file
@@ -143,3 +144,29 @@ def test_lr_schedule():
 def test_unknown_select_metric(tmp_path):
     with pytest.raises(ToylensError, match="train.select_metric: 'val/loss' is not a metric"):
         train(tiny_config(train={"epochs": 1, "select_metric": "val/loss"}), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("metric,pick", [("val/ppl", min), ("val/loss", min), ("val/acc", max)])
+def test_best_checkpoint_follows_the_metric_direction(tmp_path, metric, pick):
+    """The task says which way each metric is better: the lowest perplexity is the best checkpoint
+    (a name not ending in "loss" once meant "higher is better", keeping the worst)."""
+    doc = tmp_path / "a.txt"
+    doc.write_text("the cat sat on the mat. the dog sat on the log.\n" * 150)
+    task = {"name": "lm", "dataset": "files", "files": [str(doc)], "tokenizer": "char", "n_ctx": 16,
+            "cache_dir": str(tmp_path / "cache")}
+    cfg = validate_config({**TINY, "task": task,
+                           "train": {**TINY["train"], "epochs": 3, "lr": 0.01, "select_metric": metric}})
+    run = RunDir(train(cfg, tmp_path / "runs", progress=False).run_dir)
+    values = {f"epoch-{r['epoch']:04d}": r[metric] for r in run.read_jsonl("metrics.jsonl") if r["epoch"] > 0}
+    assert min(values.values()) < max(values.values()), "the epochs differ: the direction decides"
+    best = run.read_json("summary.json")["best"]
+    assert best["value"] == pick(values.values()) and best["metric"] == metric
+    assert best["checkpoint"] == next(name for name, v in values.items() if v == best["value"])  # the first of ties
+
+
+def test_a_metric_without_a_direction_is_named(tmp_path, monkeypatch):
+    from toylens.tasks import SortTask
+
+    monkeypatch.setattr(SortTask, "metric_goals", {"loss": "min", "acc": "max"})  # list_acc left out
+    with pytest.raises(ToylensError, match="train.select_metric: metric 'test/list_acc': the sort task does not say"):
+        train(tiny_config(train={"epochs": 1, "select_metric": "test/list_acc"}), tmp_path, progress=False)

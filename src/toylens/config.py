@@ -12,11 +12,15 @@ Types are strict (`validate_input`): nothing is coerced, so `true` is not the nu
 text, not a number, and 1.5 is not an integer; an int is still a float and a list fills a pair.
 Derived values (`d_vocab`, `d_vocab_out`, `n_ctx`, `d_head`, `d_mlp`, `init_range`) are filled in
 one place, `RunConfig.resolved`, and the resolved config is what a run directory stores.
+
+`task` is any registered task config (`TASK_CONFIGS`): the shipped ones below register here, a
+task defined elsewhere through `toylens.tasks.register_task`.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import re
@@ -26,7 +30,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError,
+                      model_validator)
+from pydantic_core import core_schema
 
 from toylens.errors import ToylensError
 
@@ -44,7 +50,84 @@ class Section(BaseModel):
 # ----------------------------------------------------------------------------------------- task
 
 
-class SortTaskConfig(Section):
+class TaskConfig(Section):
+    """What every task's config has: the `name` that picks the task. A task's config subclasses
+    this, narrows `name` to its own (`name: Literal["sort"] = "sort"`) and adds its fields; once
+    registered (`toylens.tasks.register_task`, which calls `register_task_config`) it is one of
+    the choices of `RunConfig.task`."""
+
+    name: str
+    """Task name."""
+
+
+TaskConfigT = TypeVar("TaskConfigT", bound=TaskConfig)
+
+TASK_CONFIGS: dict[str, type[TaskConfig]] = {}
+"""The task configs `RunConfig.task` accepts, by name, in the order they were registered."""
+
+
+def register_task_config(cls: type[TaskConfigT]) -> type[TaskConfigT]:
+    """Make `cls` selectable by its `name` in `RunConfig.task`: strict validation, `--set`,
+    `toylens config fields`, and the configs saved in run directories and checkpoints.
+
+    Registering a class again, or a class with the same module and name (a reloaded module, a
+    re-run notebook cell), replaces it; another class under a taken name is an error."""
+    name = task_config_name(cls)
+    old = TASK_CONFIGS.get(name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ToylensError(f"task {name!r} is already registered by {old.__module__}.{old.__qualname__}")
+    TASK_CONFIGS[name] = cls
+    return cls
+
+
+def task_config_name(cls: type[TaskConfig]) -> str:
+    """The one name a task config's `name` field allows (Literal["sort"] -> "sort")."""
+    if not (isinstance(cls, type) and issubclass(cls, TaskConfig)):
+        raise ToylensError(f"{cls!r}: a task config must subclass toylens.config.TaskConfig")
+    info = cls.model_fields["name"]
+    allowed = get_args(info.annotation) if get_origin(info.annotation) is Literal else ()
+    if len(allowed) != 1 or not isinstance(allowed[0], str) or info.default != allowed[0]:
+        raise ToylensError(f'{cls.__qualname__}.name: declare the task\'s name as name: Literal["<name>"] = "<name>"')
+    return allowed[0]
+
+
+class _RegisteredTaskConfig:
+    """The schema of `RunConfig.task`: any registered task config, picked by `name` exactly as a
+    discriminated union picks (the same strictness, the same errors at `task.sort.n_values`), but
+    over the configs registered when a config is validated, so that a task registered after this
+    module was imported is accepted. Serialised as the task config it holds."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        def validator(strict: bool) -> core_schema.CoreSchema:
+            return core_schema.with_info_plain_validator_function(functools.partial(_validate_task, strict=strict))
+
+        return core_schema.lax_or_strict_schema(
+            lax_schema=validator(False), strict_schema=validator(True),
+            serialization=core_schema.plain_serializer_function_ser_schema(_dump_task, info_arg=True),
+        )
+
+
+def _validate_task(value: Any, info: Any, strict: bool) -> TaskConfig:
+    # info: pydantic's ValidationInfo (a Protocol: not checkable at run time, where tests check types)
+    union = _task_union(tuple(TASK_CONFIGS.values()))
+    if info.mode == "json":  # JSON data (validate_input): read as JSON again, where a list fills a pair
+        return union.validate_json(json.dumps(value), strict=strict)
+    return union.validate_python(value, strict=strict)
+
+
+@functools.lru_cache(maxsize=4)
+def _task_union(members: tuple[type[TaskConfig], ...]) -> TypeAdapter:
+    return TypeAdapter(Annotated[Union[members], Field(discriminator="name")])
+
+
+def _dump_task(cfg: TaskConfig, info: Any) -> dict[str, Any]:  # info: pydantic's SerializationInfo
+    return cfg.model_dump(mode=info.mode, exclude_unset=info.exclude_unset, exclude_defaults=info.exclude_defaults,
+                          exclude_none=info.exclude_none)
+
+
+@register_task_config
+class SortTaskConfig(TaskConfig):
     """Sort a list: `[x_1..x_n, SEP, y_1..y_n]`, loss on the sorted outputs only."""
 
     name: Literal["sort"] = "sort"
@@ -79,7 +162,8 @@ class SortTaskConfig(Section):
         return self
 
 
-class InductionTaskConfig(Section):
+@register_task_config
+class InductionTaskConfig(TaskConfig):
     """In-context copying: `[BOS, x_1..x_n]` of random tokens in which one segment of random length
     reappears at a random later offset; next-token loss."""
 
@@ -114,11 +198,8 @@ class InductionTaskConfig(Section):
 WIKITEXT_SUBSETS = ("wikitext-2-v1", "wikitext-2-raw-v1", "wikitext-103-v1", "wikitext-103-raw-v1")
 
 
-class TextTaskConfig(Section):
+class TextTaskConfig(TaskConfig):
     """What the text tasks share: where the text comes from and how it is tokenized."""
-
-    name: str
-    """Task name."""
     dataset: Literal["imdb", "wikitext", "hf", "files"] = "imdb"
     """imdb (Hub stanfordnlp/imdb), wikitext (Hub Salesforce/wikitext), hf (any dataset in
     `hf_path`), or files (local files in `files`)."""
@@ -171,6 +252,7 @@ class TextTaskConfig(Section):
         return self
 
 
+@register_task_config
 class LmTaskConfig(TextTaskConfig):
     """Causal language modelling on packed windows of n_ctx tokens; loss and perplexity."""
 
@@ -178,6 +260,7 @@ class LmTaskConfig(TextTaskConfig):
     """Task name."""
 
 
+@register_task_config
 class ClassifyTaskConfig(TextTaskConfig):
     """Sequence classification (IMDB sentiment): the label is predicted at the last real token."""
 
@@ -187,10 +270,6 @@ class ClassifyTaskConfig(TextTaskConfig):
     """Column holding the integer class label (0..n_classes-1)."""
 
 
-# One section per task, told apart by `name`.
-TaskConfig = Annotated[
-    Union[SortTaskConfig, InductionTaskConfig, LmTaskConfig, ClassifyTaskConfig], Field(discriminator="name")
-]
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -293,8 +372,8 @@ class TrainConfig(Section):
     log_checkpoints: int = Field(0, ge=0, le=10_000)
     """Extra weight-only checkpoints at this many log-spaced steps (for fast early dynamics)."""
     select_metric: str | None = None
-    """Metric that picks the best checkpoint, e.g. "val/loss" (default: the task's choice);
-    lower is better for names ending in loss, higher otherwise."""
+    """Metric that picks the best checkpoint, e.g. "val/loss" (default: the task's choice); the
+    task says whether lower or higher is better (loss and ppl lower, acc higher)."""
     deterministic: bool = True
     """Reruns give identical weights. On a CPU toylens's own kernels are deterministic at any
     thread count, so this changes nothing there; on CUDA it turns on
@@ -312,7 +391,7 @@ class RunConfig(Section):
     """Run name; the run directory is <out>/<name>."""
     seed: int = Field(0, ge=0)
     """Seed for data generation, initialisation and data order."""
-    task: TaskConfig = Field(default_factory=SortTaskConfig)
+    task: Annotated[TaskConfig, _RegisteredTaskConfig] = Field(default_factory=SortTaskConfig)
     """The task and its data."""
     model: ModelConfig = ModelConfig()
     """The transformer."""
@@ -640,6 +719,8 @@ def _walk_loc(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] |
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | _UnionSection | None:
+    if annotation is TaskConfig:  # RunConfig.task: one of the registered task configs
+        return _UnionSection(list(TASK_CONFIGS.values()))
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]

@@ -15,14 +15,16 @@ and heads, with or without MLPs and LayerNorm):
     composition.py  Q/K/V composition scores with the random baseline
     regularisation.py  weight norms, MLP activation sparsity
     metrics.py      patching metrics: logit difference, -loss, accuracy
-    corrupt.py      one corrupted-input generator per task
     patching.py     the batched patching engine and its named variants (Patcher)
     ablation.py     zero / mean / resample ablation of heads and neurons
-    profiles.py     per-task facts the analyses need (outputs are tokens? special tokens)
     summary.py      headline scalars per checkpoint and over checkpoints
     driver.py       `analyze()`, the driver behind `toylens analyze`
     llc*.py         the local learning coefficient (sampler, estimate, diagnostics, over a run's
                     checkpoints); its files live under RUN/llc/ (see llc_run.py), not here
+
+What an analysis needs to know about a task (are outputs tokens, which ids are special, the
+corrupted inputs and metric for patching, which positions the loss reads) it asks the task
+(`toylens.tasks.Task`); nothing here is keyed by a task's name.
 
 ## Saved results (what the report reads; it never needs the model)
 
@@ -73,13 +75,14 @@ from toylens.analysis.attention import (
 from toylens.analysis.attribution import LogitAttribution, LogitLens, direct_logit_attribution, logit_attribution, logit_lens
 from toylens.analysis.circuits import Circuits, circuits, copying_scores, full_ov, full_qk_positions, full_qk_tokens
 from toylens.analysis.composition import Composition, composition_scores
-from toylens.analysis.corrupt import CorruptedPair, corrupted_pair
+from toylens.analysis.corrupt import corrupted_pair  # deprecated: task.corrupted_pair(n, seed)
 from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
 from toylens.analysis.patching import PatchGrid, Patcher, patch_cells
 from toylens.analysis.regularisation import Sparsity, WeightNorms, activation_sparsity, weight_norms
 from toylens.analysis.residual import accumulated_resid, apply_ln_final, residual_components
 from toylens.analysis.results import Result, load_result
 from toylens.analysis.summary import CheckpointSummary, Trajectory
+from toylens.tasks import CorruptedPair
 
 __all__ = [
     "ANALYSES", "Ablation", "Accuracy", "AttentionPatterns", "CheckpointSummary", "Circuits", "Composition",

@@ -21,10 +21,8 @@ from toylens.analysis.ablation import KINDS, ablate
 from toylens.analysis.attribution import logit_attribution, logit_lens
 from toylens.analysis.circuits import circuits
 from toylens.analysis.composition import composition_scores
-from toylens.analysis.corrupt import CORRUPTIONS, DEFAULT_METRIC, corrupted_pair
 from toylens.analysis.metrics import METRICS, make_metric
 from toylens.analysis.patching import Patcher, rows_per_pass
-from toylens.analysis.profiles import bos_token, output_labels, outputs_are_tokens, random_token_ids
 from toylens.analysis.regularisation import activation_sparsity, weight_norms
 from toylens.analysis.results import Result, has_result
 from toylens.analysis.summary import summarize_checkpoint, write_trajectory
@@ -33,7 +31,7 @@ from toylens.errors import ToylensError
 from toylens.lock import run_lock
 from toylens.model import Transformer
 from toylens.run import Loaded, RunDir, load
-from toylens.tasks import Batch, Task
+from toylens.tasks import Batch, Task, task_class
 
 @dataclass(frozen=True)
 class Settings:
@@ -54,7 +52,7 @@ class Settings:
     ablate_neurons: bool = True
     """Also ablate every MLP neuron (one stacked pass per neuron chunk: slow with a 50K vocabulary)."""
     patch_metric: str | None = None
-    """Patching metric: logit_diff, neg_loss or accuracy (default: the task's, see corrupt.py)."""
+    """Patching metric: logit_diff, neg_loss or accuracy (default: the task's `patch_metric`)."""
     seed: int = 0
 
 
@@ -63,7 +61,8 @@ class Subject:
 
     def __init__(self, run: RunDir, config: RunConfig, checkpoint: str, device: torch.device, settings: Settings):
         self.run, self.checkpoint, self.device, self.settings = run, checkpoint, device, settings
-        self.cfg, self.task_name = config.model, config.task.name  # enough to decide what applies
+        # The model config and the task's class facts decide what applies, before anything is loaded.
+        self.cfg, self.task_class = config.model, task_class(config.task)
 
     @functools.cached_property
     def loaded(self) -> Loaded:
@@ -86,11 +85,12 @@ class Subject:
 
     @property
     def metric_name(self) -> str:
-        return self.settings.patch_metric or DEFAULT_METRIC.get(self.task_name, "neg_loss")
+        # A task without patching still names the (skipped) patching results.
+        return self.settings.patch_metric or self.task_class.patch_metric or "neg_loss"
 
     @functools.cached_property
     def patcher(self) -> Patcher:
-        pair = corrupted_pair(self.task, _fit(self.model, self.settings.n_patch), self.settings.seed)
+        pair = self.task.corrupted_pair(_fit(self.model, self.settings.n_patch), self.settings.seed)
         metric = make_metric(self.metric_name, pair.answers, pair.wrong)
         labels = self.task.token_labels(pair.clean[0])
         return Patcher(self.model, pair.clean, pair.corrupted, metric, pos_labels=labels, description=pair.description)
@@ -114,7 +114,7 @@ def _attention_task(s: Subject) -> Result:
 
 def _repeated(s: Subject, n: int) -> torch.Tensor:
     half = min(s.settings.repeated_half, (s.model.cfg.n_ctx - 1) // 2)
-    return att.repeated_tokens(random_token_ids(s.task), n, half, bos_token(s.task), s.settings.seed)
+    return att.repeated_tokens(s.task.random_token_ids(), n, half, s.task.bos_token(), s.settings.seed)
 
 
 def _attention_repeated(s: Subject) -> Result:
@@ -125,7 +125,7 @@ def _attention_repeated(s: Subject) -> Result:
 
 
 def _head_scores_repeated(s: Subject) -> Result:
-    return att.repeated_token_scores(s.model, random_token_ids(s.task), bos_token(s.task),
+    return att.repeated_token_scores(s.model, s.task.random_token_ids(), s.task.bos_token(),
                                      n_seq=s.settings.n_repeated, half=s.settings.repeated_half, seed=s.settings.seed)
 
 
@@ -139,7 +139,7 @@ TASK_RELATIONS = {
 
 
 def _head_scores_task(s: Subject) -> Result:
-    relations = {k: r for k, (r, _) in TASK_RELATIONS.items() if k != "next_output" or outputs_are_tokens(s.task)}
+    relations = {k: r for k, (r, _) in TASK_RELATIONS.items() if k != "next_output" or s.task.outputs_are_tokens}
     out = att.head_scores(s.model, s.data.tokens, relations, s.data.targets)
     return att.HeadScores(scores={k: v.score.cpu() for k, v in out.items()}, hits={k: v.hit.cpu() for k, v in out.items()},
                           layer_hits={k: v.layer_hit.cpu() for k, v in out.items()},
@@ -157,8 +157,8 @@ def _next_output_by_pos(s: Subject) -> Result:
 
 def _circuits(s: Subject) -> Result:
     labels = s.task.token_labels(torch.arange(s.model.cfg.d_vocab))
-    copy = None if outputs_are_tokens(s.task) else torch.tensor([], dtype=torch.long)
-    return circuits(s.model, labels, output_labels(s.task), copy_tokens=copy)
+    copy = None if s.task.outputs_are_tokens else torch.tensor([], dtype=torch.long)
+    return circuits(s.model, labels, s.task.output_labels(), copy_tokens=copy)
 
 
 def _ablation(kind: str) -> Callable[[Subject], Result]:
@@ -186,7 +186,7 @@ def _has_mlp(s: Subject) -> bool:
 
 
 def _patchable(s: Subject) -> bool:
-    return s.task_name in CORRUPTIONS
+    return s.task_class.patch_metric is not None
 
 
 PATCH_VARIANTS = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_pos", "head_pattern",
@@ -197,7 +197,7 @@ ANALYSES: list[Analysis] = [
     Analysis("attention/repeated", _attention_repeated),
     Analysis("head_scores/repeated", _head_scores_repeated),
     Analysis("head_scores/task", _head_scores_task),
-    Analysis("head_scores/next_output_by_pos", _next_output_by_pos, lambda s: outputs_are_tokens(s.task_name)),
+    Analysis("head_scores/next_output_by_pos", _next_output_by_pos, lambda s: s.task_class.outputs_are_tokens),
     Analysis("circuits", _circuits),
     Analysis("composition", lambda s: composition_scores(s.model), lambda s: s.cfg.n_layers > 1),
     Analysis("weight_norms", lambda s: weight_norms(s.model)),

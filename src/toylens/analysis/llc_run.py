@@ -53,7 +53,7 @@ from toylens.lock import run_lock
 from toylens.model import Transformer
 from toylens.model.stacked import STACKED_HOOKS, stacked_forward
 from toylens.run import CheckpointInfo, Loaded, RunDir, load
-from toylens.tasks import IGNORE, Batch, Task, TensorSplit
+from toylens.tasks import Batch, Task
 from toylens.train.optim import decays
 from toylens.train.regularisers import L1Penalty
 
@@ -102,7 +102,7 @@ def _stacked_objective(model: Transformer, task: Task, penalty: L1Penalty | None
         assert penalty is not None
         return lambda act: out.append(penalty.norm(name, act).flatten(1).mean(1))
 
-    positions = loss_positions(task)
+    positions = task.loss_positions()
 
     def terms(params: dict[str, torch.Tensor], tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         l1: list[torch.Tensor] = []
@@ -117,17 +117,6 @@ def _stacked_objective(model: Transformer, task: Task, penalty: L1Penalty | None
         return out
 
     return terms
-
-
-def loss_positions(task: Task) -> torch.Tensor | None:
-    """The sequence positions where some training example has a target, when the task's loss is
-    the masked cross-entropy (which reads nothing else) and they are not all positions: the only
-    logits the LLC objective needs. None: every position (or a split not held in memory)."""
-    split = task.splits[task.train_split]
-    if type(task).loss is not Task.loss or not isinstance(split, TensorSplit):
-        return None
-    used = (split.targets != IGNORE).any(0)
-    return None if bool(used.all()) else used.nonzero().flatten()
 
 
 def estimate_loaded(loaded: Loaded, settings: LLCSettings | None = None, *, progress: bool = False) -> LLCEstimate:

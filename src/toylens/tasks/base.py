@@ -1,4 +1,5 @@
-"""What every task provides: a vocabulary spec, data splits of `Batch`es, a loss and metrics.
+"""What every task provides: a vocabulary spec, data splits of `Batch`es, a loss and metrics, and
+the facts the trainer and the analyses need (see `Task`).
 
 A `Batch` is `tokens [batch, pos]` and `targets [batch, pos]`, with `IGNORE` (-100) wherever no
 loss is taken: sorting takes it on the sorted outputs, language modelling everywhere, sentiment
@@ -11,11 +12,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from toylens.config import TaskConfig
+from toylens.errors import ToylensError
 
 IGNORE = -100
 LOGITS_BUDGET = 2**25  # elements of one evaluation batch's logits (128 MB in float32)
@@ -71,15 +76,49 @@ class TaskSpec:
     n_ctx: int
 
 
-class Task(ABC):
-    """Data plus loss and metrics. Subclasses set `spec` and `splits` in __init__."""
+Goal = Literal["min", "max"]
 
-    name: str
+
+@dataclass
+class CorruptedPair:
+    """Inputs for activation patching: clean and corrupted tokens of the same shape that differ as
+    little as possible, the clean answers to measure (IGNORE where nothing is measured) and, when
+    the corruption changes the answer, the corrupted answers (what `logit_diff` compares against)."""
+
+    clean: Int[Tensor, "batch pos"]
+    corrupted: Int[Tensor, "batch pos"]
+    answers: Int[Tensor, "batch pos"]
+    wrong: Int[Tensor, "batch pos"] | None
+    description: str
+
+
+class Task(ABC):
+    """Data, loss and metrics, and everything the trainer and the analyses need to know about the task.
+
+    A task subclasses this, names its config in `config_class`, sets `spec` and `splits` in
+    __init__ and is registered with `register_task` (toylens.tasks.registry). The class attributes
+    are facts that the config's name alone decides (so `analyze` knows what applies without building
+    the task); the methods answer from the built task.
+    """
+
+    name: ClassVar[str]
+    """The task's name: its config's `name` (set by `register_task`)."""
+    config_class: ClassVar[type[TaskConfig]]
+    """The config section that selects this task."""
     spec: TaskSpec
     splits: dict[str, Split]
     train_split = "train"
     eval_splits: tuple[str, ...] = ("test",)
     select_metric = "test/loss"
+    """The metric (`split/name`) that picks the best checkpoint, unless `train.select_metric` says."""
+    metric_goals: ClassVar[dict[str, Goal]] = {"loss": "min", "acc": "max"}
+    """For every metric `metric_sums` and `finalize` report: is lower ("min") or higher ("max") better."""
+    outputs_are_tokens: ClassVar[bool] = False
+    """Whether output id i is input token i (sorting, language modelling), so that copying scores and
+    the "attend to the next output" score mean something; not when the outputs are classes."""
+    patch_metric: ClassVar[str | None] = None
+    """The activation-patching metric for `corrupted_pair`'s inputs (logit_diff, neg_loss or accuracy);
+    None: the task has no corrupted inputs, so patching does not apply."""
 
     def loss(
         self, logits: Float[Tensor, "batch pos d_vocab_out"], batch: Batch
@@ -124,6 +163,52 @@ class Task(ABC):
         means = self.finalize({k: s / max(n, 1) for k, (s, n) in sums.items()})
         return {f"{split}/{k}": v for k, v in means.items()}
 
+    def goal(self, metric: str) -> Goal:
+        """"min" or "max": whether lower or higher is better for a metric, with or without its split
+        ("val/ppl" or "ppl")."""
+        name = metric.split("/", 1)[-1]
+        if name not in self.metric_goals:
+            raise ToylensError(f"metric {metric!r}: the {self.name} task does not say whether lower or higher is "
+                               f"better (its metric_goals: {', '.join(self.metric_goals)})")
+        return self.metric_goals[name]
+
+    def loss_positions(self) -> Tensor | None:
+        """The sequence positions whose logits the loss reads, when they are not all positions: the
+        only logits the LLC objective computes. None: every position.
+
+        For the masked cross-entropy of `loss`: the positions where some training example has a
+        target, when the training split is held in memory (None otherwise). A task whose `loss`
+        reads other logits overrides this."""
+        split = self.splits[self.train_split]
+        if not isinstance(split, TensorSplit):
+            return None
+        used = (split.targets != IGNORE).any(0)
+        return None if bool(used.all()) else used.nonzero().flatten()
+
     def token_labels(self, tokens: Tensor) -> list[str]:
         """Readable labels for a 1-D sequence of token ids (for attention views)."""
         return [str(int(t)) for t in tokens]
+
+    def output_labels(self) -> list[str]:
+        """Names of the output ids: their token labels when outputs are tokens, else "class i"."""
+        if self.outputs_are_tokens:
+            return self.token_labels(torch.arange(self.spec.d_vocab_out))
+        return [f"class {i}" for i in range(self.spec.d_vocab_out)]
+
+    def special_tokens(self) -> list[int]:
+        """Input ids that are not content (SEP, BOS, padding, end-of-text), sorted; none by default."""
+        return []
+
+    def bos_token(self) -> int | None:
+        """What a sequence of random tokens starts with; None: position 0 is one more random token."""
+        return None
+
+    def random_token_ids(self) -> Int[Tensor, " ids"]:
+        """The ids random sequences are drawn from: the input vocabulary without `special_tokens`."""
+        ids = torch.arange(self.spec.d_vocab)
+        return ids[~torch.isin(ids, torch.tensor(self.special_tokens(), dtype=torch.long))]
+
+    def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
+        """`n` clean inputs and their corrupted versions, for activation patching with `patch_metric`.
+        A task that sets `patch_metric` overrides this."""
+        raise ToylensError(f"the {self.name} task has no corrupted inputs, so activation patching does not apply")

@@ -8,8 +8,13 @@ prediction. The model is the same Transformer as for language modelling, with d_
 number of classes, so every analysis runs on it unchanged.
 
 Splits: `train`; `val`, a seeded val_fraction of the training reviews (or the data's validation
-split), which picks the best checkpoint (`val/acc`); and `test`, never used for any choice.
-Metrics: `loss` and `acc` per review.
+split), which picks the best checkpoint (highest `val/acc`); and `test`, never used for any choice.
+Metrics: `loss` and `acc` per review. Outputs are classes, not tokens.
+
+For patching, one sentiment word of each review (good, great, loved, ...) is swapped for its
+antonym (reviews without one are skipped). Answers: the clean label; wrong answers: the other
+class; metric: logit_diff. (Whether the prediction flips depends on the model: a small model
+reads many words, so one swap usually moves the logit difference only part of the way.)
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from torch import Tensor
 
 from toylens.config import ClassifyTaskConfig
 from toylens.errors import ToylensError
-from toylens.tasks.base import IGNORE, Batch, Split, Task, TaskSpec
+from toylens.tasks.base import IGNORE, Batch, CorruptedPair, Split, Task, TaskSpec
+from toylens.tasks.registry import register_task
 from toylens.tasks.sources import open_source
 from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
 from toylens.tasks.tokenizers import load_tokenizer
@@ -55,10 +61,12 @@ class ReviewSplit(Split):
         return Batch(torch.from_numpy(tokens), torch.from_numpy(targets))
 
 
+@register_task
 class ClassifyTask(Task):
-    name = "classify"
+    config_class = ClassifyTaskConfig
     eval_splits = ("val", "test")
     select_metric = "val/acc"
+    patch_metric = "logit_diff"
 
     def __init__(self, cfg: ClassifyTaskConfig):
         self.cfg = cfg
@@ -103,3 +111,59 @@ class ClassifyTask(Task):
 
     def token_labels(self, tokens: Tensor) -> list[str]:
         return self.tokenizer.token_labels([int(t) for t in tokens])
+
+    def output_labels(self) -> list[str]:
+        return list(self.class_names)
+
+    def special_tokens(self) -> list[int]:
+        return self.tokenizer.special_ids
+
+    def bos_token(self) -> int | None:
+        return self.tokenizer.eos_id
+
+    def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
+        """Swap one sentiment word of each review for its antonym (reviews without one are skipped);
+        the wrong answer is the other class."""
+        gen = torch.Generator().manual_seed(seed)
+        swap = antonym_ids(self.tokenizer)
+        split = self.splits[self.eval_splits[0]]
+        batch = split.batch(torch.arange(min(len(split), 20 * n)))
+        table = torch.full((self.spec.d_vocab,), -1, dtype=torch.long)
+        table[torch.tensor(list(swap))] = torch.tensor(list(swap.values()))
+        before_label = (batch.targets != IGNORE).long().flip(1).cumsum(1).flip(1) > 0  # the review itself
+        swappable = (table[batch.tokens] >= 0) & before_label
+        rows = swappable.any(1).nonzero().squeeze(1)[:n]
+        if len(rows) == 0:
+            raise ToylensError(f"task classify: none of {len(batch)} reviews contains a sentiment word to swap")
+        clean, targets, swappable = batch.tokens[rows], batch.targets[rows], swappable[rows]
+        width = int((targets != IGNORE).nonzero()[:, 1].max()) + 1  # drop padding no kept review needs
+        clean, targets, swappable = clean[:, :width], targets[:, :width], swappable[:, :width]
+        # one random swappable position per review
+        pick = torch.where(swappable, torch.rand(swappable.shape, generator=gen), -1.0).argmax(1)
+        corrupted = clean.clone()
+        corrupted[torch.arange(len(rows)), pick] = table[clean[torch.arange(len(rows)), pick]]
+        wrong = torch.where(targets != IGNORE, (targets + 1) % self.spec.d_vocab_out, IGNORE)
+        description = "one sentiment word of each review swapped for its antonym (good/bad, great/terrible, ...)"
+        return CorruptedPair(clean, corrupted, targets, wrong, description)
+
+
+# Single-word sentiment antonyms; a pair is used in every casing/spacing the tokenizer keeps as one token.
+SENTIMENT_PAIRS = (
+    ("good", "bad"), ("great", "terrible"), ("best", "worst"), ("love", "hate"), ("loved", "hated"),
+    ("excellent", "awful"), ("wonderful", "horrible"), ("amazing", "boring"), ("beautiful", "ugly"),
+    ("brilliant", "stupid"), ("perfect", "poor"), ("fun", "dull"), ("enjoyable", "painful"),
+)
+
+
+def antonym_ids(tokenizer: object) -> dict[int, int]:
+    """token id -> id of its antonym, for the SENTIMENT_PAIRS that are single tokens both ways (any
+    tokenizer with `encode(text, special_tokens=False)`)."""
+    swap: dict[int, int] = {}
+    for a, b in SENTIMENT_PAIRS:
+        for fa, fb in ((a, b), (a.capitalize(), b.capitalize())):
+            for space in ("", " "):
+                ia = tokenizer.encode(space + fa, special_tokens=False)  # type: ignore[attr-defined]
+                ib = tokenizer.encode(space + fb, special_tokens=False)  # type: ignore[attr-defined]
+                if len(ia) == 1 and len(ib) == 1 and ia != ib:
+                    swap[ia[0]], swap[ib[0]] = ib[0], ia[0]
+    return swap

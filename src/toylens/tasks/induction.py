@@ -14,7 +14,8 @@ copy makes predictable (x_{d+1}..x_{d+L-1}). Metrics: `loss`/`acc` over the loss
 Sequences are generated on the fly from a counter-based hash of (data_seed, split, index), so any
 number of them costs no memory, sequence i is the same whatever n_train is, and the test stream
 is a different stream from the training one. `repeated_tokens` builds the `[BOS, r, r]` inputs
-that induction scores are measured on.
+that induction scores are measured on; patching breaks such a sequence (`tasks.repeated`) and
+measures neg_loss on its second half.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from toylens.config import InductionTaskConfig
-from toylens.tasks.base import IGNORE, Batch, Split, Task, TaskSpec
+from toylens.tasks.base import IGNORE, Batch, CorruptedPair, Split, Task, TaskSpec
+from toylens.tasks.registry import register_task
+from toylens.tasks.repeated import repeated_pair
 
 _SPLIT_KEYS = {"train": 1, "test": 2}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -62,10 +65,14 @@ class InductionSplit(Split):
         return InductionBatch(tokens, targets, copied)
 
 
+@register_task
 class InductionTask(Task):
-    name = "induction"
+    config_class = InductionTaskConfig
     eval_splits = ("test",)
     select_metric = "test/loss"
+    metric_goals = {**Task.metric_goals, "copy_loss": "min", "copy_acc": "max"}
+    outputs_are_tokens = True
+    patch_metric = "neg_loss"
 
     def __init__(self, cfg: InductionTaskConfig):
         self.cfg = cfg
@@ -88,6 +95,15 @@ class InductionTask(Task):
 
     def token_labels(self, tokens: Tensor) -> list[str]:
         return ["BOS" if int(t) == self.bos else str(int(t)) for t in tokens]
+
+    def special_tokens(self) -> list[int]:
+        return [self.bos]
+
+    def bos_token(self) -> int:
+        return self.bos
+
+    def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
+        return repeated_pair(self, n, seed)
 
     def repeated_tokens(self, n_seq: int, length: int, seed: int = 0) -> Int[Tensor, "batch pos"]:
         """`[BOS, r_1..r_length, r_1..r_length]` with r uniform over 0..n_vocab-1 (for induction scores)."""

@@ -11,7 +11,9 @@ validation or test split, the tail of the training stream is held out instead (t
 then val_fraction, contiguous so no window straddles two splits). The bundled WikiText sample
 has no training split (see `toylens/data/wikitext/NOTICE.md`): offline, the model trains on the
 validation split minus its last val_fraction, selects on that tail, and is tested on the test split.
-Metrics: `loss` (nats per token), `ppl` = exp(loss), `acc` (top-1 next token).
+Metrics: `loss` (nats per token), `ppl` = exp(loss), `acc` (top-1 next token). Patching breaks a
+repeated sequence of random tokens (`tasks.repeated`, started with end-of-text) and measures
+neg_loss on its second half.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from torch import Tensor
 
 from toylens.config import LmTaskConfig
 from toylens.errors import ToylensError
-from toylens.tasks.base import Batch, Split, Task, TaskSpec
+from toylens.tasks.base import Batch, CorruptedPair, Split, Task, TaskSpec
+from toylens.tasks.registry import register_task
+from toylens.tasks.repeated import repeated_pair
 from toylens.tasks.sources import open_source
 from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
 from toylens.tasks.tokenizers import load_tokenizer
@@ -54,10 +58,14 @@ class WindowSplit(Split):
         return self.n_windows * self.n_ctx
 
 
+@register_task
 class LmTask(Task):
-    name = "lm"
+    config_class = LmTaskConfig
     eval_splits = ("val", "test")
     select_metric = "val/loss"
+    metric_goals = {**Task.metric_goals, "ppl": "min"}
+    outputs_are_tokens = True
+    patch_metric = "neg_loss"
 
     def __init__(self, cfg: LmTaskConfig):
         self.cfg = cfg
@@ -113,6 +121,15 @@ class LmTask(Task):
 
     def token_labels(self, tokens: Tensor) -> list[str]:
         return self.tokenizer.token_labels([int(t) for t in tokens])
+
+    def special_tokens(self) -> list[int]:
+        return self.tokenizer.special_ids
+
+    def bos_token(self) -> int | None:
+        return self.tokenizer.eos_id  # GPT-2-style models read end-of-text as the start of a text
+
+    def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
+        return repeated_pair(self, n, seed)
 
 
 def _targets(split: Split) -> np.ndarray:

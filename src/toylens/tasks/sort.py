@@ -4,6 +4,13 @@ The model reads `[x_1..x_n, SEP, y_1..y_{n-1}]` (2n tokens) and must predict y_1
 positions SEP, y_1..y_{n-1}. Values are 0..n_values-1, SEP is n_values, so d_vocab = n_values + 1
 and d_vocab_out = n_values. Lists are drawn from `data_seed` (not the run seed, so runs that
 differ only in seed share their data); the test lists are disjoint from the training lists.
+
+Metrics: `loss`, `acc` per sorted output and `list_acc` (whole lists right); the best checkpoint
+has the lowest test loss. Outputs are tokens (output i is value i). For patching, the element at
+one list position (the same in every example) is replaced by a value not in the list (another
+value, with duplicates): one token changes, the sorted half is kept. Answers: the clean sorted
+outputs; wrong answers: what a perfect sorter would output for the corrupted list after the same
+prefix (the next larger value of the corrupted list); metric: logit_diff.
 """
 
 from __future__ import annotations
@@ -12,13 +19,18 @@ import torch
 from torch import Tensor
 
 from toylens.config import SortTaskConfig
-from toylens.tasks.base import IGNORE, Batch, Task, TaskSpec, TensorSplit
+from toylens.tasks.base import IGNORE, Batch, CorruptedPair, Task, TaskSpec, TensorSplit
+from toylens.tasks.registry import register_task
 
 
+@register_task
 class SortTask(Task):
-    name = "sort"
+    config_class = SortTaskConfig
     eval_splits = ("test",)
     select_metric = "test/loss"
+    metric_goals = {**Task.metric_goals, "list_acc": "max"}
+    outputs_are_tokens = True
+    patch_metric = "logit_diff"
 
     def __init__(self, cfg: SortTaskConfig):
         self.cfg = cfg
@@ -46,6 +58,42 @@ class SortTask(Task):
 
     def token_labels(self, tokens: Tensor) -> list[str]:
         return ["SEP" if int(t) == self.sep else str(int(t)) for t in tokens]
+
+    def special_tokens(self) -> list[int]:
+        return [self.sep]
+
+    def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
+        """Replace the element at one position (the same, random, position in every list) by a
+        value that is not in the list; everything else, the sorted half included, stays as it was."""
+        gen = torch.Generator().manual_seed(seed)
+        split = self.splits[self.eval_splits[0]]
+        clean = split.batch(torch.arange(min(n, len(split))))
+        lists = clean.tokens[:, : self.n].clone()
+        rows = torch.arange(len(lists))
+        where = int(torch.randint(self.n, (1,), generator=gen))
+        # A random value per row, excluding the values already in the list (or just the replaced one).
+        score = torch.rand(len(lists), self.cfg.n_values, generator=gen)
+        banned = lists if not self.cfg.duplicates else lists[:, where : where + 1]
+        score.scatter_(1, banned, -1.0)
+        lists[rows, where] = score.argmax(1)
+        corrupted = clean.tokens.clone()
+        corrupted[:, : self.n] = lists
+        wrong = torch.full_like(clean.targets, IGNORE)
+        wrong[:, self.n :] = self.sorter_answers(lists, clean.tokens[:, self.n :])
+        return CorruptedPair(clean.tokens, corrupted, clean.targets, wrong,
+                             f"list element {where + 1} replaced by a value not in the list; sorted half unchanged")
+
+    def sorter_answers(self, lists: Tensor, read: Tensor) -> Tensor:
+        """What a perfect sorter outputs for `lists` after reading `read` (SEP, then the clean sorted
+        outputs): the smallest list value above the value just read (IGNORE if there is none). With
+        duplicates, the k-th smallest value at the k-th output instead."""
+        if self.cfg.duplicates:
+            return lists.sort(1).values
+        previous = torch.where(read == self.sep, -1, read)  # [batch, n]
+        above = lists[:, None, :] > previous[:, :, None]  # [batch, output, list]
+        candidate = torch.where(above, lists[:, None, :], self.cfg.n_values)
+        answer = candidate.min(-1).values
+        return torch.where(answer == self.cfg.n_values, IGNORE, answer)
 
 
 def distinct_lists(cfg: SortTaskConfig, count: int) -> Tensor:

@@ -48,6 +48,11 @@ class TextTokenizer:
     def __repr__(self) -> str:
         return f"TextTokenizer({self.name!r}, vocab_size={self.vocab_size})"
 
+    @property
+    def special_ids(self) -> list[int]:
+        """End-of-text, padding and the tokens the tokenizer appends ([SEP]), sorted."""
+        return sorted({i for i in (self.eos_id, self.pad_id, *self.suffix_ids) if i is not None})
+
     def encode(self, text: str, special_tokens: bool = True) -> list[int]:
         """Token ids of one text (with the tokenizer's [CLS]/[SEP]-style tokens unless told not to)."""
         return self.tok.encode(text, add_special_tokens=special_tokens).ids

@@ -35,6 +35,7 @@ from toylens.lock import LOCK, run_lock
 from toylens.model import Transformer
 from toylens.run import RunDir
 from toylens.tasks import Task, build_task
+from toylens.tasks.base import Goal
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
 from toylens.train.determinism import deterministic_algorithms
@@ -43,6 +44,8 @@ from toylens.train.optim import build_optimizer, lr_at, set_lr
 from toylens.train.regularisers import L1Penalty
 
 log = logging.getLogger("toylens")
+
+TRAINER_GOALS: dict[str, Goal] = {"train/l1": "min"}  # the metrics the trainer adds (train/loss is the task's loss)
 
 
 @dataclass
@@ -252,14 +255,21 @@ class Trainer:
         self.run.write_jsonl("metrics.jsonl", self.state.rows)
         if self.select not in row:
             raise ToylensError(f"train.select_metric: {self.select!r} is not a metric of this task ({_keys(row)})")
-        value = row[self.select]
-        better = value < self.state.best["value"] if self.state.best else True
-        if not self.select.endswith("loss") and self.state.best:
-            better = value > self.state.best["value"]
-        if better:
+        value, best, goal = row[self.select], self.state.best, self.goal()
+        if best is None or (value < best["value"] if goal == "min" else value > best["value"]):
             self.state.best = {"checkpoint": f"epoch-{self.state.epoch:04d}", "metric": self.select, "value": value}
         log.info("epoch %d: %s", self.state.epoch, _fmt(row))
         return row
+
+    def goal(self) -> Goal:
+        """Whether the lowest ("min") or the highest ("max") value of the select metric is best: the
+        task says for its metrics, the trainer for its own (train/l1)."""
+        if self.select in TRAINER_GOALS:
+            return TRAINER_GOALS[self.select]
+        try:
+            return self.task.goal(self.select)
+        except ToylensError as e:
+            raise ToylensError(f"train.select_metric: {e}") from None
 
     def check_finite(self, sums: torch.Tensor) -> None:
         if not torch.isfinite(sums).all():

@@ -1,0 +1,33 @@
+"""Corrupted inputs for the next-token tasks (induction, language modelling): a repeated sequence of
+random tokens, and the same with its first half replaced.
+
+`[BOS, r_1..r_L, r_1..r_L]` against `[BOS, r'_1..r'_L, r_1..r_L]`: in the clean input the second
+half can be predicted by copying, in the corrupted one it cannot. Answers: r_2..r_L at the
+second-half positions. The answer does not change (nothing predicts anything else), so there is
+no wrong answer and the patching metric is neg_loss on those positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from toylens.tasks.base import IGNORE, CorruptedPair, Task
+
+
+def repeated_pair(task: Task, n: int, seed: int, half: int = 20) -> CorruptedPair:
+    """`n` pairs of halves of `half` tokens (fewer when n_ctx is short), drawn from the task's
+    `random_token_ids` and started with its `bos_token` (one more random token without one)."""
+    gen = torch.Generator().manual_seed(seed)
+    half = min(half, (task.spec.n_ctx - 1) // 2)
+    ids = task.random_token_ids()
+    r = ids[torch.randint(len(ids), (n, half), generator=gen)]
+    shift = torch.randint(1, len(ids), (n, half), generator=gen)  # every replaced token differs from r
+    other = ids[(torch.searchsorted(ids, r) + shift) % len(ids)]
+    bos = task.bos_token()
+    first = torch.full((n, 1), bos) if bos is not None else ids[torch.randint(len(ids), (n, 1), generator=gen)]
+    clean = torch.cat([first, r, r], dim=1)
+    corrupted = torch.cat([first, other, r], dim=1)
+    answers = torch.full_like(clean, IGNORE)
+    answers[:, half + 1 : 2 * half] = clean[:, half + 2 :]  # r_2..r_half, predictable by copying
+    return CorruptedPair(clean, corrupted, answers, None,
+                         f"[BOS, r_1..r_{half}, r_1..r_{half}] vs the first half replaced by other random tokens")
