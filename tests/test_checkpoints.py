@@ -1,0 +1,94 @@
+"""The checkpoint vocabulary (toylens.checkpoints): names, and every form of a spec resolved
+against a tiny run with epoch and step checkpoints, finished and unfinished."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from toylens import load, train
+from toylens.checkpoints import HELP, epoch_name, items, resolve, resolve_one, state_file, step_name, weights_file
+from toylens.errors import ToylensError
+from toylens.run import RunDir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> RunDir:
+    cfg = tiny_config(train={"epochs": 2, "log_checkpoints": 3})  # 20 steps: extra checkpoints at steps 1 and 4
+    return RunDir(train(cfg, tmp_path_factory.mktemp("runs"), progress=False).run_dir)
+
+
+@pytest.fixture
+def unfinished(run, tmp_path) -> RunDir:
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "unfinished"))
+    copy.remove("summary.json")
+    return copy
+
+
+def names(run: RunDir, spec) -> list[str]:
+    return [c.name for c in resolve(run, spec)]
+
+
+def one_line_error(fn, *args) -> str:
+    with pytest.raises(ToylensError) as e:
+        fn(*args)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_names_and_files():
+    assert epoch_name(3) == "epoch-0003" and step_name(120) == "step-000120"
+    assert weights_file("epoch-0003") == "checkpoints/epoch-0003.safetensors"
+    assert state_file("epoch-0003") == "checkpoints/epoch-0003.state.safetensors"
+
+
+def test_every_form(run):
+    every = ["epoch-0000", "step-000001", "step-000004", "epoch-0001", "epoch-0002"]
+    assert names(run, "all") == every == [c.name for c in run.checkpoints()]
+    assert names(run, "final") == ["epoch-0002"]  # the last epoch: final.safetensors holds the same weights
+    assert names(run, "best") == [run.read_json("summary.json")["best"]["checkpoint"]]
+    assert names(run, 1) == names(run, "1") == names(run, "epoch-0001") == ["epoch-0001"]
+    assert names(run, "step-000004") == ["step-000004"]
+    assert names(run, "2, 0,step-000001") == names(run, [2, "0", "step-000001"]) == ["epoch-0002", "epoch-0000", "step-000001"]
+    assert names(run, "final,2,epoch-0002") == ["epoch-0002"]  # each checkpoint once
+
+
+def test_final_is_the_final_weights(run):
+    final, standalone = load(run.path, "final"), load(run.path / "final.safetensors")
+    assert (final.epoch, final.step) == (standalone.epoch, standalone.step) == (2, 20)
+    for name, weight in final.model.state_dict().items():
+        assert torch.equal(weight, standalone.model.state_dict()[name]), name
+
+
+def test_single_checkpoint_forms(run):
+    assert resolve_one(run, "final").name == "epoch-0002" and resolve_one(run, "0").file == weights_file("epoch-0000")
+    assert resolve_one(run, [1]).name == "epoch-0001"  # a list of one is one checkpoint
+    for spec in ("all", "0,1", [0, 1]):
+        msg = one_line_error(resolve_one, run, spec, "export")
+        assert "export takes one checkpoint" in msg and "available: epoch-0000" in msg
+
+
+def test_bad_items_name_the_item_and_what_is_available(run, unfinished):
+    msg = one_line_error(resolve, run, "1,9")
+    assert "no checkpoint 'epoch-0009' (from '9')" in msg
+    assert "available: epoch-0000, step-000001, step-000004, epoch-0001, epoch-0002; final = epoch-0002, best = " in msg
+    assert "no checkpoint 'epoch-3'" in one_line_error(resolve, run, "epoch-3")
+    for spec in ("", "1,,2", " ", [], "all,1", [True]):
+        one_line_error(items, spec)
+    msg = one_line_error(resolve, unfinished, "final")
+    assert "no final checkpoint, training has not finished" in msg and "(final and best once training has finished)" in msg
+    assert "no best checkpoint" in one_line_error(resolve, unfinished, "best")
+    assert names(unfinished, "all") == names(run, "all") and names(unfinished, 2) == ["epoch-0002"]
+
+
+def test_deprecated_checkpoint_file_still_works(run):
+    with pytest.warns(FutureWarning, match="checkpoint_file is deprecated"):
+        assert run.checkpoint_file("final") == weights_file("epoch-0002")
+
+
+def test_help_names_every_form():
+    for form in ("final", "best", "epoch number", "epoch-0003", "step-000120", "all", "3,5"):
+        assert form in HELP
