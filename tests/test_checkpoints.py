@@ -52,7 +52,8 @@ def test_every_form(run):
     assert names(run, "best") == [run.read_json("summary.json")["best"]["checkpoint"]]
     assert names(run, 1) == names(run, "1") == names(run, "epoch-0001") == ["epoch-0001"]
     assert names(run, "step-000004") == ["step-000004"]
-    assert names(run, "2, 0,step-000001") == names(run, [2, "0", "step-000001"]) == ["epoch-0002", "epoch-0000", "step-000001"]
+    in_order = ["epoch-0002", "epoch-0000", "step-000001"]
+    assert names(run, "2, 0,step-000001") == names(run, [2, "0", "step-000001"]) == in_order
     assert names(run, "final,2,epoch-0002") == ["epoch-0002"]  # each checkpoint once
 
 
@@ -79,7 +80,8 @@ def test_bad_items_name_the_item_and_what_is_available(run, unfinished):
     for spec in ("", "1,,2", " ", [], "all,1", [True]):
         one_line_error(items, spec)
     msg = one_line_error(resolve, unfinished, "final")
-    assert "no final checkpoint, training has not finished" in msg and "(final and best once training has finished)" in msg
+    assert "no final checkpoint, training has not finished" in msg
+    assert "(final and best once training has finished)" in msg
     assert "no best checkpoint" in one_line_error(resolve, unfinished, "best")
     assert names(unfinished, "all") == names(run, "all") and names(unfinished, 2) == ["epoch-0002"]
 
@@ -92,3 +94,80 @@ def test_deprecated_checkpoint_file_still_works(run):
 def test_help_names_every_form():
     for form in ("final", "best", "epoch number", "epoch-0003", "step-000120", "all", "3,5"):
         assert form in HELP
+
+
+# --------------------------------------------------------------------- one --checkpoint on every command
+
+FAST_LLC = ["--set", "chains=1", "--set", "draws=2", "--set", "burnin=1", "--set", "batch_size=8",
+            "--set", "init_batches=1", "--no-progress"]
+COMMANDS = {  # command -> (arguments after RUN, does it take several checkpoints?)
+    "analyze": (["--only", "weight_norms", "--examples", "4", "--no-progress"], True),
+    "llc": (FAST_LLC, True),
+    "llc calibrate": (["--epsilons", "1e-4", "--gammas", "100", "--no-write", *FAST_LLC], False),
+    "export": (["--to", "transformer-lens"], False),
+    "report": (["--no-png"], False),
+}
+SINGLE = {"final": "epoch-0002", "1": "epoch-0001", "epoch-0001": "epoch-0001", "step-000004": "step-000004"}
+SEVERAL = {"all": ["epoch-0000", "step-000001", "step-000004", "epoch-0001", "epoch-0002"],
+           "0,final": ["epoch-0000", "epoch-0002"], "epoch-0000,step-000001": ["epoch-0000", "step-000001"]}
+
+
+def invoke(toylens_main, command: str, run: RunDir, spec: str, tmp_path):
+    extra, _ = COMMANDS[command]
+    out = ["-o", tmp_path / "report.html"] if command == "report" else []
+    return toylens_main(*command.split(), run.path, "--checkpoint", spec, *extra, *out)
+
+
+def chosen(command: str, run: RunDir, result, tmp_path) -> list[str]:
+    """Which checkpoints the command acted on, read from what it wrote or printed."""
+    if command == "llc calibrate":
+        return [result.stdout.split("calibration on ")[1].split()[0]]
+    if command == "report":
+        text = (tmp_path / "report.html").read_text()
+        return [text.split("<tr><td>analysed checkpoint</td><td>")[1].split(" (step")[0]]
+    if command == "llc":
+        return [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    folder = "analysis" if command == "analyze" else "export/transformer-lens"
+    return [c.name for c in run.checkpoints() if run.has(f"{folder}/{c.name}/weight_norms.json")
+            or run.has(f"{folder}/{c.name}.safetensors")]
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_takes_the_same_checkpoint_forms(command, run, tmp_path, toylens_main):
+    """analyze, llc, llc calibrate, export and report: one --checkpoint, the same forms meaning the
+    same checkpoints; all and lists where a command takes several, a one-line refusal elsewhere."""
+    fresh = RunDir(shutil.copytree(run.path, tmp_path / "run"))
+    if command == "report":  # the report shows analysed checkpoints
+        assert toylens_main("analyze", fresh.path, "--checkpoint", "all", *COMMANDS["analyze"][0]).exit_code == 0
+    several = COMMANDS[command][1]
+    best = run.read_json("summary.json")["best"]["checkpoint"]
+    for spec, expected in [*SINGLE.items(), ("best", best), *SEVERAL.items()]:
+        expected = expected if isinstance(expected, list) else [expected]
+        if command in ("analyze", "export"):  # these tell what they did by the files they wrote
+            shutil.rmtree(fresh.path / "analysis", ignore_errors=True)
+            shutil.rmtree(fresh.path / "export", ignore_errors=True)
+            fresh.path.joinpath("manifest.json").write_text(run.path.joinpath("manifest.json").read_text())
+        result = invoke(toylens_main, command, fresh, spec, tmp_path)
+        if len(expected) > 1 and not several:
+            assert result.exit_code == 2 and result.stderr.count("\n") == 1, (command, spec, result.stderr)
+            assert f"{command} takes one checkpoint" in result.stderr
+            continue
+        assert result.exit_code in (0, 1), (command, spec, result.stderr)  # calibrate: 1 when no setting is usable
+        got = chosen(command, fresh, result, tmp_path)
+        assert (sorted(got) if command in ("analyze", "export") else got) == (
+            sorted(expected) if command in ("analyze", "export") else expected), (command, spec)
+
+
+def test_a_bad_checkpoint_is_the_same_one_line_error_everywhere(run, tmp_path, toylens_main):
+    for bad in ("epoch-0099", "1,,2", "9"):
+        lines = {command: invoke(toylens_main, command, run, bad, tmp_path) for command in COMMANDS}
+        assert all(r.exit_code == 2 and r.stderr.count("\n") == 1 for r in lines.values()), (bad, lines)
+        assert len({r.stderr for r in lines.values()}) == 1, (bad, {c: r.stderr for c, r in lines.items()})
+    assert "no checkpoint 'epoch-0009' (from '9'); available: epoch-0000" in lines["export"].stderr
+
+
+def test_help_text_is_the_same_on_every_command(toylens_main):
+    one_line = " ".join(HELP.split())
+    for command in COMMANDS:
+        text = toylens_main(*("llc estimate" if command == "llc" else command).split(), "--help").stdout
+        assert one_line in " ".join(text.replace("\n", " ").split()), command

@@ -45,8 +45,8 @@ FINAL_WEIGHTS = "final.safetensors"
 Spec = Union[str, int, Sequence[Union[str, int]]]
 """A checkpoint spec: "final", "best", "all", an epoch number, a name, or a list ("3,5", [3, 5])."""
 
-HELP = ("Checkpoint: final (end of training), best, an epoch number (3), a name (epoch-0003, step-000120), "
-        "all, or a list (3,5 or epoch-0003,step-000120). all and lists only where several checkpoints "
+HELP = ("Checkpoint: final (the last epoch of a finished run), best, an epoch number (3), "
+        "a name (epoch-0003, step-000120), all, or a list (3,5 or epoch-0003,step-000120). all and lists only where several checkpoints "
         "make sense (analyze, llc).")
 """The help text of every command's --checkpoint option."""
 
@@ -84,25 +84,27 @@ def state_file(name: str) -> str:
     return f"checkpoints/{name}.state.safetensors"
 
 
-def items(spec: Spec) -> list[str]:
-    """The items of a spec, checked for form only (no run needed): "3,5" -> ["3", "5"]."""
+def items(spec: Spec, label: str = "checkpoint") -> list[str]:
+    """The items of a spec, checked for form only (no run needed): "3,5" -> ["3", "5"].
+    `label` starts the error messages (a study file names its field there)."""
+    where = f"{label} {_shown(spec)}"
     if isinstance(spec, bool) or not isinstance(spec, (str, int, Sequence)):
-        raise ToylensError(f"checkpoint {spec!r}: expected {_FORMS}")
+        raise ToylensError(f"{where}: expected {_FORMS}")
     if isinstance(spec, int):
         return [str(spec)]
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
     out = []
     for part in parts:
         if isinstance(part, bool) or not isinstance(part, (str, int)):
-            raise ToylensError(f"checkpoint {_shown(spec)}: item {part!r} is not a checkpoint; expected {_FORMS}")
+            raise ToylensError(f"{where}: item {part!r} is not a checkpoint; expected {_FORMS}")
         item = str(part).strip()
         if not item:
-            raise ToylensError(f"checkpoint {_shown(spec)}: empty item; expected {_FORMS}")
+            raise ToylensError(f"{where}: empty item; expected {_FORMS}")
         if item == ALL and len(parts) > 1:
-            raise ToylensError(f"checkpoint {_shown(spec)}: all already names every checkpoint; it cannot be in a list")
+            raise ToylensError(f"{where}: all already names every checkpoint; it cannot be in a list")
         out.append(item)
     if not out:
-        raise ToylensError(f"checkpoint {_shown(spec)}: empty; expected {_FORMS}")
+        raise ToylensError(f"{where}: empty; expected {_FORMS}")
     return out
 
 
@@ -149,7 +151,7 @@ def best_name(run: RunDir) -> str:
 
 
 def available(run: RunDir) -> str:
-    """What a run offers, for error messages: "available: epoch-0000, ..., epoch-0012; final = epoch-0012, best = ..."."""
+    """What a run offers, for error messages: "available: epoch-0000, ...; final = epoch-0012, best = ..."."""
     names = [c.name for c in run.checkpoints()]
     if not names:
         return "available: none"
@@ -178,8 +180,8 @@ def _finished(run: RunDir) -> bool:
     return run.has("summary.json")
 
 
-def _shown(spec: Spec) -> str:
-    return repr(spec if isinstance(spec, (str, int)) else ",".join(map(str, spec)))
+def _shown(spec: object) -> str:
+    return repr(",".join(map(str, spec)) if isinstance(spec, (list, tuple)) else spec)
 
 
 _FORMS = "final, best, all, an epoch number, a checkpoint name, or a list of these (3,5)"
