@@ -9,6 +9,7 @@ resumes where it stopped; a checkpoint whose results all exist is not even loade
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,12 @@ ANALYSES: list[Analysis] = [
 
 
 # --------------------------------------------------------------------------------- driver
+
+
+def checkpoint_names(run: RunDir, checkpoint: Spec) -> list[str]:
+    """Deprecated: the names of `toylens.checkpoints.resolve(run, checkpoint)`."""
+    warnings.warn("checkpoint_names is deprecated; use toylens.checkpoints.resolve", FutureWarning, stacklevel=2)
+    return [c.name for c in resolve(run, checkpoint)]
 
 
 def analyze(run: str | Path, checkpoint: Spec = "final", *, device: str | torch.device = "cpu",

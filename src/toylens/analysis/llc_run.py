@@ -153,6 +153,12 @@ def validate_settings(raw: dict[str, Any], where: str) -> LLCSettings:
     return validate_input(LLCSettings, raw, where)
 
 
+def select_checkpoints(run: RunDir, which: Spec = "all") -> list[CheckpointInfo]:
+    """Deprecated: `toylens.checkpoints.resolve(run, which)`."""
+    warnings.warn("select_checkpoints is deprecated; use toylens.checkpoints.resolve", FutureWarning, stacklevel=2)
+    return resolve(run, which)
+
+
 def llc_over_checkpoints(
     run: str | Path | RunDir,
     checkpoint: Spec = "all",
