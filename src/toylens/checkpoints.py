@@ -46,8 +46,8 @@ Spec = Union[str, int, Sequence[Union[str, int]]]
 """A checkpoint spec: "final", "best", "all", an epoch number, a name, or a list ("3,5", [3, 5])."""
 
 HELP = ("Checkpoint: final (the last epoch of a finished run), best, an epoch number (3), "
-        "a name (epoch-0003, step-000120), all, or a list (3,5 or epoch-0003,step-000120). all and lists only where several checkpoints "
-        "make sense (analyze, llc).")
+        "a name (epoch-0003, step-000120), all, or a list (3,5 or epoch-0003,step-000120). "
+        "all and lists only where several checkpoints make sense (analyze, llc).")
 """The help text of every command's --checkpoint option."""
 
 
