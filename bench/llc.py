@@ -2,7 +2,7 @@
 
     .venv/bin/pip install devinterp==1.3.2          # bench only; keeps torch 2.13.0 (needs torch>=2.0.1)
     .venv/bin/python bench/llc.py runs/sort-no-decay                    # the final checkpoint
-    .venv/bin/python bench/llc.py runs/sort-no-decay --checkpoints all  # every checkpoint of the run
+    .venv/bin/python bench/llc.py runs/sort-no-decay --checkpoint all   # every checkpoint of the run
 
 devinterp 1.x (`estimate_learning_coeff_with_summary` with its `SGLD`) takes any model and an
 `evaluate(model, batch)` loss, so both tools sample the same objective: the run's task loss plus
@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from toylens.analysis.llc import LLCSettings, estimate_many
-from toylens.analysis.llc_run import _weights, run_objective, select_checkpoints
+from toylens.analysis.llc_run import _weights, run_objective
+from toylens.checkpoints import HELP, resolve
 from toylens.memory import reuse_freed_memory
 from toylens.run import RunDir, load
 from toylens.tasks import Batch
@@ -69,7 +70,7 @@ def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="run directory (train one with `toylens train configs/sort-no-decay.yaml`)")
-    ap.add_argument("--checkpoints", default="final", help="final, all, or epochs 3,5")
+    ap.add_argument("--checkpoint", default="final", help=HELP)
     ap.add_argument("--epsilon", type=float, default=LLCSettings().epsilon)
     ap.add_argument("--gamma", type=float, default=LLCSettings().gamma)
     ap.add_argument("--batch-size", type=int, default=LLCSettings().batch_size)
@@ -85,7 +86,7 @@ def main() -> None:
     run = RunDir(args.run)
     s = LLCSettings(epsilon=args.epsilon, gamma=args.gamma, batch_size=args.batch_size, chains=args.chains,
                     draws=args.draws, burnin=args.burnin, weight_decay=0.0, mala_every=args.mala_every)
-    ckpts = select_checkpoints(run, args.checkpoints)
+    ckpts = resolve(run, args.checkpoint)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
           f"{len(ckpts)} checkpoint(s) of {run.path}; eps={s.epsilon:g} gamma={s.gamma:g} m={s.batch_size} "
           f"chains={s.chains} draws={s.draws} burnin={s.burnin}")

@@ -18,6 +18,7 @@ from toylens.run import RunDir
 from toylens.train import train
 
 SMALL = Settings(n_examples=24, n_patch=6, n_repeated=8, n_pattern_examples=2)
+FINAL = "epoch-0002"  # the final checkpoint of the two-epoch tiny runs: results of "final" are stored under it
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +35,17 @@ def test_every_analysis_saved_and_loadable(runs):
     written = analyze(mlp, "final", settings=SMALL, progress=False)
     run = RunDir(mlp)
     names = {a.name.format(metric="logit_diff") for a in ANALYSES} - {"composition"}  # one layer: nothing to compose
-    assert {w.removeprefix("analysis/final/") for w in written} == names
+    assert {w.removeprefix(f"analysis/{FINAL}/") for w in written} == names
     for name in names:
-        result = load_result(run, f"analysis/final/{name}")
-        doc = run.read_json(f"analysis/final/{name}.json")
+        result = load_result(run, f"analysis/{FINAL}/{name}")
+        doc = run.read_json(f"analysis/{FINAL}/{name}.json")
         assert doc["type"] == type(result).__name__ in RESULT_TYPES
         for array, info in doc["arrays"].items():
             assert len(info["axes"]) == len(info["shape"]), (name, array)
-    grid = load_result(run, "analysis/final/patching/logit_diff/head_out_by_pos")
+    grid = load_result(run, f"analysis/{FINAL}/patching/logit_diff/head_out_by_pos")
     assert grid.values.shape == (1, 8, 2) and grid.grid_axes == ["layer", "pos", "head"]
     assert len(grid.labels["pos"]) == 8 and grid.labels["pos"][4] == "SEP"
-    summary = load_result(run, "analysis/final/summary")
+    summary = load_result(run, f"analysis/{FINAL}/summary")
     assert summary.epoch == 2 and summary.step > 0 and "circuits" in summary.results
     assert "head_scores/repeated/induction.max" in summary.scalars
     assert analyze(mlp, "final", settings=SMALL, progress=False) == []  # all done: skipped
@@ -60,7 +61,7 @@ def test_neuron_ablations_can_be_left_out(tmp_path):
         run = shutil.copytree(fresh, tmp_path / f"mlp-{neurons}")
         analyze(run, "final", only=["ablation/mean"], settings=Settings(n_examples=24, ablate_neurons=neurons),
                 progress=False)
-        results[neurons] = load_result(RunDir(run), "analysis/final/ablation/mean")
+        results[neurons] = load_result(RunDir(run), f"analysis/{FINAL}/ablation/mean")
     assert results[False].neurons.shape == (1, 0) and results[True].neurons.shape == (1, 32)
     assert torch.allclose(results[False].heads, results[True].heads)
 
@@ -68,25 +69,25 @@ def test_neuron_ablations_can_be_left_out(tmp_path):
 def test_all_checkpoints_and_trajectory(runs):
     _, attn = runs
     written = analyze(attn, "all", only=["head_scores/repeated", "composition"], settings=SMALL, progress=False)
-    assert len(written) == 2 * 4  # epochs 0, 1, 2 and final
+    assert len(written) == 2 * 3  # epochs 0, 1, 2; the final checkpoint is epoch 2, analysed once
     traj = load_result(RunDir(attn), "analysis/trajectory")
-    assert traj.checkpoints == ["epoch-0000", "epoch-0001", "epoch-0002", "final"]
+    assert traj.checkpoints == ["epoch-0000", "epoch-0001", FINAL]
     assert traj.steps == sorted(traj.steps)
     series = traj.scalars["head_scores/repeated/induction.max"]
-    assert len(series) == 4 and all(isinstance(v, float) for v in series)
+    assert len(series) == 3 and all(isinstance(v, float) for v in series)
     k_max = traj.scalars["composition/k.max"]
     assert all(isinstance(v, float) and 0 < v < 1 for v in k_max) and traj.scalars["composition/k.argmax"][-1].startswith("L1")
-    comp = load_result(RunDir(attn), "analysis/final/composition")
+    comp = load_result(RunDir(attn), f"analysis/{FINAL}/composition")
     assert comp.k.shape == (2, 2, 2, 2) and comp.k[0, :, 1].isfinite().all() and comp.k[1].isnan().all()
 
 
 def test_tampered_result_is_refused(runs):
     _, attn = runs
     analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False)
-    path = attn / "analysis/final/weight_norms.json"
+    path = attn / f"analysis/{FINAL}/weight_norms.json"
     path.write_text(path.read_text().replace("total_matrices", "total_matrixes"))
     with pytest.raises(ToylensError, match="SHA-256"):
-        load_result(RunDir(attn), "analysis/final/weight_norms")
+        load_result(RunDir(attn), f"analysis/{FINAL}/weight_norms")
 
 
 def test_bad_requests_are_one_line_errors(runs, tmp_path):
@@ -113,7 +114,7 @@ def test_cli_analyze_and_export(runs):
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "patch metric" in bad.stderr
     exp = run("export", str(mlp), "--to", "transformer-lens")
     assert exp.exit_code == 0, exp.output
-    path = mlp / "export/transformer-lens/final.safetensors"
+    path = mlp / f"export/transformer-lens/{FINAL}.safetensors"
     from toylens import load
     from toylens.export import load_transformer_lens
 
@@ -122,5 +123,5 @@ def test_cli_analyze_and_export(runs):
     tokens = torch.randint(0, 11, (3, 8))
     with torch.no_grad():
         assert (tl(tokens).log_softmax(-1) - model(tokens).log_softmax(-1)).abs().max() <= 1e-5
-    assert json.loads((mlp / "manifest.json").read_text())["files"]["export/transformer-lens/final.safetensors"]
+    assert json.loads((mlp / "manifest.json").read_text())["files"][f"export/transformer-lens/{FINAL}.safetensors"]
     assert run("export", str(mlp), "--to", "onnx").exit_code == 2

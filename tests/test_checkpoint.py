@@ -46,23 +46,23 @@ def test_truncated(run_copy):
 
 
 def test_bit_flipped(run_copy):
-    path = run_copy / "final.safetensors"
+    path = run_copy / CKPT  # the final checkpoint of this one-epoch run: what load(run) reads
     data = bytearray(path.read_bytes())
     data[-7] ^= 0x10
     path.write_bytes(bytes(data))
     msg = refused(run_copy)
-    assert "final.safetensors" in msg and "SHA-256 does not match" in msg
+    assert CKPT in msg and "SHA-256 does not match" in msg
 
 
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_pickle_is_never_loaded(run_copy, how):
-    path = run_copy / "final.safetensors"
+    path = run_copy / CKPT
     if how == "pickle":
         path.write_bytes(pickle.dumps({"embed.W_E": [1.0, 2.0]}))
     else:
         torch.save({"embed.W_E": torch.zeros(2)}, path)
     msg = refused(run_copy)
-    assert "final.safetensors" in msg and "never loads pickles" in msg
+    assert CKPT in msg and "never loads pickles" in msg
     standalone = run_copy / "stray.safetensors"
     path.rename(standalone)
     with pytest.raises(ToylensError, match="never loads pickles"):

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from toylens.checkpoints import resolve_one
 from toylens.config import RunConfig, load_config
+from toylens.run import RunDir
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(ROOT.glob("*.yaml"))
@@ -105,7 +107,8 @@ def test_every_config_trains_and_is_analysed_offline(path, tmp_path, toylens_mai
                            *(["--no-neuron-ablations"] if text else []))
     assert analyze.exit_code == 0 and "Traceback" not in analyze.stderr, analyze.stderr[-3000:]
     files = json.loads((run / "manifest.json").read_text())["files"]
-    results = {"/".join(f.split("/")[2:4]).split(".")[0] for f in files if f.startswith("analysis/final/")}
+    final = f"analysis/{resolve_one(RunDir(run), 'final').name}/"  # where analyze's default, final, stores results
+    results = {"/".join(f.split("/")[2:4]).split(".")[0] for f in files if f.startswith(final)}
     assert EVERY_RUN_HAS <= results, f"missing {EVERY_RUN_HAS - results}"
     assert any(r.startswith("patching/") for r in results)
 

@@ -17,7 +17,6 @@ from toylens.analysis.llc_sampler import RowChunks, loss_and_grad, row_chunks
 from toylens.analysis.llc_run import (calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc,
                                       run_objective)
 from toylens.run import RunDir, load
-from toylens.tasks import Batch
 from toylens.train import train
 from toylens.train.optim import decays
 from toylens.train.regularisers import L1Penalty
@@ -198,14 +197,16 @@ FAST_SET = ["--set", "chains=2", "--set", "draws=4", "--set", "burnin=2", "--set
 
 
 def test_cli_llc_and_calibrate(run_dir, tmp_path):
-    proc = cli("llc", str(run_dir), "--checkpoints", "0,2", "--set", "seed=3", *FAST_SET)
+    proc = cli("llc", str(run_dir), "--checkpoints", "0,2", "--set", "seed=3", *FAST_SET)  # the deprecated spelling
     assert proc.returncode == 0, proc.stderr
     assert "epoch-0000" in proc.stdout and "epoch-0002" in proc.stdout and "epoch-0001" not in proc.stdout
+    assert "warning: --checkpoints is deprecated" in proc.stderr
     proc = cli("llc", "calibrate", str(run_dir), "--epsilons", "1e-5,1e-4", "--gammas", "100", "--no-write", *FAST_SET)
     assert proc.returncode in (0, 1), proc.stderr
     assert "calibration on epoch-0002" in proc.stdout and "1e-05" in proc.stdout
-    bad = cli("llc", str(run_dir), "--checkpoints", "9", *FAST_SET)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --checkpoints") and len(bad.stderr.splitlines()) == 1
+    bad = cli("llc", str(run_dir), "--checkpoint", "9", *FAST_SET)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
+    assert "no checkpoint 'epoch-0009'" in bad.stderr
     bad = cli("llc", str(run_dir), "--set", "chains=0")
     assert bad.returncode == 2 and "chains" in bad.stderr
     bad = cli("llc", str(tmp_path / "nope"))

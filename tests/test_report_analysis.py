@@ -14,6 +14,8 @@ import toylens
 
 from toylens.analysis.driver import analyze
 from toylens.analysis.results import load_result
+from toylens.checkpoints import resolve_one
+from toylens.errors import ToylensError
 from toylens.report.figures import round_sig
 from toylens.run import RunDir
 
@@ -42,8 +44,10 @@ def page(analysed, tmp_path_factory) -> str:
     return path.read_text()
 
 
-def result(run: Path, rel: str, checkpoint: str = "final"):
-    return load_result(RunDir(run), f"analysis/{checkpoint}/{rel}")
+def result(run: Path, rel: str, checkpoint: str | None = None):
+    """A saved result of `checkpoint`, by default of the final checkpoint (where analyze stores "final")."""
+    name = checkpoint or resolve_one(RunDir(run), "final").name
+    return load_result(RunDir(run), f"analysis/{name}/{rel}")
 
 
 def rounded(rows) -> list:
@@ -138,3 +142,28 @@ def test_summary_shows_sparsity_of_the_analysed_checkpoint(analysed, page):
     row = re.search(r"<tr><td>MLP 0: fraction of neurons active</td><td>([^<]*)</td><td>([^<]*)</td></tr>", page)
     assert row and float(row.group(1)) == pytest.approx(sparsity.fraction_active[0].item(), rel=1e-3)
     assert row.group(2) == "—"  # the attention-only run has no MLP
+
+
+def test_checkpoint_picks_the_checkpoint_shown_in_full(analysed, tmp_path):
+    """report --checkpoint: every run's focus is the checkpoint the spec names; curves keep every checkpoint."""
+    first = toylens.report([analysed["mlp"], analysed["attn2"]], tmp_path / "first.html", png=False, checkpoint=0)
+    text = first.path.read_text()
+    assert "<td>epoch-0000 (step 0)</td><td>epoch-0000 (step 0)</td>" in text  # the summary's "analysed checkpoint" row
+    panel = {p["title"]: p for p in figure_data(text)["circuit-qk_positions"]["panels"]}["mlp L0H1"]
+    assert panel["z"] == rounded(result(analysed["mlp"], "circuits", "epoch-0000").qk_positions[0, 1].tolist())
+    series = {s["name"]: s for s in figure_data(text)["head_scores-task-previous_token"]["series"]}
+    assert len(series["mlp L0H0"]["x"]) == 3  # still every analysed checkpoint
+    default = toylens.report([analysed["mlp"]], tmp_path / "default.html", png=False).path.read_text()
+    final = toylens.report([analysed["mlp"]], tmp_path / "final.html", png=False, checkpoint="final").path.read_text()
+    assert "<td>epoch-0002 (step 20)</td>" in default and "<td>epoch-0002 (step 20)</td>" in final
+
+
+def test_checkpoint_that_was_not_analysed_is_refused(analysed, tmp_path):
+    import shutil
+
+    partly = shutil.copytree(analysed["plain"], tmp_path / "plain")
+    analyze(partly, "final", only=["weight_norms"], progress=False)
+    with pytest.raises(ToylensError, match=r"checkpoint epoch-0000 has no analysis results \(analysed: epoch-0001\)"):
+        toylens.report([partly], tmp_path / "r.html", png=False, checkpoint=0)
+    with pytest.raises(ToylensError, match="report takes one checkpoint"):
+        toylens.report([analysed["plain"]], tmp_path / "r.html", png=False, checkpoint="all")

@@ -13,6 +13,7 @@ import yaml
 from conftest import TINY
 
 from toylens import reproduce as rp
+from toylens.checkpoints import resolve_one
 from toylens.errors import ToylensError
 from toylens.run import RunDir
 
@@ -88,15 +89,15 @@ def test_analyze_and_llc_steps_feed_the_report(tmp_path):
         "set": ["train.epochs=1"],
         "analyze": {"checkpoint": "final", "only": ["head_scores", "attention", "patching"],
                     "settings": {"n_examples": 32, "n_patch": 4, "n_repeated": 8}},
-        "llc": {"checkpoints": "final", "chains": 2, "draws": 20, "burnin": 10,
+        "llc": {"checkpoints": "final", "chains": 2, "draws": 20, "burnin": 10,  # the old spelling still works
                 "calibrate": {"epsilons": [0.0001, 0.0003], "gammas": [100.0]}},
     })
     result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
-    for run in map(RunDir, result.runs):
+    for run in map(RunDir, result.runs):  # "final" is stored under its name: epoch-0001
         names = run.manifest()["files"]
-        assert any(n.startswith("analysis/final/head_scores/") for n in names)
-        assert any(n.startswith("analysis/final/patching/") for n in names)
-        assert run.has("llc/calibration.json") and run.has("llc/epoch-0001.json")  # "final" is stored under its name
+        assert any(n.startswith("analysis/epoch-0001/head_scores/") for n in names)
+        assert any(n.startswith("analysis/epoch-0001/patching/") for n in names)
+        assert run.has("llc/calibration.json") and run.has("llc/epoch-0001.json")
     html = result.report.read_text()
     for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
         assert section in html
@@ -172,14 +173,14 @@ def test_smoke_size_is_quick_with_the_smoke_section_on_top(tmp_path, toylens_mai
         "set": ["train.epochs=3", "task.n_train=300"],
         "analyze": [{"checkpoint": "all", "only": ["head_scores"]},
                     {"checkpoint": "final", "settings": {"n_examples": 64, "ablate_neurons": False}}],
-        "llc": {"checkpoints": [0, 3], "chains": 2, "draws": 40, "calibrate": {"epsilons": [0.001], "gammas": [100.0]}},
-    }, smoke={"set": ["train.epochs=1"], "analyze_settings": {"n_examples": 8},
+        "llc": {"checkpoint": [0, 3], "chains": 2, "draws": 40, "calibrate": {"epsilons": [0.001], "gammas": [100.0]}},
+    }, smoke={"set": ["train.epochs=1"], "analyze_settings": {"n_examples": 8},  # the old spelling, merged all the same
               "llc": {"checkpoints": [0, 1], "draws": 4, "calibrate": {"epsilons": [0.01]}}})
     spec, path = rp.load_study(study)
     opts = rp.size_options(spec, path, "smoke")
     assert opts.analyze == [{"checkpoint": "all", "only": ["head_scores"], "settings": {"n_examples": 8}},
                             {"checkpoint": "final", "settings": {"n_examples": 8, "ablate_neurons": False}}]
-    assert opts.llc == {"checkpoints": [0, 1], "chains": 2, "draws": 4,
+    assert opts.llc == {"checkpoint": [0, 1], "chains": 2, "draws": 4,
                         "calibrate": {"epsilons": [0.01], "gammas": [100.0]}}
     configs = rp.run_configs(spec, path, "smoke")
     assert [(c.train.epochs, c.task.n_train) for c in configs] == [(1, 300), (1, 300)]
@@ -217,12 +218,13 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             run = RunDir(folder / cfg.name)
             files = run.manifest()["files"]
             assert run.has("summary.json"), f"{name}/{cfg.name}: not trained"
-            assert any(f.startswith("analysis/final/patching/") for f in files), f"{name}/{cfg.name}: no patching"
-            assert any(f.startswith("analysis/final/head_scores/") for f in files), f"{name}/{cfg.name}: no head scores"
+            final = f"analysis/{resolve_one(run, 'final').name}/"  # analyze's "final" stores results under its name
+            assert any(f.startswith(final + "patching/") for f in files), f"{name}/{cfg.name}: no patching"
+            assert any(f.startswith(final + "head_scores/") for f in files), f"{name}/{cfg.name}: no head scores"
             assert run.has("analysis/trajectory.json")
             estimates = [f for f in files if f.startswith("llc/") and f.endswith(".json")
                          and f not in ("llc/settings.json", "llc/calibration.json")]
-            wanted = opts.llc.get("checkpoints", "all")
+            wanted = opts.llc.get("checkpoint", "all")
             expected = len(run.checkpoints()) if wanted == "all" else len(wanted)
             assert len(estimates) == expected, f"{name}/{cfg.name}: LLC of {estimates}, expected {expected}"
         assert (folder / "report_figures").is_dir() == (png == "--png")
@@ -239,6 +241,9 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
     ({"analyze": {"checkpoints": "all"}}, "quick.analyze.checkpoints: unknown key (did you mean 'checkpoint'?)"),
     ({"llc": {"calibrate": {"epsilon": [1e-4]}}}, "quick.llc.calibrate.epsilon: unknown key (did you mean 'epsilons'?)"),
     ({"llc": {"chains": "2"}}, "quick.llc: chains: Input should be a valid integer (got '2')"),
+    ({"llc": {"checkpoint": "1,,2"}}, "quick.llc.checkpoint '1,,2': empty item"),
+    ({"analyze": [{"checkpoint": "all,3"}]}, "quick.analyze.0.checkpoint 'all,3': all already names every checkpoint"),
+    ({"llc": {"checkpoint": "all", "checkpoints": "all"}}, "checkpoints is the old spelling of checkpoint"),
 ])
 def test_step_options_are_checked_before_anything_runs(tmp_path, quick, message):
     """A wrong analysis or LLC option stops the study at once, not after training."""

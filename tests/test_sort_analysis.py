@@ -16,6 +16,7 @@ import torch
 from toylens import load
 from toylens.analysis import ablate, analyze, head_scores, load_result
 from toylens.analysis.attention import next_output
+from toylens.checkpoints import resolve_one
 from toylens.run import RunDir
 from toylens.train import train
 
@@ -52,11 +53,12 @@ def test_sort_attention_and_ablation(sort_run):
 def test_sort_analyze_writes_what_the_report_needs(sort_run):
     analyze(sort_run, "final", progress=False)
     rundir = RunDir(sort_run)
-    summary = load_result(rundir, "analysis/final/summary")
+    final = resolve_one(rundir, "final").name  # results of "final" are stored under its checkpoint
+    summary = load_result(rundir, f"analysis/{final}/summary")
     assert summary.scalars["ablation/mean/heads.max"] >= 1.0
-    by_pos = load_result(rundir, "analysis/final/head_scores/next_output_by_pos")
+    by_pos = load_result(rundir, f"analysis/{final}/head_scores/next_output_by_pos")
     assert by_pos.layer_hits[0, 10] >= 0.9  # SEP, on the 256 analysed lists
-    grid = load_result(rundir, "analysis/final/patching/logit_diff/resid_pre")
+    grid = load_result(rundir, f"analysis/{final}/patching/logit_diff/resid_pre")
     assert grid.clean > 0 > grid.corrupted  # the clean answers win on clean inputs, lose on corrupted ones
     # One list token differs; restoring the whole residual there at layer 0 is the clean run.
     changed = int(grid.corruption.split()[2]) - 1

@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 from tqdm.auto import tqdm
 
+from toylens import checkpoints
 from toylens.errors import ToylensError
 
 app = typer.Typer(
@@ -48,6 +49,11 @@ SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
     "Override a config field, e.g. --set train.weight_decay=0.1 (repeatable). VALUE is read as YAML (0.1, 1e-4, "
     "true, null, [a, b]), except that a text field keeps it as written: --set name=123 names the run 123."))
 DeviceOption = typer.Option("auto", "--device", help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1.")
+
+
+def CheckpointOption(default: str | None, shown: str | None = None) -> Any:
+    """The --checkpoint option of every command that reads checkpoints: one spelling, one help text."""
+    return typer.Option(default, "--checkpoint", help=checkpoints.HELP, show_default=shown or True)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -161,7 +167,7 @@ def summary(runs: list[Path] = typer.Argument(..., help="Run directories.")) -> 
 @user_errors
 def analyze(
     run: Path = typer.Argument(..., help="Run directory."),
-    checkpoint: str = typer.Option("final", "--checkpoint", help="final, best, an epoch number, a checkpoint name, or all."),
+    checkpoint: str = CheckpointOption("final"),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Patching metric: logit_diff, neg_loss or accuracy (default: the task's)."),
     examples: int = typer.Option(256, "--examples", min=1, help="Task examples for head scores, attribution, sparsity and ablations."),
@@ -172,13 +178,13 @@ def analyze(
     device: str = DeviceOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Run every applicable analysis on RUN's checkpoints; results go to RUN/analysis/<checkpoint>/ (done ones are skipped)."""
+    """Run every applicable analysis on RUN's checkpoints; results go to RUN/analysis/<checkpoint name>/ (done ones are
+    skipped; final and best are stored under the checkpoint they stand for, e.g. epoch-0012)."""
     from toylens.analysis import Settings, analyze as api_analyze
     from toylens.train.loop import resolve_device
 
-    ckpt: str | int = int(checkpoint) if checkpoint.isdigit() else checkpoint
     try:
-        written = api_analyze(run, ckpt, device=resolve_device(device), only=list(only or []) or None,
+        written = api_analyze(run, checkpoint, device=resolve_device(device), only=list(only or []) or None,
                               settings=Settings(n_examples=examples, n_patch=pairs, patch_metric=metric,
                                                 ablate_neurons=neurons),
                               progress=progress)
@@ -193,15 +199,15 @@ def analyze(
 def export(
     run: Path = typer.Argument(..., help="Run directory."),
     to: str = typer.Option(..., "--to", help="Target format: transformer-lens."),
-    checkpoint: str = typer.Option("final", "--checkpoint", help="final, best, an epoch number or a checkpoint name."),
+    checkpoint: str = CheckpointOption("final"),
 ) -> None:
-    """Export a checkpoint of RUN for another library (needs: pip install 'toylens[tl]')."""
+    """Export one checkpoint of RUN for another library into RUN/export/<format>/<checkpoint name>.safetensors
+    (needs: pip install 'toylens[tl]')."""
     if to != "transformer-lens":
         raise ToylensError(f"--to {to!r}: the supported target is transformer-lens")
     from toylens.export import export_transformer_lens
 
-    ckpt: str | int = int(checkpoint) if checkpoint.isdigit() else checkpoint
-    path = export_transformer_lens(run, ckpt)
+    path = export_transformer_lens(run, checkpoint)
     typer.echo(f"wrote {path}; load it with toylens.export.load_transformer_lens(path)")
 
 
@@ -213,11 +219,15 @@ def report(
     out: Path = typer.Option(Path("report.html"), "-o", "--out", help="The HTML file to write; PNG figures go to <stem>_figures/ beside it."),
     title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the run names)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Also write every figure as a PNG file (needs matplotlib)."),
+    checkpoint: Optional[str] = CheckpointOption(None, "final where analysed, else the last analysed"),
 ) -> None:
-    """Write one self-contained HTML report (no network needed to view it) comparing RUNS from their saved results."""
+    """Write one self-contained HTML report (no network needed to view it) comparing RUNS from their saved results.
+
+    --checkpoint picks, in every run, the analysed checkpoint whose results (circuits, patching, ablations, ...)
+    are shown in full; curves over training use every analysed checkpoint either way."""
     from toylens.report import report as api_report
 
-    result = api_report(runs, out, title=title, png=png)
+    result = api_report(runs, out, title=title, png=png, checkpoint=checkpoint)
     typer.echo(f"report: {result.path}")
 
 
@@ -279,21 +289,29 @@ LLCSetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
 @user_errors
 def llc_estimate(
     run: Path = typer.Argument(..., help="Run directory."),
-    checkpoints: str = typer.Option("all", "--checkpoints", help="all, final, or epochs/names: 3,5 or epoch-0003."),
+    checkpoint: Optional[str] = CheckpointOption(None, "all"),
+    old_checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Deprecated spelling of --checkpoint "
+                                                  "(same forms); it will be removed in the next release."),
     set_: Optional[list[str]] = LLCSetOption,
     device: str = DeviceOption,
     group: int = typer.Option(16, "--group", min=1, help="Checkpoints sampled together in one batched computation."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Estimate the LLC of each checkpoint of RUN into RUN/llc/<checkpoint>.json (+ traces); skips those done."""
+    """Estimate the LLC of RUN's checkpoints (--checkpoint; all by default) into RUN/llc/<checkpoint name>.json
+    (+ traces); skips those done."""
     from toylens.analysis.llc_run import llc_over_checkpoints, load_settings
     from toylens.run import RunDir
     from toylens.train.loop import resolve_device
 
+    if old_checkpoints is not None:
+        if checkpoint is not None:
+            raise ToylensError("--checkpoints is the old spelling of --checkpoint; give only --checkpoint")
+        typer.echo("warning: --checkpoints is deprecated and will be removed in the next release; "
+                   "use --checkpoint (same forms)", err=True)
     rundir = RunDir(run)
     settings = load_settings(rundir, _llc_overrides(set_))
-    results = llc_over_checkpoints(rundir, checkpoints, settings=settings, device=str(resolve_device(device)),
-                                   group=group, progress=progress)
+    results = llc_over_checkpoints(rundir, checkpoint or old_checkpoints or "all", settings=settings,
+                                   device=str(resolve_device(device)), group=group, progress=progress)
     typer.echo(f"{'checkpoint':14s} {'train_loss':>10s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings")
     for name, r in results.items():
         se = r.get("llc_se")
@@ -305,7 +323,7 @@ def llc_estimate(
 @user_errors
 def llc_calibrate(
     run: Path = typer.Argument(..., help="Run directory."),
-    checkpoint: str = typer.Option("final", "--checkpoint", help="Checkpoint to calibrate on: final, an epoch, or a name."),
+    checkpoint: str = CheckpointOption("final"),
     epsilons: str = typer.Option("1e-4,3e-4,1e-3,3e-3", "--epsilons", help="Step sizes to try (comma-separated)."),
     gammas: str = typer.Option("300,1000", "--gammas", help="Localisation strengths to try (comma-separated)."),
     set_: Optional[list[str]] = LLCSetOption,
@@ -313,7 +331,7 @@ def llc_calibrate(
     write: bool = typer.Option(True, "--write/--no-write", help="Write the sweep and the chosen settings into RUN/llc/."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Sweep epsilon x gamma on one checkpoint, show which give flat healthy traces, save the pick."""
+    """Sweep epsilon x gamma on one checkpoint (--checkpoint), show which give flat healthy traces, save the pick."""
     from toylens.analysis.llc_run import calibrate, load_settings
     from toylens.run import RunDir
     from toylens.train.loop import resolve_device

@@ -4,8 +4,8 @@
     tl_model = to_transformer_lens("runs/sort-no-decay")      # or a Transformer, or a Loaded run
     logits, cache = tl_model.run_with_cache(tokens)           # same logits, same hook names
 
-    toylens export runs/sort-no-decay --to transformer-lens   # -> RUN/export/transformer-lens/final.safetensors
-    tl_model = load_transformer_lens("runs/sort-no-decay/export/transformer-lens/final.safetensors")
+    toylens export runs/sort-no-decay --to transformer-lens   # -> RUN/export/transformer-lens/epoch-0012.safetensors
+    tl_model = load_transformer_lens("runs/sort-no-decay/export/transformer-lens/epoch-0012.safetensors")
 
 toylens models use TransformerLens's parameter names and shapes, so no weight is transformed by
 hand: with transformer-lens >= 4 (where HookedTransformer was removed) the model is built with
@@ -16,7 +16,8 @@ loads into a `HookedTransformer` directly (checked by hand with 3.9.0; the test 
 the current release, so CI exercises the bridge path only).
 
 The exported file is safetensors: the bridge's state dict, with the TransformerLens config and
-the toylens config in its metadata.
+the toylens config in its metadata. It is named after the checkpoint it holds (`--checkpoint
+final` of a 12-epoch run writes epoch-0012.safetensors; see `toylens.checkpoints`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from toylens.checkpoints import Spec, resolve_one
 from toylens.config import ModelConfig, validate_config
 from toylens.errors import ToylensError
 from toylens.model import Transformer
@@ -54,7 +56,7 @@ def tl_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _as_model(source: Transformer | Loaded | str | Path, checkpoint: str | int) -> Transformer:
+def _as_model(source: Transformer | Loaded | str | Path, checkpoint: Spec) -> Transformer:
     if isinstance(source, Transformer):
         return source
     if isinstance(source, Loaded):
@@ -62,7 +64,7 @@ def _as_model(source: Transformer | Loaded | str | Path, checkpoint: str | int) 
     return load(source, checkpoint).model
 
 
-def to_transformer_lens(source: Transformer | Loaded | str | Path, checkpoint: str | int = "final",
+def to_transformer_lens(source: Transformer | Loaded | str | Path, checkpoint: Spec = "final",
                         device: str | torch.device | None = None) -> Any:
     """A TransformerLens model (TransformerBridge for >= 4, HookedTransformer for < 4) with the
     same weights as a toylens model, a loaded run, or a run directory's checkpoint."""
@@ -100,16 +102,17 @@ def _hooked_transformer(config: dict[str, Any], state: dict[str, torch.Tensor], 
     return model.to(device).eval()
 
 
-def export_transformer_lens(run: str | Path, checkpoint: str | int = "final") -> Path:
-    """Write the bridge's state dict (TransformerLens >= 4 format) for a run's checkpoint into
-    RUN/export/transformer-lens/<checkpoint>.safetensors; returns that path."""
+def export_transformer_lens(run: str | Path, checkpoint: Spec = "final") -> Path:
+    """Write the bridge's state dict (TransformerLens >= 4 format) for one checkpoint of a run
+    (final, best, 3, epoch-0003) into RUN/export/transformer-lens/<name>.safetensors, <name> being
+    the checkpoint's (epoch-0012 for final); returns that path."""
+    rundir = RunDir(run)
+    ckpt = resolve_one(rundir, checkpoint, "export")
     if tl_major_version() < 4:
         raise ToylensError("toylens export writes the transformer-lens >= 4 format; use to_transformer_lens() with older versions")
-    loaded = load(run, checkpoint)
+    loaded = load(run, ckpt.name)
     bridge = to_transformer_lens(loaded, device="cpu")
-    rundir = RunDir(run)
-    name = str(checkpoint) if not isinstance(checkpoint, int) else f"epoch-{checkpoint:04d}"
-    rel = f"{EXPORT_DIR}/{name}.safetensors"
+    rel = f"{EXPORT_DIR}/{ckpt.name}.safetensors"
     meta = {"transformer_lens_config": tl_config_dict(loaded.model.cfg), "config": loaded.config.model_dump(mode="json"),
             "format": "transformer-lens-bridge/1"}
     rundir.write_tensors(rel, bridge.state_dict(), meta)

@@ -62,9 +62,26 @@ class StudySize(Section):
     """Keyword arguments of the analysis step, or a list of them for several calls (e.g. head scores
     of every checkpoint, then everything of the final one)."""
     llc: dict[str, Any] = {}
-    """The LLC step: "checkpoints" (all, or names/epochs), "calibrate" (keyword arguments of the
-    sampler calibration such as epsilons and gammas, or false to use the settings as given), and
-    any LLC setting (chains, draws, burnin, ...)."""
+    """The LLC step: "checkpoint" (which checkpoints, as `toylens llc --checkpoint`: all (the
+    default), final, [0, 1, 2], ...; "checkpoints" is its deprecated spelling), "calibrate" (keyword
+    arguments of the sampler calibration such as epsilons and gammas, or false to use the settings
+    as given), and any LLC setting (chains, draws, burnin, ...)."""
+
+    @field_validator("llc")
+    @classmethod
+    def _one_spelling(cls, llc: dict[str, Any]) -> dict[str, Any]:
+        return renamed_checkpoint_key(llc)
+
+
+def renamed_checkpoint_key(llc: dict[str, Any]) -> dict[str, Any]:
+    """LLC options with the deprecated key "checkpoints" (toylens 0.1) renamed to "checkpoint"."""
+    if "checkpoints" not in llc:
+        return llc
+    if "checkpoint" in llc:
+        raise ValueError("checkpoints is the old spelling of checkpoint; give only checkpoint")
+    log.warning("study files: llc.checkpoints is deprecated and will be removed in the next release; "
+                "write llc.checkpoint (same forms)")
+    return {("checkpoint" if k == "checkpoints" else k): v for k, v in llc.items()}
 
 
 class SmokeSize(Section):
@@ -77,8 +94,13 @@ class SmokeSize(Section):
     """Fields of toylens.analysis.Settings (n_examples, n_patch, n_repeated, ...) merged into the
     settings of every analysis call of the quick size."""
     llc: dict[str, Any] = {}
-    """LLC options merged over the quick size's: settings (draws, init_batches, ...), "checkpoints"
+    """LLC options merged over the quick size's: settings (draws, init_batches, ...), "checkpoint"
     (when quick names epochs a smoke run does not reach) and "calibrate" (merged key by key)."""
+
+    @field_validator("llc")
+    @classmethod
+    def _one_spelling(cls, llc: dict[str, Any]) -> dict[str, Any]:
+        return renamed_checkpoint_key(llc)
 
     @field_validator("analyze_settings")
     @classmethod
@@ -235,12 +257,12 @@ def step_llc(ctx: Context, cfg: RunConfig) -> str:
 
     run = RunDir(ctx.folder / cfg.name)
     options = dict(ctx.size.llc)
-    checkpoints = options.pop("checkpoints", "all")
+    checkpoint = options.pop("checkpoint", "all")
     calibration = options.pop("calibrate", {})
     device = _analysis_device(ctx.device)
     if calibration is not False and not run.has("llc/calibration.json"):
         calibrate(run, settings=load_settings(run, options), device=device, progress=ctx.progress, **calibration)
-    results = llc_over_checkpoints(run, checkpoints, settings=load_settings(run, options), device=device,
+    results = llc_over_checkpoints(run, checkpoint, settings=load_settings(run, options), device=device,
                                    progress=ctx.progress)
     warned = sum(bool(r.get("warnings")) for r in results.values())
     return f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
@@ -257,12 +279,14 @@ def check_step_options(opts: StudySize, where: str) -> None:
 
     from toylens.analysis.driver import Settings
     from toylens.analysis.llc_run import validate_settings
+    from toylens.checkpoints import ALL, FINAL, items
 
     calls = opts.analyze if isinstance(opts.analyze, list) else [opts.analyze]
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     for i, call in enumerate(calls):
         at = f"{where}.analyze" + (f".{i}" if isinstance(opts.analyze, list) else "")
         _known_keys(call, ANALYZE_OPTIONS, at)
+        items(call.get("checkpoint", FINAL), f"{at}.checkpoint")
         settings = call.get("settings", {})
         if not isinstance(settings, dict):
             raise ToylensError(f"{at}.settings: expected a mapping of analysis settings (got {settings!r})")
@@ -272,7 +296,7 @@ def check_step_options(opts: StudySize, where: str) -> None:
             if fields[key].default is not None and (type(value) is not kind and not (kind is float and type(value) is int)):
                 raise ToylensError(f"{at}.settings.{key}: expected {kind.__name__} (got {value!r})")
     llc = dict(opts.llc)
-    llc.pop("checkpoints", None)
+    items(llc.pop("checkpoint", ALL), f"{where}.llc.checkpoint")
     calibration = llc.pop("calibrate", {})
     if calibration is not False:
         if not isinstance(calibration, dict):

@@ -6,10 +6,11 @@
       checkpoints/epoch-0003.safetensors        weights + JSON metadata (config, epoch, step)
       checkpoints/epoch-0003.state.safetensors  optimizer + RNG state, for --resume
       checkpoints/step-000120.safetensors       optional log-spaced extra checkpoints
-      final.safetensors               weights at the end of training
+      final.safetensors               the final checkpoint's weights as one standalone file
       summary.json                    final and best metrics
       manifest.json                   SHA-256 and size of every file above, and the checkpoint list
 
+Checkpoint names and what "final", "best", "3" or "all" mean are in `toylens.checkpoints`.
 Every read inside a run goes through `RunDir.read_bytes`, which refuses a file that is missing,
 not in the manifest, truncated, altered, or a pickle, with a one-line message naming it.
 """
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from toylens.checkpoints import CheckpointInfo, Spec, resolve_one
 from toylens.errors import ToylensError
 from toylens.storage import (
     refuse_non_safetensors,
@@ -145,34 +147,10 @@ class RunDir:
         return sorted(items, key=lambda c: (c.step, not c.name.startswith("epoch"), c.name))
 
     def checkpoint_file(self, checkpoint: str | int) -> str:
-        """Relative path of a checkpoint: "final", "best", an epoch number, or a name."""
-        if checkpoint == "final":
-            return "final.safetensors"
-        if checkpoint == "best":
-            best = self.read_json("summary.json").get("best") if self.has("summary.json") else None
-            if not best:
-                raise ToylensError(f"{self.path}: no best checkpoint recorded (is training finished?)")
-            checkpoint = best["checkpoint"]
-        name = f"epoch-{checkpoint:04d}" if isinstance(checkpoint, int) else str(checkpoint)
-        if name.isdigit():
-            name = f"epoch-{int(name):04d}"
-        known = self.manifest()["checkpoints"]
-        if name not in known:
-            hint = ", ".join(list(known)[-5:]) or "none"
-            raise ToylensError(f"{self.path}: no checkpoint {name!r} (last ones: {hint})")
-        return f"checkpoints/{name}.safetensors"
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    name: str
-    epoch: int
-    step: int
-    resumable: bool
-
-    @property
-    def file(self) -> str:
-        return f"checkpoints/{self.name}.safetensors"
+        """Deprecated: `toylens.checkpoints.resolve_one(run, checkpoint).file`."""
+        warnings.warn("RunDir.checkpoint_file is deprecated; use toylens.checkpoints.resolve_one(run, spec).file",
+                      FutureWarning, stacklevel=2)
+        return resolve_one(self, checkpoint, "checkpoint_file").file
 
 
 class Loaded:
@@ -199,12 +177,13 @@ class Loaded:
         return f"Loaded({self.config.name!r}, epoch={self.epoch}, step={self.step})"
 
 
-def load(run: str | Path, checkpoint: str | int = "final", device: str | torch.device = "cpu") -> Loaded:
+def load(run: str | Path, checkpoint: Spec = "final", device: str | torch.device = "cpu") -> Loaded:
     """The model at a checkpoint of a run, with its config and task.
 
     `run` is a run directory (checksums are verified against its manifest) or a single
     `.safetensors` checkpoint file (which carries its config in its metadata).
-    `checkpoint` is "final", "best", an epoch number, or a checkpoint name such as "step-000120".
+    `checkpoint` is one checkpoint in the vocabulary of `toylens.checkpoints`: "final", "best",
+    an epoch number, or a name such as "step-000120".
     """
     from toylens.config import validate_config
     from toylens.model import Transformer
@@ -215,7 +194,7 @@ def load(run: str | Path, checkpoint: str | int = "final", device: str | torch.d
         rundir = None
     else:
         rundir = RunDir(path)
-        tensors, meta = rundir.read_tensors(rundir.checkpoint_file(checkpoint))
+        tensors, meta = rundir.read_tensors(resolve_one(rundir, checkpoint, "load").file)
     if "config" not in meta:
         raise ToylensError(f"{path}: checkpoint has no toylens config in its metadata")
     cfg = validate_config(meta["config"], f"{path} (checkpoint metadata)")

@@ -28,8 +28,9 @@ corrupted inputs and metric for patching, which positions the loss reads) it ask
 
 ## Saved results (what the report reads; it never needs the model)
 
-`toylens analyze RUN --checkpoint C` writes, for each checkpoint C ("final", "epoch-0003",
-"step-000120", ...), one result per analysis under `RUN/analysis/C/`. A result named `X` is
+`toylens analyze RUN --checkpoint SPEC` writes, for each checkpoint C that SPEC names
+("epoch-0003", "step-000120", ...; `final` and `best` are stored under the checkpoint they stand
+for, see `toylens.checkpoints`), one result per analysis under `RUN/analysis/C/`. A result named `X` is
 `X.json` plus `X.safetensors` when it has arrays; the JSON holds the type, the scalar/list fields
 and, for every array, its shape, dtype and axis names (see `results.py`). Load any of them with
 `load_result(RunDir(RUN), "analysis/C/X")`. Layers and heads are numbered from 0; a head is

@@ -9,6 +9,7 @@ resumes where it stopped; a checkpoint whose results all exist is not even loade
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from toylens.analysis.patching import Patcher, rows_per_pass
 from toylens.analysis.regularisation import activation_sparsity, weight_norms
 from toylens.analysis.results import Result, has_result
 from toylens.analysis.summary import summarize_checkpoint, write_trajectory
+from toylens.checkpoints import Spec, resolve
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
 from toylens.lock import run_lock
@@ -213,28 +215,24 @@ ANALYSES: list[Analysis] = [
 # --------------------------------------------------------------------------------- driver
 
 
-def checkpoint_names(run: RunDir, checkpoint: str | int) -> list[str]:
-    """"final", "best", an epoch number, a checkpoint name, or "all" (every checkpoint and final)."""
-    if checkpoint == "all":
-        names = [c.name for c in run.checkpoints()]
-        return names + (["final"] if run.has("final.safetensors") else [])
-    if checkpoint == "final":
-        if not run.has("final.safetensors"):
-            raise ToylensError(f"{run.path}: no final checkpoint (is training finished?); try --checkpoint all")
-        return ["final"]
-    return [Path(run.checkpoint_file(checkpoint)).name.removesuffix(".safetensors")]
+def checkpoint_names(run: RunDir, checkpoint: Spec) -> list[str]:
+    """Deprecated: the names of `toylens.checkpoints.resolve(run, checkpoint)`."""
+    warnings.warn("checkpoint_names is deprecated; use toylens.checkpoints.resolve", FutureWarning, stacklevel=2)
+    return [c.name for c in resolve(run, checkpoint)]
 
 
-def analyze(run: str | Path, checkpoint: str | int = "final", *, device: str | torch.device = "cpu",
+def analyze(run: str | Path, checkpoint: Spec = "final", *, device: str | torch.device = "cpu",
             only: list[str] | None = None, settings: Settings | None = None, progress: bool = True) -> list[str]:
     """Run every applicable analysis (or those named in `only`, by name or prefix such as
-    "patching") on the chosen checkpoints; returns the result paths written (relative to RUN)."""
+    "patching") on the checkpoints `checkpoint` names (any spec of `toylens.checkpoints`: final,
+    best, 3, epoch-0003, all, "3,5"); returns the result paths written (relative to RUN).
+    Results go under the checkpoint's name: `final` writes RUN/analysis/epoch-<last>/."""
     rundir, settings = RunDir(run), settings or Settings()
     rundir.manifest()  # a clear error when RUN is not a run directory
     if settings.patch_metric not in (None, *METRICS):
         raise ToylensError(f"patch metric {settings.patch_metric!r}: expected one of {', '.join(METRICS)}")
     with run_lock(rundir.path, "analyze"):
-        names = checkpoint_names(rundir, checkpoint)
+        names = [c.name for c in resolve(rundir, checkpoint)]
         config = rundir.config()
         subjects = [Subject(rundir, config, name, torch.device(device), settings) for name in names]
         paths = {a.name: a.path(subjects[0]) for a in ANALYSES}

@@ -36,6 +36,7 @@ written before its summary, so an interrupted run leaves no summary without trac
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,13 +47,14 @@ from tqdm.auto import tqdm
 
 from toylens.analysis.llc import LLCSettings, Objective, estimate_many
 from toylens.analysis.llc_diagnostics import LLCEstimate
+from toylens.checkpoints import CheckpointInfo, Spec, resolve, resolve_one
 from toylens.memory import reuse_freed_memory
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
 from toylens.lock import run_lock
 from toylens.model import Transformer
 from toylens.model.stacked import STACKED_HOOKS, stacked_forward
-from toylens.run import CheckpointInfo, Loaded, RunDir, load
+from toylens.run import Loaded, RunDir, load
 from toylens.tasks import Batch, Task
 from toylens.train.optim import decays
 from toylens.train.regularisers import L1Penalty
@@ -140,46 +142,41 @@ def validate_settings(raw: dict[str, Any], where: str) -> LLCSettings:
     return validate_input(LLCSettings, raw, where)
 
 
-def select_checkpoints(run: RunDir, which: str | Sequence[str | int] = "all") -> list[CheckpointInfo]:
-    """"all", "final", or epochs / names ("3,5", "epoch-0003", "step-000120")."""
-    known = run.checkpoints()
-    if which == "all":
-        return known
-    items = which.split(",") if isinstance(which, str) else list(which)
-    by_name = {c.name: c for c in known}
-    out = []
-    for item in items:
-        item = str(item).strip()
-        if item == "final":
-            item = max(known, key=lambda c: c.step).name
-        name = f"epoch-{int(item):04d}" if item.isdigit() else item
-        if name not in by_name:
-            hint = ", ".join(list(by_name)[-5:]) or "none"
-            raise ToylensError(f"--checkpoints: {run.path} has no checkpoint {item!r} (last ones: {hint})")
-        out.append(by_name[name])
-    return out
+def select_checkpoints(run: RunDir, which: Spec = "all") -> list[CheckpointInfo]:
+    """Deprecated: `toylens.checkpoints.resolve(run, which)`."""
+    warnings.warn("select_checkpoints is deprecated; use toylens.checkpoints.resolve", FutureWarning, stacklevel=2)
+    return resolve(run, which)
 
 
 def llc_over_checkpoints(
     run: str | Path | RunDir,
-    checkpoints: str | Sequence[str | int] = "all",
+    checkpoint: Spec = "all",
     *,
+    checkpoints: Spec | None = None,
     settings: LLCSettings | None = None,
     device: str = "cpu",
     group: int = 16,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Estimate the LLC of each checkpoint (skipping those done), `group` checkpoints at a time.
+    """Estimate the LLC of each checkpoint `checkpoint` names (any spec of `toylens.checkpoints`:
+    all, final, best, 3, epoch-0003, "3,5"), skipping those done, `group` checkpoints at a time.
+    (`checkpoints=` is the deprecated spelling of `checkpoint`.)
 
     Returns {checkpoint name: summary} for every selected checkpoint (done earlier or now).
     Tunes the process's malloc for speed (see `toylens.memory.reuse_freed_memory`).
     """
+    if checkpoints is not None:
+        warnings.warn("llc_over_checkpoints(checkpoints=...) is deprecated; use checkpoint=... (same forms)",
+                      FutureWarning, stacklevel=2)
+        checkpoint = checkpoints
     reuse_freed_memory()
     run = run if isinstance(run, RunDir) else RunDir(run)
     with run_lock(run.path, "llc"):
         settings = settings or load_settings(run)
-        chosen = select_checkpoints(run, checkpoints)
-        loaded = load(run.path, chosen[0].name if chosen else "final", device=device)
+        chosen = resolve(run, checkpoint)
+        if not chosen:
+            return {}
+        loaded = load(run.path, chosen[0].name, device=device)
         objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
         key = _resolved(settings, objective, loaded.config)
         results, todo = {}, []
@@ -216,7 +213,7 @@ class Calibration:
 
 def calibrate(
     run: str | Path | RunDir,
-    checkpoint: str = "final",
+    checkpoint: Spec = "final",
     *,
     epsilons: Sequence[float] = DEFAULT_EPSILONS,
     gammas: Sequence[float] = DEFAULT_GAMMAS,
@@ -226,6 +223,7 @@ def calibrate(
     progress: bool = True,
 ) -> Calibration:
     """Sweep epsilon x gamma on one checkpoint (all settings sampled together) and pick one.
+    `checkpoint` names one checkpoint (final, best, 3, epoch-0003; not all or a list).
 
     Usable settings have finite, flat, converged traces, λ̂ > 0 and MALA acceptance not near 0;
     the pick is the largest usable epsilon that still agrees with the next smaller one (see
@@ -236,7 +234,7 @@ def calibrate(
     run = run if isinstance(run, RunDir) else RunDir(run)
     with run_lock(run.path, "llc calibrate"):
         base = settings or load_settings(run)
-        ckpt = select_checkpoints(run, checkpoint)[0]
+        ckpt = resolve_one(run, checkpoint, "llc calibrate")
         loaded = load(run.path, ckpt.name, device=device)
         objective = run_objective(loaded.model, loaded.config, loaded.task, base)
         grid = [(float(e), float(g)) for g in gammas for e in epsilons]

@@ -1,6 +1,6 @@
 """Typed analysis results: dataclasses saved as JSON (scalars, tables, labels) + safetensors (arrays).
 
-Every result class derives from `Result`. `result.save(run, "analysis/final/head_scores")`
+Every result class derives from `Result`. `result.save(run, "analysis/epoch-0012/head_scores")`
 writes `head_scores.safetensors` (every tensor field; a `dict[str, Tensor]` field is stored as
 `field/key` entries) and then `head_scores.json`:
 

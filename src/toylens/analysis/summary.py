@@ -98,9 +98,6 @@ def summarize_checkpoint(run: RunDir, checkpoint: str) -> CheckpointSummary:
 
 
 def _position(run: RunDir, checkpoint: str) -> tuple[int, int]:
-    if checkpoint == "final":
-        final = run.read_json("summary.json")["final"] if run.has("summary.json") else {}
-        return int(final.get("epoch", -1)), int(final.get("step", -1))
     info = run.manifest()["checkpoints"].get(checkpoint, {})
     return int(info.get("epoch", -1)), int(info.get("step", -1))
 
@@ -110,6 +107,7 @@ def write_trajectory(run: RunDir) -> Trajectory:
     files = run.manifest()["files"]
     names = sorted({rel.split("/")[1] for rel in files if rel.startswith("analysis/") and rel.endswith("/summary.json")})
     summaries = [load_result(run, f"analysis/{n}/summary") for n in names if has_result(run, f"analysis/{n}/summary")]
+    # "final" only in runs analysed by toylens 0.1, which kept the final weights' results apart.
     summaries.sort(key=lambda s: (s.step, s.checkpoint == "final"))
     keys = sorted({k for s in summaries for k in s.scalars})
     traj = Trajectory(checkpoints=[s.checkpoint for s in summaries], epochs=[s.epoch for s in summaries],

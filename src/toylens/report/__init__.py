@@ -19,12 +19,14 @@ Modules: `collect` (run directories -> `RunResults`), `sections` (results -> fig
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 
+from toylens.checkpoints import Spec
 from toylens.config import config_to_yaml, validate_config
 from toylens.errors import ToylensError
 from toylens.report.collect import RunResults, collect_runs
@@ -56,15 +58,19 @@ class ReportResult:
 
 
 def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html", *, title: str | None = None,
-           png: bool = True) -> ReportResult:
-    """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False)."""
+           png: bool = True, checkpoint: Spec | None = None) -> ReportResult:
+    """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False).
+
+    `checkpoint` (final, best, 3, epoch-0003; see `toylens.checkpoints`) picks, in every run, the
+    analysed checkpoint whose results are shown in full; by default the last analysed one."""
     paths, sweeps = expand_sweeps([runs] if isinstance(runs, (str, Path)) else list(runs))
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ToylensError(f"-o {out}: the report is an HTML file; give a name ending in .html")
     if out.is_dir():
         raise ToylensError(f"-o {out}: is a directory; give a file name such as {out / 'report.html'}")
-    results = collect_runs(paths, READERS)
+    readers = {**READERS, "analysis": functools.partial(read_analysis, focus=checkpoint)}
+    results = collect_runs(paths, readers)
     sections = build_sections(results, sweeps)
     title = title or ("Report: " + ", ".join(r.label for r in results))
     meta = (f"{len(results)} run{'s' * (len(results) > 1)} · written {time.strftime('%Y-%m-%d %H:%M')} · "

@@ -5,9 +5,14 @@
     RUN/analysis/trajectory.json               every checkpoint's headline scalars, by step
 
 Results are read with the analysis package's own `load_result` (typed dataclasses; every file
-verified against the run's manifest). The report shows everything at one "focus" checkpoint (the
-final weights when analysed, otherwise the last analysed checkpoint) and the small per-checkpoint
-results (head scores, sparsity, attention examples) at every analysed checkpoint.
+verified against the run's manifest). The report shows everything at one "focus" checkpoint per
+run and the small per-checkpoint results (head scores, sparsity, attention examples) at every
+analysed checkpoint. The focus is the checkpoint `toylens report --checkpoint` names (final, best,
+3, epoch-0003: it must have been analysed), by default the last analysed one, which is the final
+checkpoint whenever that was analysed.
+
+Runs analysed by toylens 0.1 may hold the final weights' results under RUN/analysis/final/ (now
+they go under the final checkpoint's name); they are still read, as that checkpoint's.
 """
 
 from __future__ import annotations
@@ -15,8 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from toylens.checkpoints import CheckpointInfo, Spec, resolve_one
+from toylens.errors import ToylensError
 from toylens.report.collect import RunResults
 from toylens.run import RunDir
+
+LEGACY_FINAL = "final"
+"""Where toylens 0.1 stored the results of the final weights (RUN/analysis/final/)."""
 
 # Per-checkpoint results read for the curves over training (all small).
 OVER_TRAINING = ("head_scores/task", "head_scores/repeated", "sparsity", "attention/task", "attention/repeated")
@@ -36,8 +46,8 @@ class AnalysisResults:
     focus: AnalysedCheckpoint
     """The checkpoint whose every result is shown (circuits, patching, ablations ...)."""
     checkpoints: list[AnalysedCheckpoint]
-    """Every analysed checkpoint in training order, the final weights left out when an epoch
-    checkpoint at the same step holds the same weights."""
+    """Every analysed checkpoint in training order (a legacy "final" left out when the epoch
+    checkpoint at its step was analysed too: the same weights)."""
     trajectory: Any | None
     """The analysis package's `Trajectory` (scalars[name][i] at checkpoints[i]), when written."""
 
@@ -45,9 +55,11 @@ class AnalysisResults:
         return self.focus.results.get(name)
 
 
-def read_analysis(run: RunDir, checkpoints: list[str]) -> AnalysisResults | None:
-    """The run's analysis results, or None when it has none (or this build cannot read them)."""
-    names = [n for n in [*checkpoints, "final"] if run.has(f"analysis/{n}/summary.json")]
+def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None) -> AnalysisResults | None:
+    """The run's analysis results, or None when it has none (or this build cannot read them).
+    `focus` names the checkpoint shown in full (default: the last analysed)."""
+    wanted = resolve_one(run, focus, "report") if focus is not None else None  # a bad spec fails for every run
+    names = [n for n in [*checkpoints, LEGACY_FINAL] if run.has(f"analysis/{n}/summary.json")]
     if not names:
         return None
     try:
@@ -55,21 +67,34 @@ def read_analysis(run: RunDir, checkpoints: list[str]) -> AnalysisResults | None
     except ImportError:  # results written by a toylens with the analysis package, read by one without
         return None
     summaries = {n: load_result(run, f"analysis/{n}/summary") for n in names}
-    ordered = sorted(names, key=lambda n: (summaries[n].step, n == "final"))
-    focus_name = "final" if "final" in summaries else ordered[-1]
+    ordered = sorted(names, key=lambda n: (summaries[n].step, n == LEGACY_FINAL))
+    focus_name = _focus_of(run, summaries, ordered, wanted)
     focus = AnalysedCheckpoint(focus_name, summaries[focus_name].epoch, summaries[focus_name].step,
                                {r: load_result(run, f"analysis/{focus_name}/{r}") for r in summaries[focus_name].results})
-    steps_of_epochs = {summaries[n].step for n in ordered if n != "final"}
+    steps_of_epochs = {summaries[n].step for n in ordered if n != LEGACY_FINAL}
     series = []
     for name in ordered:
         s = summaries[name]
-        if name == "final" and s.step in steps_of_epochs:
+        if name == LEGACY_FINAL and s.step in steps_of_epochs:
             continue
         wanted = [r for r in OVER_TRAINING if r in s.results]
         series.append(AnalysedCheckpoint(name, s.epoch, s.step,
                                          {r: load_result(run, f"analysis/{name}/{r}") for r in wanted}))
     trajectory = load_result(run, "analysis/trajectory") if run.has("analysis/trajectory.json") else None
     return AnalysisResults(focus, series, trajectory)
+
+
+def _focus_of(run: RunDir, summaries: dict[str, Any], ordered: list[str], wanted: CheckpointInfo | None) -> str:
+    """The analysed checkpoint to show in full: `wanted`, or the last analysed."""
+    if wanted is None:
+        return ordered[-1]
+    if wanted.name in summaries:
+        return wanted.name
+    legacy = summaries.get(LEGACY_FINAL)
+    if legacy is not None and legacy.step == wanted.step:
+        return LEGACY_FINAL
+    raise ToylensError(f"{run.path}: checkpoint {wanted.name} has no analysis results (analysed: "
+                       f"{', '.join(ordered)}); run toylens analyze {run.path} --checkpoint {wanted.name}")
 
 
 def analysis_of(run: RunResults) -> AnalysisResults | None:

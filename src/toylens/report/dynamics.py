@@ -129,7 +129,8 @@ def trajectory_section(runs: list[RunResults]) -> Section | None:
 
 
 def _deduplicated(names: list[str], steps: list[int]) -> list[int]:
-    """Indices in step order, leaving out "final" when an epoch checkpoint has the same step."""
+    """Indices in step order, leaving out a "final" (runs analysed by toylens 0.1) when an epoch
+    checkpoint has the same step: the same weights."""
     epoch_steps = {s for n, s in zip(names, steps) if n != "final"}
     keep = [j for j, (n, s) in enumerate(zip(names, steps)) if not (n == "final" and s in epoch_steps)]
     return sorted(keep, key=lambda j: steps[j])

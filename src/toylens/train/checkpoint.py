@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from toylens.checkpoints import state_file, weights_file
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
 from toylens.run import RunDir
@@ -46,16 +47,16 @@ def save_checkpoint(
         tensors, meta = _optimizer_tensors(opt)
         tensors["rng.torch"] = torch.get_rng_state()
         meta["trainer"] = asdict(state)
-        run.write_tensors(f"checkpoints/{name}.state.safetensors", tensors, meta)
-    save_weights(run, f"checkpoints/{name}.safetensors", model, cfg, state)
+        run.write_tensors(state_file(name), tensors, meta)
+    save_weights(run, weights_file(name), model, cfg, state)
     run.register_checkpoint(name, epoch=state.epoch, step=state.step, resumable=opt is not None)
 
 
 def restore_checkpoint(run: RunDir, name: str, model: nn.Module, opt: torch.optim.Optimizer) -> TrainState:
     """Load weights and trainer state of checkpoint `name` into model and optimizer."""
-    weights, _ = run.read_tensors(f"checkpoints/{name}.safetensors")
+    weights, _ = run.read_tensors(weights_file(name))
     model.load_state_dict(weights)
-    tensors, meta = run.read_tensors(f"checkpoints/{name}.state.safetensors")
+    tensors, meta = run.read_tensors(state_file(name))
     torch.set_rng_state(tensors.pop("rng.torch"))
     state: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
     for key, value in tensors.items():
@@ -64,7 +65,7 @@ def restore_checkpoint(run: RunDir, name: str, model: nn.Module, opt: torch.opti
     try:  # load_state_dict moves the moments to each parameter's device
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError) as e:
-        raise ToylensError(f"{run.path}/checkpoints/{name}.state.safetensors: optimizer state does not fit ({e})") from None
+        raise ToylensError(f"{run.path}/{state_file(name)}: optimizer state does not fit ({e})") from None
     return TrainState(**meta["trainer"])
 
 

@@ -39,11 +39,11 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
+from toylens.checkpoints import step_name
 from toylens.config import L1Config, RunConfig, load_config
 from toylens.errors import ToylensError, TrainingDiverged
 from toylens.lock import run_lock
 from toylens.model import Transformer
-from toylens.run import RunDir
 from toylens.tasks import Batch, build_task
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import save_checkpoint
@@ -209,7 +209,7 @@ class EnsembleTrainer:
             step = self.members[0].state.step
             if step in self.members[0].log_steps:
                 self._check_finite(sums)
-                self._save_step_checkpoints(f"step-{step:06d}")
+                self._save_step_checkpoints(step_name(step))
             if i % 20 == 0:
                 self._check_finite(sums)
                 rate = tokens / max(time.perf_counter() - t0, 1e-9)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from toylens.checkpoints import FINAL_WEIGHTS, epoch_name, state_file, step_name, weights_file
 from toylens.config import RunConfig, config_diff, config_to_yaml, load_config
 from toylens.errors import ToylensError, TrainingDiverged
 from toylens.lock import LOCK, run_lock
@@ -109,7 +110,7 @@ def restore_metrics(run: RunDir) -> None:
         return
     except ToylensError as damaged:
         last = [c for c in run.checkpoints() if c.resumable]
-        rows = run.read_tensors(f"checkpoints/{last[-1].name}.state.safetensors")[1]["trainer"].get("rows") if last else None
+        rows = run.read_tensors(state_file(last[-1].name))[1]["trainer"].get("rows") if last else None
         if not rows:
             raise damaged
     run.write_jsonl("metrics.jsonl", rows)
@@ -167,7 +168,7 @@ class Trainer:
 
     def _evaluate_and_save(self, train_metrics: dict[str, float]) -> dict[str, Any]:
         row = self.evaluate(train_metrics)
-        save_checkpoint(self.run, f"epoch-{self.state.epoch:04d}", self.model, self.cfg, self.state, self.opt)
+        save_checkpoint(self.run, epoch_name(self.state.epoch), self.model, self.cfg, self.state, self.opt)
         self.bar.set_postfix(epoch=self.state.epoch, **{k: f"{v:.4g}" for k, v in row.items() if "/" in k})
         self.notify("on_epoch_end", row)
         return row
@@ -181,7 +182,7 @@ class Trainer:
         return TrainResult(self.run.path, summary["final"], self.state.best, wall_s)
 
     def _write_summary(self, wall_s: float) -> dict[str, Any]:
-        save_weights(self.run, "final.safetensors", self.model, self.cfg, self.state)
+        save_weights(self.run, FINAL_WEIGHTS, self.model, self.cfg, self.state)
         summary = {
             "final": self.state.rows[-1], "best": self.state.best, "wall_s": wall_s,
             "epochs": self.state.epoch, "steps": self.state.step, "device": str(self.device),
@@ -206,7 +207,7 @@ class Trainer:
             tokens += idx.numel() * self.cfg.model.n_ctx
             if self.state.step in self.log_steps:
                 self.check_finite(self.group.mean(sums))
-                name = f"step-{self.state.step:06d}"
+                name = step_name(self.state.step)
                 self.group.on_main(lambda: save_checkpoint(self.run, name, self.model, self.cfg, self.state))
             if i % 20 == 0:
                 self.check_finite(self.group.mean(sums))
@@ -257,7 +258,7 @@ class Trainer:
             raise ToylensError(f"train.select_metric: {self.select!r} is not a metric of this task ({_keys(row)})")
         value, best, goal = row[self.select], self.state.best, self.goal()
         if best is None or (value < best["value"] if goal == "min" else value > best["value"]):
-            self.state.best = {"checkpoint": f"epoch-{self.state.epoch:04d}", "metric": self.select, "value": value}
+            self.state.best = {"checkpoint": epoch_name(self.state.epoch), "metric": self.select, "value": value}
         log.info("epoch %d: %s", self.state.epoch, _fmt(row))
         return row
 
@@ -273,10 +274,10 @@ class Trainer:
 
     def check_finite(self, sums: torch.Tensor) -> None:
         if not torch.isfinite(sums).all():
-            last = f"epoch-{self.state.epoch:04d}"
+            last = weights_file(epoch_name(self.state.epoch))
             raise TrainingDiverged(
                 f"{self.cfg.name}: loss became {float(sums.sum())} in epoch {self.state.epoch + 1} "
-                f"(step {self.state.step}); stopped, the last good checkpoint is {self.run.path}/checkpoints/{last}.safetensors"
+                f"(step {self.state.step}); stopped, the last good checkpoint is {self.run.path}/{last}"
             )
 
 
@@ -361,7 +362,7 @@ def _checkpoint_initialisation(run: RunDir, cfg: RunConfig, task: Task, model: T
     model.train()
     state.rows = [row]
     run.write_jsonl("metrics.jsonl", state.rows)
-    save_checkpoint(run, "epoch-0000", model, cfg, state, opt)
+    save_checkpoint(run, epoch_name(0), model, cfg, state, opt)
 
 
 def _fmt(row: dict[str, Any]) -> str:
