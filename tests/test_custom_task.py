@@ -122,12 +122,12 @@ def test_train_analyze_llc_report(reverse_run, tmp_path):
     loaded = toylens.load(run.path, "best")  # the checkpoint's own metadata rebuilds model and task
     assert isinstance(loaded.task, ReverseTask) and loaded.config.task == run.config().task
 
-    written = analyze(run.path, "final", settings=SETTINGS, progress=False)
-    assert "analysis/final/patching/logit_diff/head_out_by_pos" in written  # the task's own corruption and metric
-    assert "analysis/final/head_scores/next_output_by_pos" in written  # outputs are tokens
-    grid = load_result(run, "analysis/final/patching/logit_diff/resid_pre")
+    written = analyze(run.path, "final", settings=SETTINGS, progress=False)  # final: the last epoch, epoch-0002
+    assert "analysis/epoch-0002/patching/logit_diff/head_out_by_pos" in written  # the task's own corruption and metric
+    assert "analysis/epoch-0002/head_scores/next_output_by_pos" in written  # outputs are tokens
+    grid = load_result(run, "analysis/epoch-0002/patching/logit_diff/resid_pre")
     assert grid.labels["pos"][4] == "SEP" and torch.isfinite(grid.values).all()
-    scores = load_result(run, "analysis/final/head_scores/repeated")
+    scores = load_result(run, "analysis/epoch-0002/head_scores/repeated")
     assert "r uniform over 8 tokens" in scores.dataset  # SEP is a special token: left out of random sequences
 
     fast = LLCSettings(epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3, draws=8, init_batches=2,
