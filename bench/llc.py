@@ -25,8 +25,8 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from toylens.analysis.llc import LLCSettings, estimate_many
-from toylens.analysis.llc_run import _weights, run_objective
+from toylens.llc import LLCSettings, estimate_many
+from toylens.llc.run import _weights, run_objective
 from toylens.checkpoints import HELP, resolve
 from toylens.memory import reuse_freed_memory
 from toylens.run import RunDir, load

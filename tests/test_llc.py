@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from toylens.analysis.llc import LLCSettings, Objective, estimate_llc, estimate_many
-from toylens.analysis.llc_sampler import MinibatchDraws, RowSettings, _mala_acceptance
+from toylens.llc import LLCSettings, Objective, estimate_llc, estimate_many
+from toylens.llc.sampler import MinibatchDraws, RowSettings, _mala_acceptance
 
 
 class Point(nn.Module):

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from toylens.analysis import llc_run
-from toylens.analysis.llc import CHUNK_ELEMENTS, LLCSettings
-from toylens.analysis.llc_diagnostics import LLCEstimate
-from toylens.analysis.llc_sampler import RowChunks, loss_and_grad, row_chunks
-from toylens.analysis.llc_run import (calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc,
+from toylens.llc import run as llc_run
+from toylens.llc.estimator import CHUNK_ELEMENTS, LLCSettings
+from toylens.llc.diagnostics import LLCEstimate
+from toylens.llc.sampler import RowChunks, loss_and_grad, row_chunks
+from toylens.llc.run import (calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc,
                                       run_objective)
 from toylens.run import RunDir, load
 from toylens.train import train

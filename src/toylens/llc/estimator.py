@@ -1,8 +1,8 @@
 """The local learning coefficient (LLC) of a model at its weights w*, by batched SGLD.
 
-    from toylens.analysis.llc import LLCSettings, estimate_llc
+    from toylens.llc.estimator import LLCSettings, estimate_llc
     est = estimate_llc(model, loss_fn, (x, y), LLCSettings(epsilon=1e-4, gamma=100, chains=4))
-    est.llc, est.llc_se, est.warnings, est.loss_trace      # see llc_diagnostics.LLCEstimate
+    est.llc, est.llc_se, est.warnings, est.loss_trace      # see diagnostics.LLCEstimate
 
 The LLC Î»(w*) measures how degenerate the loss landscape is around w* (Lau et al., "Quantifying
 degeneracy in singular models via the learning coefficient"): the volume of {w near w* : L(w) <
@@ -23,7 +23,7 @@ minibatches (with replacement). `weight_decay` ({parameter name: c}) adds (c/2)Â
 
 All chains of all estimates run as one computation over stacked weights (`torch.func.vmap` of
 `functional_call`, or an `Objective`'s own `stacked_fn`, as run directories use for a toylens
-transformer); see `llc_sampler`. Run directories: `analysis.llc_run`.
+transformer); see `sampler`. Run directories: `toylens.llc.run`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from toylens.analysis.llc_diagnostics import LLCEstimate, summarise
-from toylens.analysis.llc_sampler import MinibatchDraws, RowChunks, RowSettings, SamplerRun, row_chunks, run_sgld
+from toylens.llc.diagnostics import LLCEstimate, summarise
+from toylens.llc.sampler import MinibatchDraws, RowChunks, RowSettings, SamplerRun, row_chunks, run_sgld
 from toylens.config import Section
 from toylens.errors import ToylensError
 from toylens.tasks.base import Split

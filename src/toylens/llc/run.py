@@ -1,6 +1,6 @@
 """The LLC of every checkpoint of a run, calibration of the sampler, and the files they leave.
 
-    from toylens.analysis.llc_run import calibrate, estimate_loaded, llc_over_checkpoints
+    from toylens.llc.run import calibrate, estimate_loaded, llc_over_checkpoints
     cal = calibrate("runs/sort-no-decay")                  # sweeps epsilon x gamma on "final"
     results = llc_over_checkpoints("runs/sort-no-decay")   # {checkpoint: summary dict}
     est = estimate_loaded(toylens.load("runs/sort-no-decay", 3))   # one checkpoint, in memory
@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from toylens.analysis.llc import LLCSettings, Objective, estimate_many
-from toylens.analysis.llc_diagnostics import LLCEstimate
+from toylens.llc.estimator import LLCSettings, Objective, estimate_many
+from toylens.llc.diagnostics import LLCEstimate
 from toylens.checkpoints import CheckpointInfo, Spec, resolve, resolve_one
 from toylens.memory import reuse_freed_memory
 from toylens.config import RunConfig
@@ -298,7 +298,7 @@ def _weights(run: RunDir, ckpt: CheckpointInfo, objective: Objective) -> dict[st
 
 def _resolved(settings: LLCSettings, objective: Objective, cfg: RunConfig) -> dict[str, Any]:
     """The settings as stored with a result: nβ, batch size and weight decay filled in."""
-    from toylens.analysis.llc import resolve_nbeta
+    from toylens.llc.estimator import resolve_nbeta
 
     nbeta, m = resolve_nbeta(settings, objective.n_data)
     wd = cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay

@@ -1,4 +1,4 @@
-"""Batched, localised, tempered SGLD: the sampler behind the LLC estimate (see `analysis.llc`).
+"""Batched, localised, tempered SGLD: the sampler behind the LLC estimate (see `estimator`).
 
 Many chains advance together in one computation. Every tensor carries a leading "row" axis:
 row r is one chain of one estimate (a checkpoint, or one (epsilon, gamma) setting of a
