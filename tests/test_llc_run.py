@@ -18,8 +18,7 @@ from toylens.llc.run import (calibrate, choose, estimate_loaded, llc_over_checkp
                                       run_objective)
 from toylens.run import RunDir, load
 from toylens.train import train
-from toylens.train.optim import decays
-from toylens.train.regularisers import L1Penalty
+from toylens.train.regularisers import L1Penalty, decays
 
 FAST = LLCSettings(epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3, draws=8, init_batches=2, mala_every=2)
 
