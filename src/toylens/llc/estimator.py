@@ -1,6 +1,6 @@
 """The local learning coefficient (LLC) of a model at its weights w*, by batched SGLD.
 
-    from toylens.llc.estimator import LLCSettings, estimate_llc
+    from toylens.llc import LLCSettings, estimate_llc
     est = estimate_llc(model, loss_fn, (x, y), LLCSettings(epsilon=1e-4, gamma=100, chains=4))
     est.llc, est.llc_se, est.warnings, est.loss_trace      # see diagnostics.LLCEstimate
 
@@ -14,198 +14,40 @@ with SGLD (step size ε) and taking λ̂ = nβ·(E[L(w)] - L(w*)), the expectati
 burn-in and L(w*) averaged over `init_batches` minibatches (the whole data when that is smaller).
 nβ defaults to m/ln(m) with m the minibatch size, and is stated in every result.
 
-Works on any `nn.Module`: `loss_fn(model, batch)` gets a callable that runs the module with one
-chain's weights and a minibatch (a tuple of tensors, indexed along dim 0 of `data`), and returns
-the scalar loss, or a dict of named scalar terms that are summed ("loss" is reported as the train
-loss, the others are regularisers such as "l1"). With `data=None` there is no minibatch and
-`loss_fn(model, ())` is the whole potential (closed-form tests). Every chain draws its own
-minibatches (with replacement). `weight_decay` ({parameter name: c}) adds (c/2)·||w||² to L.
+Works on any `nn.Module` with a `loss_fn(model, batch)`, and on a run's checkpoints, whose L is
+the run's training objective; `objective` says what L is in each case. Every chain draws its own
+minibatches (with replacement).
 
 All chains of all estimates run as one computation over stacked weights (`torch.func.vmap` of
 `functional_call`, or an `Objective`'s own `stacked_fn`, as run directories use for a toylens
-transformer); see `sampler`. Run directories: `toylens.llc.run`.
+transformer); see `sampler`. Run directories: `run`.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, Union
+from collections.abc import Sequence
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
 from toylens.llc.diagnostics import LLCEstimate, summarise
+from toylens.llc.objective import Data, LossFn, Objective, module_objective
 from toylens.llc.sampler import MinibatchDraws, RowChunks, RowSettings, SamplerRun, row_chunks, run_sgld
-from toylens.config import Section
-from toylens.errors import ToylensError
-from toylens.tasks.base import Split
-
-LossFn = Callable[[Callable[..., Any], tuple], Union[Tensor, dict[str, Tensor]]]
-Data = Union[tuple[Tensor, ...], Split, None]
-StackedLossFn = Callable[..., dict[str, Tensor]]
-# Rows per CPU chunk of a stacked objective: as many as keep one activation of the chunk (a row's
-# minibatch x sequence x widest layer) under this many elements, about 3 MB of float32. Measured
-# on the sort model (2 cores): 2 rows per chunk 7-8 ms per row and step, 1 row 8-9 ms, all 8 rows
-# at once 12.5 ms.
-CHUNK_ELEMENTS = 3 << 18
+from toylens.llc.settings import LLCSettings, resolve_nbeta
 
 
-class LLCSettings(Section):
-    """Hyperparameters of one LLC estimate (all stored with every result)."""
-
-    epsilon: float = Field(3e-4, gt=0)
-    """SGLD step size ε (the noise has variance ε, the drift is -(ε/2)·∇U)."""
-    gamma: float = Field(300.0, ge=0)
-    """Localisation strength γ of the (γ/2)·||w - w*||² term."""
-    nbeta: float | None = Field(None, gt=0)
-    """Inverse temperature nβ (default: m / ln m, m the minibatch size)."""
-    batch_size: int | None = Field(64, ge=2)
-    """Minibatch size m per chain per step (null: the whole training data every step)."""
-    chains: int = Field(4, ge=1)
-    """Independent chains per estimate."""
-    draws: int = Field(100, ge=2)
-    """Draws kept per chain after burn-in (the convergence check compares the first half with all)."""
-    burnin: int = Field(50, ge=0)
-    """SGLD steps discarded before the first draw."""
-    thin: int = Field(1, ge=1)
-    """SGLD steps between kept draws."""
-    precondition: Literal["none", "rmsprop"] = "none"
-    """Plain SGLD, or RMSProp-preconditioned SGLD (per-weight step ε / (sqrt(V) + δ), V adapted
-    from the squared drift in the first half of the burn-in, then frozen so that the chain has
-    the second half to settle under a fixed preconditioner before the draws)."""
-    rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
-    """Decay of the running mean V of the squared drift (rmsprop only)."""
-    rmsprop_delta: float = Field(0.1, gt=0)
-    """δ in the RMSProp preconditioner 1 / (sqrt(V) + δ); it caps the per-weight step at ε/δ,
-    which matters at w* where the drift, and so V, starts near zero."""
-    weight_decay: float | None = Field(0.0, ge=0)
-    """Coefficient c of a (c/2)·||w||² term added to the sampled objective on the run's decayed
-    parameters (null: the run's train.weight_decay). Off by default: AdamW's decoupled decay is
-    not this term (its stationary point balances the decay against Adam-scaled gradients), and the
-    term adds curvature nβ·c to every decayed weight, which swamps λ̂ (see README)."""
-    l1: bool = True
-    """Include the run's L1 activation penalty (train.l1) in the sampled objective (it is part of
-    the loss the optimiser minimised, so w* is closer to a stationary point with it)."""
-    init_batches: int = Field(32, ge=1)
-    """Minibatches averaged for L(w*) (the whole training data when that is smaller)."""
-    mala_every: int = Field(10, ge=0)
-    """Score every k-th proposal for the MALA acceptance diagnostic (costs one extra pass; 0: off)."""
-    seed: int = Field(0, ge=0)
-    """Seed of the minibatches and the noise (each estimate uses the same streams)."""
-
-    @property
-    def steps(self) -> int:
-        return self.burnin + self.draws * self.thin
-
-
-def default_nbeta(m: int) -> float:
-    """m / ln m: the inverse temperature for minibatch size m (Watanabe's β = 1/ln n at n = m)."""
-    return m / math.log(m)
-
-
-class Objective:
-    """The sampled objective L for stacked weights: `loss_fn` on each row's minibatch, plus decay."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: Data, weight_decay: dict[str, float] | None = None,
-                 stacked_fn: StackedLossFn | None = None):
-        """`stacked_fn(params, *batch)`, if given, computes every row's terms at once from stacked
-        parameters and a batch with a leading row axis, in place of vmapping `loss_fn` (which
-        may then be None)."""
-        if loss_fn is None and (stacked_fn is None or data is None):
-            raise ValueError("Objective needs loss_fn, or stacked_fn and data")
-        self.model, self.loss_fn, self.data, self.stacked_fn = model, loss_fn, data, stacked_fn
-        self.weight_decay = {k: c for k, c in (weight_decay or {}).items() if c}
-        unknown = set(self.weight_decay) - {n for n, _ in model.named_parameters()}
-        if unknown:
-            raise ToylensError(f"weight_decay: no parameter named {sorted(unknown)[0]!r} in the model")
-        self.device = next(model.parameters()).device
-        self.n_data = None if data is None else len(data) if isinstance(data, Split) else len(data[0])
-        self._batched = vmap(self._one)
-        self._all: tuple[Tensor, ...] | None = None
-
-    def _one(self, params: dict[str, Tensor], *batch: Tensor) -> dict[str, Tensor]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return functional_call(self.model, params, args, kwargs)
-
-        assert self.loss_fn is not None  # __init__: without loss_fn every call goes to stacked_fn
-        out = self.loss_fn(call, batch)
-        return out if isinstance(out, dict) else {"loss": out}
-
-    def rows_per_chunk(self, m: int | None) -> int | None:
-        """Rows to compute together on a CPU (see `CHUNK_ELEMENTS`); None: all rows at once (on
-        an accelerator, and for objectives without a stacked transformer forward, whose models
-        are small enough that one computation is best)."""
-        cfg = getattr(self.model, "cfg", None)
-        if self.device.type != "cpu" or self.stacked_fn is None or cfg is None or not self.n_data:
-            return None
-        pos = self.fetch(torch.zeros(1, 1, dtype=torch.long))[0].shape[-1]
-        width = max(cfg.d_model, 3 * cfg.n_heads * cfg.d_head, 0 if cfg.attn_only else cfg.d_mlp, cfg.d_vocab_out)
-        return max(1, CHUNK_ELEMENTS // ((m or self.n_data) * pos * width))
-
-    def fetch(self, idx: Tensor) -> tuple[Tensor, ...]:
-        """The minibatches for indices [rows, m], as tensors [rows, m, ...] on the model's device."""
-        flat = idx.reshape(-1)
-        if isinstance(self.data, Split):
-            b = self.data.batch(flat)
-            parts: tuple[Tensor, ...] = (b.tokens, b.targets)
-        else:
-            parts = tuple(t[flat] for t in self.data)  # type: ignore[union-attr]
-        return tuple(p.reshape(*idx.shape, *p.shape[1:]).to(self.device) for p in parts)
-
-    def everything(self) -> tuple[Tensor, ...]:
-        """The whole data set on the model's device (kept after the first call)."""
-        if self._all is None:
-            self._all = tuple(t[0] for t in self.fetch(torch.arange(self.n_data or 0).unsqueeze(0)))
-        return self._all
-
-    def terms(self, params: dict[str, Tensor], idx: Tensor | None) -> dict[str, Tensor]:
-        """Each named term of L per row ([rows] each); idx None: the whole data for every row."""
-        if self.data is None:
-            terms = vmap(lambda p: self._one(p))(params)
-        elif idx is None:  # one copy of the data shared by every row
-            data = self.everything()
-            if self.stacked_fn is not None:
-                rows = next(iter(params.values())).shape[0]
-                terms = self.stacked_fn(params, *(t.expand(rows, *t.shape) for t in data))
-            else:
-                terms = vmap(self._one, in_dims=(0,) + (None,) * len(data))(params, *data)
-        elif self.stacked_fn is not None:
-            terms = self.stacked_fn(params, *self.fetch(idx))
-        else:
-            terms = self._batched(params, *self.fetch(idx))
-        if self.weight_decay:
-            terms["weight_decay"] = sum(0.5 * c * params[k].pow(2).flatten(1).sum(1) for k, c in self.weight_decay.items())
-        return terms
-
-    def __call__(self, params: dict[str, Tensor], idx: Tensor | None) -> Tensor:
-        return sum(self.terms(params, idx).values())  # type: ignore[return-value]
-
-
-def estimate_llc(
-    model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings | None = None, *,
-    weight_decay: dict[str, float] | None = None, progress: bool = False,
-) -> LLCEstimate:
-    """The LLC of `model` at its current weights (see the module docstring)."""
-    objective = Objective(model, loss_fn, data, weight_decay)
-    return estimate_many(objective, [current_weights(model)], settings or LLCSettings(), progress=progress)[0]
+def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings | None = None, *,
+                 progress: bool = False) -> LLCEstimate:
+    """The LLC of `model` at its current weights (see the module docstring); the objective is
+    `loss_fn`, plus (c/2)·||w||² on every parameter with settings.weight_decay = c."""
+    settings = settings or LLCSettings()
+    objective = module_objective(model, loss_fn, data, settings)
+    return estimate_many(objective, [current_weights(model)], settings, progress=progress)[0]
 
 
 def current_weights(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
-
-
-def resolve_nbeta(settings: LLCSettings, n_data: int | None) -> tuple[float, int | None]:
-    """(nβ, minibatch size) for a data set of n_data examples (None: no data)."""
-    m = None if n_data is None else min(settings.batch_size or n_data, n_data)
-    if settings.nbeta is not None:
-        return settings.nbeta, m
-    if m is None or m < 2:
-        raise ToylensError("nbeta: must be given when there is no data to take a minibatch size from")
-    return default_nbeta(m), m
 
 
 def estimate_many(

@@ -1,14 +1,14 @@
 """The LLC of every checkpoint of a run, calibration of the sampler, and the files they leave.
 
-    from toylens.llc.run import calibrate, estimate_loaded, llc_over_checkpoints
+    from toylens.llc import calibrate, estimate_loaded, llc_over_checkpoints
     cal = calibrate("runs/sort-no-decay")                  # sweeps epsilon x gamma on "final"
     results = llc_over_checkpoints("runs/sort-no-decay")   # {checkpoint: summary dict}
     est = estimate_loaded(toylens.load("runs/sort-no-decay", 3))   # one checkpoint, in memory
 
 or `toylens llc calibrate RUN` then `toylens llc RUN`. The sampled objective is the run's own
-training objective on its training split: the task loss plus (by default) its L1 activation
-penalty (`train.l1`). The weight decay can be added as (c/2)·||w||² on the parameters the run
-decays (`--set weight_decay=null` takes c = `train.weight_decay`); it is off by default because
+training objective on its training split (`objective.run_objective`): the task loss plus (by
+default) its L1 activation penalty (`train.l1`). The weight decay can be added as (c/2)·||w||² on
+the parameters the run decays (`--set weight_decay=null` takes c = `train.weight_decay`); it is off by default because
 that term gives every decayed weight curvature nβ·c, which swamps λ̂ (on sort-high-decay: λ̂ ≈ 920
 with it, 7.9 without), while without it the localised chains show no drift below L(w*).
 
@@ -45,19 +45,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from toylens.llc.estimator import LLCSettings, Objective, estimate_many
-from toylens.llc.diagnostics import LLCEstimate
 from toylens.checkpoints import CheckpointInfo, Spec, resolve, resolve_one
-from toylens.memory import reuse_freed_memory
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
+from toylens.llc.diagnostics import LLCEstimate
+from toylens.llc.estimator import estimate_many
+from toylens.llc.objective import Objective, run_objective, sampled_weight_decay
+from toylens.llc.settings import LLCSettings, resolve_nbeta
 from toylens.lock import run_lock
-from toylens.model import Transformer
-from toylens.model.stacked import STACKED_HOOKS, stacked_forward
+from toylens.memory import reuse_freed_memory
 from toylens.run import Loaded, RunDir, load
-from toylens.tasks import Batch, Task
-from toylens.train.optim import decays
-from toylens.train.regularisers import L1Penalty
 
 log = logging.getLogger("toylens")
 
@@ -69,64 +66,14 @@ PLATEAU = 0.1  # λ̂ may move this much between neighbouring step sizes in the 
 DISQUALIFYING = {"nonfinite", "negative", "low_acceptance", "drift", "below_init", "not_converged"}
 
 
-def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCSettings) -> Objective:
-    """The run's training objective (task loss + L1 + weight decay, as settings say) on its train
-    split. Every row runs through `stacked_forward` when it can record the L1 penalty's hooks;
-    otherwise through vmap, for which `model` is switched to the explicit attention path (same
-    outputs)."""
-    wd = cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay
-    decay = {n: wd for n, _ in model.named_parameters() if decays(n, cfg.train.weight_decay_on)} if wd else {}
-    penalty = L1Penalty(cfg.train.l1, cfg.model.act_fn) if settings.l1 else None
-    hooks = [name for name, _ in penalty.fwd_hooks] if penalty else []
-    if all(STACKED_HOOKS.fullmatch(name) for name in hooks):
-        return Objective(model, None, task.splits[task.train_split], decay,
-                         stacked_fn=_stacked_objective(model, task, penalty))
-    model.explicit_attention = True  # vmap has no batching rule for CPU scaled_dot_product_attention
-
-    def loss_fn(call: Any, batch: tuple) -> dict[str, torch.Tensor]:
-        tokens, targets = batch
-        if penalty is None or not penalty.fwd_hooks:
-            return {"loss": task.loss(call(tokens), Batch(tokens, targets))}
-        with model.hooks(penalty.fwd_hooks):
-            logits = call(tokens)
-        return {"loss": task.loss(logits, Batch(tokens, targets)), "l1": penalty.take()}
-
-    return Objective(model, loss_fn, task.splits[task.train_split], decay)
-
-
-def _stacked_objective(model: Transformer, task: Task, penalty: L1Penalty | None) -> Any:
-    """Task loss and L1 term per row, every row in one `stacked_forward` (no vmap): the same
-    objective as the vmapped loss_fn above, with the fused attention kernel."""
-    row_loss = torch.func.vmap(lambda logits, tokens, targets: task.loss(logits, Batch(tokens, targets)))
-    hooks = [name for name, _ in penalty.fwd_hooks] if penalty else []
-
-    def l1_of(name: str, out: list[torch.Tensor]) -> Any:  # the penalty's norm, averaged per row
-        assert penalty is not None
-        return lambda act: out.append(penalty.norm(name, act).flatten(1).mean(1))
-
-    positions = task.loss_positions()
-
-    def terms(params: dict[str, torch.Tensor], tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        l1: list[torch.Tensor] = []
-        record = {name: l1_of(name, l1) for name in hooks}
-        at = None if positions is None else positions.to(tokens.device)
-        logits = stacked_forward(model, params, tokens, record, at)
-        if at is not None:  # the loss reads the targets at the logits' positions (Batch wants tokens to match)
-            tokens, targets = tokens[..., at], targets[..., at]
-        out = {"loss": row_loss(logits, tokens, targets)}
-        if l1:
-            out["l1"] = torch.stack(l1).sum(0) * penalty.coef  # type: ignore[union-attr]
-        return out
-
-    return terms
-
-
 def estimate_loaded(loaded: Loaded, settings: LLCSettings | None = None, *, progress: bool = False) -> LLCEstimate:
     """The LLC of one loaded checkpoint (`toylens.load(run, checkpoint)`), nothing written."""
     settings = settings or (load_settings(loaded.run) if loaded.run is not None else LLCSettings())
     objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
     center = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
-    return estimate_many(objective, [center], settings, progress=progress)[0]
+    est = estimate_many(objective, [center], settings, progress=progress)[0]
+    est.settings = _resolved(settings, objective, loaded.config)
+    return est
 
 
 def load_settings(run: RunDir, overrides: dict[str, Any] | None = None) -> LLCSettings:
@@ -298,10 +245,8 @@ def _weights(run: RunDir, ckpt: CheckpointInfo, objective: Objective) -> dict[st
 
 def _resolved(settings: LLCSettings, objective: Objective, cfg: RunConfig) -> dict[str, Any]:
     """The settings as stored with a result: nβ, batch size and weight decay filled in."""
-    from toylens.llc.estimator import resolve_nbeta
-
     nbeta, m = resolve_nbeta(settings, objective.n_data)
-    wd = cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay
+    wd = sampled_weight_decay(settings, cfg)
     return settings.model_copy(update={"nbeta": nbeta, "batch_size": m, "weight_decay": wd}).model_dump(mode="json")
 
 

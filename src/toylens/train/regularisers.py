@@ -93,8 +93,7 @@ class Regularisers:
                   {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
 
-    def decay_coefficients(self, coef: float | None = None) -> dict[str, float]:
-        """{parameter name: c} for the (c/2)·||w||² form of the decay on the decayed parameters, c =
-        `coef` or (None) the run's own; empty when c is 0."""
-        c = self.weight_decay if coef is None else coef
-        return {n: c for n in self.decayed} if c else {}
+    def decay_coefficients(self, coef: float) -> dict[str, float]:
+        """{parameter name: coef} on the decayed parameters, for the decay as a (c/2)·||w||² term
+        (the LLC's; AdamW's decoupled decay has no such term); empty when coef is 0."""
+        return {n: coef for n in self.decayed} if coef else {}
