@@ -292,3 +292,20 @@ def test_reuse_freed_memory_on_glibc():
     from toylens.memory import reuse_freed_memory
 
     assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("old, new, name", [
+    ("toylens.analysis.llc", "toylens.llc.settings", "LLCSettings"),
+    ("toylens.analysis.llc", "toylens.llc.objective", "Objective"),
+    ("toylens.analysis.llc_run", "toylens.llc.run", "llc_over_checkpoints"),
+    ("toylens.analysis.llc_sampler", "toylens.llc.sampler", "run_sgld"),
+    ("toylens.analysis.llc_diagnostics", "toylens.llc.diagnostics", "LLCEstimate"),
+])
+def test_the_old_module_names_import_for_one_release_with_a_warning(old, new, name):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(FutureWarning, match="moved to toylens.llc"):
+        module = importlib.import_module(old)
+    assert getattr(module, name) is getattr(importlib.import_module(new), name)

@@ -79,7 +79,7 @@ def test_the_weight_decay_and_l1_settings_each_add_their_term(run_dir):
     # L(w*) on the whole training split, with each regulariser setting on alone: it moves from the
     # task loss by that term, computed here by hand in float64 from the weights and activations.
     loaded = load(run_dir, "final")
-    model, cfg, task = loaded.model, loaded.config, loaded.task
+    model, task = loaded.model, loaded.task
     batch = task.splits["train"].batch(torch.arange(len(task.splits["train"])))
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.tokens)
