@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from toylens.llc import (LLCEstimate, LLCSettings, calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings,
-                         read_llc, run_objective)
+from toylens.llc import (LLCEstimate, LLCSettings, calibrate, choose, estimate_loaded, llc_over_checkpoints,
+                         load_settings, read_llc, run_objective)
 from toylens.llc import run as llc_run
 from toylens.llc.objective import CHUNK_ELEMENTS
 from toylens.llc.sampler import RowChunks, loss_and_grad, row_chunks

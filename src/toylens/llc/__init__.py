@@ -19,7 +19,9 @@ or `toylens llc calibrate RUN` then `toylens llc RUN`. The modules, in the order
 from toylens.llc.diagnostics import LLCEstimate
 from toylens.llc.estimator import estimate_llc, estimate_many
 from toylens.llc.objective import Objective, module_objective, run_objective
-from toylens.llc.run import Calibration, calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc
+from toylens.llc.run import (
+    Calibration, calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc,
+)
 from toylens.llc.settings import LLCSettings
 
 __all__ = [

@@ -7,10 +7,11 @@
 
 or `toylens llc calibrate RUN` then `toylens llc RUN`. The sampled objective is the run's own
 training objective on its training split (`objective.run_objective`): the task loss plus (by
-default) its L1 activation penalty (`train.l1`). The weight decay can be added as (c/2)·||w||² on
-the parameters the run decays (`--set weight_decay=null` takes c = `train.weight_decay`); it is off by default because
-that term gives every decayed weight curvature nβ·c, which swamps λ̂ (on sort-high-decay: λ̂ ≈ 920
-with it, 7.9 without), while without it the localised chains show no drift below L(w*).
+default) its L1 activation penalty (`train.l1`). The weight decay can be added as (c/2)·||w||²
+on the parameters the run decays (`--set weight_decay=null` takes c = `train.weight_decay`); it
+is off by default because that term gives every decayed weight curvature nβ·c, which swamps λ̂
+(on sort-high-decay: λ̂ ≈ 920 with it, 7.9 without), while without it the localised chains show
+no drift below L(w*).
 
 Files, all under RUN/llc/ and written atomically through `RunDir` (checksummed in the run's
 manifest); a report reads only these:
@@ -139,8 +140,8 @@ def llc_over_checkpoints(
             for start in range(0, len(todo), group):
                 part = todo[start : start + group]
                 centers = [_weights(run, c, objective) for c in part]
-                estimates = estimate_many(objective, centers, settings, labels=[f"{run.path.name}/{c.name}" for c in part],
-                                          progress=progress)
+                labels = [f"{run.path.name}/{c.name}" for c in part]
+                estimates = estimate_many(objective, centers, settings, labels=labels, progress=progress)
                 for ckpt, est in zip(part, estimates):
                     est.settings = key
                     results[ckpt.name] = _write_estimate(run, ckpt, est)
