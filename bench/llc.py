@@ -25,13 +25,13 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from toylens.analysis.llc import LLCSettings, estimate_many
-from toylens.analysis.llc_run import _weights, run_objective
+from toylens.llc import LLCSettings, estimate_many, run_objective
+from toylens.llc.run import _weights
 from toylens.checkpoints import HELP, resolve
 from toylens.memory import reuse_freed_memory
 from toylens.run import RunDir, load
 from toylens.tasks import Batch
-from toylens.train.regularisers import L1Penalty
+from toylens.train.regularisers import Regularisers
 
 
 def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: float) -> dict:
@@ -41,7 +41,7 @@ def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: fl
     loaded = load(run.path, ckpt.name)
     model, task, cfg = loaded.model, loaded.task, loaded.config
     model.train()
-    penalty = L1Penalty(cfg.train.l1, cfg.model.act_fn) if s.l1 else None  # the same L1 as toylens samples
+    penalty = Regularisers.of(model, cfg.train, cfg.model.act_fn).l1 if s.l1 else None  # the L1 toylens samples
     split = task.splits[task.train_split]
     loader = DataLoader(TensorDataset(split.tokens, split.targets), batch_size=s.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(s.seed), drop_last=True)

@@ -29,7 +29,8 @@ from toylens.tasks import IGNORE, build_task
 from toylens.train.checkpoint import TrainState
 from toylens.train.distributed import resolve_device
 from toylens.train.loop import Trainer, epoch_order
-from toylens.train.optim import build_optimizer, decays, lr_at, set_lr
+from toylens.train.optim import build_optimizer, lr_at, set_lr
+from toylens.train.regularisers import decays
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -88,7 +88,7 @@ def test_bad_items_name_the_item_and_what_is_available(run, unfinished):
 
 def test_the_old_parsers_still_work_with_a_warning(run):
     from toylens.analysis.driver import checkpoint_names
-    from toylens.analysis.llc_run import select_checkpoints
+    from toylens.llc.run import select_checkpoints
 
     with pytest.warns(FutureWarning, match="checkpoint_file is deprecated"):
         assert run.checkpoint_file("final") == weights_file("epoch-0002")

@@ -148,7 +148,7 @@ def test_set_values_are_yaml_but_text_fields_keep_their_text(tmp_path):
 def test_llc_set_reads_values_like_config_set():
     assert _llc_overrides(["epsilon=1e-4", "chains=8", "precondition=none", "nbeta=null"]) == {
         "epsilon": 1e-4, "chains": 8, "precondition": "none", "nbeta": None}
-    from toylens.analysis.llc_run import validate_settings
+    from toylens.llc.run import validate_settings
 
     with pytest.raises(ToylensError, match=r"^llc\.json: chains: Input should be a valid integer \(got True\)$"):
         validate_settings(_llc_overrides(["chains=true"]), "llc.json")
@@ -239,7 +239,7 @@ def test_study_set_overrides_follow_the_set_rule(tmp_path):
 
 
 def test_llc_settings_are_strict():
-    from toylens.analysis.llc_run import validate_settings
+    from toylens.llc.run import validate_settings
 
     with pytest.raises(ToylensError, match=r"^llc\.json: chains: Input should be a valid integer \(got True\)$"):
         validate_settings({"chains": True}, "llc.json")

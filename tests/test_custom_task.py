@@ -17,8 +17,8 @@ from pydantic import Field
 import toylens
 from toylens import config as config_module
 from toylens.analysis import Settings, analyze, load_result
-from toylens.analysis.llc import LLCSettings
-from toylens.analysis.llc_run import llc_over_checkpoints
+from toylens.llc import LLCSettings
+from toylens.llc import llc_over_checkpoints
 from toylens.config import TaskConfig, field_docs, load_config, validate_config
 from toylens.errors import ToylensError
 from toylens.run import RunDir

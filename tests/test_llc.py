@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from toylens.analysis.llc import LLCSettings, Objective, estimate_llc, estimate_many
-from toylens.analysis.llc_sampler import MinibatchDraws, RowSettings, _mala_acceptance
+from toylens.errors import ToylensError
+from toylens.llc import LLCSettings, Objective, estimate_llc, estimate_many
+from toylens.llc.sampler import MinibatchDraws, RowSettings, _mala_acceptance
 
 
 class Point(nn.Module):
@@ -236,12 +237,35 @@ def test_mala_acceptance_matches_brute_force():
 def test_weight_decay_term_of_the_objective():
     model, data = fitted_rrr(4, 2, 3, rank=1, n=50)
     plain = Objective(model, mse, data)
-    decayed = Objective(model, mse, data, weight_decay={"A": 0.3})
+    decayed = Objective(model, mse, data, decay={"A": 0.3})
     w = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in model.named_parameters()}
     expected = plain(w, None) + 0.5 * 0.3 * model.A.detach().pow(2).sum()
     assert torch.allclose(decayed(w, None), expected)
     with pytest.raises(Exception, match="no parameter named"):
-        Objective(model, mse, data, weight_decay={"C": 1.0})
+        Objective(model, mse, data, decay={"C": 1.0})
+
+
+def test_the_weight_decay_setting_is_sampled_and_settings_without_a_run_are_refused():
+    # settings.weight_decay = c is the one way to add the decay: (c/2)·||w||² on every parameter
+    # of a module, which moves L(w*) by exactly that (by hand, float64: ||w*||² = 5.25).
+    model = Point(3)
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+    s = LLCSettings(epsilon=1e-4, gamma=100.0, nbeta=10.0, chains=2, burnin=2, draws=4, mala_every=0)
+
+    def potential(m, b):
+        return 0.5 * m().pow(2).sum()
+
+    plain = estimate_llc(model, potential, None, s)
+    decayed = estimate_llc(model, potential, None, s.model_copy(update={"weight_decay": 0.3}))
+    assert plain.init_loss == plain.train_loss == decayed.train_loss == 0.5 * 5.25
+    assert decayed.init_loss == pytest.approx(0.5 * 5.25 + 0.5 * 0.3 * 5.25, rel=1e-12)
+    assert decayed.settings["weight_decay"] == 0.3 and not torch.equal(plain.loss_trace, decayed.loss_trace)
+    # Null (the run's train.weight_decay) and l1=false (leave the run's penalty out) need a run.
+    with pytest.raises(ToylensError, match="weight_decay: null"):
+        estimate_llc(model, potential, None, s.model_copy(update={"weight_decay": None}))
+    with pytest.raises(ToylensError, match="l1: false"):
+        estimate_llc(model, potential, None, s.model_copy(update={"l1": False}))
 
 
 def test_rmsprop_variant_on_the_quadratic():
@@ -268,3 +292,20 @@ def test_reuse_freed_memory_on_glibc():
     from toylens.memory import reuse_freed_memory
 
     assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("old, new, name", [
+    ("toylens.analysis.llc", "toylens.llc.settings", "LLCSettings"),
+    ("toylens.analysis.llc", "toylens.llc.objective", "Objective"),
+    ("toylens.analysis.llc_run", "toylens.llc.run", "llc_over_checkpoints"),
+    ("toylens.analysis.llc_sampler", "toylens.llc.sampler", "run_sgld"),
+    ("toylens.analysis.llc_diagnostics", "toylens.llc.diagnostics", "LLCEstimate"),
+])
+def test_the_old_module_names_import_for_one_release_with_a_warning(old, new, name):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(FutureWarning, match="moved to toylens.llc"):
+        module = importlib.import_module(old)
+    assert getattr(module, name) is getattr(importlib.import_module(new), name)

@@ -10,16 +10,14 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from toylens.analysis import llc_run
-from toylens.analysis.llc import CHUNK_ELEMENTS, LLCSettings
-from toylens.analysis.llc_diagnostics import LLCEstimate
-from toylens.analysis.llc_sampler import RowChunks, loss_and_grad, row_chunks
-from toylens.analysis.llc_run import (calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc,
-                                      run_objective)
+from toylens.llc import (LLCEstimate, LLCSettings, calibrate, choose, estimate_loaded, llc_over_checkpoints,
+                         load_settings, read_llc, run_objective)
+from toylens.llc import run as llc_run
+from toylens.llc.objective import CHUNK_ELEMENTS
+from toylens.llc.sampler import RowChunks, loss_and_grad, row_chunks
 from toylens.run import RunDir, load
 from toylens.train import train
-from toylens.train.optim import decays
-from toylens.train.regularisers import L1Penalty
+from toylens.train.regularisers import L1Penalty, decays
 
 FAST = LLCSettings(epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3, draws=8, init_batches=2, mala_every=2)
 
@@ -75,6 +73,30 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
         assert torch.allclose(g[0], r, rtol=1e-4, atol=1e-6), k
     off = run_objective(model, cfg, task, LLCSettings(l1=False, weight_decay=0.0)).terms(w, idx)
     assert set(off) == {"loss"}
+
+
+def test_the_weight_decay_and_l1_settings_each_add_their_term(run_dir):
+    # L(w*) on the whole training split, with each regulariser setting on alone: it moves from the
+    # task loss by that term, computed here by hand in float64 from the weights and activations.
+    loaded = load(run_dir, "final")
+    model, task = loaded.model, loaded.task
+    batch = task.splits["train"].batch(torch.arange(len(task.splits["train"])))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.tokens)
+    l1 = 1e-3 * float(cache["blocks.0.mlp.hook_post"].double().abs().sum(-1).mean())
+    squares = sum(float(p.detach().double().pow(2).sum()) for n, p in model.named_parameters()
+                  if n.rsplit(".", 1)[-1] in {"W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U"})
+    s = FAST.model_copy(update={"batch_size": None, "chains": 1, "burnin": 0, "draws": 2, "mala_every": 0})
+
+    def added(**settings):
+        est = estimate_loaded(loaded, s.model_copy(update=settings))
+        return est.init_loss - est.train_loss, est.settings["weight_decay"]
+
+    assert added(l1=False, weight_decay=0.0) == (0.0, 0.0)
+    assert added(l1=True, weight_decay=0.0)[0] == pytest.approx(l1, rel=1e-5)
+    assert added(l1=False, weight_decay=0.05)[0] == pytest.approx(0.5 * 0.05 * squares, rel=1e-5)
+    decay, stored = added(l1=False, weight_decay=None)  # null: the run's train.weight_decay, 0.1
+    assert decay == pytest.approx(0.5 * 0.1 * squares, rel=1e-5) and stored == 0.1
 
 
 def test_rows_in_chunks_and_on_worker_threads_give_each_row_its_own_result(run_dir):

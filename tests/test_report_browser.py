@@ -18,8 +18,8 @@ from report_runs import make_run
 import toylens
 
 from toylens.analysis.driver import analyze
-from toylens.analysis.llc import LLCSettings
-from toylens.analysis.llc_run import llc_over_checkpoints
+from toylens.llc import LLCSettings
+from toylens.llc import llc_over_checkpoints
 
 CHROMIUM = Path(os.environ.get("TOYLENS_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"

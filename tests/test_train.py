@@ -15,8 +15,8 @@ from toylens.config import validate_config
 from toylens.errors import ToylensError, TrainingDiverged
 from toylens.run import RunDir
 from toylens.storage import read_safetensors, sha256_file
-from toylens.train.optim import build_optimizer, decays, lr_at
-from toylens.train.regularisers import L1Penalty
+from toylens.train.optim import build_optimizer, lr_at
+from toylens.train.regularisers import L1Penalty, decays
 
 
 def test_run_directory_contents(tmp_path):

@@ -299,7 +299,7 @@ def llc_estimate(
 ) -> None:
     """Estimate the LLC of RUN's checkpoints (--checkpoint; all by default) into RUN/llc/<checkpoint name>.json
     (+ traces); skips those done."""
-    from toylens.analysis.llc_run import llc_over_checkpoints, load_settings
+    from toylens.llc import llc_over_checkpoints, load_settings
     from toylens.run import RunDir
     from toylens.train.loop import resolve_device
 
@@ -332,7 +332,7 @@ def llc_calibrate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Sweep epsilon x gamma on one checkpoint (--checkpoint), show which give flat healthy traces, save the pick."""
-    from toylens.analysis.llc_run import calibrate, load_settings
+    from toylens.llc import calibrate, load_settings
     from toylens.run import RunDir
     from toylens.train.loop import resolve_device
 
@@ -356,7 +356,7 @@ def llc_calibrate(
 
 def _llc_overrides(items: Optional[list[str]]) -> dict[str, Any]:
     """`--set key=value` of the LLC commands, read as a config's --set (`override_value`)."""
-    from toylens.analysis.llc import LLCSettings
+    from toylens.llc import LLCSettings
     from toylens.config import override_value
 
     out: dict[str, Any] = {}

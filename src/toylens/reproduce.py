@@ -252,7 +252,7 @@ def step_analyze(ctx: Context, cfg: RunConfig) -> str:
 
 def step_llc(ctx: Context, cfg: RunConfig) -> str:
     """Calibrate the sampler for this run (once), then the LLC of the chosen checkpoints (done ones skipped)."""
-    from toylens.analysis.llc_run import calibrate, llc_over_checkpoints, load_settings
+    from toylens.llc import calibrate, llc_over_checkpoints, load_settings
     from toylens.run import RunDir
 
     run = RunDir(ctx.folder / cfg.name)
@@ -278,7 +278,7 @@ def check_step_options(opts: StudySize, where: str) -> None:
     import dataclasses
 
     from toylens.analysis.driver import Settings
-    from toylens.analysis.llc_run import validate_settings
+    from toylens.llc.run import validate_settings
     from toylens.checkpoints import ALL, FINAL, items
 
     calls = opts.analyze if isinstance(opts.analyze, list) else [opts.analyze]

@@ -19,8 +19,9 @@ and heads, with or without MLPs and LayerNorm):
     ablation.py     zero / mean / resample ablation of heads and neurons
     summary.py      headline scalars per checkpoint and over checkpoints
     driver.py       `analyze()`, the driver behind `toylens analyze`
-    llc*.py         the local learning coefficient (sampler, estimate, diagnostics, over a run's
-                    checkpoints); its files live under RUN/llc/ (see llc_run.py), not here
+
+The local learning coefficient has a package of its own, `toylens.llc` (its files live under
+RUN/llc/, not here).
 
 What an analysis needs to know about a task (are outputs tokens, which ids are special, the
 corrupted inputs and metric for patching, which positions the loss reads) it asks the task

@@ -8,7 +8,7 @@ rows axis). Every product is one batched matrix product over rows (bias inside i
 attention is the fused `scaled_dot_product_attention` over rows x sequences, which
 `torch.func.vmap` cannot batch on a CPU (it has no batching rule there, so the vmapped path
 materialises the pattern). The LLC sampler uses it to advance all its chains together
-(`toylens.analysis.llc_run`).
+(`toylens.llc.run`).
 
 `record` maps hook names to callbacks that receive that activation as [rows, m, pos, ...]; the
 hooks it can serve are `STACKED_HOOKS` (the residual stream, attention and MLP outputs, MLP

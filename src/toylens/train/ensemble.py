@@ -52,8 +52,8 @@ from toylens.train.distributed import resolve_device
 from toylens.train.loop import (
     TrainResult, Trainer, prepare_run_dir, epoch_order, finished_result, restore_metrics, start_or_resume,
 )
-from toylens.train.optim import build_optimizer, decays, lr_at, set_lr
-from toylens.train.regularisers import L1Penalty
+from toylens.train.optim import build_optimizer, lr_at, set_lr
+from toylens.train.regularisers import L1Penalty, Regularisers
 
 log = logging.getLogger("toylens")
 
@@ -170,9 +170,10 @@ class EnsembleTrainer:
                         desc=f"ensemble of {len(members)}", dynamic_ncols=True, mininterval=0.5)
 
     def _decay_rates(self) -> dict[str, Tensor]:
-        on = self.members[0].cfg.train.weight_decay_on
+        lead = self.members[0]  # members share train.weight_decay_on, so the decayed parameters
+        decayed = set(Regularisers.of(lead.model, lead.cfg.train).decayed)
         wd = torch.tensor([m.cfg.train.weight_decay for m in self.members], dtype=torch.float64, device=self.device)
-        return {name: wd if decays(name, on) else torch.zeros_like(wd) for name in self.params}
+        return {name: wd if name in decayed else torch.zeros_like(wd) for name in self.params}
 
     def fit(self) -> dict[str, MemberOutcome]:
         lead = self.members[0]

@@ -42,7 +42,7 @@ from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkp
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import SingleProcess, process_group, resolve_device
 from toylens.train.optim import build_optimizer, lr_at, set_lr
-from toylens.train.regularisers import L1Penalty
+from toylens.train.regularisers import Regularisers
 
 log = logging.getLogger("toylens")
 
@@ -142,7 +142,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         epoch_ends = range(0, self.total_steps + 1, self.steps_per_epoch)
         self.log_steps = log_spaced_steps(cfg.train.log_checkpoints, self.total_steps) - set(epoch_ends)
-        self.penalty = L1Penalty(cfg.train.l1, cfg.model.act_fn)
+        self.penalty = Regularisers.of(model, cfg.train, cfg.model.act_fn).l1  # the decay is in opt's groups
         self.select = cfg.train.select_metric or task.select_metric
         self.bar = tqdm(total=self.total_steps, initial=state.step, desc=cfg.name, unit="step",
                         disable=not progress or not self.group.is_main, dynamic_ncols=True, mininterval=0.5)

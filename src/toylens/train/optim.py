@@ -1,4 +1,4 @@
-"""AdamW with weight-decay groups, and the learning-rate schedule."""
+"""AdamW with the weight-decay groups of `regularisers`, and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -8,25 +8,12 @@ import torch
 from torch import nn
 
 from toylens.config import TrainConfig
-
-MATRICES = frozenset({"W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U"})
-EMBEDDINGS = frozenset({"W_E", "W_pos"})
-
-
-def decays(param_name: str, on: str) -> bool:
-    """Whether weight decay applies to a parameter under `train.weight_decay_on`."""
-    leaf = param_name.rsplit(".", 1)[-1]
-    return on == "all" or leaf in MATRICES or (on == "embeddings" and leaf in EMBEDDINGS)
+from toylens.train.regularisers import Regularisers
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: decayed parameters and the rest (weight_decay 0)."""
-    named = list(model.named_parameters())
-    groups = [
-        {"params": [p for n, p in named if decays(n, cfg.weight_decay_on)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in named if not decays(n, cfg.weight_decay_on)], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+    """AdamW with two groups: the decayed parameters and the rest (weight_decay 0); see `Regularisers`."""
+    return torch.optim.AdamW(Regularisers.of(model, cfg).param_groups(model), lr=cfg.lr, betas=cfg.betas)
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:

@@ -1,0 +1,149 @@
+"""The local learning coefficient (LLC) of a model at its weights w*, by batched SGLD.
+
+    from toylens.llc import LLCSettings, estimate_llc
+    est = estimate_llc(model, loss_fn, (x, y), LLCSettings(epsilon=1e-4, gamma=100, chains=4))
+    est.llc, est.llc_se, est.warnings, est.loss_trace      # see diagnostics.LLCEstimate
+
+The LLC λ(w*) measures how degenerate the loss landscape is around w* (Lau et al., "Quantifying
+degeneracy in singular models via the learning coefficient"): the volume of {w near w* : L(w) <
+L(w*) + t} scales as t^λ. It is estimated by sampling the localised, tempered posterior
+
+    p(w) ∝ exp(-nβ·L(w) - (γ/2)·||w - w*||²)
+
+with SGLD (step size ε) and taking λ̂ = nβ·(E[L(w)] - L(w*)), the expectation over the draws after
+burn-in and L(w*) averaged over `init_batches` minibatches (the whole data when that is smaller).
+nβ defaults to m/ln(m) with m the minibatch size, and is stated in every result.
+
+Works on any `nn.Module` with a `loss_fn(model, batch)`, and on a run's checkpoints, whose L is
+the run's training objective; `objective` says what L is in each case. Every chain draws its own
+minibatches (with replacement).
+
+All chains of all estimates run as one computation over stacked weights (`torch.func.vmap` of
+`functional_call`, or an `Objective`'s own `stacked_fn`, as run directories use for a toylens
+transformer); see `sampler`. Run directories: `run`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from toylens.llc.diagnostics import LLCEstimate, summarise
+from toylens.llc.objective import Data, LossFn, Objective, module_objective
+from toylens.llc.sampler import MinibatchDraws, RowChunks, RowSettings, SamplerRun, row_chunks, run_sgld
+from toylens.llc.settings import LLCSettings, resolve_nbeta
+
+
+def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings | None = None, *,
+                 progress: bool = False) -> LLCEstimate:
+    """The LLC of `model` at its current weights (see the module docstring); the objective is
+    `loss_fn`, plus (c/2)·||w||² on every parameter with settings.weight_decay = c."""
+    settings = settings or LLCSettings()
+    objective = module_objective(model, loss_fn, data, settings)
+    return estimate_many(objective, [current_weights(model)], settings, progress=progress)[0]
+
+
+def current_weights(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def estimate_many(
+    objective: Objective,
+    centers: Sequence[dict[str, Tensor]],
+    settings: LLCSettings,
+    *,
+    grid: Sequence[tuple[float, float]] | None = None,
+    labels: Sequence[str] | None = None,
+    progress: bool = False,
+) -> list[LLCEstimate]:
+    """One estimate per centre (checkpoint weights), all chains advancing together.
+
+    With `grid` [(epsilon, gamma), ...] there is one centre and one estimate per grid point
+    (a calibration sweep); otherwise every estimate uses `settings.epsilon` and `settings.gamma`.
+    """
+    if grid is not None:
+        if len(centers) != 1:
+            raise ValueError("a grid sweep takes exactly one centre")
+        centers = list(centers) * len(grid)
+    points = list(grid) if grid is not None else [(settings.epsilon, settings.gamma)] * len(centers)
+    nbeta, m = resolve_nbeta(settings, objective.n_data)
+    start = time.perf_counter()
+    stacked = {k: torch.stack([c[k] for c in centers]).to(objective.device) for k in centers[0]}
+    chains = settings.chains
+    with row_chunks(objective.rows_per_chunk(m), len(points) * chains) as chunks:
+        init = initial_loss(objective, stacked, settings, m, chunks)
+        run = _sample(objective, stacked, points, settings, nbeta, m, chunks, progress)
+    wall = (time.perf_counter() - start) / len(points)
+    out = []
+    for i, (eps, gamma) in enumerate(points):
+        block = slice(i * chains, (i + 1) * chains)
+        est = summarise(
+            run.loss[block], run.accept[block], init_loss=float(init["total"][i]), train_loss=float(init["loss"][i]),
+            nbeta=nbeta, burnin=settings.burnin, thin=settings.thin, epsilon=eps, gamma=gamma,
+            label=labels[i] if labels else "",
+        )
+        est.settings = settings.model_copy(update={"epsilon": eps, "gamma": gamma, "nbeta": nbeta,
+                                                   "batch_size": m}).model_dump(mode="json")
+        est.wall_s = wall
+        out.append(est)
+    return out
+
+
+def _sample(objective: Objective, stacked: dict[str, Tensor], points: list[tuple[float, float]], settings: LLCSettings,
+            nbeta: float, m: int | None, chunks: RowChunks, progress: bool) -> SamplerRun:
+    """The SGLD run of every chain of every estimate (rows grouped by estimate)."""
+    chains = settings.chains
+    rows = RowSettings(
+        epsilon=torch.tensor([e for e, _ in points], dtype=torch.float64).repeat_interleave(chains),
+        gamma=torch.tensor([g for _, g in points], dtype=torch.float64).repeat_interleave(chains),
+        nbeta=torch.full((len(points) * chains,), nbeta, dtype=torch.float64),
+    )
+    draws = MinibatchDraws(settings.seed, len(points), chains, objective.n_data, m)
+    return run_sgld(
+        objective, {k: v.repeat_interleave(chains, 0) for k, v in stacked.items()}, rows, draws,
+        steps=settings.steps, precondition=settings.precondition, rmsprop_alpha=settings.rmsprop_alpha,
+        rmsprop_delta=settings.rmsprop_delta, adapt_steps=settings.burnin // 2, mala_every=settings.mala_every,
+        chunks=chunks, progress=progress,
+    )
+
+
+def initial_loss(objective: Objective, stacked: dict[str, Tensor], settings: LLCSettings, m: int | None,
+                 rows: RowChunks | None = None) -> dict[str, Tensor]:
+    """L(w*) per centre and per term ("total" = the sum), averaged over many minibatches.
+
+    Uses the whole data (in chunks of m, weighted by size) when it has at most init_batches·m
+    examples, else `init_batches` random minibatches of m drawn from a stream of their own.
+    Centres are computed in `rows`' chunks (default: all at once).
+    """
+
+    def terms(w: dict[str, Tensor], idx: Tensor | None) -> tuple[dict[str, Tensor]]:
+        with torch.no_grad():  # grad mode is per thread: set it where the chunk runs
+            return (objective.terms(w, idx),)
+
+    rows = rows or RowChunks()
+    k = next(iter(stacked.values())).shape[0]
+    n = objective.n_data
+    if n is None:
+        chunks: list[Tensor | None] = [None]
+        weights = [1.0]
+    elif m is None or m >= n:
+        chunks, weights = [None], [1.0]
+    elif n <= settings.init_batches * m:
+        chunks = [torch.arange(s, min(s + m, n)).expand(k, -1) for s in range(0, n, m)]
+        weights = [c.shape[1] / n for c in chunks]  # type: ignore[union-attr]
+    else:
+        draws = MinibatchDraws(settings.seed + 1, k, 1, n, m)
+        chunks = [draws.indices() for _ in range(settings.init_batches)]
+        weights = [1.0 / settings.init_batches] * settings.init_batches
+    sums: dict[str, Tensor] = {}
+    for idx, weight in zip(chunks, weights):
+        parts = [p[0] for p in rows.map(terms, stacked, idx)]
+        for name in parts[0]:
+            value = torch.cat([p[name] for p in parts])
+            sums[name] = sums.get(name, 0) + weight * value.double().cpu()
+    sums["total"] = sum(v for v in sums.values())
+    sums.setdefault("loss", sums["total"])
+    return sums

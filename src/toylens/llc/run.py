@@ -1,0 +1,258 @@
+"""The LLC of every checkpoint of a run, calibration of the sampler, and the files they leave.
+
+    from toylens.llc import calibrate, estimate_loaded, llc_over_checkpoints
+    cal = calibrate("runs/sort-no-decay")                  # sweeps epsilon x gamma on "final"
+    results = llc_over_checkpoints("runs/sort-no-decay")   # {checkpoint: summary dict}
+    est = estimate_loaded(toylens.load("runs/sort-no-decay", 3))   # one checkpoint, in memory
+
+or `toylens llc calibrate RUN` then `toylens llc RUN`. The sampled objective is the run's own
+training objective on its training split (`objective.run_objective`): the task loss plus (by
+default) its L1 activation penalty (`train.l1`). The weight decay can be added as (c/2)·||w||²
+on the parameters the run decays (`--set weight_decay=null` takes c = `train.weight_decay`); it
+is off by default because that term gives every decayed weight curvature nβ·c, which swamps λ̂
+(on sort-high-decay: λ̂ ≈ 920 with it, 7.9 without), while without it the localised chains show
+no drift below L(w*).
+
+Files, all under RUN/llc/ and written atomically through `RunDir` (checksummed in the run's
+manifest); a report reads only these:
+
+    settings.json             LLCSettings used by estimates of this run (written by calibrate)
+    calibration.json          {"checkpoint", "grid": [summary + "epsilon", "gamma", "usable"], "chosen"}
+    calibration.safetensors   traces of the sweep: "loss.<i>" [chains, steps], "accept.<i>"
+    <checkpoint>.json         one estimate (e.g. epoch-0003.json): "checkpoint", "epoch", "step",
+                              "llc" (λ̂, mean over chains), "llc_std" (across chains), "llc_se"
+                              (standard error), "llc_chains", "llc_half" (first half of the draws),
+                              "rel_change", "converged", "init_loss" (objective at w*),
+                              "train_loss" (task loss at w*), "nbeta", "epsilon", "gamma",
+                              "acceptance" (MALA), "frac_below_init", "drift", "warnings",
+                              "flags", "settings" (every hyperparameter), "wall_s"
+    <checkpoint>.safetensors  "loss" [chains, steps]: minibatch objective at every SGLD step,
+                              burn-in included (draws are steps burnin, burnin+thin, ...);
+                              "accept" [chains, checks]: MALA acceptance every mala_every steps
+
+A checkpoint whose <checkpoint>.json exists with the same settings is skipped; its traces are
+written before its summary, so an interrupted run leaves no summary without traces.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from toylens.checkpoints import CheckpointInfo, Spec, resolve, resolve_one
+from toylens.config import RunConfig
+from toylens.errors import ToylensError
+from toylens.llc.diagnostics import LLCEstimate
+from toylens.llc.estimator import estimate_many
+from toylens.llc.objective import Objective, run_objective, sampled_weight_decay
+from toylens.llc.settings import LLCSettings, resolve_nbeta
+from toylens.lock import run_lock
+from toylens.memory import reuse_freed_memory
+from toylens.run import Loaded, RunDir, load
+
+log = logging.getLogger("toylens")
+
+FORMAT = "toylens-llc/1"
+DEFAULT_EPSILONS = (1e-4, 3e-4, 1e-3, 3e-3)
+DEFAULT_GAMMAS = (300.0, 1000.0)
+# Flags that rule a setting out in calibration; "high_acceptance" only says the step could be larger.
+PLATEAU = 0.1  # λ̂ may move this much between neighbouring step sizes in the chosen range
+DISQUALIFYING = {"nonfinite", "negative", "low_acceptance", "drift", "below_init", "not_converged"}
+
+
+def estimate_loaded(loaded: Loaded, settings: LLCSettings | None = None, *, progress: bool = False) -> LLCEstimate:
+    """The LLC of one loaded checkpoint (`toylens.load(run, checkpoint)`), nothing written."""
+    settings = settings or (load_settings(loaded.run) if loaded.run is not None else LLCSettings())
+    objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
+    center = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    est = estimate_many(objective, [center], settings, progress=progress)[0]
+    est.settings = _resolved(settings, objective, loaded.config)
+    return est
+
+
+def load_settings(run: RunDir, overrides: dict[str, Any] | None = None) -> LLCSettings:
+    """Defaults, then RUN/llc/settings.json (from calibration) if present, then `overrides`."""
+    raw: dict[str, Any] = run.read_json("llc/settings.json") if run.has("llc/settings.json") else {}
+    raw.update(overrides or {})
+    return validate_settings(raw, str(run.path / "llc/settings.json"))
+
+
+def validate_settings(raw: dict[str, Any], where: str) -> LLCSettings:
+    from toylens.config import validate_input
+
+    return validate_input(LLCSettings, raw, where)
+
+
+def select_checkpoints(run: RunDir, which: Spec = "all") -> list[CheckpointInfo]:
+    """Deprecated: `toylens.checkpoints.resolve(run, which)`."""
+    warnings.warn("select_checkpoints is deprecated; use toylens.checkpoints.resolve", FutureWarning, stacklevel=2)
+    return resolve(run, which)
+
+
+def llc_over_checkpoints(
+    run: str | Path | RunDir,
+    checkpoint: Spec = "all",
+    *,
+    checkpoints: Spec | None = None,
+    settings: LLCSettings | None = None,
+    device: str = "cpu",
+    group: int = 16,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Estimate the LLC of each checkpoint `checkpoint` names (any spec of `toylens.checkpoints`:
+    all, final, best, 3, epoch-0003, "3,5"), skipping those done, `group` checkpoints at a time.
+    (`checkpoints=` is the deprecated spelling of `checkpoint`.)
+
+    Returns {checkpoint name: summary} for every selected checkpoint (done earlier or now).
+    Tunes the process's malloc for speed (see `toylens.memory.reuse_freed_memory`).
+    """
+    if checkpoints is not None:
+        warnings.warn("llc_over_checkpoints(checkpoints=...) is deprecated; use checkpoint=... (same forms)",
+                      FutureWarning, stacklevel=2)
+        checkpoint = checkpoints
+    reuse_freed_memory()
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    with run_lock(run.path, "llc"):
+        settings = settings or load_settings(run)
+        chosen = resolve(run, checkpoint)
+        if not chosen:
+            return {}
+        loaded = load(run.path, chosen[0].name, device=device)
+        objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
+        key = _resolved(settings, objective, loaded.config)
+        results, todo = {}, []
+        for ckpt in chosen:
+            done = run.read_json(f"llc/{ckpt.name}.json") if run.has(f"llc/{ckpt.name}.json") else None
+            if done is not None and done.get("settings") == key:
+                results[ckpt.name] = done
+            else:
+                todo.append(ckpt)
+        bar = tqdm(total=len(chosen), initial=len(results), desc=f"llc {run.path.name}", unit="ckpt",
+                   disable=not progress, dynamic_ncols=True)
+        with bar:
+            for start in range(0, len(todo), group):
+                part = todo[start : start + group]
+                centers = [_weights(run, c, objective) for c in part]
+                labels = [f"{run.path.name}/{c.name}" for c in part]
+                estimates = estimate_many(objective, centers, settings, labels=labels, progress=progress)
+                for ckpt, est in zip(part, estimates):
+                    est.settings = key
+                    results[ckpt.name] = _write_estimate(run, ckpt, est)
+                    bar.update()
+        return {c.name: results[c.name] for c in chosen}
+
+
+@dataclass
+class Calibration:
+    checkpoint: str
+    estimates: list[LLCEstimate]
+    chosen: int | None
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [dict(e.summary(), usable=usable(e)) for e in self.estimates]
+
+
+def calibrate(
+    run: str | Path | RunDir,
+    checkpoint: Spec = "final",
+    *,
+    epsilons: Sequence[float] = DEFAULT_EPSILONS,
+    gammas: Sequence[float] = DEFAULT_GAMMAS,
+    settings: LLCSettings | None = None,
+    device: str = "cpu",
+    write: bool = True,
+    progress: bool = True,
+) -> Calibration:
+    """Sweep epsilon x gamma on one checkpoint (all settings sampled together) and pick one.
+    `checkpoint` names one checkpoint (final, best, 3, epoch-0003; not all or a list).
+
+    Usable settings have finite, flat, converged traces, λ̂ > 0 and MALA acceptance not near 0;
+    the pick is the largest usable epsilon that still agrees with the next smaller one (see
+    `choose`), at the smallest gamma that has a usable setting. With `write`,
+    the sweep goes to RUN/llc/calibration.* and the pick to RUN/llc/settings.json.
+    """
+    reuse_freed_memory()
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    with run_lock(run.path, "llc calibrate"):
+        base = settings or load_settings(run)
+        ckpt = resolve_one(run, checkpoint, "llc calibrate")
+        loaded = load(run.path, ckpt.name, device=device)
+        objective = run_objective(loaded.model, loaded.config, loaded.task, base)
+        grid = [(float(e), float(g)) for g in gammas for e in epsilons]
+        estimates = estimate_many(objective, [_weights(run, ckpt, objective)], base, grid=grid,
+                                  labels=[f"ε={e:g} γ={g:g}" for e, g in grid], progress=progress)
+        chosen = choose(estimates)
+        cal = Calibration(ckpt.name, estimates, chosen)
+        if write:
+            traces = {f"{kind}.{i}": t for i, e in enumerate(estimates) for kind, t in e.traces().items()}
+            run.write_tensors("llc/calibration.safetensors", traces, {"format": FORMAT})
+            run.write_json("llc/calibration.json", {"format": FORMAT, "checkpoint": ckpt.name, "grid": cal.rows(),
+                                                    "chosen": chosen})
+            if chosen is None:
+                log.warning("%s: no (ε, γ) in the calibration grid gave healthy, converged traces; estimates keep "
+                            "ε=%g γ=%g: widen the grid or raise draws", run.path, base.epsilon, base.gamma)
+            else:
+                pick = estimates[chosen]
+                new = base.model_copy(update={"epsilon": pick.epsilon, "gamma": pick.gamma})
+                run.write_json("llc/settings.json", new.model_dump(mode="json"))
+        return cal
+
+
+def usable(est: LLCEstimate) -> bool:
+    return not DISQUALIFYING & set(est.flags)
+
+
+def choose(estimates: Sequence[LLCEstimate], plateau: float = PLATEAU) -> int | None:
+    """The pick of a calibration sweep (None if no setting is usable).
+
+    At the smallest gamma with a usable setting: the largest usable epsilon whose λ̂ is within
+    `plateau` of the λ̂ at the next smaller usable epsilon (a larger step mixes faster, until the
+    step-size error starts to move λ̂); failing that, the smallest usable epsilon.
+    """
+    ok = [i for i, e in enumerate(estimates) if usable(e)]
+    if not ok:
+        return None
+    gamma = min(estimates[i].gamma for i in ok)
+    steps = sorted((i for i in ok if estimates[i].gamma == gamma), key=lambda i: estimates[i].epsilon)
+    best = steps[0]
+    for smaller, larger in zip(steps, steps[1:]):
+        before, after = estimates[smaller].llc, estimates[larger].llc
+        if abs(after - before) <= plateau * abs(before):
+            best = larger
+    return best
+
+
+def read_llc(run: str | Path | RunDir) -> list[dict[str, Any]]:
+    """Every stored per-checkpoint summary of a run, in training order."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    return [run.read_json(f"llc/{c.name}.json") for c in run.checkpoints() if run.has(f"llc/{c.name}.json")]
+
+
+def _weights(run: RunDir, ckpt: CheckpointInfo, objective: Objective) -> dict[str, torch.Tensor]:
+    tensors, _ = run.read_tensors(ckpt.file)
+    names = [n for n, _ in objective.model.named_parameters()]
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ToylensError(f"{run.path / ckpt.file}: weights do not match the run's model (missing {missing[:3]})")
+    return {n: tensors[n].to(objective.device) for n in names}
+
+
+def _resolved(settings: LLCSettings, objective: Objective, cfg: RunConfig) -> dict[str, Any]:
+    """The settings as stored with a result: nβ, batch size and weight decay filled in."""
+    nbeta, m = resolve_nbeta(settings, objective.n_data)
+    wd = sampled_weight_decay(settings, cfg)
+    return settings.model_copy(update={"nbeta": nbeta, "batch_size": m, "weight_decay": wd}).model_dump(mode="json")
+
+
+def _write_estimate(run: RunDir, ckpt: CheckpointInfo, est: LLCEstimate) -> dict[str, Any]:
+    summary = {"format": FORMAT, "checkpoint": ckpt.name, "epoch": ckpt.epoch, "step": ckpt.step, **est.summary()}
+    run.write_tensors(f"llc/{ckpt.name}.safetensors", est.traces(), {"format": FORMAT, "checkpoint": ckpt.name})
+    run.write_json(f"llc/{ckpt.name}.json", summary)
+    return summary
