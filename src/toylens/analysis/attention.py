@@ -27,7 +27,7 @@ inputs from the model's own vocabulary (any size, no tokenizer).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -117,7 +117,7 @@ class RelationScore:
 def head_scores(
     model: Transformer,
     tokens: Int[Tensor, "batch pos"],
-    relations: dict[str, Relation],
+    relations: Mapping[str, Relation],
     targets: Int[Tensor, "batch pos"] | None = None,
     *,
     per_position: bool = False,

@@ -57,7 +57,7 @@ class ReportResult:
     """Ids of the sections the report contains, in order."""
 
 
-def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html", *, title: str | None = None,
+def report(runs: Sequence[str | Path] | str | Path, out: str | Path = "report.html", *, title: str | None = None,
            png: bool = True, checkpoint: Spec | None = None) -> ReportResult:
     """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False).
 
