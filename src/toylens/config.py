@@ -38,6 +38,7 @@ from toylens.errors import ToylensError
 
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
+T = TypeVar("T")
 
 
 class Section(BaseModel):
@@ -118,7 +119,8 @@ def _validate_task(value: Any, info: Any, strict: bool) -> TaskConfig:
 
 @functools.lru_cache(maxsize=4)
 def _task_union(members: tuple[type[TaskConfig], ...]) -> TypeAdapter:
-    return TypeAdapter(Annotated[Union[members], Field(discriminator="name")])
+    # A union of the classes registered at run time: a type no checker can see, hence the ignore.
+    return TypeAdapter(Annotated[Union[members], Field(discriminator="name")])  # type: ignore[arg-type]
 
 
 def _dump_task(cfg: TaskConfig, info: Any) -> dict[str, Any]:  # info: pydantic's SerializationInfo
@@ -327,6 +329,15 @@ class ModelConfig(Section):
                 init_range=self.init_range or 0.8 / math.sqrt(self.d_model),
             )
         )
+
+
+def derived(value: T | None, field: str) -> T:
+    """A derived `ModelConfig` field (`d_head`, `d_mlp`, `n_ctx`, `d_vocab`, `d_vocab_out`,
+    `init_range`) as `ModelConfig.resolved` filled it: what a model is built from and analysed with.
+    Raises ValueError for a config that was not resolved (or `d_mlp` without MLPs)."""
+    if value is None:
+        raise ValueError(f"model.{field} is unset: this needs a resolved ModelConfig (see ModelConfig.resolved)")
+    return value
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -698,7 +709,7 @@ def _walk_loc(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] |
     class holding the last key (for suggesting valid keys)."""
     names: list[str] = []
     model: type[BaseModel] | _UnionSection | None = root
-    parent = root
+    parent: type[BaseModel] | _UnionSection = root
     for part in loc:
         if model is None:
             names.append(str(part))
@@ -725,7 +736,7 @@ def _section_type(annotation: Any) -> type[BaseModel] | _UnionSection | None:
         return annotation
     members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
     if get_origin(annotation) is Union or members:
-        return _UnionSection(members) if members else None  # type: ignore[return-value]
+        return _UnionSection(members) if members else None
     return None
 
 

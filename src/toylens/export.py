@@ -83,7 +83,8 @@ def _bridge(config: dict[str, Any], state: dict[str, torch.Tensor], device: Any,
     from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
 
     cfg = TransformerBridgeConfig(**config, architecture="TransformerLensNative", init_weights=False)
-    bridge = TransformerBridge.boot_native(cfg, device=device)
+    # boot_native is attached to the class by importing model_bridge.sources, so its stubs lack it.
+    bridge = TransformerBridge.boot_native(cfg, device=device)  # type: ignore[attr-defined]
     weights = state if converted else convert_tl_checkpoint(state, bridge.cfg)
     bridge.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=True)
     return bridge.eval()

@@ -27,7 +27,7 @@ inputs from the model's own vocabulary (any size, no tokenizer).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from toylens.analysis.results import Result
+from toylens.config import derived
 from toylens.model import Transformer, act_name
 from toylens.tasks.base import IGNORE
 
@@ -116,7 +117,7 @@ class RelationScore:
 def head_scores(
     model: Transformer,
     tokens: Int[Tensor, "batch pos"],
-    relations: dict[str, Relation],
+    relations: Mapping[str, Relation],
     targets: Int[Tensor, "batch pos"] | None = None,
     *,
     per_position: bool = False,
@@ -184,7 +185,7 @@ def repeated_token_scores(
 ) -> HeadScores:
     """Previous-token, first-token, duplicate-token and induction scores on `n_seq` sequences
     `[BOS, r_1..r_half, r_1..r_half]` (half shrinks to fit n_ctx)."""
-    half = min(half, (model.cfg.n_ctx - 1) // 2)
+    half = min(half, (derived(model.cfg.n_ctx, "n_ctx") - 1) // 2)
     tokens = repeated_tokens(vocab, n_seq, half, bos, seed)
     n_vocab = vocab if isinstance(vocab, int) else len(vocab)
     relations = {"previous_token": previous_token, "first_token": first_token,

@@ -28,7 +28,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from toylens.analysis.results import Result
+from toylens.config import derived
 from toylens.model import FactoredMatrix, Transformer
+from toylens.model.components import LayerNorm
 
 
 def _fold(model: Transformer, W: Tensor, ln_weight: Tensor | None) -> Tensor:
@@ -43,13 +45,15 @@ def folded_weights(model: Transformer) -> dict[str, Tensor]:
     """W_Q, W_K, W_V [l, h, d_model, d_head], W_O, W_E, W_pos and W_U, LayerNorm gains and centring
     folded into the matrices that read the residual stream (unchanged without LayerNorm)."""
     ln = model.cfg.normalization == "LN"
-    gains = torch.stack([b.ln1.w for b in model.blocks])[:, None] if ln else None  # [l, 1, d_model]
+    # With LN every block's ln1 is a LayerNorm (the isinstance only tells the type checker so).
+    gains = torch.stack([b.ln1.w for b in model.blocks if isinstance(b.ln1, LayerNorm)])[:, None] if ln else None
+    ln_final = model.ln_final.w if isinstance(model.ln_final, LayerNorm) else None  # LayerNorm exactly when ln
     with torch.no_grad():
         return {
             "W_Q": _fold(model, model.W_Q, gains), "W_K": _fold(model, model.W_K, gains),
             "W_V": _fold(model, model.W_V, gains), "W_O": model.W_O.detach().clone(),
             "W_E": model.W_E.detach().clone(), "W_pos": model.W_pos.detach().clone(),
-            "W_U": _fold(model, model.W_U.detach(), model.ln_final.w if ln else None),
+            "W_U": _fold(model, model.W_U.detach(), ln_final),
         }
 
 
@@ -82,7 +86,7 @@ def full_ov(model: Transformer) -> FactoredMatrix:
 def copying_scores(model: Transformer, tokens: Tensor | None = None) -> Float[Tensor, "layer head"]:
     """sum(eig) / sum(|eig|) of each head's full OV circuit on `tokens` (input ids whose output
     ids are 0..len-1; default the first d_vocab_out input ids)."""
-    tokens = torch.arange(model.cfg.d_vocab_out) if tokens is None else tokens
+    tokens = torch.arange(derived(model.cfg.d_vocab_out, "d_vocab_out")) if tokens is None else tokens
     ov = full_ov(model).rows(tokens.to(model.W_E.device)).cols(slice(0, len(tokens)))
     eig = ov.eigenvalues
     return (eig.sum(-1).real / eig.abs().sum(-1).clamp_min(1e-30)).float()
@@ -114,9 +118,10 @@ def circuits(model: Transformer, token_labels: list[str], out_labels: list[str],
     `token_labels`/`out_labels` name every input/output id; `copy_tokens` as in `copying_scores`
     (an empty tensor skips them, e.g. for classification, where outputs are not tokens).
     """
-    ids = torch.arange(min(model.cfg.d_vocab, max_tokens), device=model.W_E.device)
-    out = slice(0, min(model.cfg.d_vocab_out, max_tokens))
-    pos = slice(0, min(model.cfg.n_ctx, max_pos))
+    cfg = model.cfg
+    ids = torch.arange(min(derived(cfg.d_vocab, "d_vocab"), max_tokens), device=model.W_E.device)
+    out = slice(0, min(derived(cfg.d_vocab_out, "d_vocab_out"), max_tokens))
+    pos = slice(0, min(derived(cfg.n_ctx, "n_ctx"), max_pos))
     copy = (torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
             if copy_tokens is not None and len(copy_tokens) == 0 else copying_scores(model, copy_tokens))
     return Circuits(

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from toylens.analysis.circuits import folded_weights, ov_circuit, qk_circuit
 from toylens.analysis.results import Result
+from toylens.config import derived
 from toylens.model import FactoredMatrix, Transformer
 
 
@@ -63,7 +64,7 @@ def composition_scores(model: Transformer, baseline_samples: int = 200, seed: in
             scores["q"][l1, :, l2] = composition_score(src, qk[l2][None]).cpu()
             scores["k"][l1, :, l2] = composition_score(src, qk[l2].T[None]).cpu()
             scores["v"][l1, :, l2] = composition_score(src, ov[l2][None]).cpu()
-    mean, std = random_baseline(model.cfg.d_model, model.cfg.d_head, baseline_samples, seed)
+    mean, std = random_baseline(model.cfg.d_model, derived(model.cfg.d_head, "d_head"), baseline_samples, seed)
     return Composition(q=scores["q"], k=scores["k"], v=scores["v"], baseline_mean=mean, baseline_std=std,
                        baseline_formula=1 / math.sqrt(model.cfg.d_model), baseline_samples=baseline_samples)
 

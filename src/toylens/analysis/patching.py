@@ -30,6 +30,7 @@ from torch import Tensor
 
 from toylens.analysis.metrics import Metric
 from toylens.analysis.results import Result
+from toylens.config import derived
 from toylens.errors import ToylensError
 from toylens.model import ActivationCache, Transformer, act_name
 from toylens.model import functional as core
@@ -73,7 +74,7 @@ def cell_masks(act_shape: torch.Size, dims: list[int], cells: Tensor) -> Tensor:
 def rows_per_pass(model: Transformer, pos: int, budget: int = DEFAULT_BUDGET) -> int:
     """How many sequences one forward pass may stack within `budget` elements of its widest tensor."""
     cfg = model.cfg
-    width = max(cfg.d_vocab_out, 4 * cfg.d_model, cfg.d_mlp or 0, cfg.n_heads * pos)
+    width = max(derived(cfg.d_vocab_out, "d_vocab_out"), 4 * cfg.d_model, cfg.d_mlp or 0, cfg.n_heads * pos)
     return max(1, budget // (pos * width))
 
 

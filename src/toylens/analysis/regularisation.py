@@ -12,6 +12,8 @@ frequency, and the fraction of neurons that never fire.
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +47,7 @@ def weight_norms(model: Transformer) -> WeightNorms:
     heads["OV"] = model.OV.norm().cpu()
     matrices = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in
                 ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U")]
-    total = float(torch.sqrt(sum(p.pow(2).sum() for p in matrices)))
+    total = float(torch.sqrt(functools.reduce(operator.add, (p.pow(2).sum() for p in matrices))))
     return WeightNorms(norms=norms, heads=heads, total_matrices=total)
 
 

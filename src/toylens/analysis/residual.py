@@ -25,6 +25,7 @@ from torch import Tensor
 
 from toylens.model import ActivationCache, Transformer, act_name
 from toylens.model import functional as core
+from toylens.model.components import LayerNorm
 
 
 @dataclass
@@ -74,13 +75,13 @@ def accumulated_resid(model: Transformer, cache: ActivationCache) -> Components:
 def apply_ln_final(model: Transformer, cache: ActivationCache,
                    stack: Float[Tensor, "component batch pos d_model"]) -> Float[Tensor, "component batch pos d_model"]:
     """Each part through ln_final, linearised with the cached scale (without the bias ln_final.b)."""
-    if model.cfg.normalization != "LN":
+    if not isinstance(model.ln_final, LayerNorm):  # normalization "none"
         return stack
     return core.layer_norm(stack, model.ln_final.w, scale=cache["ln_final.hook_scale"])
 
 
 def ln_final_bias(model: Transformer) -> Float[Tensor, " d_model"]:
     """The constant ln_final adds (zero without normalization)."""
-    if model.cfg.normalization != "LN":
+    if not isinstance(model.ln_final, LayerNorm):  # normalization "none"
         return torch.zeros(model.cfg.d_model, device=model.W_U.device)
     return model.ln_final.b.detach()

@@ -15,6 +15,13 @@ from typing import Any
 
 from torch import Tensor
 
+from toylens.analysis.ablation import Ablation
+from toylens.analysis.attention import HeadScores
+from toylens.analysis.attribution import LogitLens
+from toylens.analysis.circuits import Circuits
+from toylens.analysis.composition import Composition
+from toylens.analysis.patching import PatchGrid
+from toylens.analysis.regularisation import Sparsity, WeightNorms
 from toylens.analysis.results import Result, has_result, load_result
 from toylens.run import RunDir
 
@@ -56,27 +63,26 @@ def _scalars(run: RunDir, base: str, names: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
         r = load_result(run, f"{base}/{name}")
-        kind = type(r).__name__
-        if kind == "HeadScores":
+        if isinstance(r, HeadScores):
             for score, grid in r.scores.items():
                 _best(f"{name}/{score}", grid, out)
-        elif kind == "Circuits":
+        elif isinstance(r, Circuits):
             _best("circuits/copying", r.copying, out)
-        elif kind == "Composition":
-            for c in "qkv":
-                best_source = getattr(r, c).nan_to_num(float("-inf")).amax((0, 1))  # per receiving head
+        elif isinstance(r, Composition):
+            for c, scores in (("q", r.q), ("k", r.k), ("v", r.v)):
+                best_source = scores.nan_to_num(float("-inf")).amax((0, 1))  # per receiving head
                 _best(f"composition/{c}", best_source, out)
                 out[f"composition/{c}.baseline"] = r.baseline_mean[c]
-        elif kind == "Ablation":
+        elif isinstance(r, Ablation):
             out[f"{name}.base_loss"] = r.base_loss
             _best(f"{name}/heads", r.heads, out)
-        elif kind == "LogitLens":
+        elif isinstance(r, LogitLens):
             out["logit_lens/final_loss"] = float(r.loss[-1])
-        elif kind == "PatchGrid" and name == "patching/resid_pre":
+        elif isinstance(r, PatchGrid) and name == "patching/resid_pre":
             out["patching/clean"], out["patching/corrupted"] = r.clean, r.corrupted
-        elif kind == "WeightNorms":
+        elif isinstance(r, WeightNorms):
             out["weight_norms/total_matrices"] = r.total_matrices
-        elif kind == "Sparsity":
+        elif isinstance(r, Sparsity):
             for layer, (frac, l1) in enumerate(zip(r.fraction_active.tolist(), r.l1.tolist())):
                 out[f"sparsity/L{layer}.fraction_active"], out[f"sparsity/L{layer}.l1"] = frac, l1
     return out
@@ -106,7 +112,8 @@ def write_trajectory(run: RunDir) -> Trajectory:
     """Write RUN/analysis/trajectory.json from every checkpoint's summary, ordered by step."""
     files = run.manifest()["files"]
     names = sorted({rel.split("/")[1] for rel in files if rel.startswith("analysis/") and rel.endswith("/summary.json")})
-    summaries = [load_result(run, f"analysis/{n}/summary") for n in names if has_result(run, f"analysis/{n}/summary")]
+    summaries = [CheckpointSummary.load(run, f"analysis/{n}/summary") for n in names
+                 if has_result(run, f"analysis/{n}/summary")]
     # "final" only in runs analysed by toylens 0.1, which kept the final weights' results apart.
     summaries.sort(key=lambda s: (s.step, s.checkpoint == "final"))
     keys = sorted({k for s in summaries for k in s.scalars})

@@ -7,11 +7,14 @@ arithmetic written once. Parameter names and shapes follow TransformerLens (see
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import cast, overload
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from toylens.config import ModelConfig
+from toylens.config import ModelConfig, derived
 from toylens.model import functional as core
 from toylens.model.hooks import HookPoint
 
@@ -19,7 +22,7 @@ from toylens.model.hooks import HookPoint
 class Embed(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.W_E = nn.Parameter(torch.empty(derived(cfg.d_vocab, "d_vocab"), cfg.d_model))
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         return core.embed(self.W_E, tokens)  # index_select: a deterministic backward (see core.embed)
@@ -28,7 +31,7 @@ class Embed(nn.Module):
 class PosEmbed(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+        self.W_pos = nn.Parameter(torch.empty(derived(cfg.n_ctx, "n_ctx"), cfg.d_model))
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         batch, pos = tokens.shape
@@ -59,7 +62,7 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        h, d, e = cfg.n_heads, cfg.d_model, derived(cfg.d_head, "d_head")
         self.W_Q = nn.Parameter(torch.empty(h, d, e))
         self.W_K = nn.Parameter(torch.empty(h, d, e))
         self.W_V = nn.Parameter(torch.empty(h, d, e))
@@ -69,8 +72,13 @@ class Attention(nn.Module):
         self.b_V = nn.Parameter(torch.zeros(h, e))
         self.b_O = nn.Parameter(torch.zeros(d))
         self.explicit = False
-        for name in ("q", "k", "v", "attn_scores", "pattern", "z", "result"):
-            setattr(self, f"hook_{name}", HookPoint())
+        self.hook_q = HookPoint()
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+        self.hook_result = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"], past: tuple[Tensor, Tensor] | None = None
                 ) -> Float[Tensor, "batch pos d_model"]:
@@ -91,9 +99,10 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
-        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
-        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        d_mlp = derived(cfg.d_mlp, "d_mlp")
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(d_mlp))
+        self.W_out = nn.Parameter(torch.empty(d_mlp, cfg.d_model))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
         self.act_fn = cfg.act_fn
         self.hook_pre = HookPoint()
@@ -108,8 +117,9 @@ class MLP(nn.Module):
 class Unembed(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab_out))
-        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out))
+        d_vocab_out = derived(cfg.d_vocab_out, "d_vocab_out")
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, d_vocab_out))
+        self.b_U = nn.Parameter(torch.zeros(d_vocab_out))
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab_out"]:
         # The bias inside the product: one pass fewer over the logits, which dominate a step with
@@ -126,12 +136,12 @@ class TransformerBlock(nn.Module):
         self.attn_only = cfg.attn_only
         # Registered in forward order, so hook_dict (and every cache) lists names in that order.
         self.hook_resid_pre = HookPoint()
-        self.ln1 = LayerNorm(cfg) if ln else nn.Identity()
+        self.ln1: LayerNorm | nn.Identity = LayerNorm(cfg) if ln else nn.Identity()
         self.attn = Attention(cfg)
         self.hook_attn_out = HookPoint()
         if not cfg.attn_only:
             self.hook_resid_mid = HookPoint()
-            self.ln2 = LayerNorm(cfg) if ln else nn.Identity()
+            self.ln2: LayerNorm | nn.Identity = LayerNorm(cfg) if ln else nn.Identity()
             self.mlp = MLP(cfg)
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
@@ -148,3 +158,23 @@ class TransformerBlock(nn.Module):
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
+
+
+class Blocks(nn.ModuleList):
+    """`blocks`: an nn.ModuleList of TransformerBlocks (the same modules and state-dict keys)
+    that says so to a type checker, so that `model.blocks[l].attn.W_O` is checked."""
+
+    def __init__(self, blocks: Iterable[TransformerBlock]) -> None:
+        super().__init__(blocks)
+
+    @overload
+    def __getitem__(self, idx: slice) -> Blocks: ...
+
+    @overload
+    def __getitem__(self, idx: int) -> TransformerBlock: ...
+
+    def __getitem__(self, idx: int | slice) -> TransformerBlock | Blocks:
+        return cast("TransformerBlock | Blocks", super().__getitem__(idx))
+
+    def __iter__(self) -> Iterator[TransformerBlock]:
+        return cast(Iterator[TransformerBlock], super().__iter__())

@@ -52,6 +52,7 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
     x = core.embed(params["embed.W_E"], tokens) + core.pos_embed(params["pos_embed.W_pos"], pos)[:, None]
     x = x.reshape(rows, m * pos, cfg.d_model)
     n = pos  # positions x currently holds per sequence
+    n_out = pos if positions is None else len(positions)  # positions the logits are at
 
     def hook(name: str, act: Tensor) -> Tensor:
         if name in record:
@@ -60,7 +61,7 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
 
     def keep(t: Tensor) -> Tensor:
         """t [rows, m * pos, d] at `positions` only."""
-        return t.view(rows, m, pos, -1)[:, :, positions].reshape(rows, m * len(positions), -1)
+        return t.view(rows, m, pos, -1)[:, :, positions].reshape(rows, m * n_out, -1)
 
     def norm(x: Tensor, name: str) -> Tensor:
         return core.layer_norm(x, params[f"{name}.w"], params[f"{name}.b"]) if cfg.normalization == "LN" else x
@@ -74,22 +75,22 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
         a = norm(x, p + "ln1")
         z = _attention(params, p + "attn.", a, (rows * m, pos), positions if at == 0 else None, keep)
         if at == 0:  # the queries were at `positions` only
-            x, n = keep(x), len(positions)
+            x, n = keep(x), n_out
         attn_out = hook(p + "hook_attn_out", core.attn_output(z.reshape(rows, m * n, *z.shape[-2:]),
                                                               params[p + "attn.W_O"], params[p + "attn.b_O"]))
         x = x + attn_out
         if not cfg.attn_only:
             x = hook(p + "hook_resid_mid", x)
             if at == 1:
-                x, n = keep(x), len(positions)
+                x, n = keep(x), n_out
             pre = hook(p + "mlp.hook_pre", core.linear(norm(x, p + "ln2"), params[p + "mlp.W_in"], params[p + "mlp.b_in"]))
             post = hook(p + "mlp.hook_post", core.activation(pre, cfg.act_fn))
             if at == 2:
-                x, post, n = keep(x), keep(post), len(positions)
+                x, post, n = keep(x), keep(post), n_out
             x = x + hook(p + "hook_mlp_out", core.linear(post, params[p + "mlp.W_out"], params[p + "mlp.b_out"]))
         x = hook(p + "hook_resid_post", x)
-    if n != (pos if positions is None else len(positions)):
-        x, n = keep(x), len(positions)
+    if n != n_out:
+        x, n = keep(x), n_out
     return core.unembed(norm(x, "ln_final"), params["unembed.W_U"], params["unembed.b_U"]).view(rows, m, n, -1)
 
 

@@ -17,9 +17,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from toylens.config import ModelConfig
+from toylens.config import ModelConfig, derived
 from toylens.errors import ToylensError
-from toylens.model.components import Embed, LayerNorm, PosEmbed, TransformerBlock, Unembed
+from toylens.model.components import Blocks, Embed, LayerNorm, PosEmbed, TransformerBlock, Unembed
 from toylens.model.factored import FactoredMatrix
 from toylens.model.hooks import HookedRootModule, HookPoint
 
@@ -34,9 +34,9 @@ class Transformer(HookedRootModule):
         self.hook_embed = HookPoint()
         self.pos_embed = PosEmbed(cfg)
         self.hook_pos_embed = HookPoint()
-        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.blocks = Blocks([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         # Without normalization ln_final is an identity that still has hook_normalized.
-        self.ln_final = LayerNorm(cfg) if cfg.normalization == "LN" else _IdentityNorm()
+        self.ln_final: LayerNorm | _IdentityNorm = LayerNorm(cfg) if cfg.normalization == "LN" else _IdentityNorm()
         self.unembed = Unembed(cfg)
         self.setup_hooks()
         if seed is not None:
@@ -45,11 +45,12 @@ class Transformer(HookedRootModule):
     def init_weights(self, seed: int) -> None:
         """Normal(0, init_range) weights, zero biases, unit LayerNorm gains; deterministic in seed."""
         gen = torch.Generator().manual_seed(seed)
+        init_range = derived(self.cfg.init_range, "init_range")
         with torch.no_grad():
             for name, p in self.named_parameters():
                 leaf = name.rsplit(".", 1)[-1]
                 if leaf.startswith("W_"):
-                    p.copy_(torch.randn(p.shape, generator=gen) * self.cfg.init_range)
+                    p.copy_(torch.randn(p.shape, generator=gen) * init_range)
                 elif leaf == "w":
                     p.fill_(1.0)
                 else:
@@ -85,8 +86,9 @@ class Transformer(HookedRootModule):
                 raise ValueError("residual is required when start_at_layer > 0")
             if tokens is None:
                 raise ValueError("tokens (or residual) are required")
-            if tokens.shape[-1] > self.cfg.n_ctx:
-                raise ToylensError(f"input has {tokens.shape[-1]} positions; the model's n_ctx is {self.cfg.n_ctx}")
+            n_ctx = derived(self.cfg.n_ctx, "n_ctx")
+            if tokens.shape[-1] > n_ctx:
+                raise ToylensError(f"input has {tokens.shape[-1]} positions; the model's n_ctx is {n_ctx}")
             residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
         past = past or {}
         layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]

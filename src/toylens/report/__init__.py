@@ -24,12 +24,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from toylens.checkpoints import Spec
 from toylens.config import config_to_yaml, validate_config
 from toylens.errors import ToylensError
-from toylens.report.collect import RunResults, collect_runs
+from toylens.report.collect import Reader, RunResults, collect_runs
 from toylens.report.figures import Code, Section
 from toylens.report.analysis import analysis_summary_rows, read_analysis
 from toylens.report.dynamics import head_scores_section, sparsity_section, trajectory_section
@@ -57,7 +57,7 @@ class ReportResult:
     """Ids of the sections the report contains, in order."""
 
 
-def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html", *, title: str | None = None,
+def report(runs: Sequence[str | Path] | str | Path, out: str | Path = "report.html", *, title: str | None = None,
            png: bool = True, checkpoint: Spec | None = None) -> ReportResult:
     """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False).
 
@@ -69,7 +69,7 @@ def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html",
         raise ToylensError(f"-o {out}: the report is an HTML file; give a name ending in .html")
     if out.is_dir():
         raise ToylensError(f"-o {out}: is a directory; give a file name such as {out / 'report.html'}")
-    readers = {**READERS, "analysis": functools.partial(read_analysis, focus=checkpoint)}
+    readers: dict[str, Reader] = {**READERS, "analysis": functools.partial(read_analysis, focus=checkpoint)}
     results = collect_runs(paths, readers)
     sections = build_sections(results, sweeps)
     title = title or ("Report: " + ", ".join(r.label for r in results))
@@ -82,7 +82,7 @@ def report(runs: list[str | Path] | str | Path, out: str | Path = "report.html",
 
 
 # Results of later pipeline stages, read when a run has them (RunResults.extras[key]).
-READERS = {"analysis": read_analysis, "llc": read_llc}
+READERS: dict[str, Reader] = {"analysis": read_analysis, "llc": read_llc}
 
 # Section builders after the summary, in page order; each returns None when no run has its results.
 BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
@@ -101,7 +101,7 @@ BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
 ]
 
 
-def build_sections(runs: list[RunResults], sweeps: list[SweepSummary] = ()) -> list[Section]:
+def build_sections(runs: list[RunResults], sweeps: Sequence[SweepSummary] = ()) -> list[Section]:
     """The summary, the sweep tables, every section that some run has results for, the configs."""
     summary = summary_section(runs, extra_rows=analysis_summary_rows(runs) + llc_summary_rows(runs))
     sections = [s for s in (build(runs) for build in BUILDERS) if s is not None]

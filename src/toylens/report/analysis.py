@@ -18,12 +18,15 @@ they go under the final checkpoint's name); they are still read, as that checkpo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toylens.checkpoints import CheckpointInfo, Spec, resolve_one
 from toylens.errors import ToylensError
 from toylens.report.collect import RunResults
 from toylens.run import RunDir
+
+if TYPE_CHECKING:  # imported when reading, so that the report module loads without the analysis package
+    from toylens.analysis.summary import CheckpointSummary, Trajectory
 
 LEGACY_FINAL = "final"
 """Where toylens 0.1 stored the results of the final weights (RUN/analysis/final/)."""
@@ -48,11 +51,16 @@ class AnalysisResults:
     checkpoints: list[AnalysedCheckpoint]
     """Every analysed checkpoint in training order (a legacy "final" left out when the epoch
     checkpoint at its step was analysed too: the same weights)."""
-    trajectory: Any | None
+    trajectory: Trajectory | None
     """The analysis package's `Trajectory` (scalars[name][i] at checkpoints[i]), when written."""
 
     def at_focus(self, name: str) -> Any | None:
+        """The focus checkpoint's result `name`, or None when it has none."""
         return self.focus.results.get(name)
+
+    def focus_result(self, name: str) -> Any:
+        """The focus checkpoint's result `name`, where the caller knows it is there (KeyError if not)."""
+        return self.focus.results[name]
 
 
 def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None) -> AnalysisResults | None:
@@ -64,12 +72,13 @@ def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None
         return None
     try:
         from toylens.analysis.results import load_result
+        from toylens.analysis.summary import CheckpointSummary, Trajectory
     except ImportError:  # results written by a toylens with the analysis package, read by one without
         return None
-    summaries = {n: load_result(run, f"analysis/{n}/summary") for n in names}
+    summaries = {n: CheckpointSummary.load(run, f"analysis/{n}/summary") for n in names}
     ordered = sorted(names, key=lambda n: (summaries[n].step, n == LEGACY_FINAL))
     focus_name = _focus_of(run, summaries, ordered, wanted)
-    focus = AnalysedCheckpoint(focus_name, summaries[focus_name].epoch, summaries[focus_name].step,
+    shown = AnalysedCheckpoint(focus_name, summaries[focus_name].epoch, summaries[focus_name].step,
                                {r: load_result(run, f"analysis/{focus_name}/{r}") for r in summaries[focus_name].results})
     steps_of_epochs = {summaries[n].step for n in ordered if n != LEGACY_FINAL}
     series = []
@@ -77,14 +86,15 @@ def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None
         s = summaries[name]
         if name == LEGACY_FINAL and s.step in steps_of_epochs:
             continue
-        wanted = [r for r in OVER_TRAINING if r in s.results]
+        kept = [r for r in OVER_TRAINING if r in s.results]
         series.append(AnalysedCheckpoint(name, s.epoch, s.step,
-                                         {r: load_result(run, f"analysis/{name}/{r}") for r in wanted}))
-    trajectory = load_result(run, "analysis/trajectory") if run.has("analysis/trajectory.json") else None
-    return AnalysisResults(focus, series, trajectory)
+                                         {r: load_result(run, f"analysis/{name}/{r}") for r in kept}))
+    trajectory = Trajectory.load(run, "analysis/trajectory") if run.has("analysis/trajectory.json") else None
+    return AnalysisResults(shown, series, trajectory)
 
 
-def _focus_of(run: RunDir, summaries: dict[str, Any], ordered: list[str], wanted: CheckpointInfo | None) -> str:
+def _focus_of(run: RunDir, summaries: dict[str, CheckpointSummary], ordered: list[str],
+              wanted: CheckpointInfo | None) -> str:
     """The analysed checkpoint to show in full: `wanted`, or the last analysed."""
     if wanted is None:
         return ordered[-1]
@@ -103,7 +113,7 @@ def analysis_of(run: RunResults) -> AnalysisResults | None:
 
 def with_analysis(runs: list[RunResults]) -> list[tuple[int, RunResults, AnalysisResults]]:
     """(colour index, run, its analysis) for every run that has analysis results."""
-    return [(i, r, analysis_of(r)) for i, r in enumerate(runs) if analysis_of(r) is not None]
+    return [(i, r, a) for i, r in enumerate(runs) if (a := analysis_of(r)) is not None]
 
 
 def missing_note(runs: list[RunResults], have: list[Any], what: str) -> str:

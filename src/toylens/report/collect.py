@@ -12,7 +12,7 @@ left empty; the report leaves their sections out.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ class RunResults:
 Reader = Callable[[RunDir, list[str]], Any]
 
 
-def collect_runs(paths: list[str | Path], readers: dict[str, Reader] | None = None) -> list[RunResults]:
+def collect_runs(paths: Sequence[str | Path], readers: dict[str, Reader] | None = None) -> list[RunResults]:
     """Collect every run; labels are the run names, made unique with their parent folder."""
     if not paths:
         raise ToylensError("report: give at least one run directory")

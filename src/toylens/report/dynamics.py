@@ -107,10 +107,9 @@ def sparsity_section(runs: list[RunResults]) -> Section | None:
 
 def trajectory_section(runs: list[RunResults]) -> Section | None:
     """Every other numeric headline scalar of the analysis, one small chart each."""
-    have = [(i, r, a) for i, r, a in with_analysis(runs) if a.trajectory is not None]
+    have = [(i, r, t) for i, r, a in with_analysis(runs) if (t := a.trajectory) is not None]
     series: dict[str, list[Series]] = defaultdict(list)
-    for i, run, a in have:
-        t = a.trajectory
+    for i, run, t in have:
         keep = _deduplicated(t.checkpoints, t.steps)
         for name, values in t.scalars.items():
             if name.startswith(SHOWN_ELSEWHERE) or name.endswith(".argmax"):

@@ -12,6 +12,7 @@ more), which keeps a file with many checkpoints small.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
@@ -25,8 +26,8 @@ class Series:
 
     name: str
     x: list[Num]
-    y: list[Num | None]
-    err: list[Num | None] | None = None
+    y: Sequence[Num | None]
+    err: Sequence[Num | None] | None = None
     color: int = 0
     """Palette index: the run's position, so a run keeps its colour in every figure."""
     dash: int = 0
@@ -55,7 +56,7 @@ class Heatmap:
     """One panel: z[row][col] with a label per row and per column."""
 
     title: str
-    z: list[list[Num | None]]
+    z: Sequence[Sequence[Num | None]]
     x_labels: list[str]
     y_labels: list[str]
     x_title: str = ""
@@ -147,7 +148,7 @@ class Section:
     id: str
     title: str
     guide: str
-    blocks: list[Block] = field(default_factory=list)
+    blocks: Sequence[Block] = field(default_factory=list)
     note: str = ""
     """Shown under the guide, e.g. which runs lack these results."""
 

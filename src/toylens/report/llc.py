@@ -56,13 +56,13 @@ def llc_of(run: RunResults) -> LLCResults | None:
 def llc_summary_rows(runs: list[RunResults]) -> list[list[Any]]:
     if not any(llc_of(r) for r in runs):
         return []
-    values = [llc_of(r).last if llc_of(r) else None for r in runs]
+    values = [res.last if (res := llc_of(r)) else None for r in runs]
     return [["LLC λ̂ (last estimated checkpoint)", *[v.get("llc") if v else None for v in values]],
             ["LLC standard error", *[v.get("llc_se") if v else None for v in values]]]
 
 
 def llc_section(runs: list[RunResults]) -> Section | None:
-    have = [(i, r, llc_of(r)) for i, r in enumerate(runs) if llc_of(r)]
+    have = [(i, r, res) for i, r in enumerate(runs) if (res := llc_of(r))]
     if not have:
         return None
     llc = [Series(r.label, _col(res, "step"), _col(res, "llc"), err=_col(res, "llc_se"), color=i) for i, r, res in have]
@@ -74,7 +74,7 @@ def llc_section(runs: list[RunResults]) -> Section | None:
         LineFigure("llc-train-loss", "Train loss at each checkpoint", "step", "train loss", loss,
                    log_y=True, guide="The loss the LLC is measured around: read λ̂ together with it."),
     ]
-    blocks += [_trace_figure(i, r, res) for i, r, res in have if res.last_trace]
+    blocks += [_trace_figure(i, r, res, trace) for i, r, res in have if (trace := res.last_trace)]
     blocks.append(_diagnostics_table(have))
     missing = [r.label for r in runs if not llc_of(r)]
     guide = ("λ̂ of every checkpoint, estimated by localised SGLD around its weights with settings calibrated per "
@@ -83,8 +83,9 @@ def llc_section(runs: list[RunResults]) -> Section | None:
     return Section("llc", "Local learning coefficient over training", guide, blocks, note)
 
 
-def _trace_figure(i: int, run: RunResults, res: LLCResults) -> LineFigure:
-    series = [Series(f"chain {c}", list(range(len(t))), t, color=c) for c, t in enumerate(res.last_trace)]
+def _trace_figure(i: int, run: RunResults, res: LLCResults, trace: list[list[float]]) -> LineFigure:
+    """The loss of each chain in `trace`, the last estimate's (res.last)."""
+    series = [Series(f"chain {c}", list(range(len(t))), t, color=c) for c, t in enumerate(trace)]
     return LineFigure(f"llc-trace-{i}", f"SGLD loss traces, {run.label} ({res.last['checkpoint']})", "sample (thinned)",
                       "minibatch loss", series, small=True,
                       guide="Healthy chains rise from the checkpoint's loss and then stay flat.")

@@ -113,7 +113,7 @@ def _circuit_labels(c: Any, field_name: str, grid: Any) -> tuple[list[str], list
 def _copying_table(have: list[tuple[int, RunResults, AnalysisResults]]) -> Table:
     rows = []
     for _, run, a in have:
-        c = a.at_focus("circuits")
+        c = a.focus_result("circuits")
         for label, value in zip(head_labels(*c.copying.shape), c.copying.flatten().tolist()):
             rows.append([f"{run.label} {label}", _num(value)])
     return Table("copying-scores", ["head", "copying score"], rows, title="OV copying scores",
@@ -132,7 +132,7 @@ def composition_section(runs: list[RunResults]) -> Section | None:
     for kind, what in (("k", "keys"), ("q", "queries"), ("v", "values")):
         panels = []
         for _, run, a in have:
-            comp = a.at_focus("composition")
+            comp = a.focus_result("composition")
             grid = getattr(comp, kind)  # [layer1, head1, layer2, head2]
             n_layers, n_heads = grid.shape[:2]
             labels = head_labels(n_layers, n_heads)
@@ -161,12 +161,12 @@ def attribution_section(runs: list[RunResults]) -> Section | None:
         return None
     blocks: list[Any] = []
     if dla:
-        components = list(dict.fromkeys(lab for _, _, a in dla for lab in a.at_focus("logit_attribution").labels))
+        components = list(dict.fromkeys(lab for _, _, a in dla for lab in a.focus_result("logit_attribution").labels))
         rows = [[comp, *[_component_total(a, comp) for _, _, a in dla]] for comp in components]
         blocks.append(Table("dla-total", ["component", *[r.label for _, r, _ in dla]], rows,
                             title="Direct logit attribution, mean over answer positions",
                             guide="Each component's direct contribution to the correct answer's logit, relative to "
-                                  f"the baseline ({dla[0][2].at_focus('logit_attribution').baseline})."))
+                                  f"the baseline ({dla[0][2].focus_result('logit_attribution').baseline})."))
         panels = [Heatmap(run.label, [[_num(v) for v in row] for row in r.by_pos.tolist()], list(r.pos_labels),
                           list(r.labels), "position", "component")
                   for _, run, a in dla if (r := a.at_focus("logit_attribution")) is not None]
@@ -176,9 +176,9 @@ def attribution_section(runs: list[RunResults]) -> Section | None:
     if lens:
         series = []
         for i, run, a in lens:
-            r = a.at_focus("logit_lens")
+            r = a.focus_result("logit_lens")
             series.append(Series(run.label, list(range(len(r.labels))), [_num(v) for v in r.loss.tolist()], color=i))
-        ticks = max((list(a.at_focus("logit_lens").labels) for _, _, a in lens), key=len)
+        ticks = max((list(a.focus_result("logit_lens").labels) for _, _, a in lens), key=len)
         blocks.append(LineFigure("logit-lens", "Logit lens: loss read out after each layer", "read out at", "loss",
                                  series, x_ticks=ticks, guide="The loss if the residual stream were unembedded at "
                                  "that point: where the answer becomes readable."))
@@ -188,7 +188,7 @@ def attribution_section(runs: list[RunResults]) -> Section | None:
 
 
 def _component_total(a: AnalysisResults, component: str) -> float | None:
-    r = a.at_focus("logit_attribution")
+    r = a.focus_result("logit_attribution")
     return _num(r.total[r.labels.index(component)].item()) if component in r.labels else None
 
 
@@ -205,7 +205,7 @@ def patching_section(runs: list[RunResults]) -> Section | None:
         variant = key.rsplit("/", 1)[-1]
         metric = key.split("/")[1] if key.count("/") == 2 else ""
         panels = [_patch_panel(run, a, a.at_focus(key)) for _, run, a in have if a.at_focus(key) is not None]
-        first = next(a.at_focus(key) for _, _, a in have if a.at_focus(key) is not None)
+        first = next(a.focus_result(key) for _, _, a in have if key in a.focus.results)
         title = f"Patching {variant.replace('_', ' ')}" + (f" ({metric})" if metric else "")
         guide = (f"Patching {PATCH_GUIDES.get(variant, variant)} from the clean run into the corrupted one; "
                  f"metric: {first.metric} ({first.metric_description}).")
@@ -260,9 +260,9 @@ def ablation_section(runs: list[RunResults]) -> Section | None:
     head_rows, neuron_rows = [], []
     for _, run, a in have:
         results = {k: a.at_focus(f"ablation/{k}") for k in kinds}
-        first = next(r for r in results.values() if r is not None)
+        first = next(a.focus_result(f"ablation/{k}") for k in kinds if f"ablation/{k}" in a.focus.results)
         for h, label in enumerate(head_labels(*first.heads.shape)):
-            head_rows.append([f"{run.label} {label}", *[_flat(results[k].heads, h) if results[k] else None for k in kinds]])
+            head_rows.append([f"{run.label} {label}", *[_flat(r.heads, h) if r else None for r in results.values()]])
         neuron_rows += _top_neurons(run, results, kinds)
     blocks: list[Any] = [Table("ablation-heads", ["head", *[f"{k} ablation" for k in kinds]], head_rows,
                                title="Loss change when a head is ablated (nats)",

@@ -12,10 +12,17 @@ import dataclasses
 import logging
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toylens.report.figures import AttentionRun, AttentionViewer, Block, Heatmap, HeatmapFigure, LineFigure, Section
 from toylens.storage import atomic_write
+
+if TYPE_CHECKING:  # matplotlib is optional (toylens[report]): imported where a figure is drawn
+    import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("toylens")
 
@@ -50,7 +57,7 @@ def write_pngs(sections: list[Section], folder: Path) -> list[Path]:
     return written
 
 
-def _figures(block: Block) -> list[tuple[str, object]]:
+def _figures(block: Block) -> list[tuple[str, Figure]]:
     from matplotlib.figure import Figure
 
     if isinstance(block, LineFigure):
@@ -69,7 +76,7 @@ def _figures(block: Block) -> list[tuple[str, object]]:
     return []
 
 
-def draw_lines(ax: object, spec: LineFigure) -> None:
+def draw_lines(ax: Axes, spec: LineFigure) -> None:
     for s in spec.series:
         pts = [(x, y, (s.err[j] if s.err else None)) for j, (x, y) in enumerate(zip(s.x, s.y)) if y is not None]
         if spec.log_x:
@@ -95,7 +102,7 @@ def draw_lines(ax: object, spec: LineFigure) -> None:
         ax.legend(fontsize=7, ncols=2 if len(spec.series) > 6 else 1)
 
 
-def draw_heatmaps(spec: HeatmapFigure) -> object:
+def draw_heatmaps(spec: HeatmapFigure) -> Figure:
     from matplotlib.figure import Figure
 
     n = len(spec.panels)
@@ -119,7 +126,7 @@ def draw_heatmaps(spec: HeatmapFigure) -> object:
     return fig
 
 
-def draw_attention(run: AttentionRun) -> object:
+def draw_attention(run: AttentionRun) -> Figure:
     """Every layer and head of the run's first example, query rows and key columns."""
     from matplotlib.figure import Figure
 
@@ -137,7 +144,7 @@ def draw_attention(run: AttentionRun) -> object:
     return fig
 
 
-def _label_axes(ax: object, panel: Heatmap, fontsize: int = 6) -> None:
+def _label_axes(ax: Axes, panel: Heatmap, fontsize: int = 6) -> None:
     ax.set_title(panel.title, fontsize=9)
     for axis, labels, title in ((ax.xaxis, panel.x_labels, panel.x_title), (ax.yaxis, panel.y_labels, panel.y_title)):
         if len(labels) <= MAX_LABELS:
@@ -157,13 +164,13 @@ def _panel_range(panel: Heatmap, diverging: bool) -> tuple[float, float]:
     return lo, hi
 
 
-def _masked(z: list[list[float | None]]) -> object:
+def _masked(z: Sequence[Sequence[float | None]]) -> np.ma.MaskedArray:
     import numpy as np
 
     return np.ma.masked_invalid(np.array([[math.nan if v is None else v for v in row] for row in z], dtype=float))
 
 
-def _png_bytes(fig: object) -> bytes:
+def _png_bytes(fig: Figure) -> bytes:
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg

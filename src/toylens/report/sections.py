@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from toylens.config import flatten
@@ -26,7 +27,7 @@ METRIC_TITLES = {
 PARAM_KINDS = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U")
 
 
-def summary_section(runs: list[RunResults], extra_rows: list[list[Any]] = ()) -> Section:
+def summary_section(runs: list[RunResults], extra_rows: Sequence[list[Any]] = ()) -> Section:
     """Runs side by side: task, architecture, differing settings, final metrics, norms."""
     rows: list[list[Any]] = [
         ["status", *[_status(r) for r in runs]],

@@ -80,7 +80,8 @@ def run_sweep(
     plan = _plan(todo, sweep_dir, ensemble if ensemble is not None else uses_gpu, ensemble_size)
     wandb_args = _wandb_args(spec, sweep_dir) if wandb else None
     job_list = [_job(group, sweep_dir, device, runner, uses_gpu, wandb_args) for group in plan]
-    notes = {m.name: {"action": "skipped (finished)"} for m in members if m not in todo}
+    notes: dict[str, dict[str, str | None]] = {m.name: {"action": "skipped (finished)"}
+                                               for m in members if m not in todo}
     for job in job_list:
         for name in job.names:
             verb = "resumed" if RunDir(sweep_dir / name).exists() else "trained"

@@ -153,10 +153,11 @@ def _check_values(key: str, value: Any, method: str) -> None:
         raise ValueError(f"parameters.{key}: expected a list of values or a distribution (got {value!r})")
     if method == "grid":
         raise ValueError(f"parameters.{key}: distributions need method: random (a grid takes a list of values)")
-    kind = DISTRIBUTIONS.get(value.get("distribution"))
+    name = value.get("distribution")
+    kind = DISTRIBUTIONS.get(name) if isinstance(name, str) else None
     if kind is None:
         raise ValueError(f"parameters.{key}.distribution: expected one of {', '.join(DISTRIBUTIONS)} "
-                         f"(got {value.get('distribution')!r})")
+                         f"(got {name!r})")
     try:
         kind.model_validate(value, strict=True)  # `value` is JSON data already (the spec came through validate_input)
     except ValidationError as e:

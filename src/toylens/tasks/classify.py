@@ -42,13 +42,15 @@ class ReviewSplit(Split):
     def __init__(self, arrays: TokenArrays, rows: np.ndarray, n_ctx: int, pad_id: int, suffix: list[int]):
         self.arrays, self.rows, self.n_ctx, self.pad_id = arrays, rows, n_ctx, pad_id
         self.suffix = np.asarray(suffix, dtype=np.int64)
+        assert arrays.offsets is not None, "a classify split is tokenized in rows mode, which records offsets"
+        self.offsets, self.labels = arrays.offsets, _labels(arrays)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def batch(self, idx: Tensor) -> Batch:
         rows = self.rows[idx.numpy()]
-        starts, ends = self.arrays.offsets[rows], self.arrays.offsets[rows + 1]
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
         lengths = np.minimum(ends - starts, self.n_ctx)
         width = int(lengths.max()) if len(rows) else 1
         tokens = np.full((len(rows), width), self.pad_id, dtype=np.int64)
@@ -57,8 +59,14 @@ class ReviewSplit(Split):
             if end - start > self.n_ctx and len(self.suffix):  # truncated: keep the closing [SEP]
                 tokens[i, length - len(self.suffix) : length] = self.suffix
         targets = np.full_like(tokens, IGNORE)
-        targets[np.arange(len(rows)), lengths - 1] = self.arrays.labels[rows]
+        targets[np.arange(len(rows)), lengths - 1] = self.labels[rows]
         return Batch(torch.from_numpy(tokens), torch.from_numpy(targets))
+
+
+def _labels(arrays: TokenArrays) -> np.ndarray:
+    """Each row's label: classify tokenizes every split with its label column, so they are there."""
+    assert arrays.labels is not None, "a classify split is tokenized with its label column"
+    return arrays.labels
 
 
 @register_task
@@ -94,15 +102,15 @@ class ClassifyTask(Task):
             raise ToylensError("task: too few training reviews left after holding out val/test")
         arrays = {"train": train} | {s: rows(h, cfg.max_eval_examples) for s, h in (("val", "validation"), ("test", "test"))
                                      if s not in held}
-        self.class_names = source.class_names or [str(i) for i in range(int(train.labels.max()) + 1)]
+        self.class_names = source.class_names or [str(i) for i in range(int(_labels(train).max()) + 1)]
         n_classes = len(self.class_names)
         self.spec = TaskSpec(d_vocab=tok.vocab_size, d_vocab_out=n_classes, n_ctx=cfg.n_ctx)
         self.splits = {"train": ReviewSplit(train, np.sort(order), cfg.n_ctx, tok.pad_id, tok.suffix_ids)}
         for split in ("val", "test"):
             data = train if split in held else arrays[split]
             chosen = held[split] if split in held else np.arange(data.n_rows)
-            if data.n_rows and int(data.labels.max()) >= n_classes:
-                raise ToylensError(f"task.label_column: the {split} split has label {int(data.labels.max())}; "
+            if data.n_rows and int(_labels(data).max()) >= n_classes:
+                raise ToylensError(f"task.label_column: the {split} split has label {int(_labels(data).max())}; "
                                    f"the classes are {self.class_names}")
             self.splits[split] = ReviewSplit(data, chosen, cfg.n_ctx, tok.pad_id, tok.suffix_ids)
         log.info("classify: %d classes %s; train %d, val %d%s, test %d reviews", n_classes, self.class_names,

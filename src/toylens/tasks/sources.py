@@ -84,6 +84,7 @@ def open_source(cfg: TextTaskConfig) -> TextSource:
                 reason = str(e)
         if cfg.dataset not in HUB_NAMES:
             raise ToylensError(f"task.source: no bundled sample of dataset {cfg.dataset!r}; use source auto or hub")
+        assert subset is not None, "every dataset with a bundled sample has a default subset (DEFAULT_SUBSETS)"
         return _bundled_source(cfg, subset, reason)
     return _hf_source(cfg, hub_name, subset)
 

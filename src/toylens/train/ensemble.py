@@ -250,7 +250,7 @@ class EnsembleTrainer:
     @torch.no_grad()
     def _clip_and_mask_grads(self) -> None:
         """Per-member global-norm clipping as `clip_grad_norm_`; stopped members get no update."""
-        grads = [p.grad for p in self.params.values()]
+        grads = [_grad(p) for p in self.params.values()]
         for g in grads:  # masked_fill (not boolean indexing): no device synchronisation
             g.masked_fill_(~self.alive.view(-1, *[1] * (g.dim() - 1)), 0.0)
         if self.grad_clip is None:
@@ -320,9 +320,9 @@ class StackedAdamW:
         for name, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
             p.mul_((1 - lr * self.weight_decay[name]).to(p.dtype).view(shape))
-            m, v = self.exp_avg[name], self.exp_avg_sq[name]
-            m.lerp_(p.grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            m, v, grad = self.exp_avg[name], self.exp_avg_sq[name], _grad(p)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
             p.sub_((lr / bias1).to(p.dtype).view(shape) * m / denom)
 
@@ -343,3 +343,9 @@ class StackedAdamW:
             opt.state[p] = {"step": torch.tensor(float(self.steps)),
                             "exp_avg": self.exp_avg[name][k].clone(),
                             "exp_avg_sq": self.exp_avg_sq[name][k].clone()}
+
+
+def _grad(p: Tensor) -> Tensor:
+    """p's gradient after backward: every stacked weight has one, since each member's loss reads all its weights."""
+    assert p.grad is not None, "a stacked parameter has no gradient after backward"
+    return p.grad
