@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import reduce
+from operator import add
 
 import torch
 from torch import Tensor, nn
@@ -143,7 +145,8 @@ def initial_loss(objective: Objective, stacked: dict[str, Tensor], settings: LLC
         parts = [p[0] for p in rows.map(terms, stacked, idx)]
         for name in parts[0]:
             value = torch.cat([p[name] for p in parts])
-            sums[name] = sums.get(name, 0) + weight * value.double().cpu()
-    sums["total"] = sum(v for v in sums.values())
+            part = weight * value.double().cpu()
+            sums[name] = sums[name] + part if name in sums else part
+    sums["total"] = reduce(add, sums.values())
     sums.setdefault("loss", sums["total"])
     return sums

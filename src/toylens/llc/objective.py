@@ -20,6 +20,8 @@ whole potential (closed-form tests).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import reduce
+from operator import add
 from typing import Any, Union
 
 import torch
@@ -120,7 +122,7 @@ class Objective:
         else:
             terms = self._batched(params, *self.fetch(idx))
         if self.decay:
-            terms["weight_decay"] = sum(0.5 * c * params[k].pow(2).flatten(1).sum(1) for k, c in self.decay.items())
+            terms["weight_decay"] = reduce(add, (0.5 * c * params[k].pow(2).flatten(1).sum(1) for k, c in self.decay.items()))
         return terms
 
     def __call__(self, params: dict[str, Tensor], idx: Tensor | None) -> Tensor:

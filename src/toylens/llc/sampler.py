@@ -243,7 +243,7 @@ def _mala_acceptance(
     """min(1, exp(U(w) - U(w') + log q(w|w') - log q(w'|w))) per row, on the same minibatch."""
     loss_new, grad_new = loss_and_grad(loss_fn, proposal, idx, chunks)
     drift_new = _drift(grad_new, proposal, center, rows)
-    log_fwd = log_back = 0.0
+    log_fwd = log_back = torch.zeros((), dtype=torch.float64, device=loss.device)
     for k in w:
         eps = _col(rows.epsilon, w[k])
         scale = eps if precond is None else eps * precond[k]
