@@ -13,8 +13,7 @@ from toylens.model import Transformer
 from toylens.report import ReportResult, report
 from toylens.run import Loaded, RunDir, load
 from toylens.train import TrainResult, train
-
-__version__ = "0.1.0"
+from toylens.version import __version__
 
 __all__ = ["Loaded", "ReportResult", "RunConfig", "RunDir", "ToylensError", "TrainResult", "Transformer", "load",
            "load_config", "report", "train"]
