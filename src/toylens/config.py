@@ -35,6 +35,7 @@ from pydantic import (BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAd
 from pydantic_core import core_schema
 
 from toylens.errors import ToylensError
+from toylens.model.names import hook_names
 
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
@@ -400,8 +401,6 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _l1_hooks_exist(self) -> RunConfig:
-        from toylens.model.names import hook_names
-
         valid = hook_names(self.model)
         for name in self.train.l1.hooks:
             if name not in valid:
