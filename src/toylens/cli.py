@@ -181,10 +181,9 @@ def analyze(
     """Run every applicable analysis on RUN's checkpoints; results go to RUN/analysis/<checkpoint name>/ (done ones are
     skipped; final and best are stored under the checkpoint they stand for, e.g. epoch-0012)."""
     from toylens.analysis import Settings, analyze as api_analyze
-    from toylens.train.loop import resolve_device
 
     try:
-        written = api_analyze(run, checkpoint, device=resolve_device(device), only=list(only or []) or None,
+        written = api_analyze(run, checkpoint, device=device, only=list(only or []) or None,
                               settings=Settings(n_examples=examples, n_patch=pairs, patch_metric=metric,
                                                 ablate_neurons=neurons),
                               progress=progress)
@@ -200,6 +199,7 @@ def export(
     run: Path = typer.Argument(..., help="Run directory."),
     to: str = typer.Option(..., "--to", help="Target format: transformer-lens."),
     checkpoint: str = CheckpointOption("final"),
+    device: str = DeviceOption,
 ) -> None:
     """Export one checkpoint of RUN for another library into RUN/export/<format>/<checkpoint name>.safetensors
     (needs: pip install 'toylens[tl]')."""
@@ -207,7 +207,7 @@ def export(
         raise ToylensError(f"--to {to!r}: the supported target is transformer-lens")
     from toylens.export import export_transformer_lens
 
-    path = export_transformer_lens(run, checkpoint)
+    path = export_transformer_lens(run, checkpoint, device=device)
     typer.echo(f"wrote {path}; load it with toylens.export.load_transformer_lens(path)")
 
 
@@ -300,18 +300,17 @@ def llc_estimate(
     """Estimate the LLC of RUN's checkpoints (--checkpoint; all by default) into RUN/llc/<checkpoint name>.json
     (+ traces); skips those done."""
     from toylens.analysis.llc_run import llc_over_checkpoints, load_settings
-    from toylens.run import RunDir
-    from toylens.train.loop import resolve_device
+    from toylens.run import as_rundir
 
     if old_checkpoints is not None:
         if checkpoint is not None:
             raise ToylensError("--checkpoints is the old spelling of --checkpoint; give only --checkpoint")
         typer.echo("warning: --checkpoints is deprecated and will be removed in the next release; "
                    "use --checkpoint (same forms)", err=True)
-    rundir = RunDir(run)
+    rundir = as_rundir(run)
     settings = load_settings(rundir, _llc_overrides(set_))
     results = llc_over_checkpoints(rundir, checkpoint or old_checkpoints or "all", settings=settings,
-                                   device=str(resolve_device(device)), group=group, progress=progress)
+                                   device=device, group=group, progress=progress)
     typer.echo(f"{'checkpoint':14s} {'train_loss':>10s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings")
     for name, r in results.items():
         se = r.get("llc_se")
@@ -333,13 +332,12 @@ def llc_calibrate(
 ) -> None:
     """Sweep epsilon x gamma on one checkpoint (--checkpoint), show which give flat healthy traces, save the pick."""
     from toylens.analysis.llc_run import calibrate, load_settings
-    from toylens.run import RunDir
-    from toylens.train.loop import resolve_device
+    from toylens.run import as_rundir
 
-    rundir = RunDir(run)
+    rundir = as_rundir(run)
     settings = load_settings(rundir, _llc_overrides(set_))
     cal = calibrate(rundir, checkpoint, epsilons=_floats(epsilons, "--epsilons"), gammas=_floats(gammas, "--gammas"),
-                    settings=settings, device=str(resolve_device(device)), write=write, progress=progress)
+                    settings=settings, device=device, write=write, progress=progress)
     typer.echo(f"calibration on {cal.checkpoint} (nbeta={cal.estimates[0].nbeta:.4g}):")
     typer.echo(f"  {'epsilon':>8s} {'gamma':>7s} {'llc':>9s} {'± se':>7s} {'half':>9s} {'accept':>6s} {'below':>5s}  flags")
     for i, e in enumerate(cal.estimates):
