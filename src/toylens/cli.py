@@ -1,6 +1,8 @@
 """The `toylens` command. Each subcommand parses its arguments and calls the Python API.
 
 Errors in what the user gave (config fields, paths, checkpoints) print one line and exit 2.
+Every command that computes takes --device (default auto: cuda if available, else cpu), and
+every --set is read by one function, `toylens.config.apply_sets`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -18,6 +20,10 @@ from tqdm.auto import tqdm
 
 from toylens import checkpoints
 from toylens.errors import ToylensError
+
+if TYPE_CHECKING:
+    from toylens.analysis.llc import LLCSettings
+    from toylens.run import RunDir
 
 app = typer.Typer(
     help="Train small transformers from scratch and open them up: hooks, circuits, patching, LLC, reports.",
@@ -45,9 +51,11 @@ llc_app = typer.Typer(cls=_DefaultToEstimate, no_args_is_help=True, help=(
     "checkpoint into RUN/llc/; `toylens llc calibrate RUN` picks the step size and localisation first."))
 app.add_typer(llc_app, name="llc")
 
+SET_VALUES = ("VALUE is read as YAML (0.1, 1e-4, true, null, [a, b]), except that a text field keeps it as "
+              "written: --set name=123 names the run 123.")
 SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
-    "Override a config field, e.g. --set train.weight_decay=0.1 (repeatable). VALUE is read as YAML (0.1, 1e-4, "
-    "true, null, [a, b]), except that a text field keeps it as written: --set name=123 names the run 123."))
+    "Override a config field, e.g. --set train.weight_decay=0.1 (repeatable; KEY is a dotted field, "
+    "see `toylens config fields`). " + SET_VALUES))
 DeviceOption = typer.Option("auto", "--device", help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1.")
 
 
@@ -280,9 +288,10 @@ def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), s
 
 
 LLCSetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
-    "Override an LLC setting, e.g. --set chains=8 --set epsilon=1e-4 (repeatable; fields: epsilon, gamma, "
-    "nbeta, batch_size, chains, draws, burnin, thin, precondition, weight_decay, l1, init_batches, mala_every, seed; "
-    "values are read as with train --set)."))
+    "Override an LLC setting, e.g. --set chains=8 --set epsilon=1e-4 (repeatable). KEY is a setting, bare or "
+    "as in a study's llc: section (llc.chains=8 is chains=8): epsilon, gamma, nbeta, batch_size, chains, draws, "
+    "burnin, thin, precondition, rmsprop_alpha, rmsprop_delta, weight_decay, l1, init_batches, mala_every, seed. "
+    + SET_VALUES))
 
 
 @llc_app.command("estimate")
@@ -299,7 +308,7 @@ def llc_estimate(
 ) -> None:
     """Estimate the LLC of RUN's checkpoints (--checkpoint; all by default) into RUN/llc/<checkpoint name>.json
     (+ traces); skips those done."""
-    from toylens.analysis.llc_run import llc_over_checkpoints, load_settings
+    from toylens.analysis.llc_run import llc_over_checkpoints
     from toylens.run import as_rundir
 
     if old_checkpoints is not None:
@@ -308,7 +317,7 @@ def llc_estimate(
         typer.echo("warning: --checkpoints is deprecated and will be removed in the next release; "
                    "use --checkpoint (same forms)", err=True)
     rundir = as_rundir(run)
-    settings = load_settings(rundir, _llc_overrides(set_))
+    settings = _llc_settings(rundir, set_)
     results = llc_over_checkpoints(rundir, checkpoint or old_checkpoints or "all", settings=settings,
                                    device=device, group=group, progress=progress)
     typer.echo(f"{'checkpoint':14s} {'train_loss':>10s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings")
@@ -331,11 +340,11 @@ def llc_calibrate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Sweep epsilon x gamma on one checkpoint (--checkpoint), show which give flat healthy traces, save the pick."""
-    from toylens.analysis.llc_run import calibrate, load_settings
+    from toylens.analysis.llc_run import calibrate
     from toylens.run import as_rundir
 
     rundir = as_rundir(run)
-    settings = load_settings(rundir, _llc_overrides(set_))
+    settings = _llc_settings(rundir, set_)
     cal = calibrate(rundir, checkpoint, epsilons=_floats(epsilons, "--epsilons"), gammas=_floats(gammas, "--gammas"),
                     settings=settings, device=device, write=write, progress=progress)
     typer.echo(f"calibration on {cal.checkpoint} (nbeta={cal.estimates[0].nbeta:.4g}):")
@@ -352,18 +361,16 @@ def llc_calibrate(
     typer.echo(f"chosen: epsilon={pick.epsilon:g} gamma={pick.gamma:g}{where}")
 
 
-def _llc_overrides(items: Optional[list[str]]) -> dict[str, Any]:
-    """`--set key=value` of the LLC commands, read as a config's --set (`override_value`)."""
+def _llc_settings(run: RunDir, items: Optional[list[str]]) -> LLCSettings:
+    """RUN's LLC settings (`load_settings`: defaults, then RUN/llc/settings.json) with the --set
+    items over them; a bad item is named as --set, not as the settings file."""
     from toylens.analysis.llc import LLCSettings
-    from toylens.config import override_value
+    from toylens.analysis.llc_run import load_settings, validate_settings
+    from toylens.config import apply_sets
 
-    out: dict[str, Any] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ToylensError(f"--set {item!r}: expected key=value, e.g. chains=8")
-        key, value = item.split("=", 1)
-        out[key.strip()] = override_value(LLCSettings, key.strip(), value)
-    return out
+    overrides = apply_sets({}, items or (), LLCSettings, section="llc")
+    validate_settings(overrides, "--set")
+    return load_settings(run, overrides)
 
 
 def _floats(text: str, option: str) -> list[float]:
