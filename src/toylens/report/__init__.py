@@ -66,7 +66,7 @@ def report(runs: RunLike | Sequence[RunLike], out: str | Path = "report.html", *
 
     `checkpoint` (final, best, 3, epoch-0003; see `toylens.checkpoints`) picks, in every run, the
     analysed checkpoint whose results are shown in full; by default the last analysed one."""
-    paths, sweeps = expand_sweeps([runs] if isinstance(runs, (str, os.PathLike)) else list(runs))
+    paths, sweeps = expand_sweeps([Path(r) for r in ([runs] if isinstance(runs, (str, os.PathLike)) else runs)])
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ToylensError(f"-o {out}: the report is an HTML file; give a name ending in .html")
