@@ -13,6 +13,7 @@ import yaml
 from conftest import TINY
 
 import toylens
+from toylens.device import resolve_device
 from toylens.errors import ToylensError
 from toylens.run import RunDir, as_rundir
 
@@ -27,11 +28,11 @@ def config(tmp_path_factory) -> Path:
 
 
 def test_the_pipeline_is_exported():
-    for name in ("train", "load", "analyze", "estimate_llc", "calibrate_llc", "report", "sweep", "reproduce"):
+    for name in ("train", "load", "analyze", "llc_over_checkpoints", "calibrate_llc", "report", "sweep", "reproduce"):
         assert callable(getattr(toylens, name)), name
         assert name in toylens.__all__
     assert all(hasattr(toylens, name) for name in toylens.__all__)
-    assert toylens.estimate_llc is importlib.import_module("toylens.analysis.llc_run").llc_over_checkpoints
+    assert toylens.llc_over_checkpoints is importlib.import_module("toylens.analysis.llc_run").llc_over_checkpoints
     assert toylens.sweep is importlib.import_module("toylens.sweep").run_sweep
     assert toylens.__version__ == importlib.metadata.version("toylens")
 
@@ -49,7 +50,7 @@ def test_the_exported_functions_survive_their_modules_being_imported():
 def test_every_device_argument_defaults_to_auto():
     export = importlib.import_module("toylens.export")
     ensemble = importlib.import_module("toylens.train.ensemble")
-    functions = [toylens.train, toylens.load, toylens.analyze, toylens.estimate_llc, toylens.calibrate_llc,
+    functions = [toylens.train, toylens.load, toylens.analyze, toylens.llc_over_checkpoints, toylens.calibrate_llc,
                  toylens.sweep, toylens.reproduce, export.export_transformer_lens, export.load_transformer_lens,
                  ensemble.train_ensemble]
     for fn in functions:
@@ -57,7 +58,6 @@ def test_every_device_argument_defaults_to_auto():
 
 
 def test_resolving_a_device_has_no_side_effect():
-    from toylens.device import resolve_device
     from toylens.memory import reuse_freed_memory
 
     reuse_freed_memory.cache_clear()
@@ -79,14 +79,14 @@ def test_pipeline_takes_a_run_as_str_path_or_rundir(config, tmp_path, monkeypatc
     assert toylens.analyze(str(run.path), only=["weight_norms"], device="cpu", progress=False) == []  # done
     from toylens.analysis.llc import LLCSettings
 
-    estimates = toylens.estimate_llc(str(run.path), "final", settings=LLCSettings(**FAST_LLC), device="cpu",
-                                     progress=False)
+    estimates = toylens.llc_over_checkpoints(str(run.path), "final", settings=LLCSettings(**FAST_LLC), device="cpu",
+                                             progress=False)
     assert list(estimates) == ["epoch-0001"]
     assert toylens.report(run, tmp_path / "one.html", png=False).path.is_file()
     assert toylens.report([run], tmp_path / "two.html", png=False).sections
     for given in (run, run.path, str(run.path)):
         loaded = toylens.load(given)
-        assert loaded.epoch == 1 and next(loaded.model.parameters()).device.type in ("cpu", "cuda")
+        assert loaded.epoch == 1 and loaded.device.type == resolve_device("auto").type
     assert tuned == ["toylens.train.loop", "toylens.analysis.driver", "toylens.analysis.driver",
                      "toylens.analysis.llc_run"]
 
@@ -97,7 +97,7 @@ def test_a_path_that_is_not_a_run_is_named(tmp_path):
     with pytest.raises(ToylensError, match="is not a toylens run directory"):
         toylens.analyze(tmp_path, progress=False)
     with pytest.raises(ToylensError, match=f"^{tmp_path / 'nope'}: run directory not found$"):
-        toylens.estimate_llc(str(tmp_path / "nope"), progress=False)
+        toylens.llc_over_checkpoints(str(tmp_path / "nope"), progress=False)
     with pytest.raises(ToylensError, match="run directory not found"):
         toylens.load(tmp_path / "nope")
     with pytest.raises(TypeError):  # under pytest, jaxtyping's check of the annotation fires first

@@ -5,7 +5,7 @@ The pipeline, one call per stage; each reads only what the previous one wrote:
     import toylens
     result = toylens.train("configs/sort-no-decay.yaml", out="runs")  # -> runs/sort-no-decay/
     toylens.analyze(result.run_dir, checkpoint="all")    # -> RUN/analysis/ (circuits, patching, ...)
-    toylens.estimate_llc(result.run_dir)                  # -> RUN/llc/ (LLC of every checkpoint)
+    toylens.llc_over_checkpoints(result.run_dir)          # -> RUN/llc/ (LLC of every checkpoint)
     toylens.report([result.run_dir], "report.html")      # one self-contained HTML file
     run = toylens.load(result.run_dir)                    # the model: .model, .config, .task
     toylens.sweep("configs/sweeps/sort-weight-decay.yaml")             # many runs from one spec
@@ -16,8 +16,9 @@ A run is given as its directory (str or path) or a `RunDir`; `device` is "auto" 
 
 `train`, `report`, `sweep` and `reproduce` are also the names of modules (`toylens.train.loop`,
 `toylens.sweep.runner`, ...): reach those with `from toylens.reproduce import ...`, since the
-attribute `toylens.reproduce` is the function. `analyze`, `estimate_llc` and `calibrate_llc` are
-imported on first use (they bring in every analysis).
+attribute `toylens.reproduce` is the function. `analyze`, `llc_over_checkpoints` and
+`calibrate_llc` are imported on first use (they bring in every analysis). The LLC's function is
+not called `toylens.llc`, so that a module of that name can never replace it.
 """
 
 from __future__ import annotations
@@ -38,17 +39,17 @@ from toylens.version import __version__
 if TYPE_CHECKING:
     from toylens.analysis.driver import analyze
     from toylens.analysis.llc_run import calibrate as calibrate_llc
-    from toylens.analysis.llc_run import llc_over_checkpoints as estimate_llc
+    from toylens.analysis.llc_run import llc_over_checkpoints
 
 _ON_FIRST_USE = {
     "analyze": ("toylens.analysis.driver", "analyze"),
-    "estimate_llc": ("toylens.analysis.llc_run", "llc_over_checkpoints"),
+    "llc_over_checkpoints": ("toylens.analysis.llc_run", "llc_over_checkpoints"),
     "calibrate_llc": ("toylens.analysis.llc_run", "calibrate"),
 }
 
 __all__ = ["Loaded", "ReportResult", "RunConfig", "RunDir", "RunLike", "ToylensError", "TrainResult", "Transformer",
-           "__version__", "analyze", "calibrate_llc", "estimate_llc", "load", "load_config", "report", "reproduce",
-           "sweep", "train"]
+           "__version__", "analyze", "calibrate_llc", "llc_over_checkpoints", "load", "load_config", "report",
+           "reproduce", "sweep", "train"]
 
 
 def __getattr__(name: str) -> Any:

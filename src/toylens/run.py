@@ -180,7 +180,8 @@ def as_rundir(run: RunLike) -> RunDir:
 
 
 class Loaded:
-    """A model restored from a run: `.model`, `.config`, `.task` (built on first use), `.meta`."""
+    """A model restored from a run: `.model`, `.config`, `.task` (built on first use), `.meta`,
+    and `.device`, where the model is (inputs go there: `batch.to(run.device)`)."""
 
     def __init__(self, model: Transformer, config: RunConfig, meta: dict, run: RunDir | None):
         self.model, self.config, self.meta, self.run = model, config, meta, run
@@ -190,6 +191,10 @@ class Loaded:
         from toylens.tasks import build_task
 
         return build_task(self.config.task)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def epoch(self) -> int:
