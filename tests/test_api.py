@@ -77,6 +77,10 @@ def test_pipeline_takes_a_run_as_str_path_or_rundir(config, tmp_path, monkeypatc
     run = RunDir(result.run_dir)
     assert toylens.analyze(run, only=["weight_norms"], device="cpu", progress=False) == ["analysis/epoch-0001/weight_norms"]
     assert toylens.analyze(str(run.path), only=["weight_norms"], device="cpu", progress=False) == []  # done
+    from toylens.analysis import WeightNorms, load_result
+
+    assert isinstance(load_result(str(run.path), "analysis/epoch-0001/weight_norms"), WeightNorms)
+    assert WeightNorms.load(run.path, "analysis/epoch-0001/weight_norms").total_matrices
     from toylens.analysis.llc import LLCSettings
 
     estimates = toylens.llc_over_checkpoints(str(run.path), "final", settings=LLCSettings(**FAST_LLC), device="cpu",
