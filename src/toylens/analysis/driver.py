@@ -228,7 +228,7 @@ def analyze(run: RunLike, checkpoint: Spec = "final", *, device: DeviceLike = "a
     "patching") on the checkpoints `checkpoint` names (any spec of `toylens.checkpoints`: final,
     best, 3, epoch-0003, all, "3,5"); returns the result paths written (relative to RUN).
     Results go under the checkpoint's name: `final` writes RUN/analysis/epoch-<last>/.
-    `device` "auto" is cuda when available, else cpu (where malloc is tuned, see toylens.memory)."""
+    `device` "auto" is cuda when available, else cpu; on a CPU, malloc is tuned first (toylens.memory)."""
     rundir, settings = as_rundir(run), settings or Settings()
     if settings.patch_metric not in (None, *METRICS):
         raise ToylensError(f"patch metric {settings.patch_metric!r}: expected one of {', '.join(METRICS)}")
