@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 from toylens.config import load_config
+from toylens.device import resolve_device
+from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.run import RunDir
 from toylens.tasks import build_task
 from toylens.train.checkpoint import TrainState
-from toylens.train.distributed import resolve_device
 from toylens.train.ensemble import EnsembleTrainer
 from toylens.train.loop import Trainer, epoch_order
 from toylens.train.optim import build_optimizer
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # as train() does
     with tempfile.TemporaryDirectory() as tmp:
         solo = make_members(args.members, device, Path(tmp))
         ens = EnsembleTrainer(make_members(args.members, device, Path(tmp)), progress=False)

@@ -28,7 +28,8 @@ from toylens.analysis.metrics import LogitDiff  # noqa: E402
 from toylens.analysis.patching import Patcher  # noqa: E402
 from toylens.config import ModelConfig  # noqa: E402
 from toylens.export import to_transformer_lens  # noqa: E402
-from toylens.train.distributed import resolve_device  # noqa: E402
+from toylens.device import resolve_device  # noqa: E402
+from toylens.memory import reuse_freed_memory  # noqa: E402
 from toylens.model import Transformer  # noqa: E402
 
 ARCHS = {
@@ -67,7 +68,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    device = resolve_device(args.device)  # on a CPU this also tunes malloc, for both sides alike
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # as `toylens analyze` does; process-wide, so both sides alike
     model = make_model(args).to(device).eval()
     tl = to_transformer_lens(model, device=device)
     cfg = model.cfg

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from toylens.config import load_config
+from toylens.device import resolve_device
+from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.run import RunDir
 from toylens.tasks import IGNORE, build_task
 from toylens.train.checkpoint import TrainState
-from toylens.train.distributed import resolve_device
 from toylens.train.loop import Trainer, epoch_order
 from toylens.train.optim import build_optimizer, lr_at, set_lr
 from toylens.train.regularisers import decays
@@ -96,6 +97,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # as train() does; process-wide, so TransformerLens gets it too
     cfg = load_config(ROOT / "configs" / "sort-no-decay.yaml")
     task = build_task(cfg.task)
     cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)

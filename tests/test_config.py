@@ -58,8 +58,11 @@ def test_overrides_are_typed_and_nested(tmp_path):
 
 
 def test_bad_override_syntax(tmp_path):
-    assert "key.path=value" in error_of(write(tmp_path, TINY), ["train.lr"])
-    assert "is a value, not a section" in error_of(write(tmp_path, TINY), ["seed.x=1"])
+    assert error_of(write(tmp_path, TINY), ["train.lr"]) == "--set 'train.lr': expected KEY=VALUE"
+    assert error_of(write(tmp_path, TINY), ["seed.x=1"]) == "--set seed.x: unknown key (did you mean 'seed'?)"
+    assert error_of(write(tmp_path, TINY), ["train.wieght_decay=0.1"]) == (
+        "--set train.wieght_decay: unknown key (did you mean 'train.weight_decay'?)")
+    assert "is a value, not a section" in error_of(write(tmp_path, TINY), ["train=1", "train.lr=0.1"])
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):

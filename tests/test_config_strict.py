@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import toylens
 from conftest import TINY
-from toylens.cli import _llc_overrides, app
+from toylens.cli import app
 from toylens.config import config_to_yaml, load_config
 from toylens.errors import ToylensError
 from toylens.reproduce import load_study
@@ -146,12 +146,22 @@ def test_set_values_are_yaml_but_text_fields_keep_their_text(tmp_path):
 
 
 def test_llc_set_reads_values_like_config_set():
-    assert _llc_overrides(["epsilon=1e-4", "chains=8", "precondition=none", "nbeta=null"]) == {
-        "epsilon": 1e-4, "chains": 8, "precondition": "none", "nbeta": None}
+    from toylens.config import apply_sets
+    from toylens.llc import LLCSettings
     from toylens.llc.run import validate_settings
 
+    def llc_sets(*items: str) -> dict:
+        return apply_sets({}, items, LLCSettings, section="llc")
+
+    assert llc_sets("epsilon=1e-4", "chains=8", "precondition=none", "nbeta=null") == {
+        "epsilon": 1e-4, "chains": 8, "precondition": "none", "nbeta": None}
+    assert llc_sets("llc.chains=8", "llc.epsilon=1e-4") == llc_sets("chains=8", "epsilon=1e-4")  # bare or llc.
     with pytest.raises(ToylensError, match=r"^llc\.json: chains: Input should be a valid integer \(got True\)$"):
-        validate_settings(_llc_overrides(["chains=true"]), "llc.json")
+        validate_settings(llc_sets("chains=true"), "llc.json")
+    with pytest.raises(ToylensError, match=r"^--set llc\.chans: unknown key \(did you mean 'chains'\?\)$"):
+        llc_sets("llc.chans=8")
+    with pytest.raises(ToylensError, match=r"^--set train\.lr: unknown key$"):  # a run config key is not an LLC one
+        llc_sets("train.lr=0.1")
 
 
 # ------------------------------------------------------------------------------- sweeps and studies

@@ -4,6 +4,7 @@ resumes, the analyze and llc steps write what the report shows, and the shipped 
 from __future__ import annotations
 
 import copy
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,11 @@ import pytest
 import yaml
 from conftest import TINY
 
-from toylens import reproduce as rp
 from toylens.checkpoints import resolve_one
 from toylens.errors import ToylensError
 from toylens.run import RunDir
+
+rp = importlib.import_module("toylens.reproduce")  # the module: the attribute toylens.reproduce is the function
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -1,6 +1,8 @@
 """The `toylens` command. Each subcommand parses its arguments and calls the Python API.
 
 Errors in what the user gave (config fields, paths, checkpoints) print one line and exit 2.
+Every command that computes takes --device (default auto: cuda if available, else cpu), and
+every --set is read by one function, `toylens.config.apply_sets`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -18,6 +20,10 @@ from tqdm.auto import tqdm
 
 from toylens import checkpoints
 from toylens.errors import ToylensError
+
+if TYPE_CHECKING:
+    from toylens.llc import LLCSettings
+    from toylens.run import RunDir
 
 app = typer.Typer(
     help="Train small transformers from scratch and open them up: hooks, circuits, patching, LLC, reports.",
@@ -45,9 +51,11 @@ llc_app = typer.Typer(cls=_DefaultToEstimate, no_args_is_help=True, help=(
     "checkpoint into RUN/llc/; `toylens llc calibrate RUN` picks the step size and localisation first."))
 app.add_typer(llc_app, name="llc")
 
+SET_VALUES = ("VALUE is read as YAML (0.1, 1e-4, true, null, [a, b]), except that a text field keeps it as "
+              "written: --set name=123 names the run 123.")
 SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
-    "Override a config field, e.g. --set train.weight_decay=0.1 (repeatable). VALUE is read as YAML (0.1, 1e-4, "
-    "true, null, [a, b]), except that a text field keeps it as written: --set name=123 names the run 123."))
+    "Override a config field, e.g. --set train.weight_decay=0.1 (repeatable; KEY is a dotted field, "
+    "see `toylens config fields`). " + SET_VALUES))
 DeviceOption = typer.Option("auto", "--device", help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1.")
 
 
@@ -181,10 +189,9 @@ def analyze(
     """Run every applicable analysis on RUN's checkpoints; results go to RUN/analysis/<checkpoint name>/ (done ones are
     skipped; final and best are stored under the checkpoint they stand for, e.g. epoch-0012)."""
     from toylens.analysis import Settings, analyze as api_analyze
-    from toylens.train.loop import resolve_device
 
     try:
-        written = api_analyze(run, checkpoint, device=resolve_device(device), only=list(only or []) or None,
+        written = api_analyze(run, checkpoint, device=device, only=list(only or []) or None,
                               settings=Settings(n_examples=examples, n_patch=pairs, patch_metric=metric,
                                                 ablate_neurons=neurons),
                               progress=progress)
@@ -200,6 +207,7 @@ def export(
     run: Path = typer.Argument(..., help="Run directory."),
     to: str = typer.Option(..., "--to", help="Target format: transformer-lens."),
     checkpoint: str = CheckpointOption("final"),
+    device: str = DeviceOption,
 ) -> None:
     """Export one checkpoint of RUN for another library into RUN/export/<format>/<checkpoint name>.safetensors
     (needs: pip install 'toylens[tl]')."""
@@ -207,7 +215,7 @@ def export(
         raise ToylensError(f"--to {to!r}: the supported target is transformer-lens")
     from toylens.export import export_transformer_lens
 
-    path = export_transformer_lens(run, checkpoint)
+    path = export_transformer_lens(run, checkpoint, device=device)
     typer.echo(f"wrote {path}; load it with toylens.export.load_transformer_lens(path)")
 
 
@@ -251,7 +259,7 @@ def reproduce(
 
     if smoke and quick is False:
         raise ToylensError("--smoke is a cut of the quick size; it cannot be combined with --full")
-    size = "smoke" if smoke else "quick" if quick else "full"
+    size: Literal["quick", "full", "smoke"] = "smoke" if smoke else "quick" if quick else "full"
     result = api_reproduce(study, size=size, device=device, out=out, progress=progress, png=png)
     typer.echo(f"{result.study}: {len(result.runs)} runs in {result.folder} ({result.wall_s:.0f}s)")
     if result.report is not None:
@@ -280,9 +288,10 @@ def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), s
 
 
 LLCSetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
-    "Override an LLC setting, e.g. --set chains=8 --set epsilon=1e-4 (repeatable; fields: epsilon, gamma, "
-    "nbeta, batch_size, chains, draws, burnin, thin, precondition, weight_decay, l1, init_batches, mala_every, seed; "
-    "values are read as with train --set)."))
+    "Override an LLC setting, e.g. --set chains=8 --set epsilon=1e-4 (repeatable). KEY is a setting, bare or "
+    "as in a study's llc: section (llc.chains=8 is chains=8): epsilon, gamma, nbeta, batch_size, chains, draws, "
+    "burnin, thin, precondition, rmsprop_alpha, rmsprop_delta, weight_decay, l1, init_batches, mala_every, seed. "
+    + SET_VALUES))
 
 
 @llc_app.command("estimate")
@@ -299,19 +308,18 @@ def llc_estimate(
 ) -> None:
     """Estimate the LLC of RUN's checkpoints (--checkpoint; all by default) into RUN/llc/<checkpoint name>.json
     (+ traces); skips those done."""
-    from toylens.llc import llc_over_checkpoints, load_settings
-    from toylens.run import RunDir
-    from toylens.train.loop import resolve_device
+    from toylens.llc import llc_over_checkpoints
+    from toylens.run import as_rundir
 
     if old_checkpoints is not None:
         if checkpoint is not None:
             raise ToylensError("--checkpoints is the old spelling of --checkpoint; give only --checkpoint")
         typer.echo("warning: --checkpoints is deprecated and will be removed in the next release; "
                    "use --checkpoint (same forms)", err=True)
-    rundir = RunDir(run)
-    settings = load_settings(rundir, _llc_overrides(set_))
+    rundir = as_rundir(run)
+    settings = _llc_settings(rundir, set_)
     results = llc_over_checkpoints(rundir, checkpoint or old_checkpoints or "all", settings=settings,
-                                   device=str(resolve_device(device)), group=group, progress=progress)
+                                   device=device, group=group, progress=progress)
     typer.echo(f"{'checkpoint':14s} {'train_loss':>10s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings")
     for name, r in results.items():
         se = r.get("llc_se")
@@ -332,14 +340,13 @@ def llc_calibrate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Sweep epsilon x gamma on one checkpoint (--checkpoint), show which give flat healthy traces, save the pick."""
-    from toylens.llc import calibrate, load_settings
-    from toylens.run import RunDir
-    from toylens.train.loop import resolve_device
+    from toylens.llc import calibrate
+    from toylens.run import as_rundir
 
-    rundir = RunDir(run)
-    settings = load_settings(rundir, _llc_overrides(set_))
+    rundir = as_rundir(run)
+    settings = _llc_settings(rundir, set_)
     cal = calibrate(rundir, checkpoint, epsilons=_floats(epsilons, "--epsilons"), gammas=_floats(gammas, "--gammas"),
-                    settings=settings, device=str(resolve_device(device)), write=write, progress=progress)
+                    settings=settings, device=device, write=write, progress=progress)
     typer.echo(f"calibration on {cal.checkpoint} (nbeta={cal.estimates[0].nbeta:.4g}):")
     typer.echo(f"  {'epsilon':>8s} {'gamma':>7s} {'llc':>9s} {'± se':>7s} {'half':>9s} {'accept':>6s} {'below':>5s}  flags")
     for i, e in enumerate(cal.estimates):
@@ -354,18 +361,16 @@ def llc_calibrate(
     typer.echo(f"chosen: epsilon={pick.epsilon:g} gamma={pick.gamma:g}{where}")
 
 
-def _llc_overrides(items: Optional[list[str]]) -> dict[str, Any]:
-    """`--set key=value` of the LLC commands, read as a config's --set (`override_value`)."""
+def _llc_settings(run: RunDir, items: Optional[list[str]]) -> LLCSettings:
+    """RUN's LLC settings (`load_settings`: defaults, then RUN/llc/settings.json) with the --set
+    items over them; a bad item is named as --set, not as the settings file."""
     from toylens.llc import LLCSettings
-    from toylens.config import override_value
+    from toylens.llc.run import load_settings, validate_settings
+    from toylens.config import apply_sets
 
-    out: dict[str, Any] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ToylensError(f"--set {item!r}: expected key=value, e.g. chains=8")
-        key, value = item.split("=", 1)
-        out[key.strip()] = override_value(LLCSettings, key.strip(), value)
-    return out
+    overrides = apply_sets({}, items or (), LLCSettings, section="llc")
+    validate_settings(overrides, "--set")
+    return load_settings(run, overrides)
 
 
 def _floats(text: str, option: str) -> list[float]:

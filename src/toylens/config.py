@@ -35,6 +35,7 @@ from pydantic import (BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAd
 from pydantic_core import core_schema
 
 from toylens.errors import ToylensError
+from toylens.model.names import hook_names
 
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
@@ -411,8 +412,6 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _l1_hooks_exist(self) -> RunConfig:
-        from toylens.model.names import hook_names
-
         valid = hook_names(self.model)
         for name in self.train.l1.hooks:
             if name not in valid:
@@ -428,7 +427,8 @@ class RunConfig(Section):
 
 
 def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> RunConfig:
-    """Parse a YAML file (or a dict) plus `key.path=value` overrides into a validated RunConfig.
+    """Parse a YAML file (or a dict) plus `key.path=value` overrides (`apply_sets`) into a
+    validated RunConfig.
 
     A missing `name` defaults to the file's stem. Raises ToylensError naming the bad field.
     """
@@ -440,8 +440,7 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Run
         where = str(path)
         raw = read_yaml(path, "config", "a mapping of sections (task, model, train)")
         raw.setdefault("name", path.stem)
-    for item in overrides:
-        _apply_override(raw, item)
+    apply_sets(raw, overrides)
     return validate_config(raw, where)
 
 
@@ -573,11 +572,28 @@ def field_paths(model: type[BaseModel] = RunConfig, prefix: str = "") -> set[str
     return paths
 
 
-def _apply_override(raw: dict, item: str) -> None:
-    if "=" not in item:
-        raise ToylensError(f"--set {item!r}: expected key.path=value, e.g. train.weight_decay=0.1")
-    key, value = item.split("=", 1)
-    set_field(raw, key, override_value(RunConfig, key.strip(), value))
+def apply_sets(raw: dict, items: Iterable[str], model: type[BaseModel] = RunConfig, *,
+               section: str | None = None) -> dict:
+    """Apply `--set KEY=VALUE` items, in order, to `raw` (a mapping to be validated as `model`);
+    returns `raw`. The one reader of --set, for run configs and the LLC settings alike.
+
+    KEY is a dotted field of `model` ("train.weight_decay"). Where `model` is a named section of
+    a bigger file (the LLC settings are the `llc:` section of a study), KEY may also start with
+    that name: with section="llc", "llc.chains" is "chains". VALUE is read by `override_value`.
+    Raises ToylensError naming the item when it has no "=", its KEY is not a field of `model`
+    (with a suggestion), or an earlier item made a section a value (`train=1`, then `train.lr=0.1`).
+    """
+    paths = field_paths(model)
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ToylensError(f"--set {item!r}: expected KEY=VALUE")
+        field = key.removeprefix(f"{section}.") if section else key
+        if field not in paths:
+            raise ToylensError(f"--set {key}: unknown key{_suggest(field, paths)}")
+        set_field(raw, field, override_value(model, field, text), where="--set")
+    return raw
 
 
 def override_value(model: type[BaseModel], key: str, text: str) -> Any:

@@ -30,9 +30,10 @@ import torch
 
 from toylens.checkpoints import Spec, resolve_one
 from toylens.config import ModelConfig, validate_config
+from toylens.device import DeviceLike, resolve_device
 from toylens.errors import ToylensError
 from toylens.model import Transformer
-from toylens.run import Loaded, RunDir, load
+from toylens.run import Loaded, RunLike, as_rundir, load
 from toylens.storage import read_safetensors
 
 EXPORT_DIR = "export/transformer-lens"
@@ -56,20 +57,21 @@ def tl_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _as_model(source: Transformer | Loaded | str | Path, checkpoint: Spec) -> Transformer:
+def _as_model(source: Transformer | Loaded | RunLike, checkpoint: Spec, device: DeviceLike | None) -> Transformer:
     if isinstance(source, Transformer):
         return source
     if isinstance(source, Loaded):
         return source.model
-    return load(source, checkpoint).model
+    return load(source, checkpoint, device or "auto").model
 
 
-def to_transformer_lens(source: Transformer | Loaded | str | Path, checkpoint: Spec = "final",
-                        device: str | torch.device | None = None) -> Any:
+def to_transformer_lens(source: Transformer | Loaded | RunLike, checkpoint: Spec = "final",
+                        device: DeviceLike | None = None) -> Any:
     """A TransformerLens model (TransformerBridge for >= 4, HookedTransformer for < 4) with the
-    same weights as a toylens model, a loaded run, or a run directory's checkpoint."""
-    model = _as_model(source, checkpoint)
-    device = device or next(model.parameters()).device
+    same weights as a toylens model, a loaded run (`Loaded`), or a run directory's checkpoint.
+    On `device`; by default the model's device (a run's checkpoint is loaded with "auto")."""
+    model = _as_model(source, checkpoint, device)
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if tl_major_version() >= 4:
         return _bridge(tl_config_dict(model.cfg), state, device)
@@ -103,16 +105,17 @@ def _hooked_transformer(config: dict[str, Any], state: dict[str, torch.Tensor], 
     return model.to(device).eval()
 
 
-def export_transformer_lens(run: str | Path, checkpoint: Spec = "final") -> Path:
+def export_transformer_lens(run: RunLike, checkpoint: Spec = "final", device: DeviceLike = "auto") -> Path:
     """Write the bridge's state dict (TransformerLens >= 4 format) for one checkpoint of a run
     (final, best, 3, epoch-0003) into RUN/export/transformer-lens/<name>.safetensors, <name> being
-    the checkpoint's (epoch-0012 for final); returns that path."""
-    rundir = RunDir(run)
+    the checkpoint's (epoch-0012 for final); returns that path. `device` is where the model is
+    built and converted ("auto": cuda when available, else cpu); the file is the same either way."""
+    rundir = as_rundir(run)
     ckpt = resolve_one(rundir, checkpoint, "export")
     if tl_major_version() < 4:
         raise ToylensError("toylens export writes the transformer-lens >= 4 format; use to_transformer_lens() with older versions")
-    loaded = load(run, ckpt.name)
-    bridge = to_transformer_lens(loaded, device="cpu")
+    loaded = load(rundir, ckpt.name, device)
+    bridge = to_transformer_lens(loaded)
     rel = f"{EXPORT_DIR}/{ckpt.name}.safetensors"
     meta = {"transformer_lens_config": tl_config_dict(loaded.model.cfg), "config": loaded.config.model_dump(mode="json"),
             "format": "transformer-lens-bridge/1"}
@@ -120,11 +123,12 @@ def export_transformer_lens(run: str | Path, checkpoint: Spec = "final") -> Path
     return rundir.path / rel
 
 
-def load_transformer_lens(path: str | Path, device: str | torch.device = "cpu") -> Any:
-    """The TransformerBridge saved by `export_transformer_lens` (or `toylens export`)."""
+def load_transformer_lens(path: str | Path, device: DeviceLike = "auto") -> Any:
+    """The TransformerBridge saved by `export_transformer_lens` (or `toylens export`), on `device`
+    ("auto": cuda when available, else cpu)."""
     tensors, meta = read_safetensors(Path(path))
     if meta.get("format") != "transformer-lens-bridge/1":
         raise ToylensError(f"{path}: not a toylens TransformerLens export")
     validate_config(meta["config"], str(path))
     tl_major_version()
-    return _bridge(meta["transformer_lens_config"], tensors, device, converted=True)
+    return _bridge(meta["transformer_lens_config"], tensors, resolve_device(device), converted=True)

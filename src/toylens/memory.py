@@ -19,9 +19,11 @@ def reuse_freed_memory() -> bool:
     a GPT-2-vocabulary training step 672 ms (half of it kernel time) against 331 ms with this;
     35-40% of an LLC run's CPU time on the study-2 runs was system time, ~1% with this. Raises
     the mmap and trim thresholds to 1 GB, so freed buffers are reused; the process keeps its
-    peak memory instead of returning it. Called once per process by `resolve_device` (CPU) and
-    the LLC entry points. Set TOYLENS_MALLOC_TUNING=0 to leave malloc alone. Returns whether the
-    thresholds were set (False where the C library is not glibc).
+    peak memory instead of returning it. Called, explicitly, by the entry points that benefit:
+    `train` and `train_ensemble` on a CPU, `analyze` on a CPU, and the LLC's
+    `llc_over_checkpoints` and `calibrate` (`toylens.device.resolve_device` changes nothing).
+    Set TOYLENS_MALLOC_TUNING=0 to leave malloc alone. Returns whether the thresholds were set
+    (False where the C library is not glibc).
     """
     if os.environ.get("TOYLENS_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False

@@ -245,7 +245,7 @@ def step_analyze(ctx: Context, cfg: RunConfig) -> str:
     for call in calls:
         options = dict(call)
         settings = options.pop("settings", None)
-        written += analyze(ctx.folder / cfg.name, device=_analysis_device(ctx.device), progress=ctx.progress,
+        written += analyze(ctx.folder / cfg.name, device=ctx.device, progress=ctx.progress,
                            settings=Settings(**settings) if settings else None, **options)
     return f"{len(written)} results written" if written else "done before"
 
@@ -259,10 +259,9 @@ def step_llc(ctx: Context, cfg: RunConfig) -> str:
     options = dict(ctx.size.llc)
     checkpoint = options.pop("checkpoint", "all")
     calibration = options.pop("calibrate", {})
-    device = _analysis_device(ctx.device)
     if calibration is not False and not run.has("llc/calibration.json"):
-        calibrate(run, settings=load_settings(run, options), device=device, progress=ctx.progress, **calibration)
-    results = llc_over_checkpoints(run, checkpoint, settings=load_settings(run, options), device=device,
+        calibrate(run, settings=load_settings(run, options), device=ctx.device, progress=ctx.progress, **calibration)
+    results = llc_over_checkpoints(run, checkpoint, settings=load_settings(run, options), device=ctx.device,
                                    progress=ctx.progress)
     warned = sum(bool(r.get("warnings")) for r in results.values())
     return f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
@@ -309,12 +308,6 @@ def _known_keys(options: dict[str, Any], known: tuple[str, ...], where: str) -> 
     unknown = [k for k in options if k not in known]
     if unknown:
         raise ToylensError(f"{where}.{unknown[0]}: unknown key{_suggest(unknown[0], known)} (keys: {', '.join(known)})")
-
-
-def _analysis_device(device: str) -> str:
-    from toylens.train.loop import resolve_device
-
-    return str(resolve_device(device))
 
 
 STEPS: dict[str, Callable[[Context, RunConfig], str]] = {

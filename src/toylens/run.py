@@ -11,6 +11,8 @@
       manifest.json                   SHA-256 and size of every file above, and the checkpoint list
 
 Checkpoint names and what "final", "best", "3" or "all" mean are in `toylens.checkpoints`.
+Every public function that takes a run takes a `RunLike`: a path (str or os.PathLike) or a
+`RunDir`; `as_rundir` turns one into a RunDir, refusing a path that is not a run directory.
 Every read inside a run goes through `RunDir.read_bytes`, which refuses a file that is missing,
 not in the manifest, truncated, altered, or a pickle, with a one-line message naming it.
 """
@@ -19,13 +21,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from toylens.checkpoints import CheckpointInfo, Spec, resolve_one
+from toylens.device import DeviceLike, resolve_device
 from toylens.errors import ToylensError
 from toylens.storage import (
     refuse_non_safetensors,
@@ -46,13 +50,18 @@ MANIFEST = "manifest.json"
 
 
 class RunDir:
-    """A run directory whose files are written atomically and read back only if verified."""
+    """A run directory whose files are written atomically and read back only if verified.
 
-    def __init__(self, path: str | Path):
+    A RunDir is also a path (`os.fspath(run)`, `Path(run)`), so it goes wherever a path does."""
+
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
 
     # --- manifest -----------------------------------------------------------------------
     def exists(self) -> bool:
@@ -153,8 +162,26 @@ class RunDir:
         return resolve_one(self, checkpoint, "checkpoint_file").file
 
 
+RunLike = Union[str, os.PathLike, RunDir]
+"""A run as public functions take it: its directory as a str or path, or a RunDir."""
+
+
+def as_rundir(run: RunLike) -> RunDir:
+    """`run` as a RunDir; a path must be a run directory (ToylensError naming it otherwise).
+    A RunDir is taken as it is (a run being written may not have its manifest yet)."""
+    if isinstance(run, RunDir):
+        return run
+    if not isinstance(run, (str, os.PathLike)):
+        raise TypeError(f"expected a run directory (str, os.PathLike or RunDir), got {type(run).__name__}")
+    rundir = RunDir(run)
+    if not rundir.exists():
+        rundir.manifest()  # raises: "run directory not found" or "... is not a toylens run directory"
+    return rundir
+
+
 class Loaded:
-    """A model restored from a run: `.model`, `.config`, `.task` (built on first use), `.meta`."""
+    """A model restored from a run: `.model`, `.config`, `.task` (built on first use), `.meta`,
+    and `.device`, where the model is (inputs go there: `batch.to(run.device)`)."""
 
     def __init__(self, model: Transformer, config: RunConfig, meta: dict, run: RunDir | None):
         self.model, self.config, self.meta, self.run = model, config, meta, run
@@ -164,6 +191,10 @@ class Loaded:
         from toylens.tasks import build_task
 
         return build_task(self.config.task)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def epoch(self) -> int:
@@ -177,8 +208,9 @@ class Loaded:
         return f"Loaded({self.config.name!r}, epoch={self.epoch}, step={self.step})"
 
 
-def load(run: str | Path, checkpoint: Spec = "final", device: str | torch.device = "cpu") -> Loaded:
-    """The model at a checkpoint of a run, with its config and task.
+def load(run: RunLike, checkpoint: Spec = "final", device: DeviceLike = "auto") -> Loaded:
+    """The model at a checkpoint of a run, with its config and task, on `device` ("auto": cuda
+    when available, else cpu).
 
     `run` is a run directory (checksums are verified against its manifest) or a single
     `.safetensors` checkpoint file (which carries its config in its metadata).
@@ -188,12 +220,13 @@ def load(run: str | Path, checkpoint: Spec = "final", device: str | torch.device
     from toylens.config import validate_config
     from toylens.model import Transformer
 
+    dev = resolve_device(device)
     path = Path(run)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and not isinstance(run, RunDir):
         tensors, meta = read_safetensors(path)
         rundir = None
     else:
-        rundir = RunDir(path)
+        rundir = as_rundir(run)
         tensors, meta = rundir.read_tensors(resolve_one(rundir, checkpoint, "load").file)
     if "config" not in meta:
         raise ToylensError(f"{path}: checkpoint has no toylens config in its metadata")
@@ -202,5 +235,5 @@ def load(run: str | Path, checkpoint: Spec = "final", device: str | torch.device
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ToylensError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.to(device).eval()
+    model.to(dev).eval()
     return Loaded(model, cfg, meta, rundir)

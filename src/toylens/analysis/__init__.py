@@ -34,7 +34,7 @@ corrupted inputs and metric for patching, which positions the loss reads) it ask
 for, see `toylens.checkpoints`), one result per analysis under `RUN/analysis/C/`. A result named `X` is
 `X.json` plus `X.safetensors` when it has arrays; the JSON holds the type, the scalar/list fields
 and, for every array, its shape, dtype and axis names (see `results.py`). Load any of them with
-`load_result(RunDir(RUN), "analysis/C/X")`. Layers and heads are numbered from 0; a head is
+`load_result(RUN, "analysis/C/X")`. Layers and heads are numbered from 0; a head is
 labelled `L{layer}H{head}`. Every file is listed with its SHA-256 in RUN/manifest.json.
 
 | result (X)                       | type              | arrays [axes]                                   |

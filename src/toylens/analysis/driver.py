@@ -12,7 +12,6 @@ import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -28,11 +27,13 @@ from toylens.analysis.regularisation import activation_sparsity, weight_norms
 from toylens.analysis.results import Result, has_result
 from toylens.analysis.summary import summarize_checkpoint, write_trajectory
 from toylens.checkpoints import Spec, resolve
-from toylens.config import RunConfig
+from toylens.config import RunConfig, derived
+from toylens.device import DeviceLike, resolve_device
 from toylens.errors import ToylensError
 from toylens.lock import run_lock
+from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
-from toylens.run import Loaded, RunDir, load
+from toylens.run import Loaded, RunDir, RunLike, as_rundir, load
 from toylens.tasks import Batch, Task, task_class
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class Subject:
 
 def _fit(model: Transformer, n: int) -> int:
     """Fewer examples when one batch of logits would be too big (large vocabularies, long contexts)."""
-    return max(1, min(n, rows_per_pass(model, model.cfg.n_ctx)))
+    return max(1, min(n, rows_per_pass(model, derived(model.cfg.n_ctx, "n_ctx"))))
 
 
 # ----------------------------------------------------------------------------- the analyses
@@ -115,7 +116,7 @@ def _attention_task(s: Subject) -> Result:
 
 
 def _repeated(s: Subject, n: int) -> torch.Tensor:
-    half = min(s.settings.repeated_half, (s.model.cfg.n_ctx - 1) // 2)
+    half = min(s.settings.repeated_half, (derived(s.model.cfg.n_ctx, "n_ctx") - 1) // 2)
     return att.repeated_tokens(s.task.random_token_ids(), n, half, s.task.bos_token(), s.settings.seed)
 
 
@@ -158,7 +159,7 @@ def _next_output_by_pos(s: Subject) -> Result:
 
 
 def _circuits(s: Subject) -> Result:
-    labels = s.task.token_labels(torch.arange(s.model.cfg.d_vocab))
+    labels = s.task.token_labels(torch.arange(derived(s.model.cfg.d_vocab, "d_vocab")))
     copy = None if s.task.outputs_are_tokens else torch.tensor([], dtype=torch.long)
     return circuits(s.model, labels, s.task.output_labels(), copy_tokens=copy)
 
@@ -221,20 +222,23 @@ def checkpoint_names(run: RunDir, checkpoint: Spec) -> list[str]:
     return [c.name for c in resolve(run, checkpoint)]
 
 
-def analyze(run: str | Path, checkpoint: Spec = "final", *, device: str | torch.device = "cpu",
+def analyze(run: RunLike, checkpoint: Spec = "final", *, device: DeviceLike = "auto",
             only: list[str] | None = None, settings: Settings | None = None, progress: bool = True) -> list[str]:
     """Run every applicable analysis (or those named in `only`, by name or prefix such as
     "patching") on the checkpoints `checkpoint` names (any spec of `toylens.checkpoints`: final,
     best, 3, epoch-0003, all, "3,5"); returns the result paths written (relative to RUN).
-    Results go under the checkpoint's name: `final` writes RUN/analysis/epoch-<last>/."""
-    rundir, settings = RunDir(run), settings or Settings()
-    rundir.manifest()  # a clear error when RUN is not a run directory
+    Results go under the checkpoint's name: `final` writes RUN/analysis/epoch-<last>/.
+    `device` "auto" is cuda when available, else cpu; on a CPU, malloc is tuned first (toylens.memory)."""
+    rundir, settings = as_rundir(run), settings or Settings()
     if settings.patch_metric not in (None, *METRICS):
         raise ToylensError(f"patch metric {settings.patch_metric!r}: expected one of {', '.join(METRICS)}")
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        reuse_freed_memory()  # stacked patching and ablation passes rebuild the same large tensors
     with run_lock(rundir.path, "analyze"):
         names = [c.name for c in resolve(rundir, checkpoint)]
         config = rundir.config()
-        subjects = [Subject(rundir, config, name, torch.device(device), settings) for name in names]
+        subjects = [Subject(rundir, config, name, dev, settings) for name in names]
         paths = {a.name: a.path(subjects[0]) for a in ANALYSES}
         chosen = [a for a in ANALYSES if not only or any(_selects(o, paths[a.name]) for o in only)]
         if only and not chosen:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 from torch import Tensor
 
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.run import RunDir, RunLike, as_rundir
 
 FORMAT = "toylens-result/1"
 RESULT_TYPES: dict[str, type[Result]] = {}
@@ -69,15 +69,17 @@ class Result:
         return self.axes
 
     @classmethod
-    def load(cls: type[R], run: RunDir, rel: str) -> R:
+    def load(cls: type[R], run: RunLike, rel: str) -> R:
         result = load_result(run, rel)
         if not isinstance(result, cls):
-            raise ToylensError(f"{run.path / rel}.json: holds a {type(result).__name__}, not a {cls.__name__}")
+            raise ToylensError(f"{as_rundir(run).path / rel}.json: holds a {type(result).__name__}, not a {cls.__name__}")
         return result
 
 
-def load_result(run: RunDir, rel: str) -> Result:
-    """Read a saved result back as its own class (named in its JSON)."""
+def load_result(run: RunLike, rel: str) -> Result:
+    """Read a saved result back as its own class (named in its JSON), e.g.
+    load_result("runs/sort-no-decay", "analysis/epoch-0012/circuits")."""
+    run = as_rundir(run)
     doc = run.read_json(f"{rel}.json")
     if doc.get("format") != FORMAT or doc.get("type") not in RESULT_TYPES:
         raise ToylensError(f"{run.path / rel}.json: not a toylens result (format {doc.get('format')!r})")

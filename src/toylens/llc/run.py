@@ -40,7 +40,6 @@ import logging
 import warnings
 from dataclasses import dataclass
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,7 +54,7 @@ from toylens.llc.objective import Objective, run_objective, sampled_weight_decay
 from toylens.llc.settings import LLCSettings, resolve_nbeta
 from toylens.lock import run_lock
 from toylens.memory import reuse_freed_memory
-from toylens.run import Loaded, RunDir, load
+from toylens.run import Loaded, RunDir, RunLike, as_rundir, load
 
 log = logging.getLogger("toylens")
 
@@ -97,12 +96,12 @@ def select_checkpoints(run: RunDir, which: Spec = "all") -> list[CheckpointInfo]
 
 
 def llc_over_checkpoints(
-    run: str | Path | RunDir,
+    run: RunLike,
     checkpoint: Spec = "all",
     *,
     checkpoints: Spec | None = None,
     settings: LLCSettings | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "auto",
     group: int = 16,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
@@ -111,14 +110,15 @@ def llc_over_checkpoints(
     (`checkpoints=` is the deprecated spelling of `checkpoint`.)
 
     Returns {checkpoint name: summary} for every selected checkpoint (done earlier or now).
-    Tunes the process's malloc for speed (see `toylens.memory.reuse_freed_memory`).
+    `device` "auto" is cuda when available, else cpu. Tunes the process's malloc for speed (see
+    `toylens.memory.reuse_freed_memory`).
     """
     if checkpoints is not None:
         warnings.warn("llc_over_checkpoints(checkpoints=...) is deprecated; use checkpoint=... (same forms)",
                       FutureWarning, stacklevel=2)
         checkpoint = checkpoints
     reuse_freed_memory()
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    run = as_rundir(run)
     with run_lock(run.path, "llc"):
         settings = settings or load_settings(run)
         chosen = resolve(run, checkpoint)
@@ -160,13 +160,13 @@ class Calibration:
 
 
 def calibrate(
-    run: str | Path | RunDir,
+    run: RunLike,
     checkpoint: Spec = "final",
     *,
     epsilons: Sequence[float] = DEFAULT_EPSILONS,
     gammas: Sequence[float] = DEFAULT_GAMMAS,
     settings: LLCSettings | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "auto",
     write: bool = True,
     progress: bool = True,
 ) -> Calibration:
@@ -179,7 +179,7 @@ def calibrate(
     the sweep goes to RUN/llc/calibration.* and the pick to RUN/llc/settings.json.
     """
     reuse_freed_memory()
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    run = as_rundir(run)
     with run_lock(run.path, "llc calibrate"):
         base = settings or load_settings(run)
         ckpt = resolve_one(run, checkpoint, "llc calibrate")
@@ -229,9 +229,9 @@ def choose(estimates: Sequence[LLCEstimate], plateau: float = PLATEAU) -> int | 
     return best
 
 
-def read_llc(run: str | Path | RunDir) -> list[dict[str, Any]]:
+def read_llc(run: RunLike) -> list[dict[str, Any]]:
     """Every stored per-checkpoint summary of a run, in training order."""
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    run = as_rundir(run)
     return [run.read_json(f"llc/{c.name}.json") for c in run.checkpoints() if run.has(f"llc/{c.name}.json")]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from toylens.report.mechanisms import (ablation_section, attention_section, attr
 from toylens.report.png import write_pngs
 from toylens.report.sections import summary_section, training_section, weights_section
 from toylens.report.sweep import SweepSummary, expand_sweeps, sweep_section
+from toylens.run import RunDir, RunLike
 from toylens.storage import atomic_write
 
 log = logging.getLogger("toylens")
@@ -57,13 +59,14 @@ class ReportResult:
     """Ids of the sections the report contains, in order."""
 
 
-def report(runs: Sequence[str | Path] | str | Path, out: str | Path = "report.html", *, title: str | None = None,
+def report(runs: RunLike | Sequence[RunLike], out: str | Path = "report.html", *, title: str | None = None,
            png: bool = True, checkpoint: Spec | None = None) -> ReportResult:
     """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False).
+    `runs` is one run or a list; a sweep directory stands for its finished members.
 
     `checkpoint` (final, best, 3, epoch-0003; see `toylens.checkpoints`) picks, in every run, the
     analysed checkpoint whose results are shown in full; by default the last analysed one."""
-    paths, sweeps = expand_sweeps([runs] if isinstance(runs, (str, Path)) else list(runs))
+    paths, sweeps = expand_sweeps([Path(r) for r in ([runs] if isinstance(runs, (str, os.PathLike, RunDir)) else runs)])
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ToylensError(f"-o {out}: the report is an HTML file; give a name ending in .html")

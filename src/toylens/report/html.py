@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 from toylens.report.figures import AttentionViewer, Block, Code, Section, Table, fmt, to_json
+from toylens.version import __version__
 
 ASSETS = resources.files("toylens.report") / "assets"
 
@@ -23,8 +24,6 @@ def render_html(title: str, meta: str, sections: list[Section]) -> str:
     figures: dict[str, Any] = {}
     body = [_section_html(section, figures) for section in sections]
     nav = "\n".join(f'<a href="#sec-{s.id}">{html.escape(s.title)}</a>' for s in sections)
-    from toylens import __version__
-
     values = {
         "VERSION": html.escape(__version__),
         "TITLE": html.escape(title),

@@ -31,7 +31,7 @@ from toylens.run import RunDir
 from toylens.storage import atomic_write_json, atomic_write_text
 from toylens.sweep.spec import Member, SweepSpec, expand, load_sweep
 from toylens.sweep.worker import Job, status_path
-from toylens.train.distributed import resolve_device
+from toylens.device import resolve_device
 from toylens.train.ensemble import ensemble_key
 
 log = logging.getLogger("toylens")

@@ -30,30 +30,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from toylens.device import resolve_device
 from toylens.errors import ToylensError
-from toylens.memory import reuse_freed_memory
 from toylens.tasks.base import Batch
 
 T = TypeVar("T")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else must be a usable torch device.
-
-    Resolving to the CPU also keeps large freed buffers for reuse (`toylens.memory.reuse_freed_memory`).
-    """
-    if str(device) == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as e:
-            raise ToylensError(f"--device {device!r}: {e}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ToylensError(f"--device {device!r}: CUDA is not available on this machine")
-    if dev.type == "cpu":
-        reuse_freed_memory()
-    return dev
 
 
 class SingleProcess:

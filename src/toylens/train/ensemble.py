@@ -41,14 +41,15 @@ from tqdm.auto import tqdm
 
 from toylens.checkpoints import step_name
 from toylens.config import L1Config, RunConfig, load_config
+from toylens.device import resolve_device
 from toylens.errors import ToylensError, TrainingDiverged
 from toylens.lock import run_lock
+from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.tasks import Batch, build_task
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import save_checkpoint
 from toylens.train.determinism import deterministic_algorithms
-from toylens.train.distributed import resolve_device
 from toylens.train.loop import (
     TrainResult, Trainer, prepare_run_dir, epoch_order, finished_result, restore_metrics, start_or_resume,
 )
@@ -102,6 +103,8 @@ def train_ensemble(
     task = build_task(cfgs[0].task)
     cfgs = [c.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx) for c in cfgs]
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        reuse_freed_memory()  # every step rebuilds the same large tensors; see toylens.memory
     outcomes: dict[str, MemberOutcome] = {}
     members: list[Trainer] = []
     with contextlib.ExitStack() as locks, deterministic_algorithms(cfgs[0].train.deterministic, dev):

@@ -33,6 +33,7 @@ from toylens.checkpoints import FINAL_WEIGHTS, epoch_name, state_file, step_name
 from toylens.config import RunConfig, config_diff, config_to_yaml, load_config
 from toylens.errors import ToylensError, TrainingDiverged
 from toylens.lock import LOCK, run_lock
+from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.run import RunDir
 from toylens.tasks import Task, build_task
@@ -40,7 +41,7 @@ from toylens.tasks.base import Goal
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
 from toylens.train.determinism import deterministic_algorithms
-from toylens.train.distributed import SingleProcess, process_group, resolve_device
+from toylens.train.distributed import SingleProcess, process_group
 from toylens.train.optim import build_optimizer, lr_at, set_lr
 from toylens.train.regularisers import Regularisers
 
@@ -57,7 +58,7 @@ class TrainResult:
     wall_s: float
 
 
-__all__ = ["TrainResult", "Trainer", "epoch_order", "resolve_device", "train"]
+__all__ = ["TrainResult", "Trainer", "epoch_order", "train"]
 
 
 def train(
@@ -76,6 +77,8 @@ def train(
     task = build_task(cfg.task)
     cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)
     group = process_group(device)  # joins the torchrun process group when WORLD_SIZE > 1
+    if group.device.type == "cpu":
+        reuse_freed_memory()  # every step rebuilds the same large tensors; see toylens.memory
     path = Path(out) / cfg.name
     try:
         with run_lock(path, "train", create=True) if group.is_main else contextlib.nullcontext():
