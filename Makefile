@@ -34,7 +34,11 @@ install-dev: $(VENV)/.dev
 demo: $(VENV)/.core
 	$(VENV)/bin/toylens reproduce sorting-weight-decay --quick --out $(RUNS)
 
+# Lint, format and type checks first (seconds), then the suite.
 test: $(VENV)/.dev
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
 clean:
