@@ -4,7 +4,7 @@ naming the file, exit code 2, nothing already written lost, and the next run rec
 manual cleanup, its final weights bit-identical to an uninterrupted run.
 
 A crash between fsync and rename, and a kill inside a checkpoint write, are SIGKILLs of a real
-process: see tests/test_resume.py::test_training_killed_inside_a_write_resumes_bit_identical.
+process: see tests/train/test_resume.py::test_training_killed_inside_a_write_resumes_bit_identical.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Everything that computes part of the forward pass calls these: the hooked module
 `toylens.model.components` (which put their hook points between the calls), the many-models
 forward of `toylens.model.stacked` (the LLC sampler's), and through `Transformer.forward` the
 patching and ablation engines. A new normalisation or activation is one edit here; a test
-(tests/test_functional_core.py) checks that no other file in `src/` computes a LayerNorm, the
+(tests/model/test_functional_core.py) checks that no other file in `src/` computes a LayerNorm, the
 activation, the attention softmax or the unembedding itself.
 
 Weights come as the modules hold them (the names and shapes of `toylens.model.names`), or with a

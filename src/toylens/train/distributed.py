@@ -14,7 +14,7 @@ What the trainer does with it, and why it gives the single-process result:
   `world * (its target tokens / the batch's target tokens)` (and the L1 penalty by its share of
   sequences), so the average is exactly the gradient of the global batch's mean loss, also when
   the shards hold different numbers of target tokens. Two ranks at batch b/2 each therefore
-  follow one process at batch b up to float summation order (see tests/test_distributed.py).
+  follow one process at batch b up to float summation order (see tests/train/test_distributed.py).
 - Rank 0 alone evaluates and writes the run directory (`on_main`); if it fails there, every rank
   raises instead of waiting forever at the next collective. Resume needs `--out` on a filesystem
   every rank can read.

@@ -13,7 +13,7 @@ What "member k matches its solo run" means: member k sees exactly the batches it
 (its own data order from its own seed, gathered per member inside the batched step), with the
 same learning-rate schedule, L1 penalty, per-member gradient clipping and AdamW update. The only
 differences are float rounding: batched kernels sum in another order, and attention takes the
-explicit path (vmap has no batching rule for CPU SDPA). tests/test_ensemble.py checks the final
+explicit path (vmap has no batching rule for CPU SDPA). tests/train/test_ensemble.py checks the final
 weights of members against solo runs.
 
 Every member gets an ordinary run directory, written by the same code as a solo run (a `Trainer`

@@ -96,7 +96,7 @@ def test_cli_refuses_with_exit_2(run_copy):
 
 
 def test_source_never_unpickles():
-    src = Path(__file__).parents[1] / "src" / "toylens"
+    src = Path(__file__).parents[2] / "src" / "toylens"
     pattern = re.compile(r"torch\.load\(|pickle\.loads?\(|import pickle|weights_only\s*=\s*False")
     offenders = [str(p) for p in src.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []

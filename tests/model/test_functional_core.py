@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "toylens"
+SRC = Path(__file__).resolve().parents[2] / "src" / "toylens"
 CORE = "model/functional.py"
 CORE_MODULE = "toylens.model.functional"
 

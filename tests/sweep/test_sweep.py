@@ -162,12 +162,12 @@ def test_failing_member_does_not_stop_the_others_and_rerun_trains_only_what_is_m
 def test_shipped_sweep_specs_expand():
     from pathlib import Path
 
-    specs = sorted((Path(__file__).parents[1] / "configs" / "sweeps").glob("*.yaml"))
+    specs = sorted((Path(__file__).parents[2] / "configs" / "sweeps").glob("*.yaml"))
     assert specs
     for path in specs:
         members = members_of(path)
         assert members and len({m.name for m in members}) == len(members)
-    wd = members_of(Path(__file__).parents[1] / "configs" / "sweeps" / "sort-weight-decay.yaml")
+    wd = members_of(Path(__file__).parents[2] / "configs" / "sweeps" / "sort-weight-decay.yaml")
     assert len(wd) == 15 and {m.config.train.weight_decay for m in wd} == {0.0, 0.03, 0.1, 0.3, 1.0}
     from toylens.train.ensemble import ensemble_key
 

@@ -20,7 +20,7 @@ from toylens.checkpoints import resolve_one
 from toylens.run import RunDir
 from toylens.train import train
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sort-no-decay.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sort-no-decay.yaml"
 
 
 @pytest.fixture(scope="module")

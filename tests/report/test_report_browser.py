@@ -22,7 +22,7 @@ from toylens.llc import LLCSettings
 from toylens.llc import llc_over_checkpoints
 
 CHROMIUM = Path(os.environ.get("TOYLENS_CHROMIUM", "/usr/bin/chromium"))
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 # Without the background-networking flags Chromium tries to reach Google's services at start.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -150,7 +150,7 @@ def test_attention_viewer_changes_with_the_head(report_page):
 
 def test_chromium_is_what_ci_installs():
     """The test above must not pass by skipping in CI: .ci/run installs the browser and demands it."""
-    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert "apt-get install" in ci and "chromium" in ci and "TOYLENS_REQUIRE_BROWSER=1" in ci
     if os.environ.get("CI"):
         assert shutil.which(str(CHROMIUM)) or CHROMIUM.exists()
