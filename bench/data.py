@@ -105,19 +105,28 @@ def main() -> None:
         t0 = time.perf_counter()
         size = generate(work / "corpus", n_bytes)
         print(f"corpus: {size / 1e9:.3f} GB of text in 10 files ({time.perf_counter() - t0:.0f}s to generate)")
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(work / "corpus"), str(work / "cache"), str(args.steps)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(work / "corpus"), str(work / "cache"), str(args.steps)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             sys.exit(proc.stderr)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
         cache = sum(p.stat().st_size for p in (work / "cache").rglob("*") if p.is_file())
-        print(f"tokenized {result['tokens']:,} GPT-2 tokens in {result['tokenize_s']:.0f}s "
-              f"({size / 1e6 / result['tokenize_s']:.1f} MB/s); cache {cache / 1e6:.0f} MB on disk")
-        print(f"trained {args.steps} steps on random windows of the memory-mapped stream in {result['train_s']:.0f}s "
-              f"(final loss {result['loss']:.2f})")
-        print(f"peak RSS: {result['hwm_tokenize'] / 2**30:.2f} GiB while tokenizing, {peak / 2**30:.2f} GiB over "
-              f"tokenizing + training (corpus {size / 2**30:.2f} GiB)")
+        print(
+            f"tokenized {result['tokens']:,} GPT-2 tokens in {result['tokenize_s']:.0f}s "
+            f"({size / 1e6 / result['tokenize_s']:.1f} MB/s); cache {cache / 1e6:.0f} MB on disk"
+        )
+        print(
+            f"trained {args.steps} steps on random windows of the memory-mapped stream in {result['train_s']:.0f}s "
+            f"(final loss {result['loss']:.2f})"
+        )
+        print(
+            f"peak RSS: {result['hwm_tokenize'] / 2**30:.2f} GiB while tokenizing, {peak / 2**30:.2f} GiB over "
+            f"tokenizing + training (corpus {size / 2**30:.2f} GiB)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -44,8 +44,17 @@ def make_members(n: int, device: torch.device, out: Path) -> list[Trainer]:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"weight_decay": [0.0, 0.1, 1.0][k % 3]})})
         cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)
         model = Transformer(cfg.model, seed=cfg.seed).to(device)
-        trainers.append(Trainer(cfg, task, model, build_optimizer(model, cfg.train), RunDir(out / cfg.name),
-                                TrainState(), progress=False))
+        trainers.append(
+            Trainer(
+                cfg,
+                task,
+                model,
+                build_optimizer(model, cfg.train),
+                RunDir(out / cfg.name),
+                TrainState(),
+                progress=False,
+            )
+        )
     return trainers
 
 
@@ -61,7 +70,7 @@ def time_sequential(members: list[Trainer], steps: int, device: torch.device) ->
     t0 = time.perf_counter()
     for m, order in zip(members, orders):
         for i in range(steps):
-            m.step(m.data.batch(order[i * bs:(i + 1) * bs]).to(device))
+            m.step(m.data.batch(order[i * bs : (i + 1) * bs]).to(device))
     sync(device)
     return time.perf_counter() - t0
 
@@ -72,7 +81,7 @@ def time_ensemble(ens: EnsembleTrainer, steps: int, device: torch.device) -> flo
     sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        ens.step(orders[:, i * bs:(i + 1) * bs])
+        ens.step(orders[:, i * bs : (i + 1) * bs])
     sync(device)
     return time.perf_counter() - t0
 

@@ -9,9 +9,10 @@ devinterp 1.x (`estimate_learning_coeff_with_summary` with its `SGLD`) takes any
 its L1 activation penalty (use a run without weight decay: devinterp's weight decay is a prior,
 not a term of nβ·L). Both use the same ε, γ, nβ, minibatch size, chains, draws and burn-in;
 devinterp runs each chain (and each checkpoint) one after another, toylens advances all chains of
-all checkpoints together (on a CPU, a chunk of a few chains per worker thread, one per core). toylens also scores every 10th proposal for the MALA diagnostic, which
-devinterp is not asked to do. Prints both estimates with standard errors, whether they agree
-(within 2 combined standard errors), and the time ratio.
+all checkpoints together (on a CPU, a chunk of a few chains per worker thread, one per core).
+toylens also scores every 10th proposal for the MALA diagnostic, which devinterp is not asked to
+do. Prints both estimates with standard errors, whether they agree (within 2 combined standard
+errors), and the time ratio.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from toylens.checkpoints import HELP, resolve
 from toylens.llc import LLCSettings, estimate_many, run_objective
 from toylens.llc.run import _weights
-from toylens.checkpoints import HELP, resolve
 from toylens.memory import reuse_freed_memory
 from toylens.run import RunDir, load
 from toylens.tasks import Batch
@@ -43,8 +44,13 @@ def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: fl
     model.train()
     penalty = Regularisers.of(model, cfg.train, cfg.model.act_fn).l1 if s.l1 else None  # the L1 toylens samples
     split = task.splits[task.train_split]
-    loader = DataLoader(TensorDataset(split.tokens, split.targets), batch_size=s.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(s.seed), drop_last=True)
+    loader = DataLoader(
+        TensorDataset(split.tokens, split.targets),
+        batch_size=s.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(s.seed),
+        drop_last=True,
+    )
 
     def evaluate(m, data):
         tokens, targets = data
@@ -57,10 +63,19 @@ def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: fl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = estimate_learning_coeff_with_summary(
-            model, loader, evaluate=evaluate, sampling_method=SGLD,
+            model,
+            loader,
+            evaluate=evaluate,
+            sampling_method=SGLD,
             optimizer_kwargs=dict(lr=s.epsilon, localization=s.gamma, nbeta=nbeta),
-            num_chains=s.chains, num_draws=s.draws, num_burnin_steps=s.burnin, num_steps_bw_draws=s.thin,
-            init_loss=init_loss, device="cpu", verbose=False, seed=s.seed,
+            num_chains=s.chains,
+            num_draws=s.draws,
+            num_burnin_steps=s.burnin,
+            num_steps_bw_draws=s.thin,
+            init_loss=init_loss,
+            device="cpu",
+            verbose=False,
+            seed=s.seed,
         )
     chains = out["llc/means"] if "llc/means" in out else None
     std = float(out["llc/std"])
@@ -78,18 +93,32 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=LLCSettings().draws)
     ap.add_argument("--burnin", type=int, default=LLCSettings().burnin)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--mala-every", type=int, default=LLCSettings().mala_every,
-                    help="toylens's MALA diagnostic (devinterp computes none); 0 for the same work")
+    ap.add_argument(
+        "--mala-every",
+        type=int,
+        default=LLCSettings().mala_every,
+        help="toylens's MALA diagnostic (devinterp computes none); 0 for the same work",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reuse_freed_memory()  # process-wide: devinterp gets the same malloc behaviour
     run = RunDir(args.run)
-    s = LLCSettings(epsilon=args.epsilon, gamma=args.gamma, batch_size=args.batch_size, chains=args.chains,
-                    draws=args.draws, burnin=args.burnin, weight_decay=0.0, mala_every=args.mala_every)
+    s = LLCSettings(
+        epsilon=args.epsilon,
+        gamma=args.gamma,
+        batch_size=args.batch_size,
+        chains=args.chains,
+        draws=args.draws,
+        burnin=args.burnin,
+        weight_decay=0.0,
+        mala_every=args.mala_every,
+    )
     ckpts = resolve(run, args.checkpoint)
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
-          f"{len(ckpts)} checkpoint(s) of {run.path}; eps={s.epsilon:g} gamma={s.gamma:g} m={s.batch_size} "
-          f"chains={s.chains} draws={s.draws} burnin={s.burnin}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+        f"{len(ckpts)} checkpoint(s) of {run.path}; eps={s.epsilon:g} gamma={s.gamma:g} m={s.batch_size} "
+        f"chains={s.chains} draws={s.draws} burnin={s.burnin}"
+    )
 
     loaded = load(run.path, ckpts[0].name)
     if loaded.config.train.weight_decay:
@@ -111,8 +140,10 @@ def main() -> None:
         print(f"{c.name:12s} {a.llc:9.3f} ± {a.llc_se:5.3f} {b['llc']:9.3f} ± {b['se']:5.3f}  {'yes' if ok else 'NO'}")
     print(f"agree within 2 combined standard errors: {agree}/{len(ckpts)}")
     print(f"wall time: toylens {t_ours:.1f}s, devinterp {t_theirs:.1f}s, ratio {t_theirs / t_ours:.2f}x")
-    print(f"CPU time:  toylens {c_ours:.1f}s, devinterp {c_theirs:.1f}s, ratio {c_theirs / c_ours:.2f}x "
-          "(process CPU seconds, all threads: steadier than wall time on a shared machine)")
+    print(
+        f"CPU time:  toylens {c_ours:.1f}s, devinterp {c_theirs:.1f}s, ratio {c_theirs / c_ours:.2f}x "
+        "(process CPU seconds, all threads: steadier than wall time on a shared machine)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from toylens import load  # noqa: E402
 from toylens.analysis.metrics import LogitDiff  # noqa: E402
 from toylens.analysis.patching import Patcher  # noqa: E402
 from toylens.config import ModelConfig  # noqa: E402
-from toylens.export import to_transformer_lens  # noqa: E402
 from toylens.device import resolve_device  # noqa: E402
+from toylens.export import to_transformer_lens  # noqa: E402
 from toylens.memory import reuse_freed_memory  # noqa: E402
 from toylens.model import Transformer  # noqa: E402
 
@@ -79,29 +79,38 @@ def main() -> None:
     clean = torch.randint(0, cfg.d_vocab_out, (args.batch, pos), generator=g).to(device)
     corrupted = clean.clone()
     corrupted[:, pos // 3] = (clean[:, pos // 3] + 1) % cfg.d_vocab_out
-    metric = LogitDiff(torch.randint(0, cfg.d_vocab_out, (args.batch, pos), generator=g).to(device),
-                       torch.randint(0, cfg.d_vocab_out, (args.batch, pos), generator=g).to(device))
+    metric = LogitDiff(
+        torch.randint(0, cfg.d_vocab_out, (args.batch, pos), generator=g).to(device),
+        torch.randint(0, cfg.d_vocab_out, (args.batch, pos), generator=g).to(device),
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    print(f"model: {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, attn_only {cfg.attn_only}; "
-          f"batch {args.batch} x {pos} positions; device {device} ({platform.processor() or platform.machine()}, "
-          f"torch threads {torch.get_num_threads()}); torch {torch.__version__}")
-    grids = {"resid_pre": ("resid_pre", "get_act_patch_resid_pre"),
-             "head_out_by_pos": ("head_out_by_pos", "get_act_patch_attn_head_out_by_pos")}
+    print(
+        f"model: {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, attn_only {cfg.attn_only}; "
+        f"batch {args.batch} x {pos} positions; device {device} ({platform.processor() or platform.machine()}, "
+        f"torch threads {torch.get_num_threads()}); torch {torch.__version__}"
+    )
+    grids = {
+        "resid_pre": ("resid_pre", "get_act_patch_resid_pre"),
+        "head_out_by_pos": ("head_out_by_pos", "get_act_patch_attn_head_out_by_pos"),
+    }
     for label, (ours_name, tl_name) in grids.items():
         with torch.no_grad():
-            def run_tl():
+
+            def run_tl(tl_name=tl_name):
                 _, cache = tl.run_with_cache(clean)
                 return getattr(tl_patching, tl_name)(tl, corrupted, cache, lambda logits: metric(logits).mean())
 
-            def run_ours():
+            def run_ours(ours_name=ours_name):
                 return getattr(Patcher(model, clean, corrupted, metric), ours_name)().values
 
             t_tl, ref = timed(run_tl, args.repeats, sync)
             t_ours, got = timed(run_ours, args.repeats, sync)
         diff = (got.to(ref.device) - ref).abs().max().item()
-        print(f"{label:16s} grid {tuple(got.shape)}: TransformerLens {t_tl:8.3f} s   toylens {t_ours:7.3f} s   "
-              f"ratio {t_tl / t_ours:6.1f}x   max |diff| {diff:.1e}")
+        print(
+            f"{label:16s} grid {tuple(got.shape)}: TransformerLens {t_tl:8.3f} s   toylens {t_ours:7.3f} s   "
+            f"ratio {t_tl / t_ours:6.1f}x   max |diff| {diff:.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,11 @@ def main() -> None:
         else:
             unigram = best.task.unigram_loss("test")
             gap = unigram - metrics["test/loss"]
-            print(f"{name}: test loss {metrics['test/loss']:.4f} vs unigram {unigram:.4f}: {gap:.3f} nat better "
-                  f"(val loss {val['val/loss']:.4f}; {where})", flush=True)
+            print(
+                f"{name}: test loss {metrics['test/loss']:.4f} vs unigram {unigram:.4f}: {gap:.3f} nat better "
+                f"(val loss {val['val/loss']:.4f}; {where})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

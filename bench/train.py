@@ -44,16 +44,28 @@ class TransformerLensLoop:
 
         m = cfg.model
         tl_cfg = HookedTransformerConfig(
-            n_layers=m.n_layers, d_model=m.d_model, d_head=m.d_head, n_heads=m.n_heads, d_mlp=m.d_mlp,
-            d_vocab=m.d_vocab, d_vocab_out=m.d_vocab_out, n_ctx=m.n_ctx, act_fn=m.act_fn,
-            normalization_type=None, attn_only=m.attn_only, initializer_range=m.init_range, seed=cfg.seed,
+            n_layers=m.n_layers,
+            d_model=m.d_model,
+            d_head=m.d_head,
+            n_heads=m.n_heads,
+            d_mlp=m.d_mlp,
+            d_vocab=m.d_vocab,
+            d_vocab_out=m.d_vocab_out,
+            n_ctx=m.n_ctx,
+            act_fn=m.act_fn,
+            normalization_type=None,
+            attn_only=m.attn_only,
+            initializer_range=m.init_range,
+            seed=cfg.seed,
             device=str(device),
         )
         self.cfg, self.model = cfg, HookedTransformer(tl_cfg)
         named = list(self.model.named_parameters())
         t = cfg.train
-        groups = [{"params": [p for n, p in named if decays(n, t.weight_decay_on)], "weight_decay": t.weight_decay},
-                  {"params": [p for n, p in named if not decays(n, t.weight_decay_on)], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for n, p in named if decays(n, t.weight_decay_on)], "weight_decay": t.weight_decay},
+            {"params": [p for n, p in named if not decays(n, t.weight_decay_on)], "weight_decay": 0.0},
+        ]
         self.opt = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas)
         self.terms: list[torch.Tensor] = []
         self.hooks = [(name, self._l1) for name in t.l1.hooks]
@@ -105,11 +117,12 @@ def main() -> None:
     data = task.splits["train"]
     order = epoch_order(cfg.seed, 0, len(data))
     bs = cfg.train.batch_size
-    batches = [data.batch(order[i * bs:(i + 1) * bs]).to(device) for i in range(args.steps)]
+    batches = [data.batch(order[i * bs : (i + 1) * bs]).to(device) for i in range(args.steps)]
     with tempfile.TemporaryDirectory() as tmp:
         model = Transformer(cfg.model, seed=cfg.seed).to(device)
-        ours = Trainer(cfg, task, model, build_optimizer(model, cfg.train), RunDir(Path(tmp) / "r"), TrainState(),
-                       progress=False)
+        ours = Trainer(
+            cfg, task, model, build_optimizer(model, cfg.train), RunDir(Path(tmp) / "r"), TrainState(), progress=False
+        )
         theirs = TransformerLensLoop(cfg, device)
         # Same model: TransformerLens takes toylens's weights (same names and shapes) and gives
         # the same logits, so both sides train the same network from the same start.

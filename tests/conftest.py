@@ -38,11 +38,27 @@ def tiny_config(**sections: dict) -> RunConfig:
     return validate_config(raw)
 
 
-def tiny_model(n_layers: int = 2, attn_only: bool = False, normalization: str = "LN",
-               act_fn: str = "gelu", seed: int = 0, n_ctx: int = 12) -> Transformer:
-    cfg = tiny_config(model={"n_layers": n_layers, "attn_only": attn_only, "normalization": normalization,
-                             "act_fn": act_fn, "n_heads": 3, "d_model": 12, "d_head": 5, "d_mlp": 20,
-                             "n_ctx": n_ctx})
+def tiny_model(
+    n_layers: int = 2,
+    attn_only: bool = False,
+    normalization: str = "LN",
+    act_fn: str = "gelu",
+    seed: int = 0,
+    n_ctx: int = 12,
+) -> Transformer:
+    cfg = tiny_config(
+        model={
+            "n_layers": n_layers,
+            "attn_only": attn_only,
+            "normalization": normalization,
+            "act_fn": act_fn,
+            "n_heads": 3,
+            "d_model": 12,
+            "d_head": 5,
+            "d_mlp": 20,
+            "n_ctx": n_ctx,
+        }
+    )
     model = Transformer(cfg.resolved(d_vocab=11, d_vocab_out=10, n_ctx=8).model, seed=seed)
     with torch.no_grad():  # non-trivial biases and LayerNorm gains, so tests see every parameter
         gen = torch.Generator().manual_seed(seed + 1)
@@ -152,7 +168,8 @@ def wandb_run(folder) -> dict:
                 info.update(group=rec.run.run_group, name=rec.run.display_name, id=rec.run.run_id)
                 info["config"] = {i.key: json.loads(i.value_json) for i in rec.run.config.update}
             elif kind == "history":
-                info["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                                        for i in rec.history.item})
+                info["history"].append(
+                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
+                )
         runs.setdefault(info["name"], []).append(info)
     return runs

@@ -50,9 +50,18 @@ def test_the_exported_functions_survive_their_modules_being_imported():
 def test_every_device_argument_defaults_to_auto():
     export = importlib.import_module("toylens.export")
     ensemble = importlib.import_module("toylens.train.ensemble")
-    functions = [toylens.train, toylens.load, toylens.analyze, toylens.llc_over_checkpoints, toylens.calibrate_llc,
-                 toylens.sweep, toylens.reproduce, export.export_transformer_lens, export.load_transformer_lens,
-                 ensemble.train_ensemble]
+    functions = [
+        toylens.train,
+        toylens.load,
+        toylens.analyze,
+        toylens.llc_over_checkpoints,
+        toylens.calibrate_llc,
+        toylens.sweep,
+        toylens.reproduce,
+        export.export_transformer_lens,
+        export.load_transformer_lens,
+        ensemble.train_ensemble,
+    ]
     for fn in functions:
         assert inspect.signature(fn).parameters["device"].default == "auto", fn.__qualname__
 
@@ -75,7 +84,9 @@ def test_pipeline_takes_a_run_as_str_path_or_rundir(config, tmp_path, monkeypatc
 
     result = toylens.train(config, tmp_path / "runs", device="cpu", progress=False)
     run = RunDir(result.run_dir)
-    assert toylens.analyze(run, only=["weight_norms"], device="cpu", progress=False) == ["analysis/epoch-0001/weight_norms"]
+    assert toylens.analyze(run, only=["weight_norms"], device="cpu", progress=False) == [
+        "analysis/epoch-0001/weight_norms"
+    ]
     assert toylens.analyze(str(run.path), only=["weight_norms"], device="cpu", progress=False) == []  # done
     from toylens.analysis import WeightNorms, load_result
 
@@ -83,16 +94,16 @@ def test_pipeline_takes_a_run_as_str_path_or_rundir(config, tmp_path, monkeypatc
     assert WeightNorms.load(run.path, "analysis/epoch-0001/weight_norms").total_matrices
     from toylens.llc import LLCSettings
 
-    estimates = toylens.llc_over_checkpoints(str(run.path), "final", settings=LLCSettings(**FAST_LLC), device="cpu",
-                                             progress=False)
+    estimates = toylens.llc_over_checkpoints(
+        str(run.path), "final", settings=LLCSettings(**FAST_LLC), device="cpu", progress=False
+    )
     assert list(estimates) == ["epoch-0001"]
     assert toylens.report(run, tmp_path / "one.html", png=False).path.is_file()
     assert toylens.report([run], tmp_path / "two.html", png=False).sections
     for given in (run, run.path, str(run.path)):
         loaded = toylens.load(given)
         assert loaded.epoch == 1 and loaded.device.type == resolve_device("auto").type
-    assert tuned == ["toylens.train.loop", "toylens.analysis.driver", "toylens.analysis.driver",
-                     "toylens.llc.run"]
+    assert tuned == ["toylens.train.loop", "toylens.analysis.driver", "toylens.analysis.driver", "toylens.llc.run"]
 
 
 def test_a_path_that_is_not_a_run_is_named(tmp_path):

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from toylens import load, train
 from toylens.checkpoints import HELP, epoch_name, items, resolve, resolve_one, state_file, step_name, weights_file
 from toylens.errors import ToylensError
@@ -105,8 +105,19 @@ def test_help_names_every_form():
 
 # --------------------------------------------------------------------- one --checkpoint on every command
 
-FAST_LLC = ["--set", "chains=1", "--set", "draws=2", "--set", "burnin=1", "--set", "batch_size=8",
-            "--set", "init_batches=1", "--no-progress"]
+FAST_LLC = [
+    "--set",
+    "chains=1",
+    "--set",
+    "draws=2",
+    "--set",
+    "burnin=1",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "init_batches=1",
+    "--no-progress",
+]
 COMMANDS = {  # command -> (arguments after RUN, does it take several checkpoints?)
     "analyze": (["--only", "weight_norms", "--examples", "4", "--no-progress"], True),
     "llc": (FAST_LLC, True),
@@ -115,8 +126,11 @@ COMMANDS = {  # command -> (arguments after RUN, does it take several checkpoint
     "report": (["--no-png"], False),
 }
 SINGLE = {"final": "epoch-0002", "1": "epoch-0001", "epoch-0001": "epoch-0001", "step-000004": "step-000004"}
-SEVERAL = {"all": ["epoch-0000", "step-000001", "step-000004", "epoch-0001", "epoch-0002"],
-           "0,final": ["epoch-0000", "epoch-0002"], "epoch-0000,step-000001": ["epoch-0000", "step-000001"]}
+SEVERAL = {
+    "all": ["epoch-0000", "step-000001", "step-000004", "epoch-0001", "epoch-0002"],
+    "0,final": ["epoch-0000", "epoch-0002"],
+    "epoch-0000,step-000001": ["epoch-0000", "step-000001"],
+}
 
 
 def invoke(toylens_main, command: str, run: RunDir, spec: str, tmp_path):
@@ -135,8 +149,11 @@ def chosen(command: str, run: RunDir, result, tmp_path) -> list[str]:
     if command == "llc":
         return [line.split()[0] for line in result.stdout.splitlines()[1:]]
     folder = "analysis" if command == "analyze" else "export/transformer-lens"
-    return [c.name for c in run.checkpoints() if run.has(f"{folder}/{c.name}/weight_norms.json")
-            or run.has(f"{folder}/{c.name}.safetensors")]
+    return [
+        c.name
+        for c in run.checkpoints()
+        if run.has(f"{folder}/{c.name}/weight_norms.json") or run.has(f"{folder}/{c.name}.safetensors")
+    ]
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
@@ -162,7 +179,8 @@ def test_every_command_takes_the_same_checkpoint_forms(command, run, tmp_path, t
         assert result.exit_code in (0, 1), (command, spec, result.stderr)  # calibrate: 1 when no setting is usable
         got = chosen(command, fresh, result, tmp_path)
         assert (sorted(got) if command in ("analyze", "export") else got) == (
-            sorted(expected) if command in ("analyze", "export") else expected), (command, spec)
+            sorted(expected) if command in ("analyze", "export") else expected
+        ), (command, spec)
 
 
 def test_a_bad_checkpoint_is_the_same_one_line_error_everywhere(run, tmp_path, toylens_main):

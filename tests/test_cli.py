@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import TINY
 
 
@@ -16,8 +15,23 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "toylens.cli", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["summary"], ["config"], ["config", "fields"], ["config", "show"],
-                                 ["sweep"], ["analyze"], ["export"], ["llc"], ["llc", "calibrate"], ["reproduce"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        [],
+        ["train"],
+        ["summary"],
+        ["config"],
+        ["config", "fields"],
+        ["config", "show"],
+        ["sweep"],
+        ["analyze"],
+        ["export"],
+        ["llc"],
+        ["llc", "calibrate"],
+        ["reproduce"],
+    ],
+)
 def test_help(cmd):
     proc = cli(*cmd, "--help")
     assert proc.returncode == 0 and "Usage:" in proc.stdout and len(proc.stdout.splitlines()) > 4
@@ -89,22 +103,38 @@ def test_set_errors_read_the_same_in_every_command(toylens_main, tiny_run, tmp_p
     cfg, run = tiny_run
     train = ("train", cfg, "--out", tmp_path, "--no-progress")
     for command in [("llc", run), ("llc", "estimate", run), ("llc", "calibrate", run)]:
-        assert one_line_error(toylens_main(*command, "--set", "chans=8")) == "--set chans: unknown key (did you mean 'chains'?)"
+        assert (
+            one_line_error(toylens_main(*command, "--set", "chans=8"))
+            == "--set chans: unknown key (did you mean 'chains'?)"
+        )
         assert one_line_error(toylens_main(*command, "--set", "llc.chans=8")) == (
-            "--set llc.chans: unknown key (did you mean 'chains'?)")
+            "--set llc.chans: unknown key (did you mean 'chains'?)"
+        )
         assert one_line_error(toylens_main(*command, "--set", "chains")) == "--set 'chains': expected KEY=VALUE"
         assert one_line_error(toylens_main(*command, "--set", "chains=0")).startswith("--set: chains: ")
     assert one_line_error(toylens_main(*train, "--set", "train.wieght_decay=0.1")) == (
-        "--set train.wieght_decay: unknown key (did you mean 'train.weight_decay'?)")
+        "--set train.wieght_decay: unknown key (did you mean 'train.weight_decay'?)"
+    )
     assert one_line_error(toylens_main(*train, "--set", "train.lr")) == "--set 'train.lr': expected KEY=VALUE"
     assert one_line_error(toylens_main("config", "show", cfg, "--set", "seed.x=1")) == (
-        "--set seed.x: unknown key (did you mean 'seed'?)")
+        "--set seed.x: unknown key (did you mean 'seed'?)"
+    )
     assert not (tmp_path / "tiny").exists()
 
 
 def test_llc_keys_bare_or_with_llc_prefix(toylens_main, tiny_run):
     _, run = tiny_run
-    fast = ("--set", "draws=4", "--set", "burnin=2", "--set", "batch_size=8", "--set", "init_batches=1", "--no-progress")
+    fast = (
+        "--set",
+        "draws=4",
+        "--set",
+        "burnin=2",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "init_batches=1",
+        "--no-progress",
+    )
     bare = toylens_main("llc", run, "--checkpoint", "final", "--set", "chains=2", *fast)
     assert bare.exit_code == 0, bare.stderr
     prefixed = toylens_main("llc", run, "--checkpoint", "final", "--set", "llc.chains=2", *fast)
@@ -116,6 +146,17 @@ def test_help_names_every_llc_setting_and_the_device_default(toylens_main):
 
     out = toylens_main("llc", "estimate", "--help").stdout
     assert all(name in out for name in LLCSettings.model_fields), out
-    for command in (["train"], ["sweep"], ["analyze"], ["export"], ["llc", "estimate"], ["llc", "calibrate"], ["reproduce"]):
+    for command in (
+        ["train"],
+        ["sweep"],
+        ["analyze"],
+        ["export"],
+        ["llc", "estimate"],
+        ["llc", "calibrate"],
+        ["reproduce"],
+    ):
         text = " ".join(toylens_main(*command, "--help").stdout.split())
-        assert "--device <str> Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1. [default: auto]" in text
+        assert (
+            "--device <str> Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1. [default: auto]"
+            in text
+        )

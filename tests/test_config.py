@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY
+
 from toylens.config import config_diff, field_docs, load_config
 from toylens.errors import ToylensError
 
@@ -51,8 +51,10 @@ def test_string_where_number_belongs(tmp_path):
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
-    cfg = load_config(write(tmp_path, TINY), ["train.weight_decay=0.5", "model.attn_only=true",
-                                              "train.l1.hooks=[blocks.0.hook_resid_post]"])
+    cfg = load_config(
+        write(tmp_path, TINY),
+        ["train.weight_decay=0.5", "model.attn_only=true", "train.l1.hooks=[blocks.0.hook_resid_post]"],
+    )
     assert cfg.train.weight_decay == 0.5 and cfg.model.attn_only is True
     assert cfg.train.l1.hooks == ["blocks.0.hook_resid_post"]
 
@@ -61,7 +63,8 @@ def test_bad_override_syntax(tmp_path):
     assert error_of(write(tmp_path, TINY), ["train.lr"]) == "--set 'train.lr': expected KEY=VALUE"
     assert error_of(write(tmp_path, TINY), ["seed.x=1"]) == "--set seed.x: unknown key (did you mean 'seed'?)"
     assert error_of(write(tmp_path, TINY), ["train.wieght_decay=0.1"]) == (
-        "--set train.wieght_decay: unknown key (did you mean 'train.weight_decay'?)")
+        "--set train.wieght_decay: unknown key (did you mean 'train.weight_decay'?)"
+    )
     assert "is a value, not a section" in error_of(write(tmp_path, TINY), ["train=1", "train.lr=0.1"])
 
 
@@ -79,8 +82,11 @@ def test_unknown_task_and_bad_literal(tmp_path):
 
 
 def test_l1_hook_must_exist():
-    raw = {**TINY, "model": {**TINY["model"], "attn_only": True},
-           "train": {**TINY["train"], "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.1}}}
+    raw = {
+        **TINY,
+        "model": {**TINY["model"], "attn_only": True},
+        "train": {**TINY["train"], "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.1}},
+    }
     assert "no hook named 'blocks.0.mlp.hook_post'" in error_of(raw)
 
 
@@ -110,15 +116,21 @@ def test_config_diff_and_field_docs():
     assert "train.l1.coef" in docs and all(docs.values()), "every field needs a docstring"
 
 
-@pytest.mark.parametrize("override,field", [
-    ("train.wieght_decay=0.1", "train.wieght_decay"),
-    ("train.weight_decay=-1", "train.weight_decay"),
-    ("train.epochs=many", "train.epochs"),
-])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("train.wieght_decay=0.1", "train.wieght_decay"),
+        ("train.weight_decay=-1", "train.weight_decay"),
+        ("train.epochs=many", "train.epochs"),
+    ],
+)
 def test_cli_exits_2_with_one_line(tmp_path, override, field):
     cfg = write(tmp_path, TINY)
-    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "train", str(cfg), "--set", override,
-                           "--out", str(tmp_path / "runs")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toylens.cli", "train", str(cfg), "--set", override, "--out", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0]

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import TINY
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import toylens
-from conftest import TINY
 from toylens.cli import app
 from toylens.config import config_to_yaml, load_config
 from toylens.errors import ToylensError
@@ -47,31 +47,41 @@ def error_of(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:
 # ------------------------------------------------------------------------------- types
 
 
-@pytest.mark.parametrize("text, message", [
-    ("model: {d_model: true}", "model.d_model: Input should be a valid integer (got True)"),
-    ("train: {warmup_steps: true}", "train.warmup_steps: Input should be a valid integer (got True)"),
-    ("train: {lr: '0.1'}", "train.lr: Input should be a valid number (got '0.1')"),
-    ("model: {d_model: '64'}", "model.d_model: Input should be a valid integer (got '64')"),
-    ("model: {attn_only: 1}", "model.attn_only: Input should be a valid boolean (got 1)"),
-    ("name: 123", "name: Input should be a valid string (got 123)"),
-    ("train: {select_metric: 0.5}", "train.select_metric: Input should be a valid string (got 0.5)"),
-    ("model: {d_model: 1.5}", "model.d_model: Input should be a valid integer (got 1.5)"),
-    ("train: {lr: .inf}", "train.lr: Input should be a finite number (got inf)"),
-    ("train: {l1: {coef: .nan}}", "train.l1.coef: Input should be a finite number (got nan)"),
-    ("model: {d_head: null, d_model: null}", "model.d_model: Input should be a valid integer (got null)"),
-    ("train: {lr: {value: 0.1}}", "train.lr: Input should be a valid number (got a mapping)"),
-    ("train: {betas: [true, 0.99]}", "train.betas.0: Input should be a valid number (got True)"),
-    ("train: {betas: 0.9}", "train.betas: Input should be a list (got 0.9)"),
-    ("train: {l1: {hooks: blocks.0.mlp.hook_post}}", "train.l1.hooks: Input should be a list (got 'blocks.0.mlp.hook_post')"),
-    ("seed: 2024-01-01", "seed: 2024-01-01 is a date, not text, a number, a boolean, null, a list or a mapping"),
-    ("name: 2024-01-01", "name: 2024-01-01 is a date, not text, a number, a boolean, null, a list or a mapping"),
-    ("train: &a {l1: *a}", "train.l1: contains itself (a YAML alias inside its own anchor)"),
-    ("train: {l1: {hooks: &h [a, *h]}}", "train.l1.hooks.1: contains itself (a YAML alias inside its own anchor)"),
-    ("train: {l1: &c {coef: 0.1}, select_metric: null}\nmodel: {n_layers: 1}\nx: *c",
-     "x: unknown key"),  # an alias used twice is not a cycle
-    ("task: {name: sort, list_len: 4, n_values: 10, n_train: 600, n_test: !!binary aGk=}",
-     "task.n_test: b'hi' is binary data, not text, a number, a boolean, null, a list or a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: {d_model: true}", "model.d_model: Input should be a valid integer (got True)"),
+        ("train: {warmup_steps: true}", "train.warmup_steps: Input should be a valid integer (got True)"),
+        ("train: {lr: '0.1'}", "train.lr: Input should be a valid number (got '0.1')"),
+        ("model: {d_model: '64'}", "model.d_model: Input should be a valid integer (got '64')"),
+        ("model: {attn_only: 1}", "model.attn_only: Input should be a valid boolean (got 1)"),
+        ("name: 123", "name: Input should be a valid string (got 123)"),
+        ("train: {select_metric: 0.5}", "train.select_metric: Input should be a valid string (got 0.5)"),
+        ("model: {d_model: 1.5}", "model.d_model: Input should be a valid integer (got 1.5)"),
+        ("train: {lr: .inf}", "train.lr: Input should be a finite number (got inf)"),
+        ("train: {l1: {coef: .nan}}", "train.l1.coef: Input should be a finite number (got nan)"),
+        ("model: {d_head: null, d_model: null}", "model.d_model: Input should be a valid integer (got null)"),
+        ("train: {lr: {value: 0.1}}", "train.lr: Input should be a valid number (got a mapping)"),
+        ("train: {betas: [true, 0.99]}", "train.betas.0: Input should be a valid number (got True)"),
+        ("train: {betas: 0.9}", "train.betas: Input should be a list (got 0.9)"),
+        (
+            "train: {l1: {hooks: blocks.0.mlp.hook_post}}",
+            "train.l1.hooks: Input should be a list (got 'blocks.0.mlp.hook_post')",
+        ),
+        ("seed: 2024-01-01", "seed: 2024-01-01 is a date, not text, a number, a boolean, null, a list or a mapping"),
+        ("name: 2024-01-01", "name: 2024-01-01 is a date, not text, a number, a boolean, null, a list or a mapping"),
+        ("train: &a {l1: *a}", "train.l1: contains itself (a YAML alias inside its own anchor)"),
+        ("train: {l1: {hooks: &h [a, *h]}}", "train.l1.hooks.1: contains itself (a YAML alias inside its own anchor)"),
+        (
+            "train: {l1: &c {coef: 0.1}, select_metric: null}\nmodel: {n_layers: 1}\nx: *c",
+            "x: unknown key",
+        ),  # an alias used twice is not a cycle
+        (
+            "task: {name: sort, list_len: 4, n_values: 10, n_train: 600, n_test: !!binary aGk=}",
+            "task.n_test: b'hi' is binary data, not text, a number, a boolean, null, a list or a mapping",
+        ),
+    ],
+)
 def test_values_are_not_coerced(tmp_path, text, message):
     body = text if text.startswith("task:") else TASK + text
     assert error_of(tmp_path, body + "\n") == message
@@ -98,18 +108,21 @@ def test_text_that_looks_like_a_number_survives_saving(tmp_path):
 # ------------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "config is empty"),
-    ("# nothing but a comment\n", "config is empty"),
-    ("{}\n", "config is empty"),
-    ("- task\n- model\n", "the top level must be a mapping of sections (task, model, train), not a list"),
-    ("3\n", "the top level must be a mapping of sections (task, model, train), not 3"),
-    (TASK + "model: 3\n", "model: Input should be a mapping (got 3)"),
-    ("task: sort\n", "task: Input should be a mapping (got 'sort')"),
-    (TASK + "train: {l1: [blocks.0.mlp.hook_post]}\n", "train.l1: Input should be a mapping (got a list)"),
-    (TASK + "model: null\n", "model: Input should be a mapping (got null)"),
-    (TASK + "1: x\n", "1: a key must be text (got 1)"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "config is empty"),
+        ("# nothing but a comment\n", "config is empty"),
+        ("{}\n", "config is empty"),
+        ("- task\n- model\n", "the top level must be a mapping of sections (task, model, train), not a list"),
+        ("3\n", "the top level must be a mapping of sections (task, model, train), not 3"),
+        (TASK + "model: 3\n", "model: Input should be a mapping (got 3)"),
+        ("task: sort\n", "task: Input should be a mapping (got 'sort')"),
+        (TASK + "train: {l1: [blocks.0.mlp.hook_post]}\n", "train.l1: Input should be a mapping (got a list)"),
+        (TASK + "model: null\n", "model: Input should be a mapping (got null)"),
+        (TASK + "1: x\n", "1: a key must be text (got 1)"),
+    ],
+)
 def test_files_and_sections_that_are_not_mappings(tmp_path, text, message):
     assert error_of(tmp_path, text) == message
 
@@ -117,7 +130,9 @@ def test_files_and_sections_that_are_not_mappings(tmp_path, text, message):
 def test_unknown_key_still_suggests_the_closest(tmp_path):
     msg = error_of(tmp_path, TASK + "train: {wieght_decay: 0.1}\n")
     assert msg == "train.wieght_decay: unknown key (did you mean 'weight_decay'?)"
-    assert error_of(tmp_path, "task: {name: sorting}\n").startswith("task.name: unknown name 'sorting' (did you mean 'sort'?)")
+    assert error_of(tmp_path, "task: {name: sorting}\n").startswith(
+        "task.name: unknown name 'sorting' (did you mean 'sort'?)"
+    )
 
 
 def test_empty_file_through_the_cli_exits_2_without_a_run(tmp_path):
@@ -134,13 +149,26 @@ def test_empty_file_through_the_cli_exits_2_without_a_run(tmp_path):
 def test_set_values_are_yaml_but_text_fields_keep_their_text(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(TASK)
-    cfg = load_config(path, ["train.lr=0.1", "seed=1", "name=123", "train.select_metric=1e3", "train.betas=[0.9, 0.98]",
-                             "train.grad_clip=null", "model.attn_only=true", "train.weight_decay=1e-2"])
+    cfg = load_config(
+        path,
+        [
+            "train.lr=0.1",
+            "seed=1",
+            "name=123",
+            "train.select_metric=1e3",
+            "train.betas=[0.9, 0.98]",
+            "train.grad_clip=null",
+            "model.attn_only=true",
+            "train.weight_decay=1e-2",
+        ],
+    )
     assert (cfg.train.lr, cfg.seed, cfg.name, cfg.train.select_metric) == (0.1, 1, "123", "1e3")
     assert cfg.train.betas == (0.9, 0.98) and cfg.train.grad_clip is None and cfg.model.attn_only is True
     assert cfg.train.weight_decay == 0.01
     assert load_config(path, ["train.select_metric=null"]).train.select_metric is None
-    assert error_of(tmp_path, TASK, ("model.d_model=true",)) == "model.d_model: Input should be a valid integer (got True)"
+    assert (
+        error_of(tmp_path, TASK, ("model.d_model=true",)) == "model.d_model: Input should be a valid integer (got True)"
+    )
     assert error_of(tmp_path, TASK, ('train.lr="0.1"',)) == "train.lr: Input should be a valid number (got '0.1')"
     assert error_of(tmp_path, TASK, ("model.act_fn=1",)) == "model.act_fn: Input should be 'relu' or 'gelu' (got '1')"
 
@@ -154,7 +182,11 @@ def test_llc_set_reads_values_like_config_set():
         return apply_sets({}, items, LLCSettings, section="llc")
 
     assert llc_sets("epsilon=1e-4", "chains=8", "precondition=none", "nbeta=null") == {
-        "epsilon": 1e-4, "chains": 8, "precondition": "none", "nbeta": None}
+        "epsilon": 1e-4,
+        "chains": 8,
+        "precondition": "none",
+        "nbeta": None,
+    }
     assert llc_sets("llc.chains=8", "llc.epsilon=1e-4") == llc_sets("chains=8", "epsilon=1e-4")  # bare or llc.
     with pytest.raises(ToylensError, match=r"^llc\.json: chains: Input should be a valid integer \(got True\)$"):
         validate_settings(llc_sets("chains=true"), "llc.json")
@@ -184,20 +216,34 @@ def sweep_error(tmp_path: Path, spec: Any) -> str:
     return str(e.value).removeprefix(f"{path}: ")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("", "sweep spec is empty"),
-    ("[a, b]\n", "the top level must be a mapping (name, base, parameters, ...), not a list"),
-    ({"base": "base.yaml"}, "name: required field is missing"),
-    ({"name": 5, "base": "base.yaml"}, "name: Input should be a valid string (got 5)"),
-    ({"name": "sw", "base": "base.yaml", "seeds": [True]}, "seeds.0: Input should be a valid integer (got True)"),
-    ({"name": "sw", "base": "base.yaml", "method": "random", "count": "3", "parameters": {"train.lr": [0.1]}},
-     "count: Input should be a valid integer (got '3')"),
-    ({"name": "sw", "base": "base.yaml", "method": "random", "count": 2,
-      "parameters": {"train.lr": {"distribution": "uniform", "min": "0.1", "max": 1}}},
-     "parameters.train.lr.min: Input should be a valid number (got '0.1')"),
-    ({"name": "sw", "base": "base.yaml", "parameters": {"train.lr": ["0.1"]}},
-     "(member sw-lr0.1-seed0): train.lr: Input should be a valid number (got '0.1')"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "sweep spec is empty"),
+        ("[a, b]\n", "the top level must be a mapping (name, base, parameters, ...), not a list"),
+        ({"base": "base.yaml"}, "name: required field is missing"),
+        ({"name": 5, "base": "base.yaml"}, "name: Input should be a valid string (got 5)"),
+        ({"name": "sw", "base": "base.yaml", "seeds": [True]}, "seeds.0: Input should be a valid integer (got True)"),
+        (
+            {"name": "sw", "base": "base.yaml", "method": "random", "count": "3", "parameters": {"train.lr": [0.1]}},
+            "count: Input should be a valid integer (got '3')",
+        ),
+        (
+            {
+                "name": "sw",
+                "base": "base.yaml",
+                "method": "random",
+                "count": 2,
+                "parameters": {"train.lr": {"distribution": "uniform", "min": "0.1", "max": 1}},
+            },
+            "parameters.train.lr.min: Input should be a valid number (got '0.1')",
+        ),
+        (
+            {"name": "sw", "base": "base.yaml", "parameters": {"train.lr": ["0.1"]}},
+            "(member sw-lr0.1-seed0): train.lr: Input should be a valid number (got '0.1')",
+        ),
+    ],
+)
 def test_sweep_specs_are_strict(tmp_path, spec, message):
     assert sweep_error(tmp_path, spec).endswith(message)
 
@@ -216,19 +262,28 @@ def test_sweep_base_with_a_date_names_the_member_and_field(tmp_path):
     loaded, root = load_sweep(path)
     with pytest.raises(ToylensError) as e:
         expand(loaded, root, str(path))
-    assert str(e.value) == (f"{path} (member sw-seed0): train.epochs: 2024-01-01 is a date, not text, a number, a boolean, "
-                            "null, a list or a mapping")
+    assert str(e.value) == (
+        f"{path} (member sw-seed0): train.epochs: 2024-01-01 is a date, not text, a number, a boolean, "
+        "null, a list or a mapping"
+    )
 
 
-@pytest.mark.parametrize("study, message", [
-    ("", "study is empty"),
-    ("just text\n", "the top level must be a mapping (name, runs, steps, quick, full), not text 'just text'"),
-    ({"runs": ["a.yaml"]}, "name: required field is missing"),
-    ({"name": "s", "runs": ["a.yaml"], "quick": {"set": "train.epochs=1"}},
-     "quick.set: Input should be a list (got 'train.epochs=1')"),
-    ({"name": "s", "runs": ["a.yaml"], "quick": {"llc": {"chains": 2}}, "steps": [1]},
-     "steps.0: Input should be 'train', 'analyze', 'llc' or 'report' (got 1)"),
-])
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        ("", "study is empty"),
+        ("just text\n", "the top level must be a mapping (name, runs, steps, quick, full), not text 'just text'"),
+        ({"runs": ["a.yaml"]}, "name: required field is missing"),
+        (
+            {"name": "s", "runs": ["a.yaml"], "quick": {"set": "train.epochs=1"}},
+            "quick.set: Input should be a list (got 'train.epochs=1')",
+        ),
+        (
+            {"name": "s", "runs": ["a.yaml"], "quick": {"llc": {"chains": 2}}, "steps": [1]},
+            "steps.0: Input should be 'train', 'analyze', 'llc' or 'report' (got 1)",
+        ),
+    ],
+)
 def test_studies_are_strict(tmp_path, study, message):
     path = tmp_path / "study.yaml"
     path.write_text(study) if isinstance(study, str) else write_yaml(path, study)
@@ -239,8 +294,10 @@ def test_studies_are_strict(tmp_path, study, message):
 
 def test_study_set_overrides_follow_the_set_rule(tmp_path):
     write_yaml(tmp_path / "a.yaml", TINY)
-    path = write_yaml(tmp_path / "study.yaml", {"name": "s", "runs": [{"config": "a.yaml", "set": ["name=42"]}],
-                                                 "quick": {"set": ["train.lr=1e-3"]}})
+    path = write_yaml(
+        tmp_path / "study.yaml",
+        {"name": "s", "runs": [{"config": "a.yaml", "set": ["name=42"]}], "quick": {"set": ["train.lr=1e-3"]}},
+    )
     from toylens.reproduce import run_configs
 
     study, path = load_study(path)
@@ -297,19 +354,52 @@ def test_shipped_configs_sweeps_and_studies_pass_strict_validation():
 # toylens), so it knows what it broke and which dotted field the error must name.
 
 BASES: dict[str, dict[str, Any]] = {
-    "sort": {"name": "tiny-sort", "seed": 0,
-             "task": {"name": "sort", "list_len": 4, "n_values": 10, "duplicates": False, "n_train": 600, "n_test": 100},
-             "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "d_head": 8, "d_mlp": 32, "act_fn": "relu",
-                       "normalization": "none"},
-             "train": {"epochs": 2, "batch_size": 64, "lr": 0.002, "weight_decay": 0.0, "betas": [0.9, 0.99],
-                       "schedule": "cosine", "warmup_steps": 2, "grad_clip": 1.0,
-                       "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.0001}}},
-    "induction": {"name": "tiny-induction", "seed": 1,
-                  "task": {"name": "induction", "n_vocab": 8, "seq_len": 16, "segment_len": [2, 4], "loss_on": "copied",
-                           "n_train": 100, "n_test": 20},
-                  "model": {"n_layers": 2, "n_heads": 2, "d_model": 16, "attn_only": True, "normalization": "LN"},
-                  "train": {"epochs": 1, "lr": 1, "schedule": "constant", "weight_decay_on": "all",
-                            "l1": {"hooks": ["blocks.1.hook_resid_post"], "coef": 0.0}}},
+    "sort": {
+        "name": "tiny-sort",
+        "seed": 0,
+        "task": {"name": "sort", "list_len": 4, "n_values": 10, "duplicates": False, "n_train": 600, "n_test": 100},
+        "model": {
+            "n_layers": 1,
+            "n_heads": 2,
+            "d_model": 16,
+            "d_head": 8,
+            "d_mlp": 32,
+            "act_fn": "relu",
+            "normalization": "none",
+        },
+        "train": {
+            "epochs": 2,
+            "batch_size": 64,
+            "lr": 0.002,
+            "weight_decay": 0.0,
+            "betas": [0.9, 0.99],
+            "schedule": "cosine",
+            "warmup_steps": 2,
+            "grad_clip": 1.0,
+            "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.0001},
+        },
+    },
+    "induction": {
+        "name": "tiny-induction",
+        "seed": 1,
+        "task": {
+            "name": "induction",
+            "n_vocab": 8,
+            "seq_len": 16,
+            "segment_len": [2, 4],
+            "loss_on": "copied",
+            "n_train": 100,
+            "n_test": 20,
+        },
+        "model": {"n_layers": 2, "n_heads": 2, "d_model": 16, "attn_only": True, "normalization": "LN"},
+        "train": {
+            "epochs": 1,
+            "lr": 1,
+            "schedule": "constant",
+            "weight_decay_on": "all",
+            "l1": {"hooks": ["blocks.1.hook_resid_post"], "coef": 0.0},
+        },
+    },
 }
 
 
@@ -328,28 +418,54 @@ class Leaf:
 
 
 COMMON = {
-    "name": Leaf("text"), "seed": Leaf("int", low=0),
-    "model.n_layers": Leaf("int", low=1, high=64), "model.n_heads": Leaf("int", low=1, high=128),
-    "model.d_model": Leaf("int", low=1), "model.d_head": Leaf("int", True, low=1), "model.d_mlp": Leaf("int", True, low=1),
-    "model.attn_only": Leaf("bool"), "model.act_fn": Leaf("choice", choices=("relu", "gelu")),
-    "model.normalization": Leaf("choice", choices=("none", "LN")), "model.n_ctx": Leaf("int", True, low=1),
-    "model.d_vocab": Leaf("int", True, low=1), "model.d_vocab_out": Leaf("int", True, low=1),
+    "name": Leaf("text"),
+    "seed": Leaf("int", low=0),
+    "model.n_layers": Leaf("int", low=1, high=64),
+    "model.n_heads": Leaf("int", low=1, high=128),
+    "model.d_model": Leaf("int", low=1),
+    "model.d_head": Leaf("int", True, low=1),
+    "model.d_mlp": Leaf("int", True, low=1),
+    "model.attn_only": Leaf("bool"),
+    "model.act_fn": Leaf("choice", choices=("relu", "gelu")),
+    "model.normalization": Leaf("choice", choices=("none", "LN")),
+    "model.n_ctx": Leaf("int", True, low=1),
+    "model.d_vocab": Leaf("int", True, low=1),
+    "model.d_vocab_out": Leaf("int", True, low=1),
     "model.init_range": Leaf("float", True, low=0, open_low=True),
-    "train.epochs": Leaf("int", low=1), "train.batch_size": Leaf("int", low=1),
-    "train.lr": Leaf("float", low=0, open_low=True), "train.weight_decay": Leaf("float", low=0),
-    "train.weight_decay_on": Leaf("choice", choices=("matrices", "embeddings", "all")), "train.betas": Leaf("pair_float"),
-    "train.schedule": Leaf("choice", choices=("cosine", "constant")), "train.warmup_steps": Leaf("int", low=0),
-    "train.min_lr_ratio": Leaf("float", low=0, high=1), "train.grad_clip": Leaf("float", True, low=0, open_low=True),
-    "train.eval_batch_size": Leaf("int", low=1), "train.log_checkpoints": Leaf("int", low=0, high=10_000),
-    "train.select_metric": Leaf("text", True), "train.l1.hooks": Leaf("hooks"), "train.l1.coef": Leaf("float", low=0),
+    "train.epochs": Leaf("int", low=1),
+    "train.batch_size": Leaf("int", low=1),
+    "train.lr": Leaf("float", low=0, open_low=True),
+    "train.weight_decay": Leaf("float", low=0),
+    "train.weight_decay_on": Leaf("choice", choices=("matrices", "embeddings", "all")),
+    "train.betas": Leaf("pair_float"),
+    "train.schedule": Leaf("choice", choices=("cosine", "constant")),
+    "train.warmup_steps": Leaf("int", low=0),
+    "train.min_lr_ratio": Leaf("float", low=0, high=1),
+    "train.grad_clip": Leaf("float", True, low=0, open_low=True),
+    "train.eval_batch_size": Leaf("int", low=1),
+    "train.log_checkpoints": Leaf("int", low=0, high=10_000),
+    "train.select_metric": Leaf("text", True),
+    "train.l1.hooks": Leaf("hooks"),
+    "train.l1.coef": Leaf("float", low=0),
 }
 TASKS = {
-    "sort": {"task.list_len": Leaf("int", low=1, high=512), "task.n_values": Leaf("int", low=2, high=100_000),
-             "task.duplicates": Leaf("bool"), "task.n_train": Leaf("int", low=1), "task.n_test": Leaf("int", low=1),
-             "task.data_seed": Leaf("int", low=0)},
-    "induction": {"task.n_vocab": Leaf("int", low=2, high=100_000), "task.seq_len": Leaf("int", low=5, high=100_000),
-                  "task.segment_len": Leaf("pair_int"), "task.loss_on": Leaf("choice", choices=("all", "copied")),
-                  "task.n_train": Leaf("int", low=1), "task.n_test": Leaf("int", low=1), "task.data_seed": Leaf("int", low=0)},
+    "sort": {
+        "task.list_len": Leaf("int", low=1, high=512),
+        "task.n_values": Leaf("int", low=2, high=100_000),
+        "task.duplicates": Leaf("bool"),
+        "task.n_train": Leaf("int", low=1),
+        "task.n_test": Leaf("int", low=1),
+        "task.data_seed": Leaf("int", low=0),
+    },
+    "induction": {
+        "task.n_vocab": Leaf("int", low=2, high=100_000),
+        "task.seq_len": Leaf("int", low=5, high=100_000),
+        "task.segment_len": Leaf("pair_int"),
+        "task.loss_on": Leaf("choice", choices=("all", "copied")),
+        "task.n_train": Leaf("int", low=1),
+        "task.n_test": Leaf("int", low=1),
+        "task.data_seed": Leaf("int", low=0),
+    },
 }
 SECTIONS = ("task", "model", "train", "train.l1")
 TASK_NAMES = ("sort", "induction", "lm", "classify")
@@ -358,7 +474,7 @@ WORDS = st.from_regex(r"[a-z][a-z_]{0,9}", fullmatch=True)
 BOOLS = st.booleans()
 QUOTED_NUMBERS = st.one_of(st.integers(-1000, 1000).map(str), st.floats(-1e3, 1e3).map(lambda x: f"{x:.3f}"))
 FRACTIONS = st.floats(-1e6, 1e6).filter(lambda x: x != int(x))  # never an integer
-NUMBERS = st.one_of(st.integers(-10**6, 10**6), st.floats(-1e6, 1e6))
+NUMBERS = st.one_of(st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6))
 LISTS = st.lists(st.integers(0, 9), max_size=3)
 MAPPINGS = st.dictionaries(WORDS, st.integers(0, 9), min_size=1, max_size=2)
 
@@ -402,7 +518,9 @@ def wrong_list(draw, leaf: Leaf) -> tuple[Any, str]:
         bad = [NUMBERS, BOOLS, st.none(), LISTS, MAPPINGS]
     else:
         items = [2, 4] if leaf.kind == "pair_int" else [0.9, 0.99]
-        bad = [BOOLS, QUOTED_NUMBERS, WORDS, st.none(), LISTS, MAPPINGS] + ([FRACTIONS] if leaf.kind == "pair_int" else [])
+        bad = [BOOLS, QUOTED_NUMBERS, WORDS, st.none(), LISTS, MAPPINGS] + (
+            [FRACTIONS] if leaf.kind == "pair_int" else []
+        )
         length = draw(st.integers(0, 4))
         if length != 2:
             items = (items * 2)[:length]
@@ -426,10 +544,17 @@ def out_of_range(leaf: Leaf) -> st.SearchStrategy:
     return st.one_of(*below, *above)
 
 
-RANGED = {k for k, leaf in {**COMMON, **TASKS["sort"], **TASKS["induction"]}.items() if leaf.low is not None
-          or leaf.high is not None or leaf.kind == "hooks"}
-BAD_NAMES = st.one_of(st.just(""), st.just("x" * 129), st.from_regex(r"[-._][a-z0-9]{0,8}", fullmatch=True),
-                      st.from_regex(r"[a-z]{1,5}[ /:;!@#][a-z]{1,5}", fullmatch=True))
+RANGED = {
+    k
+    for k, leaf in {**COMMON, **TASKS["sort"], **TASKS["induction"]}.items()
+    if leaf.low is not None or leaf.high is not None or leaf.kind == "hooks"
+}
+BAD_NAMES = st.one_of(
+    st.just(""),
+    st.just("x" * 129),
+    st.from_regex(r"[-._][a-z0-9]{0,8}", fullmatch=True),
+    st.from_regex(r"[a-z]{1,5}[ /:;!@#][a-z]{1,5}", fullmatch=True),
+)
 
 
 @st.composite
@@ -437,8 +562,11 @@ def broken_configs(draw) -> tuple[dict, str, str]:
     """(config, the dotted field it breaks, how): a valid base broken in exactly one place."""
     base = draw(st.sampled_from(sorted(BASES)))
     raw, fields = copy.deepcopy(BASES[base]), {**COMMON, **TASKS[base]}
-    how = draw(st.sampled_from(["wrong type"] * 3 + ["out of range"] * 2 + ["unknown key", "section not a mapping",
-                                                                             "task name"]))
+    how = draw(
+        st.sampled_from(
+            ["wrong type"] * 3 + ["out of range"] * 2 + ["unknown key", "section not a mapping", "task name"]
+        )
+    )
     if how == "wrong type":
         field = draw(st.sampled_from(sorted(fields)))
         leaf, suffix = fields[field], ""
@@ -477,6 +605,7 @@ def test_bases_are_valid():
 def invoke_train(config: Path, out: Path):
     """`toylens train` in-process, with training itself replaced by a failure: a config that
     validation lets through fails fast (exit 1) rather than training."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the config passed validation")
 
@@ -485,8 +614,13 @@ def invoke_train(config: Path, out: Path):
         return CliRunner().invoke(app, ["train", str(config), "--out", str(out), "--no-progress", "--device", "cpu"])
 
 
-@settings(max_examples=800, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=800,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(broken_configs())
 def test_every_broken_config_stops_with_one_line_naming_the_field(case):
     raw, field, how = case

@@ -44,13 +44,26 @@ SMALL = {
     "sort": ["task.n_train=256", "task.n_test=32"],
     "induction": ["task.n_train=32", "task.n_test=16", "train.log_checkpoints=2"],
 }
-ROWS = {"imdb": ["task.max_examples=1", "task.max_eval_examples=1"],  # language models: one review,
-        "wikitext": ["task.max_examples=10", "task.max_eval_examples=10"]}  # or ten lines
+ROWS = {
+    "imdb": ["task.max_examples=1", "task.max_eval_examples=1"],  # language models: one review,
+    "wikitext": ["task.max_examples=10", "task.max_eval_examples=10"],
+}  # or ten lines
 
 
-EVERY_RUN_HAS = {"attention/task", "attention/repeated", "head_scores/task", "head_scores/repeated", "circuits",
-                 "weight_norms", "logit_attribution", "logit_lens", "ablation/zero", "ablation/mean",
-                 "ablation/resample", "summary"}
+EVERY_RUN_HAS = {
+    "attention/task",
+    "attention/repeated",
+    "head_scores/task",
+    "head_scores/repeated",
+    "circuits",
+    "weight_norms",
+    "logit_attribution",
+    "logit_lens",
+    "ablation/zero",
+    "ablation/mean",
+    "ablation/resample",
+    "summary",
+}
 
 
 def offline_overrides(cfg: RunConfig) -> list[str]:
@@ -80,8 +93,9 @@ def small_overrides(cfg: RunConfig) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_config_trains_and_is_analysed_offline(path, tmp_path, toylens_main, no_network, session_home,
-                                                    monkeypatch):
+def test_every_config_trains_and_is_analysed_offline(
+    path, tmp_path, toylens_main, no_network, session_home, monkeypatch
+):
     """`toylens train CONFIG --set ...` (small, offline) then `toylens analyze RUN`: exit 0, no traceback."""
     monkeypatch.setenv("HOME", str(session_home))  # the token cache, shared by the session
     shipped = load_config(path)
@@ -89,11 +103,21 @@ def test_every_config_trains_and_is_analysed_offline(path, tmp_path, toylens_mai
     if path.name.endswith(".full.yaml") and shipped.task.name in ("lm", "classify"):
         assert shipped.task.source == "hub", "a full config changed its source: revisit offline_overrides"
     if "task.subset=wikitext-103-v1" in overrides:  # why the subset changes: no raw training text is shipped
-        raw = toylens_main("train", path, "--out", tmp_path, "--no-progress", "--set", "task.source=bundled",
-                           *(a for o in small_overrides(shipped) for a in ("--set", o)))
+        raw = toylens_main(
+            "train",
+            path,
+            "--out",
+            tmp_path,
+            "--no-progress",
+            "--set",
+            "task.source=bundled",
+            *(a for o in small_overrides(shipped) for a in ("--set", o)),
+        )
         assert raw.exit_code == 2 and "no train or validation split to train on" in raw.stderr, raw.stderr
 
-    train = toylens_main("train", path, "--out", tmp_path, "--no-progress", *(a for o in overrides for a in ("--set", o)))
+    train = toylens_main(
+        "train", path, "--out", tmp_path, "--no-progress", *(a for o in overrides for a in ("--set", o))
+    )
     assert train.exit_code == 0 and "Traceback" not in train.stderr, train.stderr[-3000:]
     if shipped.task.name in ("lm", "classify"):
         assert "bundled sample" in train.stderr
@@ -103,8 +127,16 @@ def test_every_config_trains_and_is_analysed_offline(path, tmp_path, toylens_mai
     assert math.isfinite(final["train/loss"]) and math.isfinite(final["test/loss"])
 
     text = shipped.task.name in ("lm", "classify")
-    analyze = toylens_main("analyze", run, "--examples", 4, "--patch-pairs", 2, "--no-progress",
-                           *(["--no-neuron-ablations"] if text else []))
+    analyze = toylens_main(
+        "analyze",
+        run,
+        "--examples",
+        4,
+        "--patch-pairs",
+        2,
+        "--no-progress",
+        *(["--no-neuron-ablations"] if text else []),
+    )
     assert analyze.exit_code == 0 and "Traceback" not in analyze.stderr, analyze.stderr[-3000:]
     files = json.loads((run / "manifest.json").read_text())["files"]
     final = f"analysis/{resolve_one(RunDir(run), 'final').name}/"  # where analyze's default, final, stores results

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 from transformer_lens import patching as tl_patching
 
-from conftest import tiny_model
 from toylens.analysis.metrics import LogitDiff
 from toylens.analysis.patching import Patcher
 from toylens.export import to_transformer_lens
@@ -28,7 +28,9 @@ def test_exported_model_matches(arch, tokens):
     assert (ours.log_softmax(-1) - theirs.log_softmax(-1)).abs().max() <= 1e-5
     for layer in range(arch["n_layers"]):
         for name in ("pattern", "z"):
-            torch.testing.assert_close(tl_cache[f"blocks.{layer}.attn.hook_{name}"], cache[name, layer], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(
+                tl_cache[f"blocks.{layer}.attn.hook_{name}"], cache[name, layer], atol=1e-6, rtol=1e-5
+            )
 
 
 TL_FUNCTIONS = {
@@ -65,6 +67,8 @@ def test_patching_equals_transformer_lens(patch_setup, variant):
     model, tl, clean, corrupted, metric, tl_clean_cache = patch_setup
     ours = getattr(Patcher(model, clean, corrupted, metric), variant)().values
     with torch.no_grad():
-        theirs = getattr(tl_patching, TL_FUNCTIONS[variant])(tl, corrupted, tl_clean_cache, lambda logits: metric(logits).mean())
+        theirs = getattr(tl_patching, TL_FUNCTIONS[variant])(
+            tl, corrupted, tl_clean_cache, lambda logits: metric(logits).mean()
+        )
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max() <= 1e-5

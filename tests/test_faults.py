@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY
 from typer.testing import CliRunner
 
-from conftest import TINY
 from toylens import load, train
 from toylens.cli import app
 from toylens.config import validate_config
@@ -154,8 +154,12 @@ def test_a_manifest_that_lost_its_last_entry(config, reference, tmp_path):
     assert cli("train", str(config), "--out", str(out), "--device", "cpu", "--resume")[0] == 0
     assert same_final(reference, out / "faulty") and RunDir(out / "faulty").has("summary.json")
     manifest = json.loads(path.read_text())
-    for rel in ("summary.json", "final.safetensors", "checkpoints/epoch-0003.safetensors",
-                "checkpoints/epoch-0003.state.safetensors"):
+    for rel in (
+        "summary.json",
+        "final.safetensors",
+        "checkpoints/epoch-0003.safetensors",
+        "checkpoints/epoch-0003.state.safetensors",
+    ):
         manifest["files"].pop(rel)
     manifest["checkpoints"].pop("epoch-0003")
     path.write_text(json.dumps(manifest))
@@ -194,10 +198,14 @@ def test_a_run_directory_that_became_read_only(config, reference, tmp_path, monk
         cli("train", str(config), "--out", str(out), "--device", "cpu")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with read_only(monkeypatch, run):
-        for args in (["train", str(config), "--out", str(out), "--device", "cpu", "--resume"],
-                     ["analyze", str(run), "--checkpoint", "1"]):
+        for args in (
+            ["train", str(config), "--out", str(out), "--device", "cpu", "--resume"],
+            ["analyze", str(run), "--checkpoint", "1"],
+        ):
             status, stderr = cli(*args)
-            assert status == 2 and f"{run / '.lock'}: cannot create the run lock (Read-only file system)" in one_line(stderr)
+            assert status == 2 and f"{run / '.lock'}: cannot create the run lock (Read-only file system)" in one_line(
+                stderr
+            )
         assert load(run, 1).epoch == 1
         assert cli("report", str(run), "-o", str(tmp_path / "elsewhere" / "r.html"))[0] == 0
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
@@ -242,8 +250,9 @@ def test_two_processes_training_into_one_run_directory(config, reference, tmp_pa
     and the next --resume takes it over and finishes identical to an uninterrupted run."""
     out, run = tmp_path / "runs", tmp_path / "runs" / "faulty"
     args = ["train", str(config), "--out", str(out), "--device", "cpu", "--no-progress", "--resume"]
-    first = subprocess.Popen([sys.executable, "-c", HOLD_AFTER_EPOCH_1, *args],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AFTER_EPOCH_1, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while "epoch-0001" not in (RunDir(run).manifest()["checkpoints"] if RunDir(run).exists() else {}):
         assert first.poll() is None and time.monotonic() < deadline, "the first process did not reach epoch 1"

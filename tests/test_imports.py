@@ -31,7 +31,8 @@ def modules(root: Path, package: str) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _module_level(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
@@ -43,8 +44,9 @@ def _module_level(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
         elif isinstance(node, ast.If):
             found += _module_level(node.orelse if _is_type_checking(node.test) else node.body + node.orelse)
         elif isinstance(node, ast.Try):
-            found += _module_level(node.body + node.orelse + node.finalbody
-                                   + [s for h in node.handlers for s in h.body])
+            found += _module_level(
+                node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
+            )
         elif isinstance(node, ast.With):
             found += _module_level(node.body)
     return found
@@ -100,7 +102,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -123,7 +125,9 @@ def test_the_checker_sees_a_cycle(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "config.py").write_text("from pkg.sub.names import x\n")
     (pkg / "sub" / "__init__.py").write_text("from pkg.sub.model import Model\n")
-    (pkg / "sub" / "names.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.config\n")
+    (pkg / "sub" / "names.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.config\n"
+    )
     (pkg / "sub" / "model.py").write_text("from pkg import config\n\ndef f():\n    import pkg.late\n")
     (pkg / "late.py").write_text("import pkg.sub.model\n")
     graph = import_graph(tmp_path, "pkg")
@@ -168,8 +172,10 @@ def test_every_module_imports_first():
 
 def test_import_toylens_is_light():
     """`import toylens` loads torch (train and load need it) but none of the optional extras."""
-    code = ("import sys, toylens; heavy = ('matplotlib', 'ray', 'wandb', 'transformer_lens', 'datasets', "
-            "'toylens.analysis'); print([m for m in heavy if m in sys.modules])")
+    code = (
+        "import sys, toylens; heavy = ('matplotlib', 'ray', 'wandb', 'transformer_lens', 'datasets', "
+        "'toylens.analysis'); print([m for m in heavy if m in sys.modules])"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

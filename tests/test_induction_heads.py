@@ -43,8 +43,10 @@ def circuit(runs):
     layer, source = strongest_source(comp.k, 1, head)
     copying = copying_scores(run.model, torch.arange(run.task.cfg.n_vocab))
     print("induction", induction.tolist(), "previous_token", previous.tolist(), "copying", copying.tolist())
-    print(f"L1H{head}: K-composition from layer 0 {comp.k[0, :, 1, head].tolist()} (random baseline "
-          f"{comp.baseline_mean['k']:.3f} +- {comp.baseline_std['k']:.3f})")
+    print(
+        f"L1H{head}: K-composition from layer 0 {comp.k[0, :, 1, head].tolist()} (random baseline "
+        f"{comp.baseline_mean['k']:.3f} +- {comp.baseline_std['k']:.3f})"
+    )
     return dict(induction=induction, previous=previous, head=head, source=(layer, source), comp=comp, copying=copying)
 
 
@@ -55,7 +57,9 @@ def test_two_layers_grow_a_copying_induction_head(circuit):
     assert circuit["copying"][1, head] > 0.5
     layer, source = circuit["source"]
     assert layer == 0 and circuit["comp"].k[0, source, 1, head] > 3 * circuit["comp"].baseline_mean["k"] / 2
-    assert circuit["previous"][0, source] == circuit["previous"][0].max(), "K-composes most with the best previous-token head"
+    assert circuit["previous"][0, source] == circuit["previous"][0].max(), (
+        "K-composes most with the best previous-token head"
+    )
 
 
 @pytest.mark.slow

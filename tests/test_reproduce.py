@@ -30,9 +30,15 @@ def write_study(tmp_path: Path, **fields) -> Path:
     b["model"].update(n_layers=2, attn_only=True)
     (tmp_path / "cfg" / "a.yaml").write_text(yaml.safe_dump(a))
     (tmp_path / "cfg" / "b.yaml").write_text(yaml.safe_dump(b))
-    study = {"name": "tiny-study", "title": "Tiny", "runs": ["cfg/a.yaml", {"config": "cfg/b.yaml", "set": ["seed=3"]}],
-             "quick": {"set": ["train.epochs=1"]}, "full": {"set": ["train.epochs=2"]},
-             "steps": ["train", "report"], **fields}  # the orchestration; analyze + llc have their own test
+    study = {
+        "name": "tiny-study",
+        "title": "Tiny",
+        "runs": ["cfg/a.yaml", {"config": "cfg/b.yaml", "set": ["seed=3"]}],
+        "quick": {"set": ["train.epochs=1"]},
+        "full": {"set": ["train.epochs=2"]},
+        "steps": ["train", "report"],
+        **fields,
+    }  # the orchestration; analyze + llc have their own test
     path = tmp_path / "tiny-study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -87,13 +93,25 @@ def test_interrupted_study_resumes(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_analyze_and_llc_steps_feed_the_report(tmp_path):
-    study = write_study(tmp_path, steps=["train", "analyze", "llc", "report"], quick={
-        "set": ["train.epochs=1"],
-        "analyze": {"checkpoint": "final", "only": ["head_scores", "attention", "patching"],
-                    "settings": {"n_examples": 32, "n_patch": 4, "n_repeated": 8}},
-        "llc": {"checkpoints": "final", "chains": 2, "draws": 20, "burnin": 10,  # the old spelling still works
-                "calibrate": {"epsilons": [0.0001, 0.0003], "gammas": [100.0]}},
-    })
+    study = write_study(
+        tmp_path,
+        steps=["train", "analyze", "llc", "report"],
+        quick={
+            "set": ["train.epochs=1"],
+            "analyze": {
+                "checkpoint": "final",
+                "only": ["head_scores", "attention", "patching"],
+                "settings": {"n_examples": 32, "n_patch": 4, "n_repeated": 8},
+            },
+            "llc": {
+                "checkpoints": "final",
+                "chains": 2,
+                "draws": 20,
+                "burnin": 10,  # the old spelling still works
+                "calibrate": {"epsilons": [0.0001, 0.0003], "gammas": [100.0]},
+            },
+        },
+    )
     result = rp.reproduce(study, size="quick", out=tmp_path / "out", progress=False, png=False)
     for run in map(RunDir, result.runs):  # "final" is stored under its name: epoch-0001
         names = run.manifest()["files"]
@@ -160,8 +178,22 @@ def test_sorting_study_is_the_three_decay_levels():
 
 def test_cli_reproduce(tmp_path):
     study = write_study(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "reproduce", str(study), "--quick",
-                           "--out", str(tmp_path / "out"), "--no-progress", "--no-png"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toylens.cli",
+            "reproduce",
+            str(study),
+            "--quick",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--no-png",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == f"report: {tmp_path / 'out' / 'tiny-study-quick' / 'report.html'}"
     assert "[1/" in proc.stderr and "train tiny-a" in proc.stderr
@@ -171,19 +203,39 @@ def test_cli_reproduce(tmp_path):
 
 def test_smoke_size_is_quick_with_the_smoke_section_on_top(tmp_path, toylens_main):
     """The same runs, calls and settings keys as --quick; smoke's values win; its own folder."""
-    study = write_study(tmp_path, quick={
-        "set": ["train.epochs=3", "task.n_train=300"],
-        "analyze": [{"checkpoint": "all", "only": ["head_scores"]},
-                    {"checkpoint": "final", "settings": {"n_examples": 64, "ablate_neurons": False}}],
-        "llc": {"checkpoint": [0, 3], "chains": 2, "draws": 40, "calibrate": {"epsilons": [0.001], "gammas": [100.0]}},
-    }, smoke={"set": ["train.epochs=1"], "analyze_settings": {"n_examples": 8},  # the old spelling, merged all the same
-              "llc": {"checkpoints": [0, 1], "draws": 4, "calibrate": {"epsilons": [0.01]}}})
+    study = write_study(
+        tmp_path,
+        quick={
+            "set": ["train.epochs=3", "task.n_train=300"],
+            "analyze": [
+                {"checkpoint": "all", "only": ["head_scores"]},
+                {"checkpoint": "final", "settings": {"n_examples": 64, "ablate_neurons": False}},
+            ],
+            "llc": {
+                "checkpoint": [0, 3],
+                "chains": 2,
+                "draws": 40,
+                "calibrate": {"epsilons": [0.001], "gammas": [100.0]},
+            },
+        },
+        smoke={
+            "set": ["train.epochs=1"],
+            "analyze_settings": {"n_examples": 8},  # the old spelling, merged all the same
+            "llc": {"checkpoints": [0, 1], "draws": 4, "calibrate": {"epsilons": [0.01]}},
+        },
+    )
     spec, path = rp.load_study(study)
     opts = rp.size_options(spec, path, "smoke")
-    assert opts.analyze == [{"checkpoint": "all", "only": ["head_scores"], "settings": {"n_examples": 8}},
-                            {"checkpoint": "final", "settings": {"n_examples": 8, "ablate_neurons": False}}]
-    assert opts.llc == {"checkpoint": [0, 1], "chains": 2, "draws": 4,
-                        "calibrate": {"epsilons": [0.01], "gammas": [100.0]}}
+    assert opts.analyze == [
+        {"checkpoint": "all", "only": ["head_scores"], "settings": {"n_examples": 8}},
+        {"checkpoint": "final", "settings": {"n_examples": 8, "ablate_neurons": False}},
+    ]
+    assert opts.llc == {
+        "checkpoint": [0, 1],
+        "chains": 2,
+        "draws": 4,
+        "calibrate": {"epsilons": [0.01], "gammas": [100.0]},
+    }
     configs = rp.run_configs(spec, path, "smoke")
     assert [(c.train.epochs, c.task.n_train) for c in configs] == [(1, 300), (1, 300)]
     result = rp.reproduce(study, size="smoke", out=tmp_path / "out", progress=False, png=False)
@@ -224,8 +276,13 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             assert any(f.startswith(final + "patching/") for f in files), f"{name}/{cfg.name}: no patching"
             assert any(f.startswith(final + "head_scores/") for f in files), f"{name}/{cfg.name}: no head scores"
             assert run.has("analysis/trajectory.json")
-            estimates = [f for f in files if f.startswith("llc/") and f.endswith(".json")
-                         and f not in ("llc/settings.json", "llc/calibration.json")]
+            estimates = [
+                f
+                for f in files
+                if f.startswith("llc/")
+                and f.endswith(".json")
+                and f not in ("llc/settings.json", "llc/calibration.json")
+            ]
             wanted = opts.llc.get("checkpoint", "all")
             expected = len(run.checkpoints()) if wanted == "all" else len(wanted)
             assert len(estimates) == expected, f"{name}/{cfg.name}: LLC of {estimates}, expected {expected}"
@@ -235,18 +292,31 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             assert section in html, f"{name}: report without {section}"
 
 
-@pytest.mark.parametrize("quick, message", [
-    ({"analyze": {"checkpoint": "final", "settings": {"n_exampels": 8}}},
-     "quick.analyze.settings.n_exampels: unknown key (did you mean 'n_examples'?)"),
-    ({"analyze": [{"checkpoint": "all"}, {"checkpoint": "final", "settings": {"ablate_neurons": 0}}]},
-     "quick.analyze.1.settings.ablate_neurons: expected bool (got 0)"),
-    ({"analyze": {"checkpoints": "all"}}, "quick.analyze.checkpoints: unknown key (did you mean 'checkpoint'?)"),
-    ({"llc": {"calibrate": {"epsilon": [1e-4]}}}, "quick.llc.calibrate.epsilon: unknown key (did you mean 'epsilons'?)"),
-    ({"llc": {"chains": "2"}}, "quick.llc: chains: Input should be a valid integer (got '2')"),
-    ({"llc": {"checkpoint": "1,,2"}}, "quick.llc.checkpoint '1,,2': empty item"),
-    ({"analyze": [{"checkpoint": "all,3"}]}, "quick.analyze.0.checkpoint 'all,3': all already names every checkpoint"),
-    ({"llc": {"checkpoint": "all", "checkpoints": "all"}}, "checkpoints is the old spelling of checkpoint"),
-])
+@pytest.mark.parametrize(
+    "quick, message",
+    [
+        (
+            {"analyze": {"checkpoint": "final", "settings": {"n_exampels": 8}}},
+            "quick.analyze.settings.n_exampels: unknown key (did you mean 'n_examples'?)",
+        ),
+        (
+            {"analyze": [{"checkpoint": "all"}, {"checkpoint": "final", "settings": {"ablate_neurons": 0}}]},
+            "quick.analyze.1.settings.ablate_neurons: expected bool (got 0)",
+        ),
+        ({"analyze": {"checkpoints": "all"}}, "quick.analyze.checkpoints: unknown key (did you mean 'checkpoint'?)"),
+        (
+            {"llc": {"calibrate": {"epsilon": [1e-4]}}},
+            "quick.llc.calibrate.epsilon: unknown key (did you mean 'epsilons'?)",
+        ),
+        ({"llc": {"chains": "2"}}, "quick.llc: chains: Input should be a valid integer (got '2')"),
+        ({"llc": {"checkpoint": "1,,2"}}, "quick.llc.checkpoint '1,,2': empty item"),
+        (
+            {"analyze": [{"checkpoint": "all,3"}]},
+            "quick.analyze.0.checkpoint 'all,3': all already names every checkpoint",
+        ),
+        ({"llc": {"checkpoint": "all", "checkpoints": "all"}}, "checkpoints is the old spelling of checkpoint"),
+    ],
+)
 def test_step_options_are_checked_before_anything_runs(tmp_path, quick, message):
     """A wrong analysis or LLC option stops the study at once, not after training."""
     study = write_study(tmp_path, quick=quick, steps=["train", "analyze", "llc", "report"])

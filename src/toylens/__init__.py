@@ -47,9 +47,26 @@ _ON_FIRST_USE = {
     "calibrate_llc": ("toylens.llc.run", "calibrate"),
 }
 
-__all__ = ["Loaded", "ReportResult", "RunConfig", "RunDir", "RunLike", "ToylensError", "TrainResult", "Transformer",
-           "__version__", "analyze", "calibrate_llc", "llc_over_checkpoints", "load", "load_config", "report",
-           "reproduce", "sweep", "train"]
+__all__ = [
+    "Loaded",
+    "ReportResult",
+    "RunConfig",
+    "RunDir",
+    "RunLike",
+    "ToylensError",
+    "TrainResult",
+    "Transformer",
+    "__version__",
+    "analyze",
+    "calibrate_llc",
+    "llc_over_checkpoints",
+    "load",
+    "load_config",
+    "report",
+    "reproduce",
+    "sweep",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

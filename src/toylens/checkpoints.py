@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from toylens.errors import ToylensError
 
@@ -42,12 +42,14 @@ FINAL, BEST, ALL = "final", "best", "all"
 FINAL_WEIGHTS = "final.safetensors"
 """The final weights as one standalone file (the same weights as the final checkpoint)."""
 
-Spec = Union[str, int, Sequence[Union[str, int]]]
+Spec = str | int | Sequence[str | int]
 """A checkpoint spec: "final", "best", "all", an epoch number, a name, or a list ("3,5", [3, 5])."""
 
-HELP = ("Checkpoint: final (the last epoch of a finished run), best, an epoch number (3), "
-        "a name (epoch-0003, step-000120), all, or a list (3,5 or epoch-0003,step-000120). "
-        "all and lists only where several checkpoints make sense (analyze, llc).")
+HELP = (
+    "Checkpoint: final (the last epoch of a finished run), best, an epoch number (3), "
+    "a name (epoch-0003, step-000120), all, or a list (3,5 or epoch-0003,step-000120). "
+    "all and lists only where several checkpoints make sense (analyze, llc)."
+)
 """The help text of every command's --checkpoint option."""
 
 
@@ -128,8 +130,10 @@ def resolve_one(run: RunDir, spec: Spec, command: str = "this command") -> Check
     """The one checkpoint a spec names; `all` or a list of several is refused, naming `command`."""
     wanted = items(spec)
     if wanted == [ALL] or len(wanted) > 1:
-        raise ToylensError(f"checkpoint {_shown(spec)}: {command} takes one checkpoint "
-                           f"(final, best, an epoch number or a name); {available(run)}")
+        raise ToylensError(
+            f"checkpoint {_shown(spec)}: {command} takes one checkpoint "
+            f"(final, best, an epoch number or a name); {available(run)}"
+        )
     return resolve(run, wanted)[0]
 
 
@@ -137,8 +141,9 @@ def final_name(run: RunDir) -> str:
     """The final checkpoint's name: the last epoch checkpoint of a finished run."""
     name = _final(run)
     if name is None:
-        raise ToylensError(f"{run.path}: no final checkpoint, training has not finished (no summary.json); "
-                           f"{available(run)}")
+        raise ToylensError(
+            f"{run.path}: no final checkpoint, training has not finished (no summary.json); {available(run)}"
+        )
     return name
 
 

@@ -12,11 +12,11 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
-from typer.core import TyperGroup
 from tqdm.auto import tqdm
+from typer.core import TyperGroup
 
 from toylens import checkpoints
 from toylens.errors import ToylensError
@@ -32,8 +32,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Inspect configs: every field with its meaning, or a resolved config.",
-                         no_args_is_help=True)
+config_app = typer.Typer(
+    help="Inspect configs: every field with its meaning, or a resolved config.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 
 
@@ -46,17 +47,32 @@ class _DefaultToEstimate(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-llc_app = typer.Typer(cls=_DefaultToEstimate, no_args_is_help=True, help=(
-    "Local learning coefficient (LLC) of checkpoints by batched SGLD: `toylens llc RUN` estimates every "
-    "checkpoint into RUN/llc/; `toylens llc calibrate RUN` picks the step size and localisation first."))
+llc_app = typer.Typer(
+    cls=_DefaultToEstimate,
+    no_args_is_help=True,
+    help=(
+        "Local learning coefficient (LLC) of checkpoints by batched SGLD: `toylens llc RUN` estimates every "
+        "checkpoint into RUN/llc/; `toylens llc calibrate RUN` picks the step size and localisation first."
+    ),
+)
 app.add_typer(llc_app, name="llc")
 
-SET_VALUES = ("VALUE is read as YAML (0.1, 1e-4, true, null, [a, b]), except that a text field keeps it as "
-              "written: --set name=123 names the run 123.")
-SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
-    "Override a config field, e.g. --set train.weight_decay=0.1 (repeatable; KEY is a dotted field, "
-    "see `toylens config fields`). " + SET_VALUES))
-DeviceOption = typer.Option("auto", "--device", help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1.")
+SET_VALUES = (
+    "VALUE is read as YAML (0.1, 1e-4, true, null, [a, b]), except that a text field keeps it as "
+    "written: --set name=123 names the run 123."
+)
+SetOption = typer.Option(
+    None,
+    "--set",
+    metavar="KEY=VALUE",
+    help=(
+        "Override a config field, e.g. --set train.weight_decay=0.1 (repeatable; KEY is a dotted field, "
+        "see `toylens config fields`). " + SET_VALUES
+    ),
+)
+DeviceOption = typer.Option(
+    "auto", "--device", help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1."
+)
 
 
 def CheckpointOption(default: str | None, shown: str | None = None) -> Any:
@@ -85,14 +101,22 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @user_errors
 def train(
     config: Path = typer.Argument(..., help="Run config (YAML): task, model, train."),
-    set_: Optional[list[str]] = SetOption,
-    out: Path = typer.Option(Path("runs"), "--out", help="Directory holding run directories; the run goes to OUT/<name>."),
+    set_: list[str] | None = SetOption,
+    out: Path = typer.Option(
+        Path("runs"), "--out", help="Directory holding run directories; the run goes to OUT/<name>."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last epoch checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run directory of the same name first."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Delete an existing run directory of the same name first."
+    ),
     device: str = DeviceOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    wandb: bool = typer.Option(False, "--wandb", help="Log config and per-epoch metrics to Weights & Biases "
-                               "(needs toylens[wandb]; WANDB_MODE=offline works without an account)."),
+    wandb: bool = typer.Option(
+        False,
+        "--wandb",
+        help="Log config and per-epoch metrics to Weights & Biases "
+        "(needs toylens[wandb]; WANDB_MODE=offline works without an account).",
+    ),
     wandb_project: str = typer.Option("toylens", "--wandb-project", help="W&B project for --wandb."),
 ) -> None:
     """Train a model from CONFIG into OUT/<name>: metrics.jsonl, a checkpoint per epoch, final.safetensors.
@@ -106,8 +130,16 @@ def train(
         from toylens.train.wandb_log import WandbLogger
 
         callbacks.append(WandbLogger(project=wandb_project))
-    result = api_train(config, out, overrides=tuple(set_ or ()), resume=resume, overwrite=overwrite,
-                       device=device, progress=progress, callbacks=callbacks)
+    result = api_train(
+        config,
+        out,
+        overrides=tuple(set_ or ()),
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+        progress=progress,
+        callbacks=callbacks,
+    )
     if result.metrics:  # empty on the ranks other than 0 under torchrun
         typer.echo(f"run: {result.run_dir}")
         typer.echo(_metrics_line(result.metrics))
@@ -119,14 +151,25 @@ def sweep(
     spec: Path = typer.Argument(..., help="Sweep spec (YAML): name, base config, parameters, seeds."),
     out: Path = typer.Option(Path("runs"), "--out", help="Members go to OUT/<sweep name>/<member>."),
     backend: str = typer.Option("local", "--backend", help="local (parallel processes on this machine) or ray."),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="Local backend: jobs running at once (each gets cpu_count/jobs threads)."),
-    ensemble: Optional[bool] = typer.Option(None, "--ensemble/--no-ensemble", help="Train members that differ only in "
-                                            "seed, lr, weight decay or L1 coefficient as one vectorised ensemble "
-                                            "(default: on when training on a GPU)."),
+    jobs: int = typer.Option(
+        1, "--jobs", min=1, help="Local backend: jobs running at once (each gets cpu_count/jobs threads)."
+    ),
+    ensemble: bool | None = typer.Option(
+        None,
+        "--ensemble/--no-ensemble",
+        help="Train members that differ only in "
+        "seed, lr, weight decay or L1 coefficient as one vectorised ensemble "
+        "(default: on when training on a GPU).",
+    ),
     ensemble_size: int = typer.Option(32, "--ensemble-size", min=1, help="Most members in one ensemble."),
-    wandb: bool = typer.Option(False, "--wandb", help="Log every member to W&B, grouped by sweep (needs toylens[wandb])."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to use with --backend ray "
-                                              "(e.g. auto or ray://host:10001); default: start a local Ray."),
+    wandb: bool = typer.Option(
+        False, "--wandb", help="Log every member to W&B, grouped by sweep (needs toylens[wandb])."
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="Ray cluster to use with --backend ray (e.g. auto or ray://host:10001); default: start a local Ray.",
+    ),
     device: str = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the members and exit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -144,16 +187,27 @@ def sweep(
             typer.echo(f"{m.name}  seed={m.seed}  " + "  ".join(f"{k}={v}" for k, v in m.params.items()))
         return
     try:
-        result = run_sweep(spec, out, backend=backend, jobs=jobs, ensemble=ensemble, ensemble_size=ensemble_size,
-                           wandb=wandb, device=device, ray_address=ray_address, progress=progress)
+        result = run_sweep(
+            spec,
+            out,
+            backend=backend,
+            jobs=jobs,
+            ensemble=ensemble,
+            ensemble_size=ensemble_size,
+            wandb=wandb,
+            device=device,
+            ray_address=ray_address,
+            progress=progress,
+        )
     except KeyboardInterrupt:
         typer.echo("interrupted; run the same command again to continue", err=True)
         raise typer.Exit(130) from None
     typer.echo(format_table(result.rows, varied=list(parsed.parameters)))
     typer.echo(f"summary: {result.sweep_dir / 'summary.csv'}")
     if result.failed:
-        raise SweepFailed(f"{len(result.failed)} of {len(result.rows)} members did not finish; "
-                          f"see {result.sweep_dir / 'summary.csv'}")
+        raise SweepFailed(
+            f"{len(result.failed)} of {len(result.rows)} members did not finish; see {result.sweep_dir / 'summary.csv'}"
+        )
 
 
 @app.command()
@@ -176,25 +230,44 @@ def summary(runs: list[Path] = typer.Argument(..., help="Run directories.")) -> 
 def analyze(
     run: Path = typer.Argument(..., help="Run directory."),
     checkpoint: str = CheckpointOption("final"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Patching metric: logit_diff, neg_loss or accuracy (default: the task's)."),
-    examples: int = typer.Option(256, "--examples", min=1, help="Task examples for head scores, attribution, sparsity and ablations."),
-    pairs: int = typer.Option(32, "--patch-pairs", min=1, help="Clean/corrupted pairs for patching (fewer are used "
-                              "when one stacked batch of logits would not fit, e.g. with a 50K vocabulary)."),
-    neurons: bool = typer.Option(True, "--neuron-ablations/--no-neuron-ablations",
-                                 help="Also ablate every MLP neuron (slow with a large vocabulary)."),
+    only: list[str] | None = typer.Option(
+        None, "--only", help="Run only this analysis or group, e.g. patching or head_scores/repeated (repeatable)."
+    ),
+    metric: str | None = typer.Option(
+        None, "--metric", help="Patching metric: logit_diff, neg_loss or accuracy (default: the task's)."
+    ),
+    examples: int = typer.Option(
+        256, "--examples", min=1, help="Task examples for head scores, attribution, sparsity and ablations."
+    ),
+    pairs: int = typer.Option(
+        32,
+        "--patch-pairs",
+        min=1,
+        help="Clean/corrupted pairs for patching (fewer are used "
+        "when one stacked batch of logits would not fit, e.g. with a 50K vocabulary).",
+    ),
+    neurons: bool = typer.Option(
+        True,
+        "--neuron-ablations/--no-neuron-ablations",
+        help="Also ablate every MLP neuron (slow with a large vocabulary).",
+    ),
     device: str = DeviceOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Run every applicable analysis on RUN's checkpoints; results go to RUN/analysis/<checkpoint name>/ (done ones are
     skipped; final and best are stored under the checkpoint they stand for, e.g. epoch-0012)."""
-    from toylens.analysis import Settings, analyze as api_analyze
+    from toylens.analysis import Settings
+    from toylens.analysis import analyze as api_analyze
 
     try:
-        written = api_analyze(run, checkpoint, device=device, only=list(only or []) or None,
-                              settings=Settings(n_examples=examples, n_patch=pairs, patch_metric=metric,
-                                                ablate_neurons=neurons),
-                              progress=progress)
+        written = api_analyze(
+            run,
+            checkpoint,
+            device=device,
+            only=list(only or []) or None,
+            settings=Settings(n_examples=examples, n_patch=pairs, patch_metric=metric, ablate_neurons=neurons),
+            progress=progress,
+        )
     except KeyboardInterrupt:
         typer.echo("interrupted; finished results are kept: run the same command again to continue", err=True)
         raise typer.Exit(130) from None
@@ -222,12 +295,17 @@ def export(
 @app.command()
 @user_errors
 def report(
-    runs: list[Path] = typer.Argument(..., help="Run directories to show side by side; a sweep directory stands for "
-                                      "its finished members plus a table of every member."),
-    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="The HTML file to write; PNG figures go to <stem>_figures/ beside it."),
-    title: Optional[str] = typer.Option(None, "--title", help="Page title (default: the run names)."),
+    runs: list[Path] = typer.Argument(
+        ...,
+        help="Run directories to show side by side; a sweep directory stands for "
+        "its finished members plus a table of every member.",
+    ),
+    out: Path = typer.Option(
+        Path("report.html"), "-o", "--out", help="The HTML file to write; PNG figures go to <stem>_figures/ beside it."
+    ),
+    title: str | None = typer.Option(None, "--title", help="Page title (default: the run names)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Also write every figure as a PNG file (needs matplotlib)."),
-    checkpoint: Optional[str] = CheckpointOption(None, "final where analysed, else the last analysed"),
+    checkpoint: str | None = CheckpointOption(None, "final where analysed, else the last analysed"),
 ) -> None:
     """Write one self-contained HTML report (no network needed to view it) comparing RUNS from their saved results.
 
@@ -242,17 +320,33 @@ def report(
 @app.command()
 @user_errors
 def reproduce(
-    study: str = typer.Argument(..., help="A study name (sorting-weight-decay, imdb-attention, wikitext, "
-                                "induction-heads; see configs/studies/) or a study YAML file."),
-    quick: Optional[bool] = typer.Option(None, "--quick/--full", help="--quick: a small version that finishes in "
-                                         "minutes on a CPU; --full (default): the study as published."),
-    smoke: bool = typer.Option(False, "--smoke", help="The quick size cut to a few examples and steps (the study's "
-                               "smoke: section): every step and call of --quick in seconds, for CI; its numbers mean nothing."),
+    study: str = typer.Argument(
+        ...,
+        help="A study name (sorting-weight-decay, imdb-attention, wikitext, "
+        "induction-heads; see configs/studies/) or a study YAML file.",
+    ),
+    quick: bool | None = typer.Option(
+        None,
+        "--quick/--full",
+        help="--quick: a small version that finishes in minutes on a CPU; --full (default): the study as published.",
+    ),
+    smoke: bool = typer.Option(
+        False,
+        "--smoke",
+        help="The quick size cut to a few examples and steps (the study's "
+        "smoke: section): every step and call of --quick in seconds, for CI; its numbers mean nothing.",
+    ),
     device: str = DeviceOption,
-    out: Path = typer.Option(Path("runs"), "--out", help="Parent directory: runs and report go to OUT/<study> "
-                             "(OUT/<study>-quick with --quick, OUT/<study>-smoke with --smoke)."),
+    out: Path = typer.Option(
+        Path("runs"),
+        "--out",
+        help="Parent directory: runs and report go to OUT/<study> "
+        "(OUT/<study>-quick with --quick, OUT/<study>-smoke with --smoke).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-    png: bool = typer.Option(True, "--png/--no-png", help="Also write the report's figures as PNG files (needs matplotlib)."),
+    png: bool = typer.Option(
+        True, "--png/--no-png", help="Also write the report's figures as PNG files (needs matplotlib)."
+    ),
 ) -> None:
     """Reproduce a study end to end: train -> analyze -> llc -> report. Rerunning skips what is done."""
     from toylens.reproduce import reproduce as api_reproduce
@@ -277,7 +371,9 @@ def config_fields() -> None:
 
 @config_app.command("show")
 @user_errors
-def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), set_: Optional[list[str]] = SetOption) -> None:
+def config_show(
+    config: Path = typer.Argument(..., help="Run config (YAML)."), set_: list[str] | None = SetOption
+) -> None:
     """Validate CONFIG (with overrides) and print it with every default and derived value filled in."""
     from toylens.config import config_to_yaml, load_config
     from toylens.tasks import build_task
@@ -287,21 +383,30 @@ def config_show(config: Path = typer.Argument(..., help="Run config (YAML)."), s
     typer.echo(config_to_yaml(cfg.resolved(spec.d_vocab, spec.d_vocab_out, spec.n_ctx)), nl=False)
 
 
-LLCSetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
-    "Override an LLC setting, e.g. --set chains=8 --set epsilon=1e-4 (repeatable). KEY is a setting, bare or "
-    "as in a study's llc: section (llc.chains=8 is chains=8): epsilon, gamma, nbeta, batch_size, chains, draws, "
-    "burnin, thin, precondition, rmsprop_alpha, rmsprop_delta, weight_decay, l1, init_batches, mala_every, seed. "
-    + SET_VALUES))
+LLCSetOption = typer.Option(
+    None,
+    "--set",
+    metavar="KEY=VALUE",
+    help=(
+        "Override an LLC setting, e.g. --set chains=8 --set epsilon=1e-4 (repeatable). KEY is a setting, bare or "
+        "as in a study's llc: section (llc.chains=8 is chains=8): epsilon, gamma, nbeta, batch_size, chains, draws, "
+        "burnin, thin, precondition, rmsprop_alpha, rmsprop_delta, weight_decay, l1, init_batches, mala_every, seed. "
+        + SET_VALUES
+    ),
+)
 
 
 @llc_app.command("estimate")
 @user_errors
 def llc_estimate(
     run: Path = typer.Argument(..., help="Run directory."),
-    checkpoint: Optional[str] = CheckpointOption(None, "all"),
-    old_checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Deprecated spelling of --checkpoint "
-                                                  "(same forms); it will be removed in the next release."),
-    set_: Optional[list[str]] = LLCSetOption,
+    checkpoint: str | None = CheckpointOption(None, "all"),
+    old_checkpoints: str | None = typer.Option(
+        None,
+        "--checkpoints",
+        help="Deprecated spelling of --checkpoint (same forms); it will be removed in the next release.",
+    ),
+    set_: list[str] | None = LLCSetOption,
     device: str = DeviceOption,
     group: int = typer.Option(16, "--group", min=1, help="Checkpoints sampled together in one batched computation."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -314,17 +419,23 @@ def llc_estimate(
     if old_checkpoints is not None:
         if checkpoint is not None:
             raise ToylensError("--checkpoints is the old spelling of --checkpoint; give only --checkpoint")
-        typer.echo("warning: --checkpoints is deprecated and will be removed in the next release; "
-                   "use --checkpoint (same forms)", err=True)
+        typer.echo(
+            "warning: --checkpoints is deprecated and will be removed in the next release; "
+            "use --checkpoint (same forms)",
+            err=True,
+        )
     rundir = as_rundir(run)
     settings = _llc_settings(rundir, set_)
-    results = llc_over_checkpoints(rundir, checkpoint or old_checkpoints or "all", settings=settings,
-                                   device=device, group=group, progress=progress)
+    results = llc_over_checkpoints(
+        rundir, checkpoint or old_checkpoints or "all", settings=settings, device=device, group=group, progress=progress
+    )
     typer.echo(f"{'checkpoint':14s} {'train_loss':>10s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings")
     for name, r in results.items():
         se = r.get("llc_se")
-        typer.echo(f"{name:14s} {r['train_loss']:10.4g} {r['llc']:9.3f} {se if se is not None else float('nan'):7.3f} "
-                   f"{r['acceptance'] if r['acceptance'] is not None else float('nan'):6.3f}  {', '.join(r['flags']) or '-'}")
+        typer.echo(
+            f"{name:14s} {r['train_loss']:10.4g} {r['llc']:9.3f} {se if se is not None else float('nan'):7.3f} "
+            f"{r['acceptance'] if r['acceptance'] is not None else float('nan'):6.3f}  {', '.join(r['flags']) or '-'}"
+        )
 
 
 @llc_app.command("calibrate")
@@ -334,9 +445,11 @@ def llc_calibrate(
     checkpoint: str = CheckpointOption("final"),
     epsilons: str = typer.Option("1e-4,3e-4,1e-3,3e-3", "--epsilons", help="Step sizes to try (comma-separated)."),
     gammas: str = typer.Option("300,1000", "--gammas", help="Localisation strengths to try (comma-separated)."),
-    set_: Optional[list[str]] = LLCSetOption,
+    set_: list[str] | None = LLCSetOption,
     device: str = DeviceOption,
-    write: bool = typer.Option(True, "--write/--no-write", help="Write the sweep and the chosen settings into RUN/llc/."),
+    write: bool = typer.Option(
+        True, "--write/--no-write", help="Write the sweep and the chosen settings into RUN/llc/."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Sweep epsilon x gamma on one checkpoint (--checkpoint), show which give flat healthy traces, save the pick."""
@@ -345,14 +458,26 @@ def llc_calibrate(
 
     rundir = as_rundir(run)
     settings = _llc_settings(rundir, set_)
-    cal = calibrate(rundir, checkpoint, epsilons=_floats(epsilons, "--epsilons"), gammas=_floats(gammas, "--gammas"),
-                    settings=settings, device=device, write=write, progress=progress)
+    cal = calibrate(
+        rundir,
+        checkpoint,
+        epsilons=_floats(epsilons, "--epsilons"),
+        gammas=_floats(gammas, "--gammas"),
+        settings=settings,
+        device=device,
+        write=write,
+        progress=progress,
+    )
     typer.echo(f"calibration on {cal.checkpoint} (nbeta={cal.estimates[0].nbeta:.4g}):")
-    typer.echo(f"  {'epsilon':>8s} {'gamma':>7s} {'llc':>9s} {'± se':>7s} {'half':>9s} {'accept':>6s} {'below':>5s}  flags")
+    typer.echo(
+        f"  {'epsilon':>8s} {'gamma':>7s} {'llc':>9s} {'± se':>7s} {'half':>9s} {'accept':>6s} {'below':>5s}  flags"
+    )
     for i, e in enumerate(cal.estimates):
         mark = "*" if i == cal.chosen else " "
-        typer.echo(f"{mark} {e.epsilon:8.2g} {e.gamma:7.4g} {e.llc:9.3f} {e.llc_se:7.3f} {e.llc_half:9.3f} "
-                   f"{e.acceptance:6.3f} {e.frac_below_init:5.2f}  {', '.join(e.flags) or 'healthy'}")
+        typer.echo(
+            f"{mark} {e.epsilon:8.2g} {e.gamma:7.4g} {e.llc:9.3f} {e.llc_se:7.3f} {e.llc_half:9.3f} "
+            f"{e.acceptance:6.3f} {e.frac_below_init:5.2f}  {', '.join(e.flags) or 'healthy'}"
+        )
     if cal.chosen is None:
         typer.echo("no setting gave usable traces; try smaller epsilons or larger gammas", err=True)
         raise typer.Exit(1)
@@ -361,12 +486,12 @@ def llc_calibrate(
     typer.echo(f"chosen: epsilon={pick.epsilon:g} gamma={pick.gamma:g}{where}")
 
 
-def _llc_settings(run: RunDir, items: Optional[list[str]]) -> LLCSettings:
+def _llc_settings(run: RunDir, items: list[str] | None) -> LLCSettings:
     """RUN's LLC settings (`load_settings`: defaults, then RUN/llc/settings.json) with the --set
     items over them; a bad item is named as --set, not as the settings file."""
+    from toylens.config import apply_sets
     from toylens.llc import LLCSettings
     from toylens.llc.run import load_settings, validate_settings
-    from toylens.config import apply_sets
 
     overrides = apply_sets({}, items or (), LLCSettings, section="llc")
     validate_settings(overrides, "--set")

@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError, model_validator
 from pydantic_core import core_schema
 
 from toylens.errors import ToylensError
 from toylens.model.names import hook_names
-
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
 T = TypeVar("T")
@@ -105,7 +103,8 @@ class _RegisteredTaskConfig:
             return core_schema.with_info_plain_validator_function(functools.partial(_validate_task, strict=strict))
 
         return core_schema.lax_or_strict_schema(
-            lax_schema=validator(False), strict_schema=validator(True),
+            lax_schema=validator(False),
+            strict_schema=validator(True),
             serialization=core_schema.plain_serializer_function_ser_schema(_dump_task, info_arg=True),
         )
 
@@ -121,12 +120,16 @@ def _validate_task(value: Any, info: Any, strict: bool) -> TaskConfig:
 @functools.lru_cache(maxsize=4)
 def _task_union(members: tuple[type[TaskConfig], ...]) -> TypeAdapter:
     # A union of the classes registered at run time: a type no checker can see, hence the ignore.
-    return TypeAdapter(Annotated[Union[members], Field(discriminator="name")])  # type: ignore[arg-type]
+    return TypeAdapter(Annotated[members, Field(discriminator="name")])  # type: ignore[arg-type]
 
 
 def _dump_task(cfg: TaskConfig, info: Any) -> dict[str, Any]:  # info: pydantic's SerializationInfo
-    return cfg.model_dump(mode=info.mode, exclude_unset=info.exclude_unset, exclude_defaults=info.exclude_defaults,
-                          exclude_none=info.exclude_none)
+    return cfg.model_dump(
+        mode=info.mode,
+        exclude_unset=info.exclude_unset,
+        exclude_defaults=info.exclude_defaults,
+        exclude_none=info.exclude_none,
+    )
 
 
 @register_task_config
@@ -194,7 +197,9 @@ class InductionTaskConfig(TaskConfig):
         if not 2 <= lo <= hi:
             raise ValueError(f"segment_len must be [shortest, longest] with 2 <= shortest <= longest (got {[lo, hi]})")
         if 2 * hi > self.seq_len:
-            raise ValueError(f"segment_len: a segment of {hi} and its copy need {2 * hi} tokens; seq_len is {self.seq_len}")
+            raise ValueError(
+                f"segment_len: a segment of {hi} and its copy need {2 * hi} tokens; seq_len is {self.seq_len}"
+            )
         return self
 
 
@@ -203,6 +208,7 @@ WIKITEXT_SUBSETS = ("wikitext-2-v1", "wikitext-2-raw-v1", "wikitext-103-v1", "wi
 
 class TextTaskConfig(TaskConfig):
     """What the text tasks share: where the text comes from and how it is tokenized."""
+
     dataset: Literal["imdb", "wikitext", "hf", "files"] = "imdb"
     """imdb (Hub stanfordnlp/imdb), wikitext (Hub Salesforce/wikitext), hf (any dataset in
     `hf_path`), or files (local files in `files`)."""
@@ -249,7 +255,9 @@ class TextTaskConfig(TaskConfig):
         if self.dataset == "hf" and not self.hf_path:
             raise ValueError("hf_path: dataset 'hf' needs a Hub name or a local dataset directory")
         if self.dataset == "wikitext" and self.subset not in (None, *WIKITEXT_SUBSETS):
-            raise ValueError(f"subset: {self.subset!r} is not a WikiText configuration; use one of {', '.join(WIKITEXT_SUBSETS)}")
+            raise ValueError(
+                f"subset: {self.subset!r} is not a WikiText configuration; use one of {', '.join(WIKITEXT_SUBSETS)}"
+            )
         if self.dataset == "imdb" and self.subset not in (None, "plain_text"):
             raise ValueError(f"subset: IMDB has one configuration, plain_text (got {self.subset!r})")
         return self
@@ -271,8 +279,6 @@ class ClassifyTaskConfig(TextTaskConfig):
     """Task name."""
     label_column: str = "label"
     """Column holding the integer class label (0..n_classes-1)."""
-
-
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -535,7 +541,9 @@ def field_docs(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tup
             tags = [m.model_fields["name"].default for m in sub.members]
             rows.append((f"{dotted}.name", "|".join(tags), f"Which {name}: {', '.join(tags)}."))
             for member, tag in zip(sub.members, tags):
-                rows += [(n, t, f"({tag}) {d}") for n, t, d in field_docs(member, dotted + ".") if n != f"{dotted}.name"]
+                rows += [
+                    (n, t, f"({tag}) {d}") for n, t, d in field_docs(member, dotted + ".") if n != f"{dotted}.name"
+                ]
         elif sub is not None:
             rows += field_docs(sub, dotted + ".")
         else:
@@ -572,8 +580,9 @@ def field_paths(model: type[BaseModel] = RunConfig, prefix: str = "") -> set[str
     return paths
 
 
-def apply_sets(raw: dict, items: Iterable[str], model: type[BaseModel] = RunConfig, *,
-               section: str | None = None) -> dict:
+def apply_sets(
+    raw: dict, items: Iterable[str], model: type[BaseModel] = RunConfig, *, section: str | None = None
+) -> dict:
     """Apply `--set KEY=VALUE` items, in order, to `raw` (a mapping to be validated as `model`);
     returns `raw`. The one reader of --set, for run configs and the LLC settings alike.
 
@@ -674,9 +683,13 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
 
 
 # Strict validation goes through JSON; its words for a mapping and a list, in YAML's.
-_YAML_WORDS = {"model_type": "Input should be a mapping", "dict_type": "Input should be a mapping",
-               "model_attributes_type": "Input should be a mapping", "list_type": "Input should be a list",
-               "tuple_type": "Input should be a list"}
+_YAML_WORDS = {
+    "model_type": "Input should be a mapping",
+    "dict_type": "Input should be a mapping",
+    "model_attributes_type": "Input should be a mapping",
+    "list_type": "Input should be a list",
+    "tuple_type": "Input should be a list",
+}
 
 
 def _not_json(value: Any, path: str = "", outer: tuple[int, ...] = ()) -> str | None:
@@ -699,7 +712,8 @@ def _not_json(value: Any, path: str = "", outer: tuple[int, ...] = ()) -> str | 
                 return problem
     elif not (value is None or isinstance(value, (str, int, float))):
         kind = {"date": "a date", "datetime": "a timestamp", "bytes": "binary data"}.get(
-            type(value).__name__, f"a {type(value).__name__}")
+            type(value).__name__, f"a {type(value).__name__}"
+        )
         return f"{path or 'value'}: {value} is {kind}, not text, a number, a boolean, null, a list or a mapping"
     return None
 
@@ -794,4 +808,3 @@ def _deep_copy(d: Any) -> Any:
     if isinstance(d, list):
         return [_deep_copy(v) for v in d]
     return d
-

@@ -11,18 +11,16 @@ the process. (The CPU memory tuning that training, analysis and the LLC want is 
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 
 from toylens.errors import ToylensError
 
-DeviceLike = Union[str, torch.device]
+DeviceLike = str | torch.device
 """What a `device=` argument takes: "auto", "cpu", "cuda", "cuda:1", or a torch.device."""
 
 
 def resolve_device(device: DeviceLike = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else must be a usable torch device."""
+    """ "auto" -> cuda when available, else cpu; anything else must be a usable torch device."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -49,11 +49,19 @@ def tl_major_version() -> int:
 def tl_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     """The TransformerLens config fields that describe the same architecture."""
     return {
-        "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_head": cfg.d_head,
-        "d_mlp": cfg.d_mlp, "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab, "d_vocab_out": cfg.d_vocab_out,
+        "d_model": cfg.d_model,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "n_ctx": cfg.n_ctx,
+        "d_vocab": cfg.d_vocab,
+        "d_vocab_out": cfg.d_vocab_out,
         "act_fn": cfg.act_fn,  # relu / gelu (exact erf GELU) mean the same in both
-        "normalization_type": "LN" if cfg.normalization == "LN" else None, "eps": 1e-5,
-        "attn_only": cfg.attn_only, "positional_embedding_type": "standard",
+        "normalization_type": "LN" if cfg.normalization == "LN" else None,
+        "eps": 1e-5,
+        "attn_only": cfg.attn_only,
+        "positional_embedding_type": "standard",
     }
 
 
@@ -65,8 +73,9 @@ def _as_model(source: Transformer | Loaded | RunLike, checkpoint: Spec, device: 
     return load(source, checkpoint, device or "auto").model
 
 
-def to_transformer_lens(source: Transformer | Loaded | RunLike, checkpoint: Spec = "final",
-                        device: DeviceLike | None = None) -> Any:
+def to_transformer_lens(
+    source: Transformer | Loaded | RunLike, checkpoint: Spec = "final", device: DeviceLike | None = None
+) -> Any:
     """A TransformerLens model (TransformerBridge for >= 4, HookedTransformer for < 4) with the
     same weights as a toylens model, a loaded run (`Loaded`), or a run directory's checkpoint.
     On `device`; by default the model's device (a run's checkpoint is loaded with "auto")."""
@@ -113,12 +122,17 @@ def export_transformer_lens(run: RunLike, checkpoint: Spec = "final", device: De
     rundir = as_rundir(run)
     ckpt = resolve_one(rundir, checkpoint, "export")
     if tl_major_version() < 4:
-        raise ToylensError("toylens export writes the transformer-lens >= 4 format; use to_transformer_lens() with older versions")
+        raise ToylensError(
+            "toylens export writes the transformer-lens >= 4 format; use to_transformer_lens() with older versions"
+        )
     loaded = load(rundir, ckpt.name, device)
     bridge = to_transformer_lens(loaded)
     rel = f"{EXPORT_DIR}/{ckpt.name}.safetensors"
-    meta = {"transformer_lens_config": tl_config_dict(loaded.model.cfg), "config": loaded.config.model_dump(mode="json"),
-            "format": "transformer-lens-bridge/1"}
+    meta = {
+        "transformer_lens_config": tl_config_dict(loaded.model.cfg),
+        "config": loaded.config.model_dump(mode="json"),
+        "format": "transformer-lens-bridge/1",
+    }
     rundir.write_tensors(rel, bridge.state_dict(), meta)
     return rundir.path / rel
 

@@ -8,8 +8,9 @@ of them at once in one run directory would lose each other's entries. The lock i
 `flock` on `RUN/.lock`, which records the holder's pid, host and job while it is held. A second
 process gets a `ToylensError` (exit 2) naming the holder's pid. The kernel drops the lock when
 its holder exits, however it exits, so the pid that a killed process leaves in the file is a
-stale lock: the next process takes it over (and says so). Whoever takes the lock deletes the temp files that writes interrupted by a
-crash left behind (`storage.remove_stale_temp_files`): no one else can be writing. Within one process a run is locked once; a nested `run_lock` on the same
+stale lock: the next process takes it over (and says so). Whoever takes the lock deletes the
+temp files that writes interrupted by a crash left behind (`storage.remove_stale_temp_files`): no
+one else can be writing. Within one process a run is locked once; a nested `run_lock` on the same
 directory (a study that trains and then analyses) is a no-op.
 """
 
@@ -62,14 +63,25 @@ def run_lock(path: str | Path, job: str, *, create: bool = False) -> Iterator[No
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(f"{path}: in use by {_describe(_holder(fd))}; wait for it to finish "
-                            "or stop it, then rerun") from None
+            raise RunLocked(
+                f"{path}: in use by {_describe(_holder(fd))}; wait for it to finish or stop it, then rerun"
+            ) from None
         previous = _holder(fd)
         if previous.get("pid") not in (None, os.getpid()):
             log.info("%s: took over the lock of %s, which is no longer running", path, _describe(previous))
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "job": job,
-                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "job": job,
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+            ).encode(),
+            0,
+        )
         _held[key] = job
         remove_stale_temp_files(path)
         try:

@@ -79,8 +79,10 @@ def renamed_checkpoint_key(llc: dict[str, Any]) -> dict[str, Any]:
         return llc
     if "checkpoint" in llc:
         raise ValueError("checkpoints is the old spelling of checkpoint; give only checkpoint")
-    log.warning("study files: llc.checkpoints is deprecated and will be removed in the next release; "
-                "write llc.checkpoint (same forms)")
+    log.warning(
+        "study files: llc.checkpoints is deprecated and will be removed in the next release; "
+        "write llc.checkpoint (same forms)"
+    )
     return {("checkpoint" if k == "checkpoints" else k): v for k, v in llc.items()}
 
 
@@ -192,8 +194,10 @@ def size_options(study: Study, path: Path, size: Size) -> StudySize:
         raise ToylensError(f"{path}: study {study.name!r} has no smoke size (add a smoke: section)")
     quick, smoke = study.quick, study.smoke
     calls = quick.analyze if isinstance(quick.analyze, list) else [quick.analyze]
-    analyze = [{**call, "settings": {**call.get("settings", {}), **smoke.analyze_settings}}
-               if smoke.analyze_settings else call for call in calls]
+    analyze = [
+        {**call, "settings": {**call.get("settings", {}), **smoke.analyze_settings}} if smoke.analyze_settings else call
+        for call in calls
+    ]
     llc = {**quick.llc, **smoke.llc}
     if isinstance(quick.llc.get("calibrate"), dict) and isinstance(smoke.llc.get("calibrate"), dict):
         llc["calibrate"] = {**quick.llc["calibrate"], **smoke.llc["calibrate"]}
@@ -245,8 +249,13 @@ def step_analyze(ctx: Context, cfg: RunConfig) -> str:
     for call in calls:
         options = dict(call)
         settings = options.pop("settings", None)
-        written += analyze(ctx.folder / cfg.name, device=ctx.device, progress=ctx.progress,
-                           settings=Settings(**settings) if settings else None, **options)
+        written += analyze(
+            ctx.folder / cfg.name,
+            device=ctx.device,
+            progress=ctx.progress,
+            settings=Settings(**settings) if settings else None,
+            **options,
+        )
     return f"{len(written)} results written" if written else "done before"
 
 
@@ -261,8 +270,9 @@ def step_llc(ctx: Context, cfg: RunConfig) -> str:
     calibration = options.pop("calibrate", {})
     if calibration is not False and not run.has("llc/calibration.json"):
         calibrate(run, settings=load_settings(run, options), device=ctx.device, progress=ctx.progress, **calibration)
-    results = llc_over_checkpoints(run, checkpoint, settings=load_settings(run, options), device=ctx.device,
-                                   progress=ctx.progress)
+    results = llc_over_checkpoints(
+        run, checkpoint, settings=load_settings(run, options), device=ctx.device, progress=ctx.progress
+    )
     warned = sum(bool(r.get("warnings")) for r in results.values())
     return f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
 
@@ -277,8 +287,8 @@ def check_step_options(opts: StudySize, where: str) -> None:
     import dataclasses
 
     from toylens.analysis.driver import Settings
-    from toylens.llc.run import validate_settings
     from toylens.checkpoints import ALL, FINAL, items
+    from toylens.llc.run import validate_settings
 
     calls = opts.analyze if isinstance(opts.analyze, list) else [opts.analyze]
     fields = {f.name: f for f in dataclasses.fields(Settings)}
@@ -292,7 +302,9 @@ def check_step_options(opts: StudySize, where: str) -> None:
         _known_keys(settings, tuple(fields), f"{at}.settings")
         for key, value in settings.items():
             kind = type(fields[key].default)
-            if fields[key].default is not None and (type(value) is not kind and not (kind is float and type(value) is int)):
+            if fields[key].default is not None and (
+                type(value) is not kind and not (kind is float and type(value) is int)
+            ):
                 raise ToylensError(f"{at}.settings.{key}: expected {kind.__name__} (got {value!r})")
     llc = dict(opts.llc)
     items(llc.pop("checkpoint", ALL), f"{where}.llc.checkpoint")
@@ -320,8 +332,15 @@ STEPS: dict[str, Callable[[Context, RunConfig], str]] = {
 # ------------------------------------------------------------------------------ orchestration
 
 
-def reproduce(study: str | Path, *, size: Size = "full", device: str = "auto",
-              out: str | Path = "runs", progress: bool = True, png: bool = True) -> StudyResult:
+def reproduce(
+    study: str | Path,
+    *,
+    size: Size = "full",
+    device: str = "auto",
+    out: str | Path = "runs",
+    progress: bool = True,
+    png: bool = True,
+) -> StudyResult:
     """Run every step of a study (skipping what is done) and write its comparison report."""
     spec, path = load_study(study)
     opts = size_options(spec, path, size)

@@ -24,7 +24,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,11 +32,11 @@ from toylens.checkpoints import CheckpointInfo, Spec, resolve_one
 from toylens.device import DeviceLike, resolve_device
 from toylens.errors import ToylensError
 from toylens.storage import (
-    refuse_non_safetensors,
     atomic_write,
     atomic_write_json,
     bytes_to_tensors,
     read_safetensors,
+    refuse_non_safetensors,
     sha256_bytes,
     tensors_to_bytes,
 )
@@ -157,12 +157,15 @@ class RunDir:
 
     def checkpoint_file(self, checkpoint: str | int) -> str:
         """Deprecated: `toylens.checkpoints.resolve_one(run, checkpoint).file`."""
-        warnings.warn("RunDir.checkpoint_file is deprecated; use toylens.checkpoints.resolve_one(run, spec).file",
-                      FutureWarning, stacklevel=2)
+        warnings.warn(
+            "RunDir.checkpoint_file is deprecated; use toylens.checkpoints.resolve_one(run, spec).file",
+            FutureWarning,
+            stacklevel=2,
+        )
         return resolve_one(self, checkpoint, "checkpoint_file").file
 
 
-RunLike = Union[str, os.PathLike, RunDir]
+RunLike = str | os.PathLike | RunDir
 """A run as public functions take it: its directory as a str or path, or a RunDir."""
 
 
@@ -234,6 +237,8 @@ def load(run: RunLike, checkpoint: Spec = "final", device: DeviceLike = "auto") 
     model = Transformer(cfg.model, seed=None)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise ToylensError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ToylensError(
+            f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.to(dev).eval()
     return Loaded(model, cfg, meta, rundir)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_model
+
 from toylens.analysis.ablation import ablate
 from toylens.errors import ToylensError
 
@@ -21,6 +21,7 @@ def naive_loss_change(model, tokens, targets, kind, activation, n_units):
         name = f"blocks.{layer}.attn.hook_z" if activation == "z" else f"blocks.{layer}.mlp.hook_post"
         act = cache[name]
         for unit in range(n_units):
+
             def hook(x, hook, unit=unit, act=act):
                 x = x.clone()
                 sel = (slice(None), slice(None), unit)

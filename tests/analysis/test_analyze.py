@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-
+from conftest import tiny_config
 from typer.testing import CliRunner
 
-from conftest import tiny_config
 from toylens.analysis import ANALYSES, Settings, analyze, load_result
 from toylens.analysis.results import RESULT_TYPES
 from toylens.cli import app
@@ -25,8 +24,9 @@ FINAL = "epoch-0002"  # the final checkpoint of the two-epoch tiny runs: results
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     mlp = train(tiny_config(name="mlp"), out, progress=False).run_dir
-    attn = train(tiny_config(name="attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"}),
-                 out, progress=False).run_dir
+    attn = train(
+        tiny_config(name="attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"}), out, progress=False
+    ).run_dir
     return mlp, attn
 
 
@@ -59,8 +59,13 @@ def test_neuron_ablations_can_be_left_out(tmp_path):
     results = {}
     for neurons in (False, True):
         run = shutil.copytree(fresh, tmp_path / f"mlp-{neurons}")
-        analyze(run, "final", only=["ablation/mean"], settings=Settings(n_examples=24, ablate_neurons=neurons),
-                progress=False)
+        analyze(
+            run,
+            "final",
+            only=["ablation/mean"],
+            settings=Settings(n_examples=24, ablate_neurons=neurons),
+            progress=False,
+        )
         results[neurons] = load_result(RunDir(run), f"analysis/{FINAL}/ablation/mean")
     assert results[False].neurons.shape == (1, 0) and results[True].neurons.shape == (1, 32)
     assert torch.allclose(results[False].heads, results[True].heads)
@@ -76,7 +81,9 @@ def test_all_checkpoints_and_trajectory(runs):
     series = traj.scalars["head_scores/repeated/induction.max"]
     assert len(series) == 3 and all(isinstance(v, float) for v in series)
     k_max = traj.scalars["composition/k.max"]
-    assert all(isinstance(v, float) and 0 < v < 1 for v in k_max) and traj.scalars["composition/k.argmax"][-1].startswith("L1")
+    assert all(isinstance(v, float) and 0 < v < 1 for v in k_max) and traj.scalars["composition/k.argmax"][
+        -1
+    ].startswith("L1")
     comp = load_result(RunDir(attn), f"analysis/{FINAL}/composition")
     assert comp.k.shape == (2, 2, 2, 2) and comp.k[0, :, 1].isfinite().all() and comp.k[1].isnan().all()
 
@@ -106,8 +113,18 @@ def test_cli_analyze_and_export(runs):
     proc = run("analyze", str(mlp), "--checkpoint", "1", "--only", "attention", "--no-progress", "--examples", "8")
     assert proc.exit_code == 0, proc.output
     assert RunDir(mlp).has("analysis/epoch-0001/attention/task.json")
-    heads = run("analyze", str(mlp), "--checkpoint", "1", "--only", "ablation/zero", "--no-progress", "--examples", "8",
-                "--no-neuron-ablations")
+    heads = run(
+        "analyze",
+        str(mlp),
+        "--checkpoint",
+        "1",
+        "--only",
+        "ablation/zero",
+        "--no-progress",
+        "--examples",
+        "8",
+        "--no-neuron-ablations",
+    )
     assert heads.exit_code == 0, heads.output
     assert load_result(RunDir(mlp), "analysis/epoch-0001/ablation/zero").neurons.shape == (1, 0)
     bad = run("analyze", str(mlp), "--metric", "vibes", "--only", "patching", "--no-progress")

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from toylens.analysis.attention import (
     duplicate_token,
     first_token,
@@ -105,5 +105,7 @@ def test_token_relations_equal_float64_loops():
         if not rows:
             assert per_pos.score[:, :, q].isnan().all()
             continue
-        expect = sum(pat[i, :, :, q][..., [k for k in range(q + 1) if T[i][k] == Y[i][q]]].sum(-1) for i, q in rows) / len(rows)
+        expect = sum(
+            pat[i, :, :, q][..., [k for k in range(q + 1) if T[i][k] == Y[i][q]]].sum(-1) for i, q in rows
+        ) / len(rows)
         assert (per_pos.score[:, :, q].double() - expect).abs().max() < 1e-5

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_model
+
 from toylens.analysis.attribution import direct_logit_attribution, logit_attribution, logit_lens
 from toylens.analysis.residual import accumulated_resid, apply_ln_final, ln_final_bias, residual_components
 
@@ -21,8 +21,9 @@ def test_components_sum_to_the_residual(tokens, attn_only, norm):
     n_parts = 2 + 2 * (3 + 1 + (0 if attn_only else 1))
     assert final.stack.shape == (n_parts, *tokens.shape, 12) and len(final.labels) == n_parts
     torch.testing.assert_close(final.stack.sum(0), cache["resid_post", 1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(residual_components(model, cache, 1).stack.sum(0), cache["resid_pre", 1],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        residual_components(model, cache, 1).stack.sum(0), cache["resid_pre", 1], atol=1e-5, rtol=1e-5
+    )
     through = apply_ln_final(model, cache, final.stack).sum(0) + ln_final_bias(model)
     torch.testing.assert_close(through, cache["ln_final.hook_normalized"], atol=1e-5, rtol=1e-5)
     acc = accumulated_resid(model, cache)
@@ -51,10 +52,12 @@ def test_dla_of_a_last_layer_head_is_its_removal_effect(tokens):
     logits, cache = model.run_with_cache(tokens)
     labels, dla = direct_logit_attribution(model, cache, targets)
     for h in range(3):
+
         def kill(z, hook, h=h):
             z = z.clone()
             z[:, :, h] = 0
             return z
+
         ablated = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z", kill)])
         diff = lambda x: x.gather(-1, targets[..., None])[..., 0] - x.mean(-1)  # noqa: E731
         torch.testing.assert_close(dla[labels.index(f"L1H{h}")], diff(logits) - diff(ablated), atol=1e-5, rtol=1e-5)

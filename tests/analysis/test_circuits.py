@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from toylens.analysis.circuits import circuits, copying_scores, full_ov, full_qk_positions, full_qk_tokens
 from toylens.analysis.composition import composition_scores, random_baseline, strongest_source
 from toylens.analysis.regularisation import activation_sparsity, weight_norms
@@ -36,8 +36,12 @@ def test_full_circuits_match_dense(norm):
     E, pos = P["embed.W_E"], P["pos_embed.W_pos"]
     for l in range(2):
         for h in range(3):
-            torch.testing.assert_close(full_qk_tokens(model)[l, h].AB.double(), E @ qk[l][h] @ E.T, atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(full_qk_positions(model)[l, h].AB.double(), pos @ qk[l][h] @ pos.T, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                full_qk_tokens(model)[l, h].AB.double(), E @ qk[l][h] @ E.T, atol=1e-5, rtol=1e-4
+            )
+            torch.testing.assert_close(
+                full_qk_positions(model)[l, h].AB.double(), pos @ qk[l][h] @ pos.T, atol=1e-5, rtol=1e-4
+            )
             torch.testing.assert_close(full_ov(model)[l, h].AB.double(), E @ ov[l][h] @ W_U, atol=1e-5, rtol=1e-4)
             eig = torch.linalg.eigvals(E[:10] @ ov[l][h] @ W_U)
             expect = eig.sum().real / eig.abs().sum()
@@ -58,8 +62,11 @@ def test_composition_scores_match_float64_brute_force(norm):
                         assert math.isnan(comp.q[l1, h1, l2, h2]) and math.isnan(comp.v[l1, h1, l2, h2])
                         continue
                     A, Q, V = ov[l1][h1], qk[l2][h2], ov[l2][h2]
-                    expect = {"q": fro(A @ Q) / (fro(A) * fro(Q)), "k": fro(A @ Q.T) / (fro(A) * fro(Q)),
-                              "v": fro(A @ V) / (fro(A) * fro(V))}
+                    expect = {
+                        "q": fro(A @ Q) / (fro(A) * fro(Q)),
+                        "k": fro(A @ Q.T) / (fro(A) * fro(Q)),
+                        "v": fro(A @ V) / (fro(A) * fro(V)),
+                    }
                     for name, value in expect.items():
                         got = getattr(comp, name)[l1, h1, l2, h2]
                         assert abs(float(got) - float(value)) < 1e-5, (name, l1, h1, l2, h2)
@@ -77,7 +84,9 @@ def test_circuit_heatmaps_are_corners():
     model = tiny_model(n_layers=1, normalization="none")
     labels = [f"t{i}" for i in range(11)]
     c = circuits(model, labels, labels[:10], max_tokens=6, max_pos=5)
-    assert c.qk_tokens.shape == (1, 3, 6, 6) and c.ov_tokens.shape == (1, 3, 6, 6) and c.qk_positions.shape == (1, 3, 5, 5)
+    assert (
+        c.qk_tokens.shape == (1, 3, 6, 6) and c.ov_tokens.shape == (1, 3, 6, 6) and c.qk_positions.shape == (1, 3, 5, 5)
+    )
     torch.testing.assert_close(c.qk_tokens, full_qk_tokens(model).AB[..., :6, :6])
     assert c.token_labels == labels[:6] and c.copying.shape == (1, 3)
     skipped = circuits(model, labels, labels[:10], copy_tokens=torch.tensor([], dtype=torch.long))

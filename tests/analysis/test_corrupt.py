@@ -14,7 +14,7 @@ def test_sort_changes_one_token_and_the_answers():
     task = build_task(SortTaskConfig(list_len=6, n_values=20, n_train=100, n_test=50))
     pair = task.corrupted_pair(40, seed=1)
     assert pair.clean.shape == pair.corrupted.shape == (40, 12)
-    changed = (pair.clean != pair.corrupted)
+    changed = pair.clean != pair.corrupted
     where = changed.nonzero()[:, 1].unique()
     assert len(where) == 1 and where[0] < 6 and changed.sum(1).eq(1).all(), "one token, same position everywhere"
     assert all(len(set(row)) == 6 for row in pair.corrupted[:, :6].tolist()), "still distinct values"
@@ -76,7 +76,9 @@ def test_classify_swaps_one_sentiment_word():
     assert pair.clean.shape == (3, 5), "the review without a sentiment word is skipped, padding trimmed"
     words = ["<pad>", "the", "film", "was", "good", "bad", "great", "terrible", "plot"]
     antonym = {"good": "bad", "bad": "good", "great": "terrible", "terrible": "great"}
-    for clean, bad, answers, wrong in zip(pair.clean.tolist(), pair.corrupted.tolist(), pair.answers.tolist(), pair.wrong.tolist()):
+    for clean, bad, answers, wrong in zip(
+        pair.clean.tolist(), pair.corrupted.tolist(), pair.answers.tolist(), pair.wrong.tolist()
+    ):
         diff = [i for i, (a, b) in enumerate(zip(clean, bad)) if a != b]
         assert len(diff) == 1 and antonym[words[clean[diff[0]]]] == words[bad[diff[0]]]
         label_at = [i for i, a in enumerate(answers) if a != IGNORE]

@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import tiny_model
-from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
+
 from toylens.analysis import patching
+from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
 from toylens.analysis.patching import Patcher, cell_masks
 from toylens.model import act_name
 
@@ -50,7 +50,7 @@ def naive_grid(model, clean, corrupted, metric, activation, axes):
             for d, i in zip(axes.values(), cell):
                 index[d + 1] = i
 
-            def hook(act, hook, index=tuple(index)):
+            def hook(act, hook, index=tuple(index), name=name):
                 act = act.clone()
                 act[index] = cache[name][index]
                 return act
@@ -83,12 +83,25 @@ def test_batched_grid_equals_naive_loop(variant, attn_only, norm):
 # Grids outside the named variants, each through Patcher.grid: the fast path's other cases (a
 # replaced resid_mid, all heads at one position, one head everywhere with no position axis, a
 # whole layer at once) and the hook path's (a d_model component), on three layers.
-GRIDS = [("resid_mid", {"pos": 0}), ("z", {"pos": 0}), ("attn_out", {}), ("mlp_out", {}),
-         ("z", {"head": 1, "pos": 0}), ("resid_pre", {"d_model": 1})]
+GRIDS = [
+    ("resid_mid", {"pos": 0}),
+    ("z", {"pos": 0}),
+    ("attn_out", {}),
+    ("mlp_out", {}),
+    ("z", {"head": 1, "pos": 0}),
+    ("resid_pre", {"d_model": 1}),
+]
 
 
-@pytest.mark.parametrize("activation,axes,attn_only", [(a, x, attn_only) for a, x in GRIDS for attn_only in (False, True)
-                                                      if not (attn_only and a in ("resid_mid", "mlp_out"))])
+@pytest.mark.parametrize(
+    "activation,axes,attn_only",
+    [
+        (a, x, attn_only)
+        for a, x in GRIDS
+        for attn_only in (False, True)
+        if not (attn_only and a in ("resid_mid", "mlp_out"))
+    ],
+)
 def test_other_grids_equal_naive_loop(activation, axes, attn_only, monkeypatch):
     if activation != "resid_pre" or "pos" in axes:  # these must not need the hook path
         monkeypatch.setattr(patching, "_patched_pass", None)
@@ -143,8 +156,14 @@ def test_cell_masks_mark_one_index_per_dim():
 # cell after the last position the metric reads scores the base (corrupted) run, with no pass.
 # Language-model pairs are like this (the repeated sequence ends one position after its last
 # answer), as are padded batches and windows with no answer at all.
-FAST_CASES = [("resid_pre", {"pos": 0}), ("attn_out", {"pos": 0}), ("mlp_out", {"pos": 0}),
-              ("z", {"pos": 0, "head": 1}), ("resid_mid", {"pos": 0}), ("z", {"head": 1})]
+FAST_CASES = [
+    ("resid_pre", {"pos": 0}),
+    ("attn_out", {"pos": 0}),
+    ("mlp_out", {"pos": 0}),
+    ("z", {"pos": 0, "head": 1}),
+    ("resid_mid", {"pos": 0}),
+    ("z", {"head": 1}),
+]
 ALL_CASES = FAST_CASES + [("v", {"pos": 0, "head": 1}), ("pattern", {"head": 0, "dest": 1}), ("pattern", {"head": 0})]
 
 

@@ -36,12 +36,14 @@ def test_sort_attention_and_ablation(sort_run):
     scores = head_scores(model, test.tokens, {"next": next_output}, test.targets, per_position=True)["next"]
     n = task.n  # SEP is at position n; outputs at n..2n-1
     sep_hit = float(scores.layer_hit[0, n])
-    print(f"SEP -> min: layer hit {sep_hit:.3f}, per-head hits {scores.hit[0, :, n].tolist()}, "
-          f"per-head attention {scores.score[0, :, n].tolist()}")
-    print("output positions: layer hit", scores.layer_hit[0, n:2 * n].tolist())
-    print("output positions: best head's mean attention", scores.score[0, :, n:2 * n].max(0).values.tolist())
+    print(
+        f"SEP -> min: layer hit {sep_hit:.3f}, per-head hits {scores.hit[0, :, n].tolist()}, "
+        f"per-head attention {scores.score[0, :, n].tolist()}"
+    )
+    print("output positions: layer hit", scores.layer_hit[0, n : 2 * n].tolist())
+    print("output positions: best head's mean attention", scores.score[0, :, n : 2 * n].max(0).values.tolist())
     assert sep_hit >= 0.95
-    assert (scores.layer_hit[0, n:2 * n] >= 0.8).all()
+    assert (scores.layer_hit[0, n : 2 * n] >= 0.8).all()
     assert scores.layer_hit[0, :n].isnan().all(), "no target before SEP"
 
     mean = ablate(model, test.tokens[:500], test.targets[:500], "mean", neurons=False)

@@ -62,7 +62,9 @@ def fitted_rrr(M: int, H: int, N: int, rank: int, n: int = 1000, seed: int = 0) 
     x = torch.randn(n, M, generator=g, dtype=torch.float64)
     teacher = torch.zeros(N, M, dtype=torch.float64)
     if rank:
-        teacher = torch.randn(N, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, M, generator=g, dtype=torch.float64)
+        teacher = torch.randn(N, rank, generator=g, dtype=torch.float64) @ torch.randn(
+            rank, M, generator=g, dtype=torch.float64
+        )
     y = x @ teacher.T + torch.randn(n, N, generator=g, dtype=torch.float64)
     ols = torch.linalg.lstsq(x, y).solution.T  # [N, M]
     top = torch.linalg.svd(x @ ols.T, full_matrices=False).Vh[:H].T  # best rank-H output subspace
@@ -109,15 +111,18 @@ def least_squares_potential(model: Linear2, data: tuple) -> tuple:
 
 
 # n = 1000 examples, full batch: nβ = n / ln n. Long enough chains that λ̂ is settled to ~2%.
-LINEAR_SETTINGS = LLCSettings(epsilon=3e-4, gamma=1.0, nbeta=1000 / math.log(1000), chains=64, burnin=1000,
-                              draws=1000, mala_every=0)
+LINEAR_SETTINGS = LLCSettings(
+    epsilon=3e-4, gamma=1.0, nbeta=1000 / math.log(1000), chains=64, burnin=1000, draws=1000, mala_every=0
+)
 
 
 def test_sufficient_statistics_path_is_the_data_path():
     model, data = fitted_rrr(5, 3, 5, rank=0)
     s = LINEAR_SETTINGS.model_copy(update={"chains": 3, "burnin": 5, "draws": 30, "nbeta": None, "batch_size": None})
     via_data = estimate_llc(model, mse, data, s)
-    via_stats = estimate_llc(model, least_squares_potential(model, data), None, s.model_copy(update={"nbeta": via_data.nbeta}))
+    via_stats = estimate_llc(
+        model, least_squares_potential(model, data), None, s.model_copy(update={"nbeta": via_data.nbeta})
+    )
     assert via_data.nbeta == pytest.approx(1000 / math.log(1000))
     assert torch.allclose(via_data.loss_trace, via_stats.loss_trace, rtol=1e-5)
     assert via_data.llc == pytest.approx(via_stats.llc, rel=1e-4)
@@ -192,8 +197,10 @@ def test_batched_objective_matches_a_loop_over_models():
     model, data = fitted_rrr(4, 2, 3, rank=1, n=100)
     objective = Objective(model, mse, data)
     gen = torch.Generator().manual_seed(1)
-    w = {k: v.detach() + 0.1 * torch.randn(3, *v.shape, generator=gen, dtype=v.dtype)
-         for k, v in model.named_parameters()}
+    w = {
+        k: v.detach() + 0.1 * torch.randn(3, *v.shape, generator=gen, dtype=v.dtype)
+        for k, v in model.named_parameters()
+    }
     idx = torch.randint(100, (3, 8), generator=gen)
     got = objective(w, idx)
     for r in range(3):
@@ -210,9 +217,11 @@ def test_mala_acceptance_matches_brute_force():
     def loss(params, idx):
         return 0.5 * (h * params["w"].pow(2)).sum(1)
 
-    rows = RowSettings(epsilon=torch.tensor([0.05, 0.3], dtype=torch.float64),
-                       gamma=torch.tensor([2.0, 0.0], dtype=torch.float64),
-                       nbeta=torch.tensor([4.0, 4.0], dtype=torch.float64))
+    rows = RowSettings(
+        epsilon=torch.tensor([0.05, 0.3], dtype=torch.float64),
+        gamma=torch.tensor([2.0, 0.0], dtype=torch.float64),
+        nbeta=torch.tensor([4.0, 4.0], dtype=torch.float64),
+    )
     center = {"w": torch.zeros(2, 2, dtype=torch.float64)}
     w = {"w": torch.tensor([[0.3, -0.2], [0.1, 0.4]], dtype=torch.float64)}
     new = {"w": torch.tensor([[0.25, -0.1], [0.3, 0.2]], dtype=torch.float64)}
@@ -271,8 +280,9 @@ def test_the_weight_decay_setting_is_sampled_and_settings_without_a_run_are_refu
 def test_rmsprop_variant_on_the_quadratic():
     # Preconditioning rescales the step per weight; the estimate must still match the closed form
     # to within the discretisation error (a = nβ + γ is the same in every direction here).
-    s = LLCSettings(epsilon=1e-3, gamma=0.0, nbeta=100.0, chains=500, burnin=1000, draws=1000,
-                    precondition="rmsprop", mala_every=10)
+    s = LLCSettings(
+        epsilon=1e-3, gamma=0.0, nbeta=100.0, chains=500, burnin=1000, draws=1000, precondition="rmsprop", mala_every=10
+    )
     est = estimate_llc(Point(10), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
     assert est.llc == pytest.approx(5.0, rel=0.05)
     assert 0 < est.acceptance <= 1
@@ -294,13 +304,16 @@ def test_reuse_freed_memory_on_glibc():
     assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")
 
 
-@pytest.mark.parametrize("old, new, name", [
-    ("toylens.analysis.llc", "toylens.llc.settings", "LLCSettings"),
-    ("toylens.analysis.llc", "toylens.llc.objective", "Objective"),
-    ("toylens.analysis.llc_run", "toylens.llc.run", "llc_over_checkpoints"),
-    ("toylens.analysis.llc_sampler", "toylens.llc.sampler", "run_sgld"),
-    ("toylens.analysis.llc_diagnostics", "toylens.llc.diagnostics", "LLCEstimate"),
-])
+@pytest.mark.parametrize(
+    "old, new, name",
+    [
+        ("toylens.analysis.llc", "toylens.llc.settings", "LLCSettings"),
+        ("toylens.analysis.llc", "toylens.llc.objective", "Objective"),
+        ("toylens.analysis.llc_run", "toylens.llc.run", "llc_over_checkpoints"),
+        ("toylens.analysis.llc_sampler", "toylens.llc.sampler", "run_sgld"),
+        ("toylens.analysis.llc_diagnostics", "toylens.llc.diagnostics", "LLCEstimate"),
+    ],
+)
 def test_the_old_module_names_import_for_one_release_with_a_warning(old, new, name):
     import importlib
     import sys

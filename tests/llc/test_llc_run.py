@@ -8,10 +8,19 @@ import sys
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from toylens.llc import (LLCEstimate, LLCSettings, calibrate, choose, estimate_loaded, llc_over_checkpoints,
-                         load_settings, read_llc, run_objective)
+
+from toylens.llc import (
+    LLCEstimate,
+    LLCSettings,
+    calibrate,
+    choose,
+    estimate_loaded,
+    llc_over_checkpoints,
+    load_settings,
+    read_llc,
+    run_objective,
+)
 from toylens.llc import run as llc_run
 from toylens.llc.objective import CHUNK_ELEMENTS
 from toylens.llc.sampler import RowChunks, loss_and_grad, row_chunks
@@ -24,7 +33,9 @@ FAST = LLCSettings(epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3,
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    cfg = tiny_config(train={"epochs": 2, "weight_decay": 0.1, "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 1e-3}})
+    cfg = tiny_config(
+        train={"epochs": 2, "weight_decay": 0.1, "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 1e-3}}
+    )
     out = tmp_path_factory.mktemp("runs")
     return train(cfg, out, progress=False).run_dir
 
@@ -34,7 +45,9 @@ def run_dir(tmp_path_factory):
 def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
     loaded = load(run_dir, "final")
     cfg, task, model = loaded.config, loaded.task, loaded.model
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"l1": cfg.train.l1.model_copy(update={"hooks": [l1_hook]})})})
+    cfg = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"l1": cfg.train.l1.model_copy(update={"hooks": [l1_hook]})})}
+    )
     objective = run_objective(model, cfg, task, LLCSettings(weight_decay=None))  # the run's own decay
     assert (objective.stacked_fn is not None) == stacked
     assert task.loss_positions().tolist() == [4, 5, 6, 7]  # sorting 4 values: the sorted half
@@ -67,7 +80,9 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
     with model.hooks(penalty.fwd_hooks):
         logits = model(batch.tokens)
     total = task.loss(logits, batch) + penalty.take()
-    total = total + 0.05 * sum(p.pow(2).sum() for k, p in model.named_parameters() if decays(k, cfg.train.weight_decay_on))
+    total = total + 0.05 * sum(
+        p.pow(2).sum() for k, p in model.named_parameters() if decays(k, cfg.train.weight_decay_on)
+    )
     ref = torch.autograd.grad(total, [p for _, p in model.named_parameters()])
     for (k, _), g, r in zip(model.named_parameters(), grads, ref):
         assert torch.allclose(g[0], r, rtol=1e-4, atol=1e-6), k
@@ -84,8 +99,11 @@ def test_the_weight_decay_and_l1_settings_each_add_their_term(run_dir):
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.tokens)
     l1 = 1e-3 * float(cache["blocks.0.mlp.hook_post"].double().abs().sum(-1).mean())
-    squares = sum(float(p.detach().double().pow(2).sum()) for n, p in model.named_parameters()
-                  if n.rsplit(".", 1)[-1] in {"W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U"})
+    squares = sum(
+        float(p.detach().double().pow(2).sum())
+        for n, p in model.named_parameters()
+        if n.rsplit(".", 1)[-1] in {"W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U"}
+    )
     s = FAST.model_copy(update={"batch_size": None, "chains": 1, "burnin": 0, "draws": 2, "mala_every": 0})
 
     def added(**settings):
@@ -179,15 +197,38 @@ def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):
 
 def _fake(eps: float, gamma: float, flags: list[str], llc: float = 1.0) -> LLCEstimate:
     empty = torch.zeros(1, 1)
-    return LLCEstimate(llc=llc, llc_std=0.1, llc_se=0.1, llc_chains=[llc], llc_half=llc, rel_change=0.0,
-                       converged=True, init_loss=0.1, train_loss=0.1, nbeta=10.0, epsilon=eps, gamma=gamma,
-                       acceptance=0.9, frac_below_init=0.0, drift=0.0, warnings=list(flags), flags=flags,
-                       loss_trace=empty, accept_trace=empty)
+    return LLCEstimate(
+        llc=llc,
+        llc_std=0.1,
+        llc_se=0.1,
+        llc_chains=[llc],
+        llc_half=llc,
+        rel_change=0.0,
+        converged=True,
+        init_loss=0.1,
+        train_loss=0.1,
+        nbeta=10.0,
+        epsilon=eps,
+        gamma=gamma,
+        acceptance=0.9,
+        frac_below_init=0.0,
+        drift=0.0,
+        warnings=list(flags),
+        flags=flags,
+        loss_trace=empty,
+        accept_trace=empty,
+    )
 
 
 def test_choose_the_largest_step_on_the_plateau_at_the_smallest_gamma():
-    grid = [_fake(1e-5, 100.0, ["high_acceptance"], 10.0), _fake(1e-4, 100.0, [], 10.5), _fake(3e-4, 100.0, [], 10.9),
-            _fake(1e-3, 100.0, [], 13.0), _fake(3e-3, 100.0, ["low_acceptance"]), _fake(1e-3, 1000.0, [])]
+    grid = [
+        _fake(1e-5, 100.0, ["high_acceptance"], 10.0),
+        _fake(1e-4, 100.0, [], 10.5),
+        _fake(3e-4, 100.0, [], 10.9),
+        _fake(1e-3, 100.0, [], 13.0),
+        _fake(3e-3, 100.0, ["low_acceptance"]),
+        _fake(1e-3, 1000.0, []),
+    ]
     assert choose(grid) == 2  # 1e-3 moved λ̂ by 19%: the step-size error shows
     assert choose([_fake(1e-4, 100.0, ["drift"]), _fake(1e-4, 1000.0, ["high_acceptance"])]) == 1
     assert choose([_fake(1e-4, 100.0, [], 5.0), _fake(1e-3, 100.0, [], 9.0)]) == 0  # no plateau: the smallest
@@ -214,8 +255,19 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "toylens.cli", *args], capture_output=True, text=True)
 
 
-FAST_SET = ["--set", "chains=2", "--set", "draws=4", "--set", "burnin=2", "--set", "batch_size=8",
-            "--set", "init_batches=1", "--no-progress"]
+FAST_SET = [
+    "--set",
+    "chains=2",
+    "--set",
+    "draws=4",
+    "--set",
+    "burnin=2",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "init_batches=1",
+    "--no-progress",
+]
 
 
 def test_cli_llc_and_calibrate(run_dir, tmp_path):

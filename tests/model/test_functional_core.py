@@ -43,7 +43,9 @@ def _keepdim_mean(node: ast.AST) -> bool:
     """`.mean(..., keepdim=True)` (or torch.mean): a mean kept for broadcasting against its input."""
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "mean"):
         return False
-    return any(k.arg == "keepdim" and isinstance(k.value, ast.Constant) and k.value.value is True for k in node.keywords)
+    return any(
+        k.arg == "keepdim" and isinstance(k.value, ast.Constant) and k.value.value is True for k in node.keywords
+    )
 
 
 def _squared(node: ast.AST) -> bool:
@@ -157,7 +159,8 @@ def test_no_arithmetic_outside_the_core():
     found = scan(SRC)
     unexpected = [f for f in found if (f[0], f[2], f[3]) not in ALLOWED]
     assert not unexpected, "use toylens.model.functional (or Transformer.forward) instead:\n" + "\n".join(
-        f"  src/toylens/{path}:{line} in {function}: {concept}" for path, line, function, concept in unexpected)
+        f"  src/toylens/{path}:{line} in {function}: {concept}" for path, line, function, concept in unexpected
+    )
     # Each allowed exception is still there, so the list cannot outlive what it excuses.
     assert {(f[0], f[2], f[3]) for f in found} == set(ALLOWED)
 
@@ -170,12 +173,15 @@ def test_the_core_is_where_the_arithmetic_is():
 
 # The code this replaced, and ways around the core a newcomer might write.
 PLANTED = {
-    "stacked LayerNorm": ("LayerNorm", """
+    "stacked LayerNorm": (
+        "LayerNorm",
+        """
 def _norm(x, params, name, eps=1e-5):
     x = x - x.mean(-1, keepdim=True)
     scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     return x / scale * params[f"{name}.w"].unsqueeze(1) + params[f"{name}.b"].unsqueeze(1)
-"""),
+""",
+    ),
     "RMS norm": ("LayerNorm", "y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)"),
     "torch's LayerNorm": ("LayerNorm", "y = F.layer_norm(x, (x.shape[-1],), w, b)"),
     "activation switch": ("activation", "post = F.relu(pre) if cfg.act_fn == 'relu' else F.gelu(pre)"),
@@ -183,8 +189,14 @@ def _norm(x, params, name, eps=1e-5):
     "explicit attention": ("attention softmax", "z = torch.einsum('bhqk,bkhe->bqhe', scores.softmax(-1), v)"),
     "fused attention": ("attention softmax", "z = F.scaled_dot_product_attention(q, k, v, is_causal=True)"),
     "logit lens by hand": ("unembedding", "logits = x @ model.W_U + model.b_U"),
-    "stacked unembedding": ("unembedding", "logits = torch.baddbmm(params['unembed.b_U'].unsqueeze(1), x, params['unembed.W_U'])"),
-    "core.linear for logits": ("unembedding", "from toylens.model import functional as core\nlogits = core.linear(x, W_U, b_U)"),
+    "stacked unembedding": (
+        "unembedding",
+        "logits = torch.baddbmm(params['unembed.b_U'].unsqueeze(1), x, params['unembed.W_U'])",
+    ),
+    "core.linear for logits": (
+        "unembedding",
+        "from toylens.model import functional as core\nlogits = core.linear(x, W_U, b_U)",
+    ),
     "final norm by hand": ("forward pass by hand", "logits = model.unembed(model.ln_final(final[:, positions]))"),
     "block by hand": ("forward pass by hand", "resid = model.blocks[j](resid, prefix)"),
     "MLP by hand": ("forward pass by hand", "resid = resid + block.mlp(block.ln2(resid))"),
@@ -226,4 +238,6 @@ def run(model, resid, read):
 
 def test_the_detector_passes_code_that_goes_through_the_core():
     assert find(CLEAN, "analysis/clean.py") == []
-    assert find("def f(blocks, x):\n    return blocks[0](x)\n", "model/transformer.py") == []  # the model runs its parts
+    assert (
+        find("def f(blocks, x):\n    return blocks[0](x)\n", "model/transformer.py") == []
+    )  # the model runs its parts

@@ -7,19 +7,39 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from toylens.model import Transformer, act_name, hook_names
 
 EXPECTED_HOOKS_2L_LN = [
-    "hook_embed", "hook_pos_embed",
-    *[f"blocks.{l}.{h}" for l in range(2) for h in (
-        "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized",
-        "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern",
-        "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid",
-        "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out",
-        "hook_resid_post")],
-    "ln_final.hook_scale", "ln_final.hook_normalized",
+    "hook_embed",
+    "hook_pos_embed",
+    *[
+        f"blocks.{l}.{h}"
+        for l in range(2)
+        for h in (
+            "hook_resid_pre",
+            "ln1.hook_scale",
+            "ln1.hook_normalized",
+            "attn.hook_q",
+            "attn.hook_k",
+            "attn.hook_v",
+            "attn.hook_attn_scores",
+            "attn.hook_pattern",
+            "attn.hook_z",
+            "attn.hook_result",
+            "hook_attn_out",
+            "hook_resid_mid",
+            "ln2.hook_scale",
+            "ln2.hook_normalized",
+            "mlp.hook_pre",
+            "mlp.hook_post",
+            "hook_mlp_out",
+            "hook_resid_post",
+        )
+    ],
+    "ln_final.hook_scale",
+    "ln_final.hook_normalized",
 ]
 
 
@@ -28,26 +48,47 @@ def test_hook_names_pinned():
     assert list(model.hook_dict) == EXPECTED_HOOKS_2L_LN
     assert hook_names(model.cfg) == EXPECTED_HOOKS_2L_LN
     plain = tiny_model(n_layers=1, attn_only=True, normalization="none")
-    assert list(plain.hook_dict) == hook_names(plain.cfg) == [
-        "hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre",
-        *[f"blocks.0.attn.hook_{h}" for h in ("q", "k", "v", "attn_scores", "pattern", "z", "result")],
-        "blocks.0.hook_attn_out", "blocks.0.hook_resid_post", "ln_final.hook_normalized"]
+    assert (
+        list(plain.hook_dict)
+        == hook_names(plain.cfg)
+        == [
+            "hook_embed",
+            "hook_pos_embed",
+            "blocks.0.hook_resid_pre",
+            *[f"blocks.0.attn.hook_{h}" for h in ("q", "k", "v", "attn_scores", "pattern", "z", "result")],
+            "blocks.0.hook_attn_out",
+            "blocks.0.hook_resid_post",
+            "ln_final.hook_normalized",
+        ]
+    )
 
 
 def test_parameter_names_and_shapes_pinned():
     model = tiny_model(n_layers=1, normalization="LN")  # d_vocab 11, out 10, n_ctx 12, d 12, h 3, e 5, mlp 20
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     assert shapes == {
-        "embed.W_E": (11, 12), "pos_embed.W_pos": (12, 12),
-        "blocks.0.ln1.w": (12,), "blocks.0.ln1.b": (12,),
-        "blocks.0.attn.W_Q": (3, 12, 5), "blocks.0.attn.W_K": (3, 12, 5), "blocks.0.attn.W_V": (3, 12, 5),
-        "blocks.0.attn.W_O": (3, 5, 12), "blocks.0.attn.b_Q": (3, 5), "blocks.0.attn.b_K": (3, 5),
-        "blocks.0.attn.b_V": (3, 5), "blocks.0.attn.b_O": (12,),
-        "blocks.0.ln2.w": (12,), "blocks.0.ln2.b": (12,),
-        "blocks.0.mlp.W_in": (12, 20), "blocks.0.mlp.b_in": (20,),
-        "blocks.0.mlp.W_out": (20, 12), "blocks.0.mlp.b_out": (12,),
-        "ln_final.w": (12,), "ln_final.b": (12,),
-        "unembed.W_U": (12, 10), "unembed.b_U": (10,),
+        "embed.W_E": (11, 12),
+        "pos_embed.W_pos": (12, 12),
+        "blocks.0.ln1.w": (12,),
+        "blocks.0.ln1.b": (12,),
+        "blocks.0.attn.W_Q": (3, 12, 5),
+        "blocks.0.attn.W_K": (3, 12, 5),
+        "blocks.0.attn.W_V": (3, 12, 5),
+        "blocks.0.attn.W_O": (3, 5, 12),
+        "blocks.0.attn.b_Q": (3, 5),
+        "blocks.0.attn.b_K": (3, 5),
+        "blocks.0.attn.b_V": (3, 5),
+        "blocks.0.attn.b_O": (12,),
+        "blocks.0.ln2.w": (12,),
+        "blocks.0.ln2.b": (12,),
+        "blocks.0.mlp.W_in": (12, 20),
+        "blocks.0.mlp.b_in": (20,),
+        "blocks.0.mlp.W_out": (20, 12),
+        "blocks.0.mlp.b_out": (12,),
+        "ln_final.w": (12,),
+        "ln_final.b": (12,),
+        "unembed.W_U": (12, 10),
+        "unembed.b_U": (10,),
     }
     assert set(model.state_dict()) == set(shapes), "no buffers in the state dict"
     assert model.W_Q.shape == (1, 3, 12, 5) and model.W_O.shape == (1, 3, 5, 12) and model.W_in.shape == (1, 12, 20)
@@ -57,10 +98,17 @@ def test_hook_shapes(tokens):
     model = tiny_model(n_layers=2)
     _, cache = model.run_with_cache(tokens, fwd_hooks=[("blocks.0.attn.hook_result", lambda x, hook: None)])
     b, p = tokens.shape
-    expect = {"hook_embed": (b, p, 12), "blocks.1.attn.hook_q": (b, p, 3, 5), "blocks.1.attn.hook_z": (b, p, 3, 5),
-              "blocks.0.attn.hook_attn_scores": (b, 3, p, p), "blocks.0.attn.hook_pattern": (b, 3, p, p),
-              "blocks.0.attn.hook_result": (b, p, 3, 12), "blocks.1.mlp.hook_post": (b, p, 20),
-              "blocks.0.ln1.hook_scale": (b, p, 1), "blocks.1.hook_resid_post": (b, p, 12)}
+    expect = {
+        "hook_embed": (b, p, 12),
+        "blocks.1.attn.hook_q": (b, p, 3, 5),
+        "blocks.1.attn.hook_z": (b, p, 3, 5),
+        "blocks.0.attn.hook_attn_scores": (b, 3, p, p),
+        "blocks.0.attn.hook_pattern": (b, 3, p, p),
+        "blocks.0.attn.hook_result": (b, p, 3, 12),
+        "blocks.1.mlp.hook_post": (b, p, 20),
+        "blocks.0.ln1.hook_scale": (b, p, 1),
+        "blocks.1.hook_resid_post": (b, p, 12),
+    }
     for name, shape in expect.items():
         assert tuple(cache[name].shape) == shape, name
     assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"]
@@ -108,8 +156,12 @@ def reference_forward(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
             if not cfg.attn_only:
                 m = f"blocks.{l}.mlp"
                 act = torch.relu if cfg.act_fn == "relu" else torch.nn.functional.gelu
-                resid = [r + act(ln(r, f"blocks.{l}.ln2") @ P[f"{m}.W_in"] + P[f"{m}.b_in"]) @ P[f"{m}.W_out"]
-                         + P[f"{m}.b_out"] for r in resid]
+                resid = [
+                    r
+                    + act(ln(r, f"blocks.{l}.ln2") @ P[f"{m}.W_in"] + P[f"{m}.b_in"]) @ P[f"{m}.W_out"]
+                    + P[f"{m}.b_out"]
+                    for r in resid
+                ]
         out.append(torch.stack([ln(r, "ln_final") @ P["unembed.W_U"] + P["unembed.b_U"] for r in resid]))
     return torch.stack(out)
 
@@ -186,7 +238,8 @@ def test_backward_hooks_see_gradients(tokens):
     model = tiny_model()
     grads = {}
     logits = model.run_with_hooks(
-        tokens, bwd_hooks=[("blocks.0.hook_resid_post", lambda g, hook: grads.setdefault(hook.name, g))])
+        tokens, bwd_hooks=[("blocks.0.hook_resid_post", lambda g, hook: grads.setdefault(hook.name, g))]
+    )
     logits.sum().backward()
     assert grads["blocks.0.hook_resid_post"].shape == (3, 8, 12)
 

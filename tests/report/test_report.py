@@ -18,8 +18,10 @@ from toylens.report.collect import collect
 from toylens.report.figures import round_sig, to_json
 from toylens.report.html import script_json
 
-EXTERNAL = re.compile(r"""(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//|@import""",
-                      re.IGNORECASE)
+EXTERNAL = re.compile(
+    r"""(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//|@import""",
+    re.IGNORECASE,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {
         "mlp": make_run(out, "mlp", train={"epochs": 2, "log_checkpoints": 3}),
         "wd": make_run(out, "wd", train={"epochs": 2, "weight_decay": 0.5}),
-        "attn2": make_run(out, "attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"},
-                          train={"epochs": 1}),
+        "attn2": make_run(
+            out, "attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"}, train={"epochs": 1}
+        ),
     }
 
 
@@ -95,9 +98,13 @@ def test_different_architectures_render(runs, tmp_path):
 
 
 def test_runs_of_different_tasks_compare(runs, tmp_path):
-    induction = make_run(tmp_path / "runs", "induction-2l", task={"name": "induction", "n_vocab": 8, "seq_len": 16,
-                         "segment_len": [2, 5], "n_train": 128, "n_test": 32},
-                         model={"n_layers": 2, "attn_only": True}, train={"epochs": 1})
+    induction = make_run(
+        tmp_path / "runs",
+        "induction-2l",
+        task={"name": "induction", "n_vocab": 8, "seq_len": 16, "segment_len": [2, 5], "n_train": 128, "n_test": 32},
+        model={"n_layers": 2, "attn_only": True},
+        train={"epochs": 1},
+    )
     result = toylens.report([runs["mlp"], induction], tmp_path / "r.html", png=False)
     page = result.path.read_text()
     figures = figure_data(page)
@@ -123,8 +130,10 @@ def test_pngs_written_beside_the_report(runs, tmp_path):
 
 def test_three_run_sorting_report_under_10_mb(tmp_path):
     out = tmp_path / "runs"
-    paths = [make_run(out, f"sort-{level}", SORT_STUDY, train={"weight_decay": wd})
-             for level, wd in (("no", 0.0), ("mid", 0.1), ("high", 1.0))]
+    paths = [
+        make_run(out, f"sort-{level}", SORT_STUDY, train={"weight_decay": wd})
+        for level, wd in (("no", 0.0), ("mid", 0.1), ("high", 1.0))
+    ]
     result = toylens.report(paths, tmp_path / "sort.html", png=False)
     size = result.path.stat().st_size
     assert size < 10 * 2**20, f"{size / 2**20:.1f} MB"
@@ -162,12 +171,16 @@ def test_bad_arguments(runs, tmp_path):
 
 def test_cli_report(runs, tmp_path):
     out = tmp_path / "cli.html"
-    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "report", str(runs["mlp"]), str(runs["wd"]),
-                           "-o", str(out), "--no-png"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toylens.cli", "report", str(runs["mlp"]), str(runs["wd"]), "-o", str(out), "--no-png"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"report: {out}" and out.stat().st_size > 10_000
-    bad = subprocess.run([sys.executable, "-m", "toylens.cli", "report", str(tmp_path / "missing")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "toylens.cli", "report", str(tmp_path / "missing")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
 
 

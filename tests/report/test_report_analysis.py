@@ -11,7 +11,6 @@ from report_runs import make_run
 from test_report import figure_data, section_ids
 
 import toylens
-
 from toylens.analysis.driver import analyze
 from toylens.analysis.results import load_result
 from toylens.checkpoints import resolve_one
@@ -19,8 +18,15 @@ from toylens.errors import ToylensError
 from toylens.report.figures import round_sig
 from toylens.run import RunDir
 
-ANALYSIS_SECTIONS = ["head-scores", "attention", "circuits", "attribution", "patching", "ablation",
-                     "analysis-over-training"]
+ANALYSIS_SECTIONS = [
+    "head-scores",
+    "attention",
+    "circuits",
+    "attribution",
+    "patching",
+    "ablation",
+    "analysis-over-training",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +34,9 @@ def analysed(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("analysed")
     runs = {
         "mlp": make_run(out, "mlp", train={"epochs": 2}),
-        "attn2": make_run(out, "attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"},
-                          train={"epochs": 1}),
+        "attn2": make_run(
+            out, "attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"}, train={"epochs": 1}
+        ),
         "plain": make_run(out, "plain", train={"epochs": 1}),
     }
     analyze(runs["mlp"], "all", progress=False)
@@ -59,9 +66,9 @@ def test_sections_follow_the_results(page):
     for section in ANALYSIS_SECTIONS + ["composition", "sparsity"]:
         assert section in ids
     # Each architecture-specific section says which run lacks it instead of drawing an empty panel.
-    composition = page[page.index('<section id="sec-composition"'):]
+    composition = page[page.index('<section id="sec-composition"') :]
     assert re.search(r'<p class="note">No composition scores[^<]*: mlp\.</p>', composition[:2000])
-    sparsity = page[page.index('<section id="sec-sparsity"'):]
+    sparsity = page[page.index('<section id="sec-sparsity"') :]
     assert re.search(r'<p class="note">No MLP sparsity[^<]*: attn2\.</p>', sparsity[:2000])
     figures = figure_data(page)
     assert [p["title"] for p in figures["composition-k"]["panels"]][0].startswith("attn2")
@@ -74,7 +81,7 @@ def test_runs_without_analysis_have_no_analysis_sections(analysed, tmp_path):
     mixed = toylens.report([analysed["plain"], analysed["mlp"]], tmp_path / "mixed.html", png=False)
     assert set(ANALYSIS_SECTIONS) <= set(mixed.sections)
     text = mixed.path.read_text()
-    circuits = text[text.index('<section id="sec-circuits"'):]
+    circuits = text[text.index('<section id="sec-circuits"') :]
     assert '<p class="note">No circuits for: plain.</p>' in circuits[:2000]
 
 
@@ -112,8 +119,10 @@ def test_head_scores_over_training_equal_each_checkpoint(analysed, page):
     line = series["attn2 L1H1"]
     checkpoints = [c for c in RunDir(analysed["attn2"]).checkpoints()]
     assert line["x"] == [c.step for c in checkpoints]
-    assert line["y"] == [round_sig(result(analysed["attn2"], "head_scores/task", c.name).scores["previous_token"][1, 1].item())
-                         for c in checkpoints]
+    assert line["y"] == [
+        round_sig(result(analysed["attn2"], "head_scores/task", c.name).scores["previous_token"][1, 1].item())
+        for c in checkpoints
+    ]
 
 
 def test_attention_viewer_holds_the_saved_patterns(analysed, page):
@@ -124,8 +133,9 @@ def test_attention_viewer_holds_the_saved_patterns(analysed, page):
     saved = result(analysed["attn2"], "attention/task", "epoch-0001")
     example = last["examples"][0]
     assert example["source"] == "task #0" and example["tokens"] == saved.labels[0]
-    assert example["patterns"] == [[[[round(v, 3) for v in row] for row in head] for head in layer]
-                                   for layer in saved.patterns[0].tolist()]
+    assert example["patterns"] == [
+        [[[round(v, 3) for v in row] for row in head] for head in layer] for layer in saved.patterns[0].tolist()
+    ]
     assert {e["source"].split()[0] for e in last["examples"]} == {"task", "repeated"}
 
 

@@ -16,17 +16,23 @@ import pytest
 from report_runs import make_run
 
 import toylens
-
 from toylens.analysis.driver import analyze
-from toylens.llc import LLCSettings
-from toylens.llc import llc_over_checkpoints
+from toylens.llc import LLCSettings, llc_over_checkpoints
 
 CHROMIUM = Path(os.environ.get("TOYLENS_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 # Without the background-networking flags Chromium tries to reach Google's services at start.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--host-resolver-rules=MAP * ~NOTFOUND"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +63,10 @@ class Page:
         self.requests: list[str] = []
         self.context = browser.new_context(viewport={"width": 1400, "height": 900})
         # Anything that is not the file itself or inline data is recorded and refused.
-        self.context.route("**/*", lambda route: route.continue_()
-                           if route.request.url.startswith(("file:", "data:")) else route.abort())
+        self.context.route(
+            "**/*",
+            lambda route: route.continue_() if route.request.url.startswith(("file:", "data:")) else route.abort(),
+        )
         self.page = self.context.new_page()
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
@@ -73,8 +81,10 @@ class Page:
 @pytest.fixture(scope="module")
 def report_page(browser, tmp_path_factory):
     out = tmp_path_factory.mktemp("browser")
-    runs = [make_run(out / "runs", "mlp-1L", train={"epochs": 3, "log_checkpoints": 3}),
-            make_run(out / "runs", "attn-2L", model={"n_layers": 2, "attn_only": True}, train={"epochs": 2})]
+    runs = [
+        make_run(out / "runs", "mlp-1L", train={"epochs": 3, "log_checkpoints": 3}),
+        make_run(out / "runs", "attn-2L", model={"n_layers": 2, "attn_only": True}, train={"epochs": 2}),
+    ]
     for run in runs:
         analyze(run, "all", progress=False)
     llc_over_checkpoints(runs[0], "all", settings=LLCSettings(chains=2, draws=20, burnin=10), progress=False)
@@ -94,11 +104,22 @@ def test_every_section_and_figure_is_drawn(report_page):
     result, page = report_page
     shown = page.page.eval_on_selector_all("main section", "els => els.map(e => e.id)")
     assert shown == [f"sec-{s}" for s in result.sections]
-    analysed = ["sparsity", "llc", "head-scores", "attention", "circuits", "composition", "attribution", "patching",
-                "ablation", "analysis-over-training"]
+    analysed = [
+        "sparsity",
+        "llc",
+        "head-scores",
+        "attention",
+        "circuits",
+        "composition",
+        "attribution",
+        "patching",
+        "ablation",
+        "analysis-over-training",
+    ]
     assert result.sections == ["summary", "training", "weights", *analysed, "configs"]
     undrawn = page.page.eval_on_selector_all(
-        "[data-figure]", "els => els.filter(e => !e.querySelector('svg, canvas')).map(e => e.id)")
+        "[data-figure]", "els => els.filter(e => !e.querySelector('svg, canvas')).map(e => e.id)"
+    )
     assert undrawn == []
     n_figures = page.page.eval_on_selector_all("[data-figure]", "els => els.length")
     assert n_figures >= 5
@@ -139,7 +160,9 @@ def test_attention_viewer_changes_with_the_head(report_page):
     after = p.eval_on_selector(canvas, "c => c.toDataURL()")
     assert after != before  # the drawn pattern changed, not just the label
     # Another run (2 layers) offers its own layers, and hovering a cell names both tokens.
-    runs = p.eval_on_selector_all("#fig-attention-viewer select[data-control=run] option", "os => os.map(o => o.textContent)")
+    runs = p.eval_on_selector_all(
+        "#fig-attention-viewer select[data-control=run] option", "os => os.map(o => o.textContent)"
+    )
     p.select_option("#fig-attention-viewer select[data-control=run]", str(len(runs) - 1))
     assert p.eval_on_selector_all("#fig-attention-viewer select[data-control=layer] option", "os => os.length") == 2
     p.locator(canvas).hover(position={"x": p.eval_on_selector(canvas, "c => c.clientWidth") - 10, "y": 5})

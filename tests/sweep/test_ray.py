@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-
 from conftest import TINY
+
 from toylens.config import validate_config
 from toylens.run import RunDir
 from toylens.sweep import run_sweep
@@ -36,8 +36,14 @@ def dies_once(job: Job) -> dict:
     marker = Path(job.out) / "victim-died"
     if job.names == [VICTIM] and not marker.exists():
         marker.touch()
-        train(validate_config(job.configs[0]), job.out, resume=True, device="cpu", progress=False,
-              callbacks=[DieAfterEpoch1()])
+        train(
+            validate_config(job.configs[0]),
+            job.out,
+            resume=True,
+            device="cpu",
+            progress=False,
+            callbacks=[DieAfterEpoch1()],
+        )
     return run_job(job)
 
 
@@ -55,8 +61,9 @@ def test_worker_death_is_retried_and_the_member_resumes(tmp_path, local_ray):
     base = copy.deepcopy(TINY)
     base["train"]["epochs"] = 2
     spec = {"name": "ray-sw", "base": base, "parameters": {"train.weight_decay": [0.0, 0.1]}}
-    result = run_sweep(spec, tmp_path, backend_obj=RayBackend(job_fn=dies_once, max_retries=2),
-                       device="cpu", progress=False)
+    result = run_sweep(
+        spec, tmp_path, backend_obj=RayBackend(job_fn=dies_once, max_retries=2), device="cpu", progress=False
+    )
     assert (tmp_path / "ray-sw" / "victim-died").exists(), "the victim's worker must have died once"
     assert [r["status"] for r in result.rows] == ["done", "done"], result.rows
     victim = next(r for r in result.rows if r["name"] == VICTIM)

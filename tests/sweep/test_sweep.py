@@ -4,8 +4,8 @@ what is missing."""
 
 from __future__ import annotations
 
-import csv
 import copy
+import csv
 import json
 import math
 import re
@@ -14,8 +14,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import TINY, wandb_run
+
 from toylens import train
 from toylens.errors import ToylensError
 from toylens.run import RunDir
@@ -39,8 +39,11 @@ def members_of(path):
 
 
 def test_grid_is_every_combination_times_every_seed(tmp_path):
-    path = write_spec(tmp_path, parameters={"train.weight_decay": [0.0, 0.1], "train.l1.hooks": [[], ["blocks.0.hook_resid_pre"]]},
-                      seeds=[0, 7])
+    path = write_spec(
+        tmp_path,
+        parameters={"train.weight_decay": [0.0, 0.1], "train.l1.hooks": [[], ["blocks.0.hook_resid_pre"]]},
+        seeds=[0, 7],
+    )
     members = members_of(path)
     assert len(members) == 8 and len({m.name for m in members}) == 8
     # values that do not spell well (lists) are named by a short hash
@@ -53,10 +56,12 @@ def test_grid_is_every_combination_times_every_seed(tmp_path):
 
 
 def test_random_draws_stay_in_range_and_more_draws_keep_the_first(tmp_path):
-    params = {"train.lr": {"distribution": "log_uniform", "min": 1e-4, "max": 1e-2},
-              "train.weight_decay": {"distribution": "uniform", "min": 0.0, "max": 0.5},
-              "train.warmup_steps": {"distribution": "int", "min": 0, "max": 2},
-              "model.n_heads": [1, 2, 4]}
+    params = {
+        "train.lr": {"distribution": "log_uniform", "min": 1e-4, "max": 1e-2},
+        "train.weight_decay": {"distribution": "uniform", "min": 0.0, "max": 0.5},
+        "train.warmup_steps": {"distribution": "int", "min": 0, "max": 2},
+        "model.n_heads": [1, 2, 4],
+    }
     small = members_of(write_spec(tmp_path, method="random", count=40, parameters=params))
     big = members_of(write_spec(tmp_path, method="random", count=60, parameters=params))
     assert [m.params for m in big[:40]] == [m.params for m in small]
@@ -70,21 +75,38 @@ def test_random_draws_stay_in_range_and_more_draws_keep_the_first(tmp_path):
     assert all(0 <= m.params["train.weight_decay"] <= 0.5 for m in big)
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"parameters": {"train.weight_dacay": [0.1]}}, "parameters: 'train.weight_dacay' is not a config field (did you mean 'train.weight_decay'?)"),
-    ({"parameters": {"train.lr": {"distribution": "uniform", "min": 0, "max": 1}}}, "parameters.train.lr: distributions need method: random"),
-    ({"method": "random", "parameters": {"train.lr": [0.1]}}, "count: required when method is random"),
-    ({"method": "random", "count": 2, "parameters": {"train.lr": {"distribution": "log_uniform", "min": 0, "max": 1}}},
-     "parameters.train.lr.min: Input should be greater than 0"),
-    ({"method": "random", "count": 2, "parameters": {"train.lr": {"distribution": "normal"}}},
-     "parameters.train.lr.distribution: expected one of uniform, log_uniform, int, choice (got 'normal')"),
-    ({"parameters": {"seed": [1, 2]}}, "parameters.seed: set by the sweep"),
-    ({"parameters": {"train.lr": [0.1, -1.0]}}, "(member sw-lr-1-seed0): train.lr: Input should be greater than 0"),
-    ({"parameters": {"train.lr": []}}, "parameters.train.lr: the list of values is empty"),
-    ({"seeds": [1, 1]}, "seeds: must be distinct"),
-    ({"base": "missing.yaml"}, "base: config file"),
-    ({"paramters": {}}, "paramters: unknown key (did you mean 'parameters'?)"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"parameters": {"train.weight_dacay": [0.1]}},
+            "parameters: 'train.weight_dacay' is not a config field (did you mean 'train.weight_decay'?)",
+        ),
+        (
+            {"parameters": {"train.lr": {"distribution": "uniform", "min": 0, "max": 1}}},
+            "parameters.train.lr: distributions need method: random",
+        ),
+        ({"method": "random", "parameters": {"train.lr": [0.1]}}, "count: required when method is random"),
+        (
+            {
+                "method": "random",
+                "count": 2,
+                "parameters": {"train.lr": {"distribution": "log_uniform", "min": 0, "max": 1}},
+            },
+            "parameters.train.lr.min: Input should be greater than 0",
+        ),
+        (
+            {"method": "random", "count": 2, "parameters": {"train.lr": {"distribution": "normal"}}},
+            "parameters.train.lr.distribution: expected one of uniform, log_uniform, int, choice (got 'normal')",
+        ),
+        ({"parameters": {"seed": [1, 2]}}, "parameters.seed: set by the sweep"),
+        ({"parameters": {"train.lr": [0.1, -1.0]}}, "(member sw-lr-1-seed0): train.lr: Input should be greater than 0"),
+        ({"parameters": {"train.lr": []}}, "parameters.train.lr: the list of values is empty"),
+        ({"seeds": [1, 1]}, "seeds: must be distinct"),
+        ({"base": "missing.yaml"}, "base: config file"),
+        ({"paramters": {}}, "paramters: unknown key (did you mean 'parameters'?)"),
+    ],
+)
 def test_bad_specs_fail_with_one_line_naming_the_field(tmp_path, fields, message):
     path = write_spec(tmp_path, **fields)
     with pytest.raises(ToylensError) as err:
@@ -94,7 +116,9 @@ def test_bad_specs_fail_with_one_line_naming_the_field(tmp_path, fields, message
 
 def test_cli_dry_run_and_bad_spec(tmp_path):
     path = write_spec(tmp_path, parameters={"train.weight_decay": [0.0, 0.3]})
-    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "sweep", str(path), "--dry-run"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toylens.cli", "sweep", str(path), "--dry-run"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "sw-weight_decay0.3-seed0" in proc.stdout
     bad = write_spec(tmp_path, parameters={"train.lr": [0.0]})
     proc = subprocess.run([sys.executable, "-m", "toylens.cli", "sweep", str(bad)], capture_output=True, text=True)
@@ -145,8 +169,11 @@ def test_failing_member_does_not_stop_the_others_and_rerun_trains_only_what_is_m
     done_files = {m.name: (out / "sw" / m.name / "summary.json").read_bytes() for m in (interrupted, fresh)}
     again = run_sweep(path, out, jobs=2, device="cpu", progress=False)
     rows = {r["name"]: r for r in again.rows}
-    assert [rows[m.name]["action"] for m in (interrupted, fresh, failing)] == \
-        ["skipped (finished)", "skipped (finished)", "resumed"]
+    assert [rows[m.name]["action"] for m in (interrupted, fresh, failing)] == [
+        "skipped (finished)",
+        "skipped (finished)",
+        "resumed",
+    ]
     assert rows[failing.name]["status"] == "failed"
     assert all((out / "sw" / name / "summary.json").read_bytes() == data for name, data in done_files.items())
     assert len(wandb_run(result.sweep_dir)[fresh.name]) == 1  # nothing retrained

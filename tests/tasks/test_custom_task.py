@@ -17,13 +17,21 @@ from pydantic import Field
 import toylens
 from toylens import config as config_module
 from toylens.analysis import Settings, analyze, load_result
-from toylens.llc import LLCSettings
-from toylens.llc import llc_over_checkpoints
 from toylens.config import TaskConfig, field_docs, load_config, validate_config
 from toylens.errors import ToylensError
+from toylens.llc import LLCSettings, llc_over_checkpoints
 from toylens.run import RunDir
-from toylens.tasks import IGNORE, CorruptedPair, Task, TaskSpec, TensorSplit, build_task, register_task, task_class
-from toylens.tasks import registry
+from toylens.tasks import (
+    IGNORE,
+    CorruptedPair,
+    Task,
+    TaskSpec,
+    TensorSplit,
+    build_task,
+    register_task,
+    registry,
+    task_class,
+)
 
 
 class ReverseConfig(TaskConfig):
@@ -52,8 +60,10 @@ class ReverseTask(Task):
         self.spec = TaskSpec(d_vocab=cfg.n_values + 1, d_vocab_out=cfg.n_values, n_ctx=2 * cfg.list_len)
         gen = torch.Generator().manual_seed(0)
         lists = torch.randint(cfg.n_values, (cfg.n_test + cfg.n_train, self.n), generator=gen)
-        self.splits = {"test": TensorSplit(*self.encode(lists[: cfg.n_test])),
-                       "train": TensorSplit(*self.encode(lists[cfg.n_test :]))}
+        self.splits = {
+            "test": TensorSplit(*self.encode(lists[: cfg.n_test])),
+            "train": TensorSplit(*self.encode(lists[cfg.n_test :])),
+        }
 
     def encode(self, lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seq = torch.cat([lists, torch.full((len(lists), 1), self.sep), lists.flip(1)], dim=1)
@@ -81,9 +91,13 @@ class ReverseTask(Task):
 
 
 SETTINGS = Settings(n_examples=24, n_patch=6, n_repeated=8, n_pattern_examples=2)
-RAW = {"name": "reverse", "seed": 0, "task": {"name": "toy-reverse", "n_train": 512},
-       "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "d_mlp": 32},
-       "train": {"epochs": 2, "batch_size": 64, "lr": 0.01}}
+RAW = {
+    "name": "reverse",
+    "seed": 0,
+    "task": {"name": "toy-reverse", "n_train": 512},
+    "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "d_mlp": 32},
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.01},
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,8 +115,11 @@ def test_the_config_validates_strictly_and_is_documented(toylens_main, tmp_path)
         validate_config({**RAW, "task": {"name": "toy-reverse", "list_len": "4"}})
     with pytest.raises(ToylensError, match=r"^config: task.n_valeus: unknown key \(did you mean 'n_values'\?\)$"):
         validate_config({**RAW, "task": {"name": "toy-reverse", "n_valeus": 4}})
-    with pytest.raises(ToylensError, match=r"task.name: unknown name 'toy-revers' \(did you mean 'toy-reverse'\?\); "
-                                           r"one of 'sort', 'induction', 'lm', 'classify', 'toy-reverse'"):
+    with pytest.raises(
+        ToylensError,
+        match=r"task.name: unknown name 'toy-revers' \(did you mean 'toy-reverse'\?\); "
+        r"one of 'sort', 'induction', 'lm', 'classify', 'toy-reverse'",
+    ):
         validate_config({**RAW, "task": {"name": "toy-revers"}})
     assert ("task.list_len", "int", "(toy-reverse) Values in each list.") in field_docs()
     assert "task.n_values" in toylens_main("config", "fields").stdout
@@ -130,8 +147,9 @@ def test_train_analyze_llc_report(reverse_run, tmp_path):
     scores = load_result(run, "analysis/epoch-0002/head_scores/repeated")
     assert "r uniform over 8 tokens" in scores.dataset  # SEP is a special token: left out of random sequences
 
-    fast = LLCSettings(epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3, draws=8, init_batches=2,
-                       mala_every=2)
+    fast = LLCSettings(
+        epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3, draws=8, init_batches=2, mala_every=2
+    )
     llc = llc_over_checkpoints(run.path, settings=fast, progress=False)  # its objective reads the task's loss positions
     assert set(llc) == {"epoch-0000", "epoch-0001", "epoch-0002"}
     assert all(math.isfinite(estimate["llc"]) for estimate in llc.values())
@@ -144,8 +162,9 @@ def test_without_a_patching_metric_patching_does_not_apply(reverse_run, monkeypa
     monkeypatch.setattr(ReverseTask, "patch_metric", None)
     assert analyze(reverse_run.path, "epoch-0001", only=["patching"], settings=SETTINGS, progress=False) == []
     monkeypatch.undo()
-    assert analyze(reverse_run.path, "epoch-0001", only=["patching/logit_diff/resid_pre"], settings=SETTINGS,
-                   progress=False) == ["analysis/epoch-0001/patching/logit_diff/resid_pre"]
+    assert analyze(
+        reverse_run.path, "epoch-0001", only=["patching/logit_diff/resid_pre"], settings=SETTINGS, progress=False
+    ) == ["analysis/epoch-0001/patching/logit_diff/resid_pre"]
 
 
 def test_loss_positions_are_the_reversed_half():

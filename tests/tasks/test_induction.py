@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY
+
 from toylens.config import InductionTaskConfig, load_config
 from toylens.errors import ToylensError
 from toylens.tasks import IGNORE, build_task
@@ -40,7 +40,9 @@ def test_offsets_and_lengths_vary():
     """Random lengths and offsets: the distance back to the earlier occurrence is not fixed, so
     attending a fixed number of positions back (a positional shortcut) cannot solve the task."""
     batch = build_task(CFG).splits["train"].batch(torch.arange(500))
-    copies = [find_copy(t.tolist() + [int(y[-1])], c.tolist()) for t, y, c in zip(batch.tokens, batch.targets, batch.copied)]
+    copies = [
+        find_copy(t.tolist() + [int(y[-1])], c.tolist()) for t, y, c in zip(batch.tokens, batch.targets, batch.copied)
+    ]
     offsets = torch.tensor([dst - src for src, dst, _ in copies])
     assert set(length for *_, length in copies) == set(range(3, 16))
     assert len(offsets.unique()) > 20 and offsets.bincount().max() < 0.15 * len(offsets)

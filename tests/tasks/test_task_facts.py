@@ -45,8 +45,9 @@ def test_induction():
 def test_lm_reads_its_tokenizer(tmp_path):
     doc = tmp_path / "a.txt"
     doc.write_text("abcab aab bca cab abc\n" * 30)
-    task = build_task(LmTaskConfig(dataset="files", files=[str(doc)], tokenizer="char", n_ctx=8,
-                                   cache_dir=str(tmp_path / "c")))
+    task = build_task(
+        LmTaskConfig(dataset="files", files=[str(doc)], tokenizer="char", n_ctx=8, cache_dir=str(tmp_path / "c"))
+    )
     eos, pad = task.tokenizer.eos_id, task.tokenizer.pad_id  # <|endoftext|> and <pad>, added to the 256 bytes
     assert facts(task) == (True, "neg_loss", [eos, pad], eos)
     assert task.random_token_ids().tolist() == list(range(256))
@@ -58,8 +59,15 @@ def test_lm_reads_its_tokenizer(tmp_path):
 def test_classify_outputs_are_classes(tmp_path):
     rows = [{"text": f"review {i} " + ("good" if i % 2 else "bad"), "label": i % 2} for i in range(50)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = build_task(ClassifyTaskConfig(dataset="files", files=[str(tmp_path / "train.jsonl")],
-                                         tokenizer="bert-base-uncased", n_ctx=16, cache_dir=str(tmp_path / "c")))
+    task = build_task(
+        ClassifyTaskConfig(
+            dataset="files",
+            files=[str(tmp_path / "train.jsonl")],
+            tokenizer="bert-base-uncased",
+            n_ctx=16,
+            cache_dir=str(tmp_path / "c"),
+        )
+    )
     assert facts(task) == (False, "logit_diff", [0, 102], 102)  # [PAD], [SEP]
     assert task.output_labels() == ["0", "1"] and task.goal("val/acc") == "max"  # this data names no classes
     assert len(task.random_token_ids()) == 30522 - 2

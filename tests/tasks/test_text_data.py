@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import TINY
+
 from toylens.config import ClassifyTaskConfig, LmTaskConfig, load_config
 from toylens.errors import ToylensError
 from toylens.tasks import build_task
@@ -35,7 +35,9 @@ def write_hub_dir(root: Path, n: dict[str, int]) -> Path:
         labels = [i % 3 for i in range(count)]
         (root / "plain_text").mkdir(parents=True, exist_ok=True)
         (root / "lines").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"text": texts, "label": labels}), root / "plain_text" / f"{split}-00000-of-00001.parquet")
+        pq.write_table(
+            pa.table({"text": texts, "label": labels}), root / "plain_text" / f"{split}-00000-of-00001.parquet"
+        )
         pq.write_table(pa.table({"text": texts}), root / "lines" / f"{split}-00000-of-00001.parquet")
     configs = []
     for config in ("plain_text", "lines"):
@@ -47,15 +49,29 @@ def write_hub_dir(root: Path, n: dict[str, int]) -> Path:
 
 def test_hub_layout_directory_is_loaded_with_datasets(tmp_path, caplog):
     hub = write_hub_dir(tmp_path / "hub", {"train": 60, "validation": 20, "test": 30})
-    cfg = ClassifyTaskConfig(dataset="hf", hf_path=str(hub), subset="plain_text", tokenizer="char", n_ctx=64,
-                             cache_dir=str(tmp_path / "cache"))
+    cfg = ClassifyTaskConfig(
+        dataset="hf",
+        hf_path=str(hub),
+        subset="plain_text",
+        tokenizer="char",
+        n_ctx=64,
+        cache_dir=str(tmp_path / "cache"),
+    )
     with caplog.at_level("INFO", logger="toylens"):
         task = build_task(cfg)
     assert "local dataset directory" in caplog.text
     assert {k: len(v) for k, v in task.splits.items()} == {"train": 60, "val": 20, "test": 30}
     assert task.spec.d_vocab_out == 3 and task.spec.d_vocab == 258
-    lm = build_task(LmTaskConfig(dataset="hf", hf_path=str(hub), subset="lines", tokenizer="char", n_ctx=16,
-                                 cache_dir=str(tmp_path / "cache")))
+    lm = build_task(
+        LmTaskConfig(
+            dataset="hf",
+            hf_path=str(hub),
+            subset="lines",
+            tokenizer="char",
+            n_ctx=16,
+            cache_dir=str(tmp_path / "cache"),
+        )
+    )
     text = "".join(pq.read_table(hub / "lines" / "train-00000-of-00001.parquet").column("text").to_pylist())
     # Each row is a document: its bytes, then end-of-text (256); all of it in windows of 16.
     assert len(lm.splits["train"]) == (len(text.encode()) + 60 - 1) // 16
@@ -64,14 +80,18 @@ def test_hub_layout_directory_is_loaded_with_datasets(tmp_path, caplog):
 def test_imdb_name_with_local_hub_directory(tmp_path):
     """`dataset: imdb` goes through `datasets` under the name given in hf_path (here a local copy)."""
     hub = write_hub_dir(tmp_path / "imdb", {"train": 40, "test": 10})
-    task = build_task(ClassifyTaskConfig(dataset="imdb", hf_path=str(hub), tokenizer="char", n_ctx=32,
-                                         cache_dir=str(tmp_path / "cache")))
+    task = build_task(
+        ClassifyTaskConfig(
+            dataset="imdb", hf_path=str(hub), tokenizer="char", n_ctx=32, cache_dir=str(tmp_path / "cache")
+        )
+    )
     assert {k: len(v) for k, v in task.splits.items()} == {"train": 36, "val": 4, "test": 10}
 
 
 def test_offline_falls_back_to_bundled_sample(tmp_path, no_network, caplog):
-    cfg = LmTaskConfig(dataset="wikitext", subset="wikitext-2-v1", tokenizer="char", n_ctx=256,
-                       cache_dir=str(tmp_path / "cache"))
+    cfg = LmTaskConfig(
+        dataset="wikitext", subset="wikitext-2-v1", tokenizer="char", n_ctx=256, cache_dir=str(tmp_path / "cache")
+    )
     with caplog.at_level("INFO", logger="toylens"):
         task = build_task(cfg)
     assert "bundled sample of Salesforce/wikitext (wikitext-2-v1)" in caplog.text and "unreachable" in caplog.text
@@ -80,7 +100,10 @@ def test_offline_falls_back_to_bundled_sample(tmp_path, no_network, caplog):
     import toylens
 
     bundled = Path(toylens.__file__).parent / "data/wikitext/wikitext-2-v1/validation.jsonl.gz"
-    n = sum(len(json.loads(line)["text"].encode()) for line in gzip.open(bundled, "rt", encoding="utf-8").read().split("\n")[:-1])
+    n = sum(
+        len(json.loads(line)["text"].encode())
+        for line in gzip.open(bundled, "rt", encoding="utf-8").read().split("\n")[:-1]
+    )
     val = int(n * 0.1)
     assert (len(task.splits["train"]), len(task.splits["val"])) == ((n - val - 1) // 256, (val - 1) // 256)
     with pytest.raises(ToylensError, match="no train or validation split.*wikitext-103-v1"):
@@ -99,8 +122,15 @@ def test_cache_is_reused_and_memory_mapped(tmp_path, monkeypatch):
     files.mkdir()
     for i in range(3):
         (files / f"doc{i}.txt").write_text(f"document {i}\nsecond line of {i}\n")
-    cfg = LmTaskConfig(dataset="files", files=[str(files / "*.txt")], tokenizer="gpt2", n_ctx=4,
-                       cache_dir=str(tmp_path / "cache"), val_fraction=0.2, test_fraction=0.2)
+    cfg = LmTaskConfig(
+        dataset="files",
+        files=[str(files / "*.txt")],
+        tokenizer="gpt2",
+        n_ctx=4,
+        cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.2,
+        test_fraction=0.2,
+    )
     first = build_task(cfg)
     entries = list((tmp_path / "cache" / "tokens").iterdir())
     assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} == {"tokens.bin", "meta.json"}
@@ -115,7 +145,9 @@ def test_cache_is_reused_and_memory_mapped(tmp_path, monkeypatch):
     assert torch.equal(first.splits["train"].batch(idx).tokens, second.splits["train"].batch(idx).tokens)
     # The stream is every file's tokens followed by end-of-text, in file order.
     gpt2 = load_tokenizer("gpt2")
-    expected = [t for i in range(3) for t in gpt2.encode(f"document {i}\n") + gpt2.encode(f"second line of {i}\n") + [50256]]
+    expected = [
+        t for i in range(3) for t in gpt2.encode(f"document {i}\n") + gpt2.encode(f"second line of {i}\n") + [50256]
+    ]
     assert second.splits["train"].tokens.tolist() == expected
 
 
@@ -159,8 +191,9 @@ def test_classify_from_jsonl_files_and_missing_label_column(tmp_path):
     train = tmp_path / "train.jsonl.gz"
     with gzip.open(train, "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    cfg = ClassifyTaskConfig(dataset="files", files=[str(train)], tokenizer="bert-base-uncased", n_ctx=16,
-                             cache_dir=str(tmp_path / "c"))
+    cfg = ClassifyTaskConfig(
+        dataset="files", files=[str(train)], tokenizer="bert-base-uncased", n_ctx=16, cache_dir=str(tmp_path / "c")
+    )
     task = build_task(cfg)
     assert {k: len(v) for k, v in task.splits.items()} == {"train": 40, "val": 5, "test": 5}
     with pytest.raises(ToylensError) as e:
@@ -172,27 +205,41 @@ def test_classify_from_jsonl_files_and_missing_label_column(tmp_path):
         build_task(cfg.model_copy(update={"files": [str(no_labels)]}))
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"files": ["{tmp}/missing.txt"]}, "task.files: {tmp}/missing.txt: no such file"),
-    ({"files": ["{tmp}/*.md"]}, "task.files: '{tmp}/*.md' matches no file"),
-    ({"files": ["{tmp}/empty.txt"]}, "task: empty corpus"),
-    ({"tokenizer": "gtp2"}, "task.tokenizer: unknown tokenizer 'gtp2'"),
-    ({"n_ctx": 4096}, "task.n_ctx: the train split has too few tokens for one window of 4097"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"files": ["{tmp}/missing.txt"]}, "task.files: {tmp}/missing.txt: no such file"),
+        ({"files": ["{tmp}/*.md"]}, "task.files: '{tmp}/*.md' matches no file"),
+        ({"files": ["{tmp}/empty.txt"]}, "task: empty corpus"),
+        ({"tokenizer": "gtp2"}, "task.tokenizer: unknown tokenizer 'gtp2'"),
+        ({"n_ctx": 4096}, "task.n_ctx: the train split has too few tokens for one window of 4097"),
+    ],
+)
 def test_user_errors_are_one_line(tmp_path, change, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "some.txt").write_text("a few words of text\n" * 10)
-    raw = {"name": "lm", "dataset": "files", "files": [str(tmp_path / "some.txt")], "tokenizer": "char",
-           "n_ctx": 8, "cache_dir": str(tmp_path / "c")}
-    raw.update({k: [v.format(tmp=tmp_path) for v in val] if isinstance(val, list) else val for k, val in change.items()})
+    raw = {
+        "name": "lm",
+        "dataset": "files",
+        "files": [str(tmp_path / "some.txt")],
+        "tokenizer": "char",
+        "n_ctx": 8,
+        "cache_dir": str(tmp_path / "c"),
+    }
+    raw.update(
+        {k: [v.format(tmp=tmp_path) for v in val] if isinstance(val, list) else val for k, val in change.items()}
+    )
     with pytest.raises(ToylensError) as e:
         build_task(LmTaskConfig(**raw))
     assert str(e.value).startswith(message.format(tmp=tmp_path)) and "\n" not in str(e.value)
 
 
 def test_model_context_shorter_than_task_n_ctx(tmp_path):
-    raw = {**TINY, "task": {"name": "lm", "dataset": "files", "files": ["x.txt"], "n_ctx": 256},
-           "model": {**TINY["model"], "n_ctx": 128}}
+    raw = {
+        **TINY,
+        "task": {"name": "lm", "dataset": "files", "files": ["x.txt"], "n_ctx": 256},
+        "model": {**TINY["model"], "n_ctx": 128},
+    }
     from toylens.tasks.base import TaskSpec
 
     cfg = load_config(raw)
@@ -220,9 +267,23 @@ def test_cli_reports_a_missing_data_file_in_one_line(tmp_path):
     import yaml
 
     cfg = tmp_path / "lm.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY, "task": {"name": "lm", "dataset": "files", "files": [str(tmp_path / "nope.txt")],
-                                                    "cache_dir": str(tmp_path / "c")}}))
-    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "train", str(cfg), "--out", str(tmp_path / "runs")],
-                          capture_output=True, text=True)
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                **TINY,
+                "task": {
+                    "name": "lm",
+                    "dataset": "files",
+                    "files": [str(tmp_path / "nope.txt")],
+                    "cache_dir": str(tmp_path / "c"),
+                },
+            }
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "toylens.cli", "train", str(cfg), "--out", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: task.files: {tmp_path / 'nope.txt'}: no such file"
     assert not (tmp_path / "runs").exists()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 import toylens
-from conftest import TINY
 from toylens.config import ClassifyTaskConfig, LmTaskConfig, validate_config
 from toylens.model import Transformer
 from toylens.tasks import IGNORE, build_task
@@ -32,8 +32,9 @@ def cache(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def imdb_bert(cache):
-    return build_task(ClassifyTaskConfig(tokenizer="bert-base-uncased", n_ctx=48, source="bundled",
-                                         max_examples=300, cache_dir=cache))
+    return build_task(
+        ClassifyTaskConfig(tokenizer="bert-base-uncased", n_ctx=48, source="bundled", max_examples=300, cache_dir=cache)
+    )
 
 
 def test_classify_targets_truncation_and_splits(imdb_bert):
@@ -54,8 +55,11 @@ def test_classify_targets_truncation_and_splits(imdb_bert):
 
 def test_pads_never_change_the_prediction(cache):
     """Logits at each review's label position are the same padded in a batch and run alone."""
-    task = build_task(ClassifyTaskConfig(tokenizer="bert-base-uncased", n_ctx=400, source="bundled",
-                                         max_examples=300, cache_dir=cache))  # same tokens, from the cache
+    task = build_task(
+        ClassifyTaskConfig(
+            tokenizer="bert-base-uncased", n_ctx=400, source="bundled", max_examples=300, cache_dir=cache
+        )
+    )  # same tokens, from the cache
     cfg = validate_config({**TINY, "task": {"name": "classify"}, "model": {"n_layers": 2, "n_heads": 2, "d_model": 16}})
     model = Transformer(cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx).model, seed=0).eval()
     batch = task.splits["val"].batch(torch.arange(12))
@@ -69,8 +73,9 @@ def test_pads_never_change_the_prediction(cache):
 
 
 def test_lm_windows_are_the_tokenized_stream(cache):
-    task = build_task(LmTaskConfig(dataset="wikitext", subset="wikitext-2-v1", source="bundled", n_ctx=64,
-                                   cache_dir=cache))
+    task = build_task(
+        LmTaskConfig(dataset="wikitext", subset="wikitext-2-v1", source="bundled", n_ctx=64, cache_dir=cache)
+    )
     gpt2 = load_tokenizer("gpt2")
     rows = bundled_rows("wikitext/wikitext-2-v1/validation.jsonl.gz")
     stream = [t for r in rows for t in gpt2.encode(r["text"])]  # lines of one text: no end-of-text
@@ -90,8 +95,9 @@ def test_lm_windows_are_the_tokenized_stream(cache):
 def test_unigram_baseline_and_perplexity_against_brute_force(tmp_path):
     doc = tmp_path / "a.txt"
     doc.write_text("abcab aab bca cab abc\n" * 30)
-    task = build_task(LmTaskConfig(dataset="files", files=[str(doc)], tokenizer="char", n_ctx=8,
-                                   cache_dir=str(tmp_path / "c")))
+    task = build_task(
+        LmTaskConfig(dataset="files", files=[str(doc)], tokenizer="char", n_ctx=8, cache_dir=str(tmp_path / "c"))
+    )
     train = task.splits["train"].batch(torch.arange(len(task.splits["train"]))).targets.flatten().tolist()
     test = task.splits["test"].batch(torch.arange(len(task.splits["test"]))).targets.flatten().tolist()
     total = len(train) + 258
@@ -106,11 +112,18 @@ def test_evaluation_batches_keep_gpt2_logits_small_and_averages_unchanged(cache,
     from toylens.config import ModelConfig
     from toylens.tasks import base
 
-    task = build_task(LmTaskConfig(dataset="wikitext", subset="wikitext-2-v1", source="bundled", n_ctx=64,
-                                   max_examples=600, cache_dir=cache))
+    task = build_task(
+        LmTaskConfig(
+            dataset="wikitext", subset="wikitext-2-v1", source="bundled", n_ctx=64, max_examples=600, cache_dir=cache
+        )
+    )
     spec = task.spec
-    model = Transformer(ModelConfig(n_layers=1, n_heads=1, d_model=8, attn_only=True)
-                        .resolved(spec.d_vocab, spec.d_vocab_out, spec.n_ctx), seed=0).eval()
+    model = Transformer(
+        ModelConfig(n_layers=1, n_heads=1, d_model=8, attn_only=True).resolved(
+            spec.d_vocab, spec.d_vocab_out, spec.n_ctx
+        ),
+        seed=0,
+    ).eval()
     seen: list[int] = []
     real = task.metric_sums
     monkeypatch.setattr(task, "metric_sums", lambda logits, batch: seen.append(logits.numel()) or real(logits, batch))
@@ -122,11 +135,20 @@ def test_evaluation_batches_keep_gpt2_logits_small_and_averages_unchanged(cache,
 
 def test_trains_end_to_end_and_reloads(tmp_path, cache):
     """A tiny classifier through the unchanged Trainer: val picks the best epoch; load() rebuilds the task."""
-    raw = {"name": "imdb-tiny", "seed": 0,
-           "task": {"name": "classify", "tokenizer": "bert-base-uncased", "n_ctx": 48, "source": "bundled",
-                    "max_examples": 300, "cache_dir": cache},
-           "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "attn_only": True},
-           "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "eval_batch_size": 500}}
+    raw = {
+        "name": "imdb-tiny",
+        "seed": 0,
+        "task": {
+            "name": "classify",
+            "tokenizer": "bert-base-uncased",
+            "n_ctx": 48,
+            "source": "bundled",
+            "max_examples": 300,
+            "cache_dir": cache,
+        },
+        "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "attn_only": True},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "eval_batch_size": 500},
+    }
     result = toylens.train(validate_config(raw), out=tmp_path, progress=False)
     assert result.best["metric"] == "val/acc" and {"val/acc", "test/acc", "val/loss"} <= set(result.metrics)
     run = toylens.load(result.run_dir, checkpoint="best")
@@ -138,11 +160,20 @@ def test_trains_end_to_end_and_reloads(tmp_path, cache):
 @pytest.mark.slow
 def test_small_classifier_clearly_beats_chance(tmp_path, cache):
     """A reduced quick config (1,000 reviews, 128 tokens) is well above 50% on the 2,000 test reviews."""
-    raw = {"name": "imdb-small", "seed": 0,
-           "task": {"name": "classify", "tokenizer": "bert-base-uncased", "n_ctx": 128, "source": "bundled",
-                    "max_examples": 1000, "cache_dir": cache},
-           "model": {"n_layers": 1, "n_heads": 2, "d_model": 32, "attn_only": True, "normalization": "LN"},
-           "train": {"epochs": 6, "batch_size": 32, "lr": 0.002, "warmup_steps": 20, "eval_batch_size": 500}}
+    raw = {
+        "name": "imdb-small",
+        "seed": 0,
+        "task": {
+            "name": "classify",
+            "tokenizer": "bert-base-uncased",
+            "n_ctx": 128,
+            "source": "bundled",
+            "max_examples": 1000,
+            "cache_dir": cache,
+        },
+        "model": {"n_layers": 1, "n_heads": 2, "d_model": 32, "attn_only": True, "normalization": "LN"},
+        "train": {"epochs": 6, "batch_size": 32, "lr": 0.002, "warmup_steps": 20, "eval_batch_size": 500},
+    }
     result = toylens.train(validate_config(raw), out=tmp_path, progress=False)
     best = toylens.load(result.run_dir, checkpoint="best")
     test_acc = best.task.evaluate(best.model, "test", 500)["test/acc"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from toylens.errors import ToylensError
@@ -44,10 +43,13 @@ def test_local_tokenizer_json_by_file_and_folder(tmp_path):
     assert load_tokenizer("char").fingerprint != bert.fingerprint
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("gtp2", "task.tokenizer: unknown tokenizer 'gtp2'; use one of gpt2, bert-base-uncased, char"),
-    ("missing/tokenizer.json", "task.tokenizer: missing/tokenizer.json: no such tokenizer file"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("gtp2", "task.tokenizer: unknown tokenizer 'gtp2'; use one of gpt2, bert-base-uncased, char"),
+        ("missing/tokenizer.json", "task.tokenizer: missing/tokenizer.json: no such tokenizer file"),
+    ],
+)
 def test_errors_are_one_line(name, expected):
     with pytest.raises(ToylensError) as e:
         load_tokenizer(name)

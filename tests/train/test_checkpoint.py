@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from toylens import load, train
 from toylens.errors import ToylensError
 
@@ -85,13 +85,17 @@ def test_standalone_checkpoint_rebuilds_model(trained):
 
 def test_cli_refuses_with_exit_2(run_copy):
     (run_copy / "final.safetensors").write_bytes(b"\x80\x04garbage")
-    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "summary", str(run_copy)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toylens.cli", "summary", str(run_copy)], capture_output=True, text=True
+    )
     assert proc.returncode == 0  # summary reads summary.json only
     summary = run_copy / "summary.json"
     text = summary.read_text()
     i = text.index("0.")
     summary.write_text(text[:i] + "1" + text[i + 1 :])  # same length, one digit changed
-    proc = subprocess.run([sys.executable, "-m", "toylens.cli", "summary", str(run_copy)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toylens.cli", "summary", str(run_copy)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "summary.json" in proc.stderr and "SHA-256" in proc.stderr
 
 

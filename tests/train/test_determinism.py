@@ -11,9 +11,9 @@ import copy
 
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
-from conftest import TINY
 from toylens import load, train
 from toylens.config import validate_config
 from toylens.model.components import Embed
@@ -69,20 +69,39 @@ def _assert_identical(a, b) -> None:
 
 def test_sort_training_reruns_bit_identical(tmp_path):
     # Batches of 64 lists x 12 positions x d_model 64: past the size where CPU kernels go parallel.
-    raw = {**TINY, "task": {"name": "sort", "list_len": 6, "n_values": 20, "n_train": 1024, "n_test": 128},
-           "model": {"n_layers": 1, "n_heads": 2, "d_model": 64, "d_mlp": 128},
-           "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "weight_decay": 0.1,
-                     "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.001}}}
+    raw = {
+        **TINY,
+        "task": {"name": "sort", "list_len": 6, "n_values": 20, "n_train": 1024, "n_test": 128},
+        "model": {"n_layers": 1, "n_heads": 2, "d_model": 64, "d_mlp": 128},
+        "train": {
+            "epochs": 2,
+            "batch_size": 64,
+            "lr": 0.003,
+            "weight_decay": 0.1,
+            "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.001},
+        },
+    }
     _assert_identical(*_train_twice(raw, tmp_path))
 
 
 def test_lm_training_reruns_bit_identical(tmp_path):
-    raw = {"name": "lm-det", "seed": 0,
-           "task": {"name": "lm", "dataset": "wikitext", "subset": "wikitext-2-v1", "source": "bundled",
-                    "tokenizer": "char", "n_ctx": 64, "max_examples": 400, "max_eval_examples": 100,
-                    "cache_dir": str(tmp_path / "cache")},
-           "model": {"n_layers": 2, "n_heads": 2, "d_model": 64, "normalization": "LN"},
-           "train": {"epochs": 2, "batch_size": 32, "lr": 0.003, "warmup_steps": 5}}
+    raw = {
+        "name": "lm-det",
+        "seed": 0,
+        "task": {
+            "name": "lm",
+            "dataset": "wikitext",
+            "subset": "wikitext-2-v1",
+            "source": "bundled",
+            "tokenizer": "char",
+            "n_ctx": 64,
+            "max_examples": 400,
+            "max_eval_examples": 100,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "model": {"n_layers": 2, "n_heads": 2, "d_model": 64, "normalization": "LN"},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.003, "warmup_steps": 5},
+    }
     a, b = _train_twice(raw, tmp_path)
     _assert_identical(a, b)
     assert load(a).task.spec.d_vocab > 20  # a real character vocabulary, so tokens repeat in every batch
@@ -91,10 +110,15 @@ def test_lm_training_reruns_bit_identical(tmp_path):
 def test_ensemble_training_reruns_bit_identical(tmp_path):
     from toylens.train.ensemble import train_ensemble
 
-    base = {**TINY, "model": {"n_layers": 1, "n_heads": 2, "d_model": 64, "d_mlp": 128},
-            "task": {"name": "sort", "list_len": 6, "n_values": 20, "n_train": 512, "n_test": 64}}
-    cfgs = [validate_config({**base, "name": f"m{i}", "seed": i, "train": {**TINY["train"], "lr": lr}})
-            for i, lr in enumerate((0.003, 0.01))]
+    base = {
+        **TINY,
+        "model": {"n_layers": 1, "n_heads": 2, "d_model": 64, "d_mlp": 128},
+        "task": {"name": "sort", "list_len": 6, "n_values": 20, "n_train": 512, "n_test": 64},
+    }
+    cfgs = [
+        validate_config({**base, "name": f"m{i}", "seed": i, "train": {**TINY["train"], "lr": lr}})
+        for i, lr in enumerate((0.003, 0.01))
+    ]
     for out in ("a", "b"):
         outcomes = train_ensemble(cfgs, tmp_path / out, device="cpu", progress=False)
         assert all(o.error is None for o in outcomes)

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_config
+
 from toylens import load, train
 from toylens.run import RunDir
 from toylens.tasks.base import IGNORE, Batch
@@ -58,8 +58,15 @@ class Interrupt(TrainCallback):
 @pytest.mark.slow
 def test_torchrun_two_ranks_resume_a_run_and_match_one_process(tmp_path):
     # 600 lists in batches of 63: shards of 32 and 31 sequences, and 17/16 in the last batch.
-    cfg = tiny_config(name="ddp", train={"epochs": 3, "batch_size": 63, "weight_decay": 0.1,
-                                         "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.001}})
+    cfg = tiny_config(
+        name="ddp",
+        train={
+            "epochs": 3,
+            "batch_size": 63,
+            "weight_decay": 0.1,
+            "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.001},
+        },
+    )
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -71,9 +78,20 @@ def test_torchrun_two_ranks_resume_a_run_and_match_one_process(tmp_path):
     (tmp_path / "cfg.yaml").write_text(cfg.model_dump_json())  # JSON is YAML
     (tmp_path / "script.py").write_text(SCRIPT)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(tmp_path / "script.py"), str(tmp_path / "cfg.yaml"), str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "script.py"),
+            str(tmp_path / "cfg.yaml"),
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # every rank returns; only rank 0, which evaluated, has the metrics

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from toylens import load, train
 from toylens.errors import ToylensError
 from toylens.run import RunDir
@@ -87,8 +87,13 @@ def test_interrupted_ensemble_resumes_as_ensemble_or_alone(tmp_path, solo):
     cfgs = members()
     last = cfgs[-1].name  # interrupt after the last member has checkpointed epoch 1
     with pytest.raises(KeyboardInterrupt):
-        train_ensemble(cfgs, tmp_path, progress=False, device="cpu",
-                       callbacks=lambda cfg: [StopAfterEpoch()] if cfg.name == last else [])
+        train_ensemble(
+            cfgs,
+            tmp_path,
+            progress=False,
+            device="cpu",
+            callbacks=lambda cfg: [StopAfterEpoch()] if cfg.name == last else [],
+        )
     for cfg in cfgs:
         run = RunDir(tmp_path / cfg.name)
         assert run.checkpoints()[-1].name == "epoch-0001" and not run.has("summary.json")

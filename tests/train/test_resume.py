@@ -32,11 +32,19 @@ from toylens.run import RunDir
 pytestmark = pytest.mark.slow
 
 CONFIG = {
-    "name": "killme", "seed": 0,
+    "name": "killme",
+    "seed": 0,
     "task": {"name": "sort", "list_len": 6, "n_values": 20, "n_train": 2000, "n_test": 200},
     "model": {"n_layers": 1, "n_heads": 2, "d_model": 32, "d_mlp": 64},
-    "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "warmup_steps": 2, "weight_decay": 0.1,
-              "log_checkpoints": 6, "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.001}},
+    "train": {
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 0.003,
+        "warmup_steps": 2,
+        "weight_decay": 0.1,
+        "log_checkpoints": 6,
+        "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 0.001},
+    },
 }
 WALL_CLOCK = {"wall_s"}
 
@@ -120,9 +128,12 @@ def random_kills(args: list[str], total: int, seed: int, kills: int) -> list[int
     rng = random.Random(seed)
     moments = sorted(rng.randint(int(0.02 * total), int(0.95 * total)) for _ in range(kills))
     for i, moment in enumerate(moments):
-        proc = subprocess.run(killer("tick", str(max(1, moment - (moments[i - 1] if i else 0))), *args),
-                              capture_output=True, text=True)
-        assert proc.returncode == -signal.SIGKILL, f"kill {i + 1} at tick {moment} of {total} did not land: {proc.stderr[-2000:]}"
+        proc = subprocess.run(
+            killer("tick", str(max(1, moment - (moments[i - 1] if i else 0))), *args), capture_output=True, text=True
+        )
+        assert proc.returncode == -signal.SIGKILL, (
+            f"kill {i + 1} at tick {moment} of {total} did not land: {proc.stderr[-2000:]}"
+        )
     return moments
 
 
@@ -173,8 +184,12 @@ def _content(run: RunDir, rel: str):
 def _equal(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         # bit for bit, so that NaNs (positions without targets) compare equal to themselves
-        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-                and a.numpy().tobytes() == b.numpy().tobytes())
+        return (
+            isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.numpy().tobytes() == b.numpy().tobytes()
+        )
     if isinstance(a, (tuple, list)):
         return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
@@ -212,13 +227,16 @@ def test_training_killed_at_random_moments_resumes_bit_identical(config, referen
     assert_same_files(ref, tmp_path / "out" / "killme")
 
 
-@pytest.mark.parametrize("mode,target", [
-    ("mid-write", "config.yaml"),                               # while the run is being created
-    ("mid-write", "checkpoints/epoch-0002.safetensors"),        # inside a checkpoint write
-    ("before-rename", "checkpoints/epoch-0001.state.safetensors"),
-    ("before-manifest", "metrics.jsonl"),                       # a new row on disk, not in the manifest
-    ("before-manifest", "final.safetensors"),
-])
+@pytest.mark.parametrize(
+    "mode,target",
+    [
+        ("mid-write", "config.yaml"),  # while the run is being created
+        ("mid-write", "checkpoints/epoch-0002.safetensors"),  # inside a checkpoint write
+        ("before-rename", "checkpoints/epoch-0001.state.safetensors"),
+        ("before-manifest", "metrics.jsonl"),  # a new row on disk, not in the manifest
+        ("before-manifest", "final.safetensors"),
+    ],
+)
 def test_training_killed_inside_a_write_resumes_bit_identical(config, reference, tmp_path, mode, target):
     ref, _ = reference
     out = tmp_path / "out"
@@ -279,14 +297,23 @@ def test_sweep_killed_and_rerun_gives_identical_members(config, reference, tmp_p
     """Two members trained one after the other, each as its own worker process; the sweep is
     killed while each member trains (its worker dies with it) and the rerun resumes both."""
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(yaml.safe_dump({"name": "sw", "base": str(config), "method": "grid",
-                                    "parameters": {"train.weight_decay": [0.0, 0.3]}, "seeds": [0]}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "sw",
+                "base": str(config),
+                "method": "grid",
+                "parameters": {"train.weight_decay": [0.0, 0.3]},
+                "seeds": [0],
+            }
+        )
+    )
     a, b = tmp_path / "a", tmp_path / "b"
     subprocess.run(toylens("sweep", str(spec), "--out", str(a), "--device", "cpu"), check=True, capture_output=True)
     cmd = toylens("sweep", str(spec), "--out", str(b), "--device", "cpu")
     rng = random.Random(5)
     first, second = b / "sw" / "sw-weight_decay0-seed0", b / "sw" / "sw-weight_decay0.3-seed0"
-    _kill_when(cmd, lambda: _checkpoints(first) >= 2, rng.uniform(0, 0.3))   # inside member 1's epoch 2
+    _kill_when(cmd, lambda: _checkpoints(first) >= 2, rng.uniform(0, 0.3))  # inside member 1's epoch 2
     _kill_when(cmd, lambda: _checkpoints(second) >= 1, rng.uniform(0, 0.3))  # inside member 2's epoch 1
     time.sleep(0.5)  # let the kernel deliver the workers' parent-death signal
     subprocess.run(cmd, check=True, capture_output=True)
@@ -299,11 +326,23 @@ def test_sweep_killed_and_rerun_gives_identical_members(config, reference, tmp_p
 def test_study_killed_and_rerun_gives_identical_results(config, tmp_path):
     """train -> analyze -> llc -> report of one run, killed 4 times; every result file equal."""
     study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({
-        "name": "st", "title": "kill test", "runs": [str(config)], "steps": ["train", "analyze", "llc", "report"],
-        "quick": {"analyze": [{"checkpoint": "all", "only": ["head_scores", "attention"]},
-                              {"checkpoint": "final", "settings": {"n_examples": 64, "ablate_neurons": False}}],
-                  "llc": {"checkpoints": "all", "chains": 2, "draws": 20, "burnin": 10, "calibrate": False}}}))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "st",
+                "title": "kill test",
+                "runs": [str(config)],
+                "steps": ["train", "analyze", "llc", "report"],
+                "quick": {
+                    "analyze": [
+                        {"checkpoint": "all", "only": ["head_scores", "attention"]},
+                        {"checkpoint": "final", "settings": {"n_examples": 64, "ablate_neurons": False}},
+                    ],
+                    "llc": {"checkpoints": "all", "chains": 2, "draws": 20, "burnin": 10, "calibrate": False},
+                },
+            }
+        )
+    )
     a, b = tmp_path / "a", tmp_path / "b"
     total = count_ticks(["reproduce", str(study), "--quick", "--out", str(a), "--device", "cpu"], tmp_path)
     args = ["reproduce", str(study), "--quick", "--out", str(b), "--device", "cpu"]

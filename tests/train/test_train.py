@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import TINY, tiny_config
+
 from toylens import load, train
 from toylens.config import validate_config
 from toylens.errors import ToylensError, TrainingDiverged
@@ -33,8 +33,13 @@ def test_run_directory_contents(tmp_path):
     manifest = json.loads((run.path / "manifest.json").read_text())
     for rel, entry in manifest["files"].items():
         assert sha256_file(run.path / rel) == entry["sha256"], rel
-    assert {"config.yaml", "metrics.jsonl", "final.safetensors", "summary.json",
-            "checkpoints/epoch-0002.state.safetensors"} <= manifest["files"].keys()
+    assert {
+        "config.yaml",
+        "metrics.jsonl",
+        "final.safetensors",
+        "summary.json",
+        "checkpoints/epoch-0002.state.safetensors",
+    } <= manifest["files"].keys()
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
     assert saved["model"]["d_vocab"] == 11 and saved["model"]["n_ctx"] == 8
     assert not list(run.path.rglob("*.tmp"))
@@ -86,8 +91,9 @@ def test_weight_decay_groups():
     opt = build_optimizer(model, tiny_config(train={"weight_decay": 0.3}).train)
     by_id = {id(p): n for n, p in model.named_parameters()}
     decayed = {by_id[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.3 for p in g["params"]}
-    assert decayed == {n for n in by_id.values() if n.rsplit(".", 1)[-1] in
-                       {"W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U"}}
+    assert decayed == {
+        n for n in by_id.values() if n.rsplit(".", 1)[-1] in {"W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U"}
+    }
 
 
 def test_weight_decay_shrinks_weights(tmp_path):
@@ -126,7 +132,9 @@ def test_l1_penalty_value_and_effect(tmp_path):
         assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-6, atol=1e-8)
     l1 = {}
     for coef in (0.0, 0.05):
-        cfg = tiny_config(name=f"l1-{coef}", train={"epochs": 2, "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": coef}})
+        cfg = tiny_config(
+            name=f"l1-{coef}", train={"epochs": 2, "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": coef}}
+        )
         m = load(train(cfg, tmp_path, progress=False).run_dir).model
         _, cache = m.run_with_cache(tokens)
         l1[coef] = float(cache["post", 0].abs().sum(-1).mean())
@@ -152,10 +160,17 @@ def test_best_checkpoint_follows_the_metric_direction(tmp_path, metric, pick):
     (a name not ending in "loss" once meant "higher is better", keeping the worst)."""
     doc = tmp_path / "a.txt"
     doc.write_text("the cat sat on the mat. the dog sat on the log.\n" * 150)
-    task = {"name": "lm", "dataset": "files", "files": [str(doc)], "tokenizer": "char", "n_ctx": 16,
-            "cache_dir": str(tmp_path / "cache")}
-    cfg = validate_config({**TINY, "task": task,
-                           "train": {**TINY["train"], "epochs": 3, "lr": 0.01, "select_metric": metric}})
+    task = {
+        "name": "lm",
+        "dataset": "files",
+        "files": [str(doc)],
+        "tokenizer": "char",
+        "n_ctx": 16,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    cfg = validate_config(
+        {**TINY, "task": task, "train": {**TINY["train"], "epochs": 3, "lr": 0.01, "select_metric": metric}}
+    )
     run = RunDir(train(cfg, tmp_path / "runs", progress=False).run_dir)
     values = {f"epoch-{r['epoch']:04d}": r[metric] for r in run.read_jsonl("metrics.jsonl") if r["epoch"] > 0}
     assert min(values.values()) < max(values.values()), "the epochs differ: the direction decides"

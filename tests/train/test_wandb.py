@@ -8,12 +8,13 @@ import json
 
 import pytest
 import wandb
-
 from conftest import tiny_config, wandb_run
+
 from toylens import train
 from toylens.run import RunDir
 from toylens.train.callbacks import TrainCallback
 from toylens.train.ensemble import train_ensemble
+
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
@@ -40,7 +41,10 @@ def test_offline_run_logs_config_and_every_epoch_and_resumes_the_same_run(tmp_pa
     wandb.teardown()  # W&B's service writes run files asynchronously; this waits for them
     rows = RunDir(tmp_path / "tiny").read_jsonl("metrics.jsonl")
     runs = wandb_run(offline)["tiny"]
-    assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"] == json.loads((tmp_path / "tiny" / "wandb.json").read_text())["id"]
+    assert (
+        len(runs) == 2
+        and runs[0]["id"] == runs[1]["id"] == json.loads((tmp_path / "tiny" / "wandb.json").read_text())["id"]
+    )
     first, resumed = runs
     assert first["group"] == "g" and first["config"]["train"]["lr"] == cfg.train.lr
     assert first["config"]["model"]["d_vocab"] == 11  # the resolved config
@@ -54,7 +58,9 @@ def test_offline_run_logs_config_and_every_epoch_and_resumes_the_same_run(tmp_pa
 def test_ensemble_members_get_one_wandb_run_each(tmp_path, offline):
     from toylens.train.wandb_log import WandbLogger
 
-    cfgs = [tiny_config(name=n, seed=s, train={"epochs": 1, "lr": lr}) for n, s, lr in [("p", 0, 0.003), ("q", 1, 0.01)]]
+    cfgs = [
+        tiny_config(name=n, seed=s, train={"epochs": 1, "lr": lr}) for n, s, lr in [("p", 0, 0.003), ("q", 1, 0.01)]
+    ]
     train_ensemble(cfgs, tmp_path, progress=False, callbacks=lambda c: [WandbLogger("proj", group="ens", dir=offline)])
     wandb.teardown()
     runs = wandb_run(offline)

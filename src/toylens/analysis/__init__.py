@@ -64,7 +64,6 @@ that are the top logit. All are "higher = more like the clean run".
 """
 
 from toylens.analysis.ablation import Ablation, ablate
-from toylens.analysis.driver import ANALYSES, Settings, analyze
 from toylens.analysis.attention import (
     AttentionPatterns,
     HeadScores,
@@ -74,12 +73,19 @@ from toylens.analysis.attention import (
     repeated_token_scores,
     repeated_tokens,
 )
-from toylens.analysis.attribution import LogitAttribution, LogitLens, direct_logit_attribution, logit_attribution, logit_lens
+from toylens.analysis.attribution import (
+    LogitAttribution,
+    LogitLens,
+    direct_logit_attribution,
+    logit_attribution,
+    logit_lens,
+)
 from toylens.analysis.circuits import Circuits, circuits, copying_scores, full_ov, full_qk_positions, full_qk_tokens
 from toylens.analysis.composition import Composition, composition_scores
 from toylens.analysis.corrupt import corrupted_pair  # deprecated: task.corrupted_pair(n, seed)
+from toylens.analysis.driver import ANALYSES, Settings, analyze
 from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
-from toylens.analysis.patching import PatchGrid, Patcher, patch_cells
+from toylens.analysis.patching import Patcher, PatchGrid, patch_cells
 from toylens.analysis.regularisation import Sparsity, WeightNorms, activation_sparsity, weight_norms
 from toylens.analysis.residual import accumulated_resid, apply_ln_final, residual_components
 from toylens.analysis.results import Result, load_result
@@ -87,11 +93,48 @@ from toylens.analysis.summary import CheckpointSummary, Trajectory
 from toylens.tasks import CorruptedPair
 
 __all__ = [
-    "ANALYSES", "Ablation", "Accuracy", "AttentionPatterns", "CheckpointSummary", "Circuits", "Composition",
-    "CorruptedPair", "HeadScores", "LogitAttribution", "LogitDiff", "LogitLens", "NegLoss", "PatchGrid", "Patcher",
-    "PositionScores", "Result", "Settings", "Sparsity", "Trajectory", "WeightNorms", "ablate", "accumulated_resid",
-    "activation_sparsity", "analyze", "apply_ln_final", "attention_patterns", "circuits", "composition_scores",
-    "copying_scores", "corrupted_pair", "direct_logit_attribution", "full_ov", "full_qk_positions", "full_qk_tokens",
-    "head_scores", "load_result", "logit_attribution", "logit_lens", "patch_cells", "repeated_token_scores",
-    "repeated_tokens", "residual_components", "weight_norms",
+    "ANALYSES",
+    "Ablation",
+    "Accuracy",
+    "AttentionPatterns",
+    "CheckpointSummary",
+    "Circuits",
+    "Composition",
+    "CorruptedPair",
+    "HeadScores",
+    "LogitAttribution",
+    "LogitDiff",
+    "LogitLens",
+    "NegLoss",
+    "PatchGrid",
+    "Patcher",
+    "PositionScores",
+    "Result",
+    "Settings",
+    "Sparsity",
+    "Trajectory",
+    "WeightNorms",
+    "ablate",
+    "accumulated_resid",
+    "activation_sparsity",
+    "analyze",
+    "apply_ln_final",
+    "attention_patterns",
+    "circuits",
+    "composition_scores",
+    "copying_scores",
+    "corrupted_pair",
+    "direct_logit_attribution",
+    "full_ov",
+    "full_qk_positions",
+    "full_qk_tokens",
+    "head_scores",
+    "load_result",
+    "logit_attribution",
+    "logit_lens",
+    "patch_cells",
+    "repeated_token_scores",
+    "repeated_tokens",
+    "residual_components",
+    "weight_norms",
 ]

@@ -11,8 +11,11 @@ from typing import Any
 
 def forward(old: str, *new: str) -> Callable[[str], Any]:
     """A module `__getattr__` for the old module `old` that finds each name in the `new` modules."""
-    warnings.warn(f"{old} moved to {new[0].rsplit('.', 1)[0]}; import from there (the old name goes in the "
-                  "next release)", FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"{old} moved to {new[0].rsplit('.', 1)[0]}; import from there (the old name goes in the next release)",
+        FutureWarning,
+        stacklevel=3,
+    )
     modules = [importlib.import_module(name) for name in new]
 
     def __getattr__(name: str) -> Any:

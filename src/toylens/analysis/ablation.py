@@ -75,22 +75,33 @@ def ablate(
     base = -float(metric(logits).mean())
 
     def loss_change(activation: str, axis: str) -> Tensor:
-        values = patch_cells(model, cache, logits, lambda l: ablation_source(cache[activation, l], kind, seed),
-                             metric, activation, (axis,), max_rows=max_rows)
+        values = patch_cells(
+            model,
+            cache,
+            logits,
+            lambda l: ablation_source(cache[activation, l], kind, seed),
+            metric,
+            activation,
+            (axis,),
+            max_rows=max_rows,
+        )
         return (-values - base).cpu()
 
     heads = loss_change("z", "head")
     if neurons and not model.cfg.attn_only:
-        per_layer = [_neuron_values(model, cache, l, ablation_source(cache["post", l], kind, seed), metric, max_rows)
-                     for l in range(model.cfg.n_layers)]
+        per_layer = [
+            _neuron_values(model, cache, l, ablation_source(cache["post", l], kind, seed), metric, max_rows)
+            for l in range(model.cfg.n_layers)
+        ]
         neuron_change = (-torch.stack(per_layer) - base).cpu()
     else:
         neuron_change = torch.zeros(model.cfg.n_layers, 0)
     return Ablation(kind=kind, base_loss=base, heads=heads, neurons=neuron_change, n_examples=len(tokens))
 
 
-def _neuron_values(model: Transformer, cache: ActivationCache, layer: int, source: Tensor, metric: NegLoss,
-                   max_rows: int | None) -> Tensor:
+def _neuron_values(
+    model: Transformer, cache: ActivationCache, layer: int, source: Tensor, metric: NegLoss, max_rows: int | None
+) -> Tensor:
     """The metric with each neuron of one MLP replaced by `source`, for all neurons.
 
     An MLP's output is linear in its activations, so replacing neuron n adds

@@ -108,9 +108,9 @@ def attention_patterns(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> 
 
 @dataclass
 class RelationScore:
-    score: Float[Tensor, "..."]
-    hit: Float[Tensor, "..."]
-    layer_hit: Float[Tensor, "..."]
+    score: Float[Tensor, ...]
+    hit: Float[Tensor, ...]
+    layer_hit: Float[Tensor, ...]
 
 
 @torch.no_grad()
@@ -180,7 +180,12 @@ class HeadScores(Result):
 
 
 def repeated_token_scores(
-    model: Transformer, vocab: int | Tensor, bos: int | None = None, *, n_seq: int = 100, half: int = 50,
+    model: Transformer,
+    vocab: int | Tensor,
+    bos: int | None = None,
+    *,
+    n_seq: int = 100,
+    half: int = 50,
     seed: int = 0,
 ) -> HeadScores:
     """Previous-token, first-token, duplicate-token and induction scores on `n_seq` sequences
@@ -188,15 +193,21 @@ def repeated_token_scores(
     half = min(half, (derived(model.cfg.n_ctx, "n_ctx") - 1) // 2)
     tokens = repeated_tokens(vocab, n_seq, half, bos, seed)
     n_vocab = vocab if isinstance(vocab, int) else len(vocab)
-    relations = {"previous_token": previous_token, "first_token": first_token,
-                 "duplicate_token": repeat_offset(half, 0), "induction": repeat_offset(half, 1)}
+    relations = {
+        "previous_token": previous_token,
+        "first_token": first_token,
+        "duplicate_token": repeat_offset(half, 0),
+        "induction": repeat_offset(half, 1),
+    }
     out = head_scores(model, tokens, relations)
     bos_text = "BOS" if bos is not None else "a random token"
     return HeadScores(
-        scores={k: v.score for k, v in out.items()}, hits={k: v.hit for k, v in out.items()},
+        scores={k: v.score for k, v in out.items()},
+        hits={k: v.hit for k, v in out.items()},
         layer_hits={k: v.layer_hit for k, v in out.items()},
         descriptions=REPEATED_SCORES,
-        dataset=f"{n_seq} sequences [{bos_text}, r_1..r_{half}, r_1..r_{half}], r uniform over {n_vocab} tokens, seed {seed}",
+        dataset=f"{n_seq} sequences [{bos_text}, r_1..r_{half}, r_1..r_{half}], "
+        f"r uniform over {n_vocab} tokens, seed {seed}",
     )
 
 

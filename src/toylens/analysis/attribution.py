@@ -46,7 +46,9 @@ def answer_directions(
 
 
 def direct_logit_attribution(
-    model: Transformer, cache: ActivationCache, targets: Int[Tensor, "batch pos"],
+    model: Transformer,
+    cache: ActivationCache,
+    targets: Int[Tensor, "batch pos"],
     wrong: Int[Tensor, "batch pos"] | None = None,
 ) -> tuple[list[str], Float[Tensor, "component batch pos"]]:
     """Each part's direct contribution to logit(target) - baseline; the last part is the constant."""
@@ -93,8 +95,11 @@ def _masked_means(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def logit_attribution(
-    model: Transformer, tokens: Int[Tensor, "batch pos"], targets: Int[Tensor, "batch pos"],
-    wrong: Int[Tensor, "batch pos"] | None = None, pos_labels: list[str] | None = None,
+    model: Transformer,
+    tokens: Int[Tensor, "batch pos"],
+    targets: Int[Tensor, "batch pos"],
+    wrong: Int[Tensor, "batch pos"] | None = None,
+    pos_labels: list[str] | None = None,
 ) -> LogitAttribution:
     """Direct logit attribution averaged over the target positions of `tokens`."""
     device = next(model.parameters()).device
@@ -106,9 +111,14 @@ def logit_attribution(
         mask &= (wrong.to(device) != IGNORE) & (wrong.to(device) != targets)
     total, by_pos = _masked_means(dla, mask)
     baseline = "mean logit over the output vocabulary" if wrong is None else "the corrupted input's answer"
-    return LogitAttribution(labels=labels, total=total.cpu(), by_pos=by_pos.cpu(),
-                            pos_labels=pos_labels or [str(i) for i in range(tokens.shape[1])],
-                            baseline=baseline, n_examples=len(tokens))
+    return LogitAttribution(
+        labels=labels,
+        total=total.cpu(),
+        by_pos=by_pos.cpu(),
+        pos_labels=pos_labels or [str(i) for i in range(tokens.shape[1])],
+        baseline=baseline,
+        n_examples=len(tokens),
+    )
 
 
 @torch.no_grad()
@@ -127,6 +137,10 @@ def logit_lens(model: Transformer, tokens: Int[Tensor, "batch pos"], targets: In
     right = (logits.argmax(-1) == targets).float()
     correct = logits.gather(-1, t.expand(len(logits), *t.shape).unsqueeze(-1)).squeeze(-1) - logits.mean(-1)
     per_layer = [((x * mask).sum((-2, -1)) / n).cpu() for x in (nll, right, correct)]
-    return LogitLens(labels=resid.labels, loss=per_layer[0], accuracy=per_layer[1], correct_logit=per_layer[2],
-                     n_examples=len(tokens))
-
+    return LogitLens(
+        labels=resid.labels,
+        loss=per_layer[0],
+        accuracy=per_layer[1],
+        correct_logit=per_layer[2],
+        n_examples=len(tokens),
+    )

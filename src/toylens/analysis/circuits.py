@@ -50,9 +50,12 @@ def folded_weights(model: Transformer) -> dict[str, Tensor]:
     ln_final = model.ln_final.w if isinstance(model.ln_final, LayerNorm) else None  # LayerNorm exactly when ln
     with torch.no_grad():
         return {
-            "W_Q": _fold(model, model.W_Q, gains), "W_K": _fold(model, model.W_K, gains),
-            "W_V": _fold(model, model.W_V, gains), "W_O": model.W_O.detach().clone(),
-            "W_E": model.W_E.detach().clone(), "W_pos": model.W_pos.detach().clone(),
+            "W_Q": _fold(model, model.W_Q, gains),
+            "W_K": _fold(model, model.W_K, gains),
+            "W_V": _fold(model, model.W_V, gains),
+            "W_O": model.W_O.detach().clone(),
+            "W_E": model.W_E.detach().clone(),
+            "W_pos": model.W_pos.detach().clone(),
             "W_U": _fold(model, model.W_U.detach(), ln_final),
         }
 
@@ -104,15 +107,23 @@ class Circuits(Result):
     token_labels: list[str]
     out_labels: list[str]
     folded_ln: bool
-    axes = {"qk_tokens": ("layer", "head", "query_token", "key_token"),
-            "qk_positions": ("layer", "head", "query_pos", "key_pos"),
-            "ov_tokens": ("layer", "head", "attended_token", "output_token"),
-            "copying": ("layer", "head")}
+    axes = {
+        "qk_tokens": ("layer", "head", "query_token", "key_token"),
+        "qk_positions": ("layer", "head", "query_pos", "key_pos"),
+        "ov_tokens": ("layer", "head", "attended_token", "output_token"),
+        "copying": ("layer", "head"),
+    }
 
 
 @torch.no_grad()
-def circuits(model: Transformer, token_labels: list[str], out_labels: list[str],
-             copy_tokens: Tensor | None = None, max_tokens: int = 128, max_pos: int = 128) -> Circuits:
+def circuits(
+    model: Transformer,
+    token_labels: list[str],
+    out_labels: list[str],
+    copy_tokens: Tensor | None = None,
+    max_tokens: int = 128,
+    max_pos: int = 128,
+) -> Circuits:
     """The full QK/OV heatmaps for the first `max_tokens` tokens and positions, and copying scores.
 
     `token_labels`/`out_labels` name every input/output id; `copy_tokens` as in `copying_scores`
@@ -122,12 +133,18 @@ def circuits(model: Transformer, token_labels: list[str], out_labels: list[str],
     ids = torch.arange(min(derived(cfg.d_vocab, "d_vocab"), max_tokens), device=model.W_E.device)
     out = slice(0, min(derived(cfg.d_vocab_out, "d_vocab_out"), max_tokens))
     pos = slice(0, min(derived(cfg.n_ctx, "n_ctx"), max_pos))
-    copy = (torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
-            if copy_tokens is not None and len(copy_tokens) == 0 else copying_scores(model, copy_tokens))
+    copy = (
+        torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+        if copy_tokens is not None and len(copy_tokens) == 0
+        else copying_scores(model, copy_tokens)
+    )
     return Circuits(
         qk_tokens=full_qk_tokens(model).rows(ids).cols(ids).AB.cpu(),
         qk_positions=full_qk_positions(model).rows(pos).cols(pos).AB.cpu(),
         ov_tokens=full_ov(model).rows(ids).cols(out).AB.cpu(),
-        copying=copy.cpu(), token_ids=ids.tolist(), token_labels=[token_labels[i] for i in ids.tolist()],
-        out_labels=out_labels[out], folded_ln=model.cfg.normalization == "LN",
+        copying=copy.cpu(),
+        token_ids=ids.tolist(),
+        token_labels=[token_labels[i] for i in ids.tolist()],
+        out_labels=out_labels[out],
+        folded_ln=model.cfg.normalization == "LN",
     )

@@ -65,11 +65,20 @@ def composition_scores(model: Transformer, baseline_samples: int = 200, seed: in
             scores["k"][l1, :, l2] = composition_score(src, qk[l2].T[None]).cpu()
             scores["v"][l1, :, l2] = composition_score(src, ov[l2][None]).cpu()
     mean, std = random_baseline(model.cfg.d_model, derived(model.cfg.d_head, "d_head"), baseline_samples, seed)
-    return Composition(q=scores["q"], k=scores["k"], v=scores["v"], baseline_mean=mean, baseline_std=std,
-                       baseline_formula=1 / math.sqrt(model.cfg.d_model), baseline_samples=baseline_samples)
+    return Composition(
+        q=scores["q"],
+        k=scores["k"],
+        v=scores["v"],
+        baseline_mean=mean,
+        baseline_std=std,
+        baseline_formula=1 / math.sqrt(model.cfg.d_model),
+        baseline_samples=baseline_samples,
+    )
 
 
-def random_baseline(d_model: int, d_head: int, samples: int = 200, seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+def random_baseline(
+    d_model: int, d_head: int, samples: int = 200, seed: int = 0
+) -> tuple[dict[str, float], dict[str, float]]:
     """Mean and std of each composition score between heads with i.i.d. Gaussian weights."""
     gen = torch.Generator().manual_seed(seed)
 

@@ -13,6 +13,9 @@ __all__ = ["CorruptedPair", "corrupted_pair"]
 
 def corrupted_pair(task: Task, n: int = 32, seed: int = 0) -> CorruptedPair:
     """Deprecated: `task.corrupted_pair(n, seed)`."""
-    warnings.warn("toylens.analysis.corrupted_pair(task, n, seed) is deprecated; use task.corrupted_pair(n, seed)",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "toylens.analysis.corrupted_pair(task, n, seed) is deprecated; use task.corrupted_pair(n, seed)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return task.corrupted_pair(n, seed)

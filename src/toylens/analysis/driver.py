@@ -36,6 +36,7 @@ from toylens.model import Transformer
 from toylens.run import Loaded, RunDir, RunLike, as_rundir, load
 from toylens.tasks import Batch, Task, task_class
 
+
 @dataclass(frozen=True)
 class Settings:
     """How much data each analysis uses (defaults suit small models on a CPU)."""
@@ -110,9 +111,12 @@ def _fit(model: Transformer, n: int) -> int:
 def _attention_task(s: Subject) -> Result:
     n, p = s.settings.n_pattern_examples, s.settings.max_pattern_pos
     tokens = s.data.tokens[:n, :p]
-    return att.AttentionPatterns(tokens=tokens, labels=[s.task.token_labels(t) for t in tokens],
-                                 patterns=att.attention_patterns(s.model, tokens.to(s.device)).cpu(),
-                                 sources=["task"] * len(tokens))
+    return att.AttentionPatterns(
+        tokens=tokens,
+        labels=[s.task.token_labels(t) for t in tokens],
+        patterns=att.attention_patterns(s.model, tokens.to(s.device)).cpu(),
+        sources=["task"] * len(tokens),
+    )
 
 
 def _repeated(s: Subject, n: int) -> torch.Tensor:
@@ -122,14 +126,23 @@ def _repeated(s: Subject, n: int) -> torch.Tensor:
 
 def _attention_repeated(s: Subject) -> Result:
     tokens = _repeated(s, 2)[:, : s.settings.max_pattern_pos]
-    return att.AttentionPatterns(tokens=tokens, labels=[s.task.token_labels(t) for t in tokens],
-                                 patterns=att.attention_patterns(s.model, tokens.to(s.device)).cpu(),
-                                 sources=["repeated random tokens"] * len(tokens))
+    return att.AttentionPatterns(
+        tokens=tokens,
+        labels=[s.task.token_labels(t) for t in tokens],
+        patterns=att.attention_patterns(s.model, tokens.to(s.device)).cpu(),
+        sources=["repeated random tokens"] * len(tokens),
+    )
 
 
 def _head_scores_repeated(s: Subject) -> Result:
-    return att.repeated_token_scores(s.model, s.task.random_token_ids(), s.task.bos_token(),
-                                     n_seq=s.settings.n_repeated, half=s.settings.repeated_half, seed=s.settings.seed)
+    return att.repeated_token_scores(
+        s.model,
+        s.task.random_token_ids(),
+        s.task.bos_token(),
+        n_seq=s.settings.n_repeated,
+        half=s.settings.repeated_half,
+        seed=s.settings.seed,
+    )
 
 
 TASK_RELATIONS = {
@@ -144,18 +157,25 @@ TASK_RELATIONS = {
 def _head_scores_task(s: Subject) -> Result:
     relations = {k: r for k, (r, _) in TASK_RELATIONS.items() if k != "next_output" or s.task.outputs_are_tokens}
     out = att.head_scores(s.model, s.data.tokens, relations, s.data.targets)
-    return att.HeadScores(scores={k: v.score.cpu() for k, v in out.items()}, hits={k: v.hit.cpu() for k, v in out.items()},
-                          layer_hits={k: v.layer_hit.cpu() for k, v in out.items()},
-                          descriptions={k: TASK_RELATIONS[k][1] for k in out},
-                          dataset=f"{len(s.data.tokens)} examples of the {s.task.name} task's evaluation split")
+    return att.HeadScores(
+        scores={k: v.score.cpu() for k, v in out.items()},
+        hits={k: v.hit.cpu() for k, v in out.items()},
+        layer_hits={k: v.layer_hit.cpu() for k, v in out.items()},
+        descriptions={k: TASK_RELATIONS[k][1] for k in out},
+        dataset=f"{len(s.data.tokens)} examples of the {s.task.name} task's evaluation split",
+    )
 
 
 def _next_output_by_pos(s: Subject) -> Result:
     out = att.head_scores(s.model, s.data.tokens, {"next_output": att.next_output}, s.data.targets, per_position=True)
-    return att.PositionScores(relation="next_output", description=TASK_RELATIONS["next_output"][1],
-                              scores=out["next_output"].score.cpu(), hits=out["next_output"].hit.cpu(),
-                              layer_hits=out["next_output"].layer_hit.cpu(),
-                              n_examples=len(s.data.tokens))
+    return att.PositionScores(
+        relation="next_output",
+        description=TASK_RELATIONS["next_output"][1],
+        scores=out["next_output"].score.cpu(),
+        hits=out["next_output"].hit.cpu(),
+        layer_hits=out["next_output"].layer_hit.cpu(),
+        n_examples=len(s.data.tokens),
+    )
 
 
 def _circuits(s: Subject) -> Result:
@@ -165,8 +185,9 @@ def _circuits(s: Subject) -> Result:
 
 
 def _ablation(kind: str) -> Callable[[Subject], Result]:
-    return lambda s: ablate(s.model, s.data.tokens, s.data.targets, kind, seed=s.settings.seed,
-                            neurons=s.settings.ablate_neurons)
+    return lambda s: ablate(
+        s.model, s.data.tokens, s.data.targets, kind, seed=s.settings.seed, neurons=s.settings.ablate_neurons
+    )
 
 
 def _patch(variant: str) -> Callable[[Subject], Result]:
@@ -192,8 +213,17 @@ def _patchable(s: Subject) -> bool:
     return s.task_class.patch_metric is not None
 
 
-PATCH_VARIANTS = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_pos", "head_pattern",
-                  "head_pattern_by_pos", "head_values", "head_values_by_pos")
+PATCH_VARIANTS = (
+    "resid_pre",
+    "attn_out",
+    "mlp_out",
+    "head_out",
+    "head_out_by_pos",
+    "head_pattern",
+    "head_pattern_by_pos",
+    "head_values",
+    "head_values_by_pos",
+)
 
 ANALYSES: list[Analysis] = [
     Analysis("attention/task", _attention_task),
@@ -207,8 +237,14 @@ ANALYSES: list[Analysis] = [
     Analysis("sparsity", lambda s: activation_sparsity(s.model, s.data.tokens), _has_mlp),
     Analysis("logit_attribution", lambda s: logit_attribution(s.model, s.data.tokens, s.data.targets)),
     Analysis("logit_lens", lambda s: logit_lens(s.model, s.data.tokens, s.data.targets)),
-    *[Analysis(f"patching/{{metric}}/{v}", _patch(v), (lambda s: _patchable(s) and _has_mlp(s)) if v == "mlp_out" else _patchable)
-      for v in PATCH_VARIANTS],
+    *[
+        Analysis(
+            f"patching/{{metric}}/{v}",
+            _patch(v),
+            (lambda s: _patchable(s) and _has_mlp(s)) if v == "mlp_out" else _patchable,
+        )
+        for v in PATCH_VARIANTS
+    ],
     *[Analysis(f"ablation/{k}", _ablation(k)) for k in KINDS],
 ]
 
@@ -222,8 +258,15 @@ def checkpoint_names(run: RunDir, checkpoint: Spec) -> list[str]:
     return [c.name for c in resolve(run, checkpoint)]
 
 
-def analyze(run: RunLike, checkpoint: Spec = "final", *, device: DeviceLike = "auto",
-            only: list[str] | None = None, settings: Settings | None = None, progress: bool = True) -> list[str]:
+def analyze(
+    run: RunLike,
+    checkpoint: Spec = "final",
+    *,
+    device: DeviceLike = "auto",
+    only: list[str] | None = None,
+    settings: Settings | None = None,
+    progress: bool = True,
+) -> list[str]:
     """Run every applicable analysis (or those named in `only`, by name or prefix such as
     "patching") on the checkpoints `checkpoint` names (any spec of `toylens.checkpoints`: final,
     best, 3, epoch-0003, all, "3,5"); returns the result paths written (relative to RUN).

@@ -119,7 +119,9 @@ def make_metric(name: str, answers: Tensor, wrong: Tensor | None = None) -> Metr
     """A metric by name, from the clean answers (and the corrupted answers, for logit_diff)."""
     if name == "logit_diff":
         if wrong is None:
-            raise ToylensError("logit_diff needs corrupted answers, which this corruption does not change; use neg_loss or accuracy")
+            raise ToylensError(
+                "logit_diff needs corrupted answers, which this corruption does not change; use neg_loss or accuracy"
+            )
         return LogitDiff(answers, wrong)
     if name == "neg_loss":
         return NegLoss(answers)

@@ -127,8 +127,9 @@ def patch_cells(
         per_pass = max(1, (max_rows or rows_per_pass(model, pos)) // batch)
         if not fast:
             for chunk in _chunks(live, per_pass):
-                result[chunk] = _patched_pass(model, layer, resid, src, metric, read, act_name(activation, layer),
-                                              dims, chunk)
+                result[chunk] = _patched_pass(
+                    model, layer, resid, src, metric, read, act_name(activation, layer), dims, chunk
+                )
             out.append(result.view(sizes))
             continue
         order = live
@@ -139,8 +140,18 @@ def patch_cells(
         if "head" not in idx and stage_values.shape[2] > 1:  # z patched at all heads at once
             stage_values = stage_values.sum(2, keepdim=True)
         for chunk in _chunks(order, per_pass):
-            result[chunk] = _fast_pass(model, layer, activation, base, base_read, stage_values,
-                                       {a: i[chunk] for a, i in idx.items()}, len(chunk), metric, read)
+            result[chunk] = _fast_pass(
+                model,
+                layer,
+                activation,
+                base,
+                base_read,
+                stage_values,
+                {a: i[chunk] for a, i in idx.items()},
+                len(chunk),
+                metric,
+                read,
+            )
         out.append(result.view(sizes))
     return torch.stack(out)
 
@@ -161,8 +172,17 @@ def _chunks(cells: Tensor, size: int) -> tuple[Tensor, ...]:
     return cells.split(size) if len(cells) else ()
 
 
-def _patched_pass(model: Transformer, layer: int, resid: Tensor, src: Tensor, metric: Metric, read: Tensor,
-                  hook_name: str, dims: list[int], cells: Tensor) -> Tensor:
+def _patched_pass(
+    model: Transformer,
+    layer: int,
+    resid: Tensor,
+    src: Tensor,
+    metric: Metric,
+    read: Tensor,
+    hook_name: str,
+    dims: list[int],
+    cells: Tensor,
+) -> Tensor:
     """One stacked forward through a hook (any activation, any cells): copy c of the batch gets
     cell c patched. Returns the metric per cell."""
     batch, n = resid.shape[0], len(cells)
@@ -236,8 +256,18 @@ def _stage_values(model: Transformer, base: ActivationCache, src: Tensor, activa
     return delta.unsqueeze(2)
 
 
-def _fast_pass(model: Transformer, layer: int, activation: str, base: ActivationCache, base_read: Tensor,
-               values: Tensor, idx: dict[str, Tensor], n: int, metric: Metric, read: Tensor) -> Tensor:
+def _fast_pass(
+    model: Transformer,
+    layer: int,
+    activation: str,
+    base: ActivationCache,
+    base_read: Tensor,
+    values: Tensor,
+    idx: dict[str, Tensor],
+    n: int,
+    metric: Metric,
+    read: Tensor,
+) -> Tensor:
     """The metric for a stack of `n` cells, running only what each patch changes. Returns [n].
 
     `values` are `_stage_values` ([batch, pos, k, d_model], k = 1 unless cells pick a head);
@@ -279,14 +309,17 @@ def _fast_pass(model: Transformer, layer: int, activation: str, base: Activation
     return metric(logits).mean(-1)
 
 
-def _base_past(model: Transformer, base: ActivationCache, layer: int, start: int, copies: int
-               ) -> dict[int, tuple[Tensor, Tensor]]:
+def _base_past(
+    model: Transformer, base: ActivationCache, layer: int, start: int, copies: int
+) -> dict[int, tuple[Tensor, Tensor]]:
     """The base run's keys and values before position `start` in blocks `layer`.., for a stack of
     `copies` cell-major copies of the base batch."""
     if start == 0:
         return {}
-    return {j: (base["k", j][:, :start].repeat(copies, 1, 1, 1), base["v", j][:, :start].repeat(copies, 1, 1, 1))
-            for j in range(layer, model.cfg.n_layers)}
+    return {
+        j: (base["k", j][:, :start].repeat(copies, 1, 1, 1), base["v", j][:, :start].repeat(copies, 1, 1, 1))
+        for j in range(layer, model.cfg.n_layers)
+    }
 
 
 @dataclass
@@ -311,17 +344,30 @@ class PatchGrid(Result):
 class Patcher:
     """A clean/corrupted pair and a metric, both runs cached once; each grid is one method call."""
 
-    def __init__(self, model: Transformer, clean_tokens: Int[Tensor, "batch pos"],
-                 corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric, *,
-                 max_rows: int | None = None, pos_labels: list[str] | None = None, description: str = ""):
+    def __init__(
+        self,
+        model: Transformer,
+        clean_tokens: Int[Tensor, "batch pos"],
+        corrupted_tokens: Int[Tensor, "batch pos"],
+        metric: Metric,
+        *,
+        max_rows: int | None = None,
+        pos_labels: list[str] | None = None,
+        description: str = "",
+    ):
         if clean_tokens.shape != corrupted_tokens.shape:
-            raise ToylensError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} tokens differ in shape")
+            raise ToylensError(
+                f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} tokens "
+                "differ in shape"
+            )
         device = next(model.parameters()).device
         self.model, self.metric, self.max_rows = model, metric.to(device), max_rows
         patchable = lambda name: name.rsplit(".", 1)[-1].removeprefix("hook_") in ACT_AXES  # noqa: E731
         with torch.no_grad():
             clean_logits, self.clean_cache = model.run_with_cache(clean_tokens.to(device), names_filter=patchable)
-            corrupted_logits, self.corrupted_cache = model.run_with_cache(corrupted_tokens.to(device), names_filter=patchable)
+            corrupted_logits, self.corrupted_cache = model.run_with_cache(
+                corrupted_tokens.to(device), names_filter=patchable
+            )
         self.corrupted_logits = corrupted_logits
         self.clean = float(self.metric(clean_logits).mean())
         self.corrupted = float(self.metric(corrupted_logits).mean())
@@ -333,14 +379,29 @@ class Patcher:
         if activation in ("mlp_out", "resid_mid", "pre", "post") and self.model.cfg.attn_only:
             raise ToylensError(f"cannot patch {activation!r}: the model has no MLPs (attn_only)")
         values = patch_cells(
-            self.model, self.corrupted_cache, self.corrupted_logits, lambda l: self.clean_cache[activation, l],
-            self.metric, activation, index_axes, max_rows=self.max_rows)
+            self.model,
+            self.corrupted_cache,
+            self.corrupted_logits,
+            lambda l: self.clean_cache[activation, l],
+            self.metric,
+            activation,
+            index_axes,
+            max_rows=self.max_rows,
+        )
         span = self.clean - self.corrupted
         normalized = (values - self.corrupted) / span if span != 0 else torch.full_like(values, float("nan"))
-        return PatchGrid(activation=activation, grid_axes=["layer", *index_axes], values=values.cpu(),
-                         normalized=normalized.cpu(), clean=self.clean, corrupted=self.corrupted,
-                         metric=self.metric.name, metric_description=self.metric.description,
-                         labels=self._labels(values.shape, ["layer", *index_axes]), corruption=self.description)
+        return PatchGrid(
+            activation=activation,
+            grid_axes=["layer", *index_axes],
+            values=values.cpu(),
+            normalized=normalized.cpu(),
+            clean=self.clean,
+            corrupted=self.corrupted,
+            metric=self.metric.name,
+            metric_description=self.metric.description,
+            labels=self._labels(values.shape, ["layer", *index_axes]),
+            corruption=self.description,
+        )
 
     def _labels(self, shape: torch.Size, axes: list[str]) -> dict[str, list[str]]:
         named = {"pos": self.pos_labels, "dest": self.pos_labels, "src": self.pos_labels}

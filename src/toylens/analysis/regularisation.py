@@ -36,8 +36,11 @@ class WeightNorms(Result):
 
 @torch.no_grad()
 def weight_norms(model: Transformer) -> WeightNorms:
-    norms: dict[str, float] = {"W_E": float(model.W_E.norm()), "W_pos": float(model.W_pos.norm()),
-                               "W_U": float(model.W_U.norm())}
+    norms: dict[str, float] = {
+        "W_E": float(model.W_E.norm()),
+        "W_pos": float(model.W_pos.norm()),
+        "W_U": float(model.W_U.norm()),
+    }
     for l, block in enumerate(model.blocks):
         if not model.cfg.attn_only:
             norms[f"L{l}.W_in"] = float(block.mlp.W_in.norm())
@@ -45,8 +48,11 @@ def weight_norms(model: Transformer) -> WeightNorms:
     heads = {name: getattr(model, name).flatten(-2).norm(dim=-1).cpu() for name in ("W_Q", "W_K", "W_V", "W_O")}
     heads["QK"] = model.QK.norm().cpu()
     heads["OV"] = model.OV.norm().cpu()
-    matrices = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in
-                ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U")]
+    matrices = [
+        p
+        for n, p in model.named_parameters()
+        if n.rsplit(".", 1)[-1] in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U")
+    ]
     total = float(torch.sqrt(functools.reduce(operator.add, (p.pow(2).sum() for p in matrices))))
     return WeightNorms(norms=norms, heads=heads, total_matrices=total)
 
@@ -60,8 +66,12 @@ class Sparsity(Result):
     dead_fraction: Tensor
     neuron_frequency: Tensor
     n_tokens: int
-    axes = {"fraction_active": ("layer",), "l1": ("layer",), "dead_fraction": ("layer",),
-            "neuron_frequency": ("layer", "neuron")}
+    axes = {
+        "fraction_active": ("layer",),
+        "l1": ("layer",),
+        "dead_fraction": ("layer",),
+        "neuron_frequency": ("layer", "neuron"),
+    }
 
 
 @torch.no_grad()
@@ -75,5 +85,10 @@ def activation_sparsity(model: Transformer, tokens: Int[Tensor, "batch pos"]) ->
     active = torch.stack([(cache["pre", l] > 0).float().flatten(0, 1) for l in range(model.cfg.n_layers)])
     l1 = torch.stack([cache["post", l].abs().sum(-1).mean() for l in range(model.cfg.n_layers)])
     freq = active.mean(1)  # [layer, neuron]
-    return Sparsity(fraction_active=active.mean((1, 2)).cpu(), l1=l1.cpu(), dead_fraction=(freq == 0).float().mean(-1).cpu(),
-                    neuron_frequency=freq.cpu(), n_tokens=int(active.shape[1]))
+    return Sparsity(
+        fraction_active=active.mean((1, 2)).cpu(),
+        l1=l1.cpu(),
+        dead_fraction=(freq == 0).float().mean(-1).cpu(),
+        neuron_frequency=freq.cpu(),
+        n_tokens=int(active.shape[1]),
+    )

@@ -72,8 +72,9 @@ def accumulated_resid(model: Transformer, cache: ActivationCache) -> Components:
     return Components(labels, torch.stack(parts))
 
 
-def apply_ln_final(model: Transformer, cache: ActivationCache,
-                   stack: Float[Tensor, "component batch pos d_model"]) -> Float[Tensor, "component batch pos d_model"]:
+def apply_ln_final(
+    model: Transformer, cache: ActivationCache, stack: Float[Tensor, "component batch pos d_model"]
+) -> Float[Tensor, "component batch pos d_model"]:
     """Each part through ln_final, linearised with the cached scale (without the bias ln_final.b)."""
     if not isinstance(model.ln_final, LayerNorm):  # normalization "none"
         return stack

@@ -55,14 +55,19 @@ class Result:
                 plain[f.name] = value
         axes = self.array_axes()
         info = {
-            name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-                   "axes": list(axes.get(name.split("/")[0], ()))}
+            name: {
+                "shape": list(t.shape),
+                "dtype": str(t.dtype).removeprefix("torch."),
+                "axes": list(axes.get(name.split("/")[0], ())),
+            }
             for name, t in arrays.items()
         }
         if arrays:
             run.write_tensors(f"{rel}.safetensors", arrays)
-        run.write_json(f"{rel}.json", {"format": FORMAT, "type": type(self).__name__, "fields": plain,
-                                       "kinds": kinds, "arrays": info})
+        run.write_json(
+            f"{rel}.json",
+            {"format": FORMAT, "type": type(self).__name__, "fields": plain, "kinds": kinds, "arrays": info},
+        )
 
     def array_axes(self) -> dict[str, tuple[str, ...]]:
         """Axis names of each array field (a dict field's entries share its axes)."""
@@ -72,7 +77,9 @@ class Result:
     def load(cls: type[R], run: RunLike, rel: str) -> R:
         result = load_result(run, rel)
         if not isinstance(result, cls):
-            raise ToylensError(f"{as_rundir(run).path / rel}.json: holds a {type(result).__name__}, not a {cls.__name__}")
+            raise ToylensError(
+                f"{as_rundir(run).path / rel}.json: holds a {type(result).__name__}, not a {cls.__name__}"
+            )
         return result
 
 

@@ -97,8 +97,9 @@ def summarize_checkpoint(run: RunDir, checkpoint: str) -> CheckpointSummary:
         if rel.startswith(base + "/") and rel.endswith(".json") and rel != f"{base}/summary.json"
     )
     epoch, step = _position(run, checkpoint)
-    summary = CheckpointSummary(checkpoint=checkpoint, epoch=epoch, step=step, results=results,
-                                scalars=_scalars(run, base, results))
+    summary = CheckpointSummary(
+        checkpoint=checkpoint, epoch=epoch, step=step, results=results, scalars=_scalars(run, base, results)
+    )
     summary.save(run, f"{base}/summary")
     return summary
 
@@ -111,14 +112,20 @@ def _position(run: RunDir, checkpoint: str) -> tuple[int, int]:
 def write_trajectory(run: RunDir) -> Trajectory:
     """Write RUN/analysis/trajectory.json from every checkpoint's summary, ordered by step."""
     files = run.manifest()["files"]
-    names = sorted({rel.split("/")[1] for rel in files if rel.startswith("analysis/") and rel.endswith("/summary.json")})
-    summaries = [CheckpointSummary.load(run, f"analysis/{n}/summary") for n in names
-                 if has_result(run, f"analysis/{n}/summary")]
+    names = sorted(
+        {rel.split("/")[1] for rel in files if rel.startswith("analysis/") and rel.endswith("/summary.json")}
+    )
+    summaries = [
+        CheckpointSummary.load(run, f"analysis/{n}/summary") for n in names if has_result(run, f"analysis/{n}/summary")
+    ]
     # "final" only in runs analysed by toylens 0.1, which kept the final weights' results apart.
     summaries.sort(key=lambda s: (s.step, s.checkpoint == "final"))
     keys = sorted({k for s in summaries for k in s.scalars})
-    traj = Trajectory(checkpoints=[s.checkpoint for s in summaries], epochs=[s.epoch for s in summaries],
-                      steps=[s.step for s in summaries],
-                      scalars={k: [s.scalars.get(k) for s in summaries] for k in keys})
+    traj = Trajectory(
+        checkpoints=[s.checkpoint for s in summaries],
+        epochs=[s.epoch for s in summaries],
+        steps=[s.step for s in summaries],
+        scalars={k: [s.scalars.get(k) for s in summaries] for k in keys},
+    )
     traj.save(run, "analysis/trajectory")
     return traj

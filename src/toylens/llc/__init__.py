@@ -20,11 +20,29 @@ from toylens.llc.diagnostics import LLCEstimate
 from toylens.llc.estimator import estimate_llc, estimate_many
 from toylens.llc.objective import Objective, module_objective, run_objective
 from toylens.llc.run import (
-    Calibration, calibrate, choose, estimate_loaded, llc_over_checkpoints, load_settings, read_llc,
+    Calibration,
+    calibrate,
+    choose,
+    estimate_loaded,
+    llc_over_checkpoints,
+    load_settings,
+    read_llc,
 )
 from toylens.llc.settings import LLCSettings
 
 __all__ = [
-    "Calibration", "LLCEstimate", "LLCSettings", "Objective", "calibrate", "choose", "estimate_llc", "estimate_loaded",
-    "estimate_many", "llc_over_checkpoints", "load_settings", "module_objective", "read_llc", "run_objective",
+    "Calibration",
+    "LLCEstimate",
+    "LLCSettings",
+    "Objective",
+    "calibrate",
+    "choose",
+    "estimate_llc",
+    "estimate_loaded",
+    "estimate_many",
+    "llc_over_checkpoints",
+    "load_settings",
+    "module_objective",
+    "read_llc",
+    "run_objective",
 ]

@@ -100,13 +100,25 @@ def summarise(
     rel_change = abs(llc - llc_half) / abs(llc) if llc != 0 else float("inf")
     drift = second - first
     est = LLCEstimate(
-        llc=llc, llc_std=std, llc_se=std / math.sqrt(chains) if chains > 1 else float("nan"),
-        llc_chains=per_chain.tolist(), llc_half=llc_half, rel_change=rel_change,
-        converged=bool(rel_change <= CONVERGENCE_TOLERANCE), init_loss=init_loss, train_loss=train_loss,
-        nbeta=nbeta, epsilon=epsilon, gamma=gamma,
+        llc=llc,
+        llc_std=std,
+        llc_se=std / math.sqrt(chains) if chains > 1 else float("nan"),
+        llc_chains=per_chain.tolist(),
+        llc_half=llc_half,
+        rel_change=rel_change,
+        converged=bool(rel_change <= CONVERGENCE_TOLERANCE),
+        init_loss=init_loss,
+        train_loss=train_loss,
+        nbeta=nbeta,
+        epsilon=epsilon,
+        gamma=gamma,
         acceptance=float(accept.mean()) if accept.numel() else float("nan"),
-        frac_below_init=float((draws < init_loss).double().mean()), drift=float(drift.mean()),
-        warnings=[], flags=[], loss_trace=loss.float(), accept_trace=accept.float(),
+        frac_below_init=float((draws < init_loss).double().mean()),
+        drift=float(drift.mean()),
+        warnings=[],
+        flags=[],
+        loss_trace=loss.float(),
+        accept_trace=accept.float(),
     )
     found = health_warnings(est, drift)
     est.flags, est.warnings = [f for f, _ in found], [w for _, w in found]
@@ -121,25 +133,49 @@ def health_warnings(est: LLCEstimate, drift: Tensor) -> list[tuple[str, str]]:
     if not torch.isfinite(est.loss_trace).all() or not math.isfinite(est.llc):
         return [("nonfinite", f"non-finite loss in the trace (step size ε={est.epsilon:g} too large?)")]
     if est.llc < 0:
-        out.append(("negative", f"negative λ̂ ({est.llc:.3g}): the chains found lower loss than w*, "
-                   "which is not a local minimum of the sampled objective"))
+        out.append(
+            (
+                "negative",
+                f"negative λ̂ ({est.llc:.3g}): the chains found lower loss than w*, "
+                "which is not a local minimum of the sampled objective",
+            )
+        )
     if math.isfinite(est.acceptance):
         if est.acceptance < ACCEPTANCE_LOW:
-            out.append(("low_acceptance",
-                        f"MALA acceptance {est.acceptance:.2f} is low: step size ε={est.epsilon:g} is too large"))
+            out.append(
+                (
+                    "low_acceptance",
+                    f"MALA acceptance {est.acceptance:.2f} is low: step size ε={est.epsilon:g} is too large",
+                )
+            )
         elif est.acceptance > ACCEPTANCE_HIGH:
-            out.append(("high_acceptance", f"MALA acceptance {est.acceptance:.4f} is near 1: ε={est.epsilon:g} "
-                        "may be needlessly small (slow mixing)"))
+            out.append(
+                (
+                    "high_acceptance",
+                    f"MALA acceptance {est.acceptance:.4f} is near 1: ε={est.epsilon:g} "
+                    "may be needlessly small (slow mixing)",
+                )
+            )
     mean_drift = float(drift.mean())
     se = float(drift.std() / math.sqrt(len(drift))) if len(drift) > 1 else 0.0
     if abs(mean_drift) > DRIFT_RELATIVE * abs(est.llc) and abs(mean_drift) > DRIFT_SIGNIFICANCE * se:
-        out.append(("drift", f"drifting trace: λ̂ from the second half of the draws differs from the first by "
-                    f"{mean_drift:+.3g} ({DRIFT_SIGNIFICANCE:g}+ standard errors)"))
+        out.append(
+            (
+                "drift",
+                f"drifting trace: λ̂ from the second half of the draws differs from the first by "
+                f"{mean_drift:+.3g} ({DRIFT_SIGNIFICANCE:g}+ standard errors)",
+            )
+        )
     if est.frac_below_init > 0.5:
         out.append(("below_init", f"{est.frac_below_init:.0%} of draws are below the initial loss"))
     if not est.converged:
-        out.append(("not_converged", f"not converged: λ̂ moves {est.rel_change:.1%} between half and all of "
-                    f"the draws (> {CONVERGENCE_TOLERANCE:.0%})"))
+        out.append(
+            (
+                "not_converged",
+                f"not converged: λ̂ moves {est.rel_change:.1%} between half and all of "
+                f"the draws (> {CONVERGENCE_TOLERANCE:.0%})",
+            )
+        )
     return out
 
 

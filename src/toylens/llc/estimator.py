@@ -39,8 +39,9 @@ from toylens.llc.sampler import MinibatchDraws, RowChunks, RowSettings, SamplerR
 from toylens.llc.settings import LLCSettings, resolve_nbeta
 
 
-def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings | None = None, *,
-                 progress: bool = False) -> LLCEstimate:
+def estimate_llc(
+    model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings | None = None, *, progress: bool = False
+) -> LLCEstimate:
     """The LLC of `model` at its current weights (see the module docstring); the objective is
     `loss_fn`, plus (c/2)·||w||² on every parameter with settings.weight_decay = c."""
     settings = settings or LLCSettings()
@@ -83,19 +84,35 @@ def estimate_many(
     for i, (eps, gamma) in enumerate(points):
         block = slice(i * chains, (i + 1) * chains)
         est = summarise(
-            run.loss[block], run.accept[block], init_loss=float(init["total"][i]), train_loss=float(init["loss"][i]),
-            nbeta=nbeta, burnin=settings.burnin, thin=settings.thin, epsilon=eps, gamma=gamma,
+            run.loss[block],
+            run.accept[block],
+            init_loss=float(init["total"][i]),
+            train_loss=float(init["loss"][i]),
+            nbeta=nbeta,
+            burnin=settings.burnin,
+            thin=settings.thin,
+            epsilon=eps,
+            gamma=gamma,
             label=labels[i] if labels else "",
         )
-        est.settings = settings.model_copy(update={"epsilon": eps, "gamma": gamma, "nbeta": nbeta,
-                                                   "batch_size": m}).model_dump(mode="json")
+        est.settings = settings.model_copy(
+            update={"epsilon": eps, "gamma": gamma, "nbeta": nbeta, "batch_size": m}
+        ).model_dump(mode="json")
         est.wall_s = wall
         out.append(est)
     return out
 
 
-def _sample(objective: Objective, stacked: dict[str, Tensor], points: list[tuple[float, float]], settings: LLCSettings,
-            nbeta: float, m: int | None, chunks: RowChunks, progress: bool) -> SamplerRun:
+def _sample(
+    objective: Objective,
+    stacked: dict[str, Tensor],
+    points: list[tuple[float, float]],
+    settings: LLCSettings,
+    nbeta: float,
+    m: int | None,
+    chunks: RowChunks,
+    progress: bool,
+) -> SamplerRun:
     """The SGLD run of every chain of every estimate (rows grouped by estimate)."""
     chains = settings.chains
     rows = RowSettings(
@@ -105,15 +122,28 @@ def _sample(objective: Objective, stacked: dict[str, Tensor], points: list[tuple
     )
     draws = MinibatchDraws(settings.seed, len(points), chains, objective.n_data, m)
     return run_sgld(
-        objective, {k: v.repeat_interleave(chains, 0) for k, v in stacked.items()}, rows, draws,
-        steps=settings.steps, precondition=settings.precondition, rmsprop_alpha=settings.rmsprop_alpha,
-        rmsprop_delta=settings.rmsprop_delta, adapt_steps=settings.burnin // 2, mala_every=settings.mala_every,
-        chunks=chunks, progress=progress,
+        objective,
+        {k: v.repeat_interleave(chains, 0) for k, v in stacked.items()},
+        rows,
+        draws,
+        steps=settings.steps,
+        precondition=settings.precondition,
+        rmsprop_alpha=settings.rmsprop_alpha,
+        rmsprop_delta=settings.rmsprop_delta,
+        adapt_steps=settings.burnin // 2,
+        mala_every=settings.mala_every,
+        chunks=chunks,
+        progress=progress,
     )
 
 
-def initial_loss(objective: Objective, stacked: dict[str, Tensor], settings: LLCSettings, m: int | None,
-                 rows: RowChunks | None = None) -> dict[str, Tensor]:
+def initial_loss(
+    objective: Objective,
+    stacked: dict[str, Tensor],
+    settings: LLCSettings,
+    m: int | None,
+    rows: RowChunks | None = None,
+) -> dict[str, Tensor]:
     """L(w*) per centre and per term ("total" = the sum), averaged over many minibatches.
 
     Uses the whole data (in chunks of m, weighted by size) when it has at most init_batches·m

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import reduce
 from operator import add
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +37,8 @@ from toylens.tasks import Batch, Task
 from toylens.tasks.base import Split
 from toylens.train.regularisers import L1Penalty, Regularisers
 
-LossFn = Callable[[Callable[..., Any], tuple], Union[Tensor, dict[str, Tensor]]]
-Data = Union[tuple[Tensor, ...], Split, None]
+LossFn = Callable[[Callable[..., Any], tuple], Tensor | dict[str, Tensor]]
+Data = tuple[Tensor, ...] | Split | None
 StackedLossFn = Callable[..., dict[str, Tensor]]
 # Rows per CPU chunk of a stacked objective: as many as keep one activation of the chunk (a row's
 # minibatch x sequence x widest layer) under this many elements, about 3 MB of float32. Measured
@@ -53,8 +53,14 @@ class Objective:
     `run_objective` and `module_objective` build one from LLCSettings; the arguments here are
     what they make of the settings."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: Data, decay: dict[str, float] | None = None,
-                 stacked_fn: StackedLossFn | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn | None,
+        data: Data,
+        decay: dict[str, float] | None = None,
+        stacked_fn: StackedLossFn | None = None,
+    ):
         """`decay` ({parameter name: c}) adds the term "weight_decay", (c/2)·||w||² summed over
         them. `stacked_fn(params, *batch)`, if given, computes every row's terms at once from
         stacked parameters and a batch with a leading row axis, in place of vmapping `loss_fn`
@@ -122,7 +128,9 @@ class Objective:
         else:
             terms = self._batched(params, *self.fetch(idx))
         if self.decay:
-            terms["weight_decay"] = reduce(add, (0.5 * c * params[k].pow(2).flatten(1).sum(1) for k, c in self.decay.items()))
+            terms["weight_decay"] = reduce(
+                add, (0.5 * c * params[k].pow(2).flatten(1).sum(1) for k, c in self.decay.items())
+            )
         return terms
 
     def __call__(self, params: dict[str, Tensor], idx: Tensor | None) -> Tensor:
@@ -135,11 +143,15 @@ def module_objective(model: nn.Module, loss_fn: LossFn, data: Data, settings: LL
     There is no run here: no train.weight_decay for weight_decay=null to stand for, and no run
     penalty for l1=false to leave out (loss_fn is the whole objective), so both are errors."""
     if settings.weight_decay is None:
-        raise ToylensError("weight_decay: null stands for a run's train.weight_decay, and this model has no run; "
-                           "give the coefficient (or estimate a run's checkpoint with estimate_loaded)")
+        raise ToylensError(
+            "weight_decay: null stands for a run's train.weight_decay, and this model has no run; "
+            "give the coefficient (or estimate a run's checkpoint with estimate_loaded)"
+        )
     if not settings.l1:
-        raise ToylensError("l1: false leaves a run's L1 penalty out, and this model has none: loss_fn is the whole "
-                           "objective (leave the penalty out of loss_fn instead)")
+        raise ToylensError(
+            "l1: false leaves a run's L1 penalty out, and this model has none: loss_fn is the whole "
+            "objective (leave the penalty out of loss_fn instead)"
+        )
     decay = {n: settings.weight_decay for n, _ in model.named_parameters()}
     return Objective(model, loss_fn, data, decay)
 
@@ -161,8 +173,9 @@ def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCS
     penalty = reg.l1 if settings.l1 else None
     hooks = [name for name, _ in penalty.fwd_hooks] if penalty else []
     if all(STACKED_HOOKS.fullmatch(name) for name in hooks):
-        return Objective(model, None, task.splits[task.train_split], decay,
-                         stacked_fn=_stacked_objective(model, task, penalty))
+        return Objective(
+            model, None, task.splits[task.train_split], decay, stacked_fn=_stacked_objective(model, task, penalty)
+        )
     model.explicit_attention = True  # vmap has no batching rule for CPU scaled_dot_product_attention
 
     def loss_fn(call: Any, batch: tuple) -> dict[str, torch.Tensor]:

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -114,8 +114,11 @@ def llc_over_checkpoints(
     `toylens.memory.reuse_freed_memory`).
     """
     if checkpoints is not None:
-        warnings.warn("llc_over_checkpoints(checkpoints=...) is deprecated; use checkpoint=... (same forms)",
-                      FutureWarning, stacklevel=2)
+        warnings.warn(
+            "llc_over_checkpoints(checkpoints=...) is deprecated; use checkpoint=... (same forms)",
+            FutureWarning,
+            stacklevel=2,
+        )
         checkpoint = checkpoints
     reuse_freed_memory()
     run = as_rundir(run)
@@ -134,8 +137,14 @@ def llc_over_checkpoints(
                 results[ckpt.name] = done
             else:
                 todo.append(ckpt)
-        bar = tqdm(total=len(chosen), initial=len(results), desc=f"llc {run.path.name}", unit="ckpt",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(chosen),
+            initial=len(results),
+            desc=f"llc {run.path.name}",
+            unit="ckpt",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         with bar:
             for start in range(0, len(todo), group):
                 part = todo[start : start + group]
@@ -186,18 +195,31 @@ def calibrate(
         loaded = load(run.path, ckpt.name, device=device)
         objective = run_objective(loaded.model, loaded.config, loaded.task, base)
         grid = [(float(e), float(g)) for g in gammas for e in epsilons]
-        estimates = estimate_many(objective, [_weights(run, ckpt, objective)], base, grid=grid,
-                                  labels=[f"ε={e:g} γ={g:g}" for e, g in grid], progress=progress)
+        estimates = estimate_many(
+            objective,
+            [_weights(run, ckpt, objective)],
+            base,
+            grid=grid,
+            labels=[f"ε={e:g} γ={g:g}" for e, g in grid],
+            progress=progress,
+        )
         chosen = choose(estimates)
         cal = Calibration(ckpt.name, estimates, chosen)
         if write:
             traces = {f"{kind}.{i}": t for i, e in enumerate(estimates) for kind, t in e.traces().items()}
             run.write_tensors("llc/calibration.safetensors", traces, {"format": FORMAT})
-            run.write_json("llc/calibration.json", {"format": FORMAT, "checkpoint": ckpt.name, "grid": cal.rows(),
-                                                    "chosen": chosen})
+            run.write_json(
+                "llc/calibration.json",
+                {"format": FORMAT, "checkpoint": ckpt.name, "grid": cal.rows(), "chosen": chosen},
+            )
             if chosen is None:
-                log.warning("%s: no (ε, γ) in the calibration grid gave healthy, converged traces; estimates keep "
-                            "ε=%g γ=%g: widen the grid or raise draws", run.path, base.epsilon, base.gamma)
+                log.warning(
+                    "%s: no (ε, γ) in the calibration grid gave healthy, converged traces; estimates keep "
+                    "ε=%g γ=%g: widen the grid or raise draws",
+                    run.path,
+                    base.epsilon,
+                    base.gamma,
+                )
             else:
                 pick = estimates[chosen]
                 new = base.model_copy(update={"epsilon": pick.epsilon, "gamma": pick.gamma})

@@ -106,8 +106,10 @@ class RowChunks:
         n = next(iter(w.values())).shape[0]
         if self.size is None or self.size >= n:
             return [fn(w, idx)]
-        parts = [({k: v[i:i + self.size] for k, v in w.items()}, None if idx is None else idx[i:i + self.size])
-                 for i in range(0, n, self.size)]
+        parts = [
+            ({k: v[i : i + self.size] for k, v in w.items()}, None if idx is None else idx[i : i + self.size])
+            for i in range(0, n, self.size)
+        ]
         if self.pool is None:
             return [fn(*p) for p in parts]
         return list(self.pool.map(lambda p: fn(*p), parts))
@@ -159,8 +161,9 @@ def run_sgld(
     v_sq = {k: torch.zeros_like(x) for k, x in w.items()} if precondition == "rmsprop" else None
     loss_trace = torch.empty(n_rows, steps, dtype=torch.float64)
     accepts: list[Tensor] = []
-    for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True,
-                     mininterval=0.5, leave=False):
+    for step in tqdm(
+        range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5, leave=False
+    ):
         idx = draws.indices()
         loss, grad = loss_and_grad(loss_fn, w, idx, chunks)
         loss_trace[:, step] = loss.double().cpu()
@@ -179,8 +182,9 @@ def run_sgld(
     return SamplerRun(loss_trace, accept)
 
 
-def loss_and_grad(loss_fn: BatchedLoss, w: Params, idx: Tensor | None,
-                  chunks: RowChunks | None = None) -> tuple[Tensor, Params]:
+def loss_and_grad(
+    loss_fn: BatchedLoss, w: Params, idx: Tensor | None, chunks: RowChunks | None = None
+) -> tuple[Tensor, Params]:
     """Per-row loss [rows] and its gradient with respect to each row's own weights, chunk by chunk.
 
     Rows do not interact, so the gradient of the summed loss is every row's own gradient.
@@ -209,8 +213,9 @@ def _drift(grad: Params, w: Params, center: Params, rows: RowSettings) -> Params
     return {k: _col(rows.nbeta, g) * g + _col(rows.gamma, g) * (w[k] - center[k]) for k, g in grad.items()}
 
 
-def _precondition(v_sq: Params | None, drift: Params, alpha: float, delta: float, step: int,
-                  adapt: bool) -> Params | None:
+def _precondition(
+    v_sq: Params | None, drift: Params, alpha: float, delta: float, step: int, adapt: bool
+) -> Params | None:
     """RMSProp preconditioner from the running mean of the squared drift (None without).
 
     It adapts only while `adapt` (the burn-in) and is frozen after: a preconditioner that keeps
@@ -236,8 +241,15 @@ def _potential(loss: Tensor, w: Params, center: Params, rows: RowSettings) -> Te
 
 
 def _mala_acceptance(
-    loss_fn: BatchedLoss, idx: Tensor | None, w: Params, loss: Tensor, drift: Params,
-    proposal: Params, center: Params, rows: RowSettings, precond: Params | None,
+    loss_fn: BatchedLoss,
+    idx: Tensor | None,
+    w: Params,
+    loss: Tensor,
+    drift: Params,
+    proposal: Params,
+    center: Params,
+    rows: RowSettings,
+    precond: Params | None,
     chunks: RowChunks | None = None,
 ) -> Tensor:
     """min(1, exp(U(w) - U(w') + log q(w|w') - log q(w'|w))) per row, on the same minibatch."""
@@ -254,5 +266,3 @@ def _mala_acceptance(
     log_alpha = _potential(loss, w, center, rows) - _potential(loss_new, proposal, center, rows) + log_back - log_fwd
     accept = log_alpha.clamp(max=0.0).exp()
     return torch.where(torch.isfinite(log_alpha), accept, torch.zeros_like(accept)).cpu()
-
-

@@ -13,7 +13,15 @@ from toylens.model.names import act_name, hook_names
 if TYPE_CHECKING:
     from toylens.model.transformer import Transformer
 
-__all__ = ["ActivationCache", "FactoredMatrix", "HookPoint", "HookedRootModule", "Transformer", "act_name", "hook_names"]
+__all__ = [
+    "ActivationCache",
+    "FactoredMatrix",
+    "HookPoint",
+    "HookedRootModule",
+    "Transformer",
+    "act_name",
+    "hook_names",
+]
 
 
 def __getattr__(name: str) -> Any:

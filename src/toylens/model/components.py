@@ -80,8 +80,9 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()
         self.hook_result = HookPoint()
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"], past: tuple[Tensor, Tensor] | None = None
-                ) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"], past: tuple[Tensor, Tensor] | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
         """Attention output for the positions of `x`. With `past` (keys and values
         [batch, p0, n_heads, d_head] of the p0 positions before them), `x` holds positions p0..
         and attends to those too; hook_q/k/v see only the new positions."""
@@ -89,8 +90,11 @@ class Attention(nn.Module):
         k = self.hook_k(core.project(x, self.W_K, self.b_K))
         v = self.hook_v(core.project(x, self.W_V, self.b_V))
         explicit = self.explicit or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
-        z = self.hook_z(core.attention(q, k, v, past=past, explicit=explicit,
-                                       hook_scores=self.hook_attn_scores, hook_pattern=self.hook_pattern))
+        z = self.hook_z(
+            core.attention(
+                q, k, v, past=past, explicit=explicit, hook_scores=self.hook_attn_scores, hook_pattern=self.hook_pattern
+            )
+        )
         if self.hook_result.has_hooks:
             return self.hook_result(core.head_results(z, self.W_O)).sum(-2) + self.b_O
         return core.attn_output(z, self.W_O, self.b_O)
@@ -146,8 +150,13 @@ class TransformerBlock(nn.Module):
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"], past: tuple[Tensor, Tensor] | None = None,
-                *, after_attention: bool = False) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        past: tuple[Tensor, Tensor] | None = None,
+        *,
+        after_attention: bool = False,
+    ) -> Float[Tensor, "batch pos d_model"]:
         """`past`: the keys and values of earlier positions, as in `Attention.forward`.
         `after_attention`: `resid` already holds this block's attention output (it is the
         block's resid_mid, or resid_pre + attn_out without MLPs), so only the MLP half runs."""

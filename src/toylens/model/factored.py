@@ -15,7 +15,7 @@ Leading dimensions (layer, head, ...) broadcast like matmul's; indexing selects 
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -69,7 +69,7 @@ class FactoredMatrix:
         return FactoredMatrix(self.B.mT, self.A.mT)
 
     # --- algebra --------------------------------------------------------------------------
-    def __matmul__(self, other: Union[Tensor, FactoredMatrix]) -> FactoredMatrix:
+    def __matmul__(self, other: Tensor | FactoredMatrix) -> FactoredMatrix:
         if isinstance(other, FactoredMatrix):
             inner = self.B @ other.A  # [..., m1, m2]: keep the smaller of the two inner sizes
             if self.mdim <= other.mdim:

@@ -39,7 +39,9 @@ def _same(x: Tensor) -> Tensor:
     return x
 
 
-def embed(W_E: Float[Tensor, "*rows d_vocab d_model"], tokens: Int[Tensor, "*batch"]) -> Float[Tensor, "*batch d_model"]:
+def embed(
+    W_E: Float[Tensor, "*rows d_vocab d_model"], tokens: Int[Tensor, "*batch"]
+) -> Float[Tensor, "*batch d_model"]:
     """The rows of W_E at `tokens`. With a rows axis (W_E [rows, d_vocab, d_model]), tokens
     [rows, ...] and row r looks its tokens up in W_E[r]."""
     if W_E.dim() == 3:  # flat (row, token) ids into all rows' tables at once
@@ -89,8 +91,9 @@ def activation(x: Tensor, act_fn: str) -> Tensor:
     return ACTIVATIONS[act_fn](x)
 
 
-def linear(x: Float[Tensor, "... d_in"], W: Float[Tensor, "*rows d_in d_out"],
-           b: Float[Tensor, "*rows d_out"]) -> Float[Tensor, "... d_out"]:
+def linear(
+    x: Float[Tensor, "... d_in"], W: Float[Tensor, "*rows d_in d_out"], b: Float[Tensor, "*rows d_out"]
+) -> Float[Tensor, "... d_out"]:
     """x @ W + b, the bias inside the product (addmm; baddbmm over rows when W has a rows axis)."""
     if W.dim() == 2:
         out = torch.addmm(b, x.flatten(0, -2), W)
@@ -99,8 +102,11 @@ def linear(x: Float[Tensor, "... d_in"], W: Float[Tensor, "*rows d_in d_out"],
     return out.view(*x.shape[:-1], W.shape[-1])
 
 
-def project(x: Float[Tensor, "... d_model"], W: Float[Tensor, "*rows n_heads d_model d_head"],
-            b: Float[Tensor, "*rows n_heads d_head"]) -> Float[Tensor, "... n_heads d_head"]:
+def project(
+    x: Float[Tensor, "... d_model"],
+    W: Float[Tensor, "*rows n_heads d_model d_head"],
+    b: Float[Tensor, "*rows n_heads d_head"],
+) -> Float[Tensor, "... n_heads d_head"]:
     """x @ W[h] + b[h] for every head h, as one matrix product: queries, keys or values.
 
     An einsum over heads runs a slower batched product per head (measured: 1.3 s of a 2.7 s
@@ -139,12 +145,19 @@ def attention(
     n_q, n_k = q.shape[1], k.shape[1]
     mask = None if q_pos is None and n_q == n_k else allowed_keys(n_q, n_k, q_pos, q.device)
     z = F.scaled_dot_product_attention(  # [b, p, h, e] -> [b, h, p, e] for the kernel, and back
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None)
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None
+    )
     return z.transpose(1, 2)
 
 
-def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor | None,
-                        hook_scores: Callable[[Tensor], Tensor], hook_pattern: Callable[[Tensor], Tensor]) -> Tensor:
+def _explicit_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor | None,
+    hook_scores: Callable[[Tensor], Tensor],
+    hook_pattern: Callable[[Tensor], Tensor],
+) -> Tensor:
     scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * (1.0 / math.sqrt(q.shape[-1]))
     allowed = allowed_keys(q.shape[1], k.shape[1], q_pos, q.device)
     scores = hook_scores(scores.masked_fill(~allowed, float("-inf")))
@@ -159,19 +172,26 @@ def allowed_keys(n_q: int, n_k: int, q_pos: Tensor | None, device: torch.device)
     return q_pos.view(-1, 1) >= torch.arange(n_k, device=device)
 
 
-def attn_output(z: Float[Tensor, "... n_heads d_head"], W_O: Float[Tensor, "*rows n_heads d_head d_model"],
-                b_O: Float[Tensor, "*rows d_model"]) -> Float[Tensor, "... d_model"]:
+def attn_output(
+    z: Float[Tensor, "... n_heads d_head"],
+    W_O: Float[Tensor, "*rows n_heads d_head d_model"],
+    b_O: Float[Tensor, "*rows d_model"],
+) -> Float[Tensor, "... d_model"]:
     """The attention layer's output: every head's z @ W_O[h] summed, plus b_O, as one product."""
     return linear(z.flatten(-2), W_O.flatten(-3, -2), b_O)
 
 
-def head_results(z: Float[Tensor, "... n_heads d_head"],
-                 W_O: Float[Tensor, "n_heads d_head d_model"]) -> Float[Tensor, "... n_heads d_model"]:
+def head_results(
+    z: Float[Tensor, "... n_heads d_head"], W_O: Float[Tensor, "n_heads d_head d_model"]
+) -> Float[Tensor, "... n_heads d_model"]:
     """Each head's output z[h] @ W_O[h], not summed (hook_result; a patched head's change)."""
     return torch.einsum("...he,hed->...hd", z, W_O)
 
 
-def unembed(x: Float[Tensor, "... d_model"], W_U: Float[Tensor, "*rows d_model d_vocab_out"],
-            b_U: Float[Tensor, "*rows d_vocab_out"]) -> Float[Tensor, "... d_vocab_out"]:
+def unembed(
+    x: Float[Tensor, "... d_model"],
+    W_U: Float[Tensor, "*rows d_model d_vocab_out"],
+    b_U: Float[Tensor, "*rows d_vocab_out"],
+) -> Float[Tensor, "... d_vocab_out"]:
     """Logits x @ W_U + b_U, at the positions `x` holds (select positions first to unembed fewer)."""
     return linear(x, W_U, b_U)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from toylens.model.cache import ActivationCache
 
-HookFn = Callable[..., Union[Tensor, None]]
-NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
+HookFn = Callable[..., Tensor | None]
+NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 
 
 class HookPoint(nn.Module):
@@ -98,9 +98,7 @@ class HookedRootModule(nn.Module):
                         del lst[i]
                         break
 
-    def run_with_hooks(
-        self, *args: Any, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), **kwargs: Any
-    ) -> Any:
+    def run_with_hooks(self, *args: Any, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), **kwargs: Any) -> Any:
         """`model(*args, **kwargs)` with the given hooks attached for this call only."""
         with self.hooks(fwd_hooks, bwd_hooks):
             return self(*args, **kwargs)

@@ -27,13 +27,19 @@ from torch import Tensor
 from toylens.model import functional as core
 from toylens.model.transformer import Transformer
 
-STACKED_HOOKS = re.compile(r"blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|"
-                           r"hook_mlp_out|mlp\.hook_pre|mlp\.hook_post)")
+STACKED_HOOKS = re.compile(
+    r"blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|"
+    r"hook_mlp_out|mlp\.hook_pre|mlp\.hook_post)"
+)
 
 
-def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tensor,
-                    record: dict[str, Callable[[Tensor], None]] | None = None,
-                    positions: Tensor | None = None) -> Tensor:
+def stacked_forward(
+    model: Transformer,
+    params: dict[str, Tensor],
+    tokens: Tensor,
+    record: dict[str, Callable[[Tensor], None]] | None = None,
+    positions: Tensor | None = None,
+) -> Tensor:
     """Logits [rows, m, pos, d_vocab_out] (see the module docstring).
 
     With `positions` (sorted sequence positions), only those positions' logits [rows, m,
@@ -67,7 +73,9 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
         return core.layer_norm(x, params[f"{name}.w"], params[f"{name}.b"]) if cfg.normalization == "LN" else x
 
     last = f"blocks.{cfg.n_layers - 1}."
-    cut = 3 if positions is None else _cut(cfg.attn_only, [name[len(last):] for name in record if name.startswith(last)])
+    cut = (
+        3 if positions is None else _cut(cfg.attn_only, [name[len(last) :] for name in record if name.startswith(last)])
+    )
     for layer in range(cfg.n_layers):
         p = f"blocks.{layer}."
         at = cut if layer == cfg.n_layers - 1 else 3  # where this layer narrows to `positions`
@@ -76,14 +84,18 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
         z = _attention(params, p + "attn.", a, (rows * m, pos), positions if at == 0 else None, keep)
         if at == 0:  # the queries were at `positions` only
             x, n = keep(x), n_out
-        attn_out = hook(p + "hook_attn_out", core.attn_output(z.reshape(rows, m * n, *z.shape[-2:]),
-                                                              params[p + "attn.W_O"], params[p + "attn.b_O"]))
+        attn_out = hook(
+            p + "hook_attn_out",
+            core.attn_output(z.reshape(rows, m * n, *z.shape[-2:]), params[p + "attn.W_O"], params[p + "attn.b_O"]),
+        )
         x = x + attn_out
         if not cfg.attn_only:
             x = hook(p + "hook_resid_mid", x)
             if at == 1:
                 x, n = keep(x), n_out
-            pre = hook(p + "mlp.hook_pre", core.linear(norm(x, p + "ln2"), params[p + "mlp.W_in"], params[p + "mlp.b_in"]))
+            pre = hook(
+                p + "mlp.hook_pre", core.linear(norm(x, p + "ln2"), params[p + "mlp.W_in"], params[p + "mlp.b_in"])
+            )
             post = hook(p + "mlp.hook_post", core.activation(pre, cfg.act_fn))
             if at == 2:
                 x, post, n = keep(x), keep(post), n_out
@@ -94,8 +106,14 @@ def stacked_forward(model: Transformer, params: dict[str, Tensor], tokens: Tenso
     return core.unembed(norm(x, "ln_final"), params["unembed.W_U"], params["unembed.b_U"]).view(rows, m, n, -1)
 
 
-def _attention(params: dict[str, Tensor], p: str, a: Tensor, seqs: tuple[int, int], positions: Tensor | None,
-               keep: Callable[[Tensor], Tensor]) -> Tensor:
+def _attention(
+    params: dict[str, Tensor],
+    p: str,
+    a: Tensor,
+    seqs: tuple[int, int],
+    positions: Tensor | None,
+    keep: Callable[[Tensor], Tensor],
+) -> Tensor:
     """z [rows * m, n, n_heads, d_head] of one attention layer, for `a` [rows, m * pos, d_model]
     (`seqs` = (rows * m, pos)); with `positions`, the queries only at those positions (n of them).
 
@@ -117,6 +135,12 @@ def _cut(attn_only: bool, recorded: list[str]) -> int:
     0 at the queries, 1 before the MLP, 2 before its output projection, 3 after the layer."""
     if attn_only:
         return 3 if {"hook_attn_out", "hook_resid_post"} & set(recorded) else 0
-    needs = {"hook_attn_out": 1, "hook_resid_mid": 1, "mlp.hook_pre": 2, "mlp.hook_post": 2,
-             "hook_mlp_out": 3, "hook_resid_post": 3}
+    needs = {
+        "hook_attn_out": 1,
+        "hook_resid_mid": 1,
+        "mlp.hook_pre": 2,
+        "mlp.hook_post": 2,
+        "hook_mlp_out": 3,
+        "hook_resid_post": 3,
+    }
     return max((needs.get(r, 0) for r in recorded), default=0)

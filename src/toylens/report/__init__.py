@@ -23,21 +23,27 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 from toylens.checkpoints import Spec
 from toylens.config import config_to_yaml, validate_config
 from toylens.errors import ToylensError
-from toylens.report.collect import Reader, RunResults, collect_runs
-from toylens.report.figures import Code, Section
 from toylens.report.analysis import analysis_summary_rows, read_analysis
+from toylens.report.collect import Reader, RunResults, collect_runs
 from toylens.report.dynamics import head_scores_section, sparsity_section, trajectory_section
+from toylens.report.figures import Code, Section
 from toylens.report.html import render_html
 from toylens.report.llc import llc_section, llc_summary_rows, read_llc
-from toylens.report.mechanisms import (ablation_section, attention_section, attribution_section, circuits_section,
-                                       composition_section, patching_section)
+from toylens.report.mechanisms import (
+    ablation_section,
+    attention_section,
+    attribution_section,
+    circuits_section,
+    composition_section,
+    patching_section,
+)
 from toylens.report.png import write_pngs
 from toylens.report.sections import summary_section, training_section, weights_section
 from toylens.report.sweep import SweepSummary, expand_sweeps, sweep_section
@@ -59,8 +65,14 @@ class ReportResult:
     """Ids of the sections the report contains, in order."""
 
 
-def report(runs: RunLike | Sequence[RunLike], out: str | Path = "report.html", *, title: str | None = None,
-           png: bool = True, checkpoint: Spec | None = None) -> ReportResult:
+def report(
+    runs: RunLike | Sequence[RunLike],
+    out: str | Path = "report.html",
+    *,
+    title: str | None = None,
+    png: bool = True,
+    checkpoint: Spec | None = None,
+) -> ReportResult:
     """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False).
     `runs` is one run or a list; a sweep directory stands for its finished members.
 
@@ -76,8 +88,12 @@ def report(runs: RunLike | Sequence[RunLike], out: str | Path = "report.html", *
     results = collect_runs(paths, readers)
     sections = build_sections(results, sweeps)
     title = title or ("Report: " + ", ".join(r.label for r in results))
-    meta = (f"{len(results)} run{'s' * (len(results) > 1)} · written {time.strftime('%Y-%m-%d %H:%M')} · "
-            f"figures also as PNG in {out.stem}_figures/" if png else f"{len(results)} runs")
+    meta = (
+        f"{len(results)} run{'s' * (len(results) > 1)} · written {time.strftime('%Y-%m-%d %H:%M')} · "
+        f"figures also as PNG in {out.stem}_figures/"
+        if png
+        else f"{len(results)} runs"
+    )
     atomic_write(out, render_html(title, meta, sections).encode("utf-8"))
     pngs = write_pngs(sections, out.parent / f"{out.stem}_figures") if png else []
     log.info("report: %s (%d sections, %d PNG figures)", out, len(sections), len(pngs))
@@ -113,7 +129,13 @@ def build_sections(runs: list[RunResults], sweeps: Sequence[SweepSummary] = ()) 
 
 
 def configs_section(runs: list[RunResults]) -> Section:
-    blocks = [Code(f"config-{i}", f"{r.label}: {r.path}", config_to_yaml(validate_config(r.config)))
-              for i, r in enumerate(runs)]
-    return Section("configs", "Configs", "The resolved config of each run, as saved in its run directory "
-                   "(click a run to unfold it).", blocks)
+    blocks = [
+        Code(f"config-{i}", f"{r.label}: {r.path}", config_to_yaml(validate_config(r.config)))
+        for i, r in enumerate(runs)
+    ]
+    return Section(
+        "configs",
+        "Configs",
+        "The resolved config of each run, as saved in its run directory (click a run to unfold it).",
+        blocks,
+    )

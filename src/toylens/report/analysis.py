@@ -78,8 +78,12 @@ def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None
     summaries = {n: CheckpointSummary.load(run, f"analysis/{n}/summary") for n in names}
     ordered = sorted(names, key=lambda n: (summaries[n].step, n == LEGACY_FINAL))
     focus_name = _focus_of(run, summaries, ordered, wanted)
-    shown = AnalysedCheckpoint(focus_name, summaries[focus_name].epoch, summaries[focus_name].step,
-                               {r: load_result(run, f"analysis/{focus_name}/{r}") for r in summaries[focus_name].results})
+    shown = AnalysedCheckpoint(
+        focus_name,
+        summaries[focus_name].epoch,
+        summaries[focus_name].step,
+        {r: load_result(run, f"analysis/{focus_name}/{r}") for r in summaries[focus_name].results},
+    )
     steps_of_epochs = {summaries[n].step for n in ordered if n != LEGACY_FINAL}
     series = []
     for name in ordered:
@@ -87,14 +91,16 @@ def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None
         if name == LEGACY_FINAL and s.step in steps_of_epochs:
             continue
         kept = [r for r in OVER_TRAINING if r in s.results]
-        series.append(AnalysedCheckpoint(name, s.epoch, s.step,
-                                         {r: load_result(run, f"analysis/{name}/{r}") for r in kept}))
+        series.append(
+            AnalysedCheckpoint(name, s.epoch, s.step, {r: load_result(run, f"analysis/{name}/{r}") for r in kept})
+        )
     trajectory = Trajectory.load(run, "analysis/trajectory") if run.has("analysis/trajectory.json") else None
     return AnalysisResults(shown, series, trajectory)
 
 
-def _focus_of(run: RunDir, summaries: dict[str, CheckpointSummary], ordered: list[str],
-              wanted: CheckpointInfo | None) -> str:
+def _focus_of(
+    run: RunDir, summaries: dict[str, CheckpointSummary], ordered: list[str], wanted: CheckpointInfo | None
+) -> str:
     """The analysed checkpoint to show in full: `wanted`, or the last analysed."""
     if wanted is None:
         return ordered[-1]
@@ -103,8 +109,10 @@ def _focus_of(run: RunDir, summaries: dict[str, CheckpointSummary], ordered: lis
     legacy = summaries.get(LEGACY_FINAL)
     if legacy is not None and legacy.step == wanted.step:
         return LEGACY_FINAL
-    raise ToylensError(f"{run.path}: checkpoint {wanted.name} has no analysis results (analysed: "
-                       f"{', '.join(ordered)}); run toylens analyze {run.path} --checkpoint {wanted.name}")
+    raise ToylensError(
+        f"{run.path}: checkpoint {wanted.name} has no analysis results (analysed: "
+        f"{', '.join(ordered)}); run toylens analyze {run.path} --checkpoint {wanted.name}"
+    )
 
 
 def analysis_of(run: RunResults) -> AnalysisResults | None:
@@ -135,7 +143,9 @@ def analysis_summary_rows(runs: list[RunResults]) -> list[list[Any]]:
     rows: list[list[Any]] = [["analysed checkpoint", *[_focus_name(r) for r in runs]]]
     n_layers = max((int(s.fraction_active.numel()) for _, _, a in have if (s := a.at_focus("sparsity"))), default=0)
     for layer in range(n_layers):
-        rows.append([f"MLP {layer}: fraction of neurons active", *[_sparsity(r, layer, "fraction_active") for r in runs]])
+        rows.append(
+            [f"MLP {layer}: fraction of neurons active", *[_sparsity(r, layer, "fraction_active") for r in runs]]
+        )
         rows.append([f"MLP {layer}: dead neurons (fraction)", *[_sparsity(r, layer, "dead_fraction") for r in runs]])
         rows.append([f"MLP {layer}: mean L1 of activations", *[_sparsity(r, layer, "l1") for r in runs]])
     rows.append(["best OV copying score (head)", *[_best_copying(r) for r in runs]])

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
-Num = Union[int, float]
+Num = int | float
 """A plotted value: steps are ints, metrics floats."""
 
 
@@ -138,7 +138,7 @@ class Code:
     kind: str = "code"
 
 
-Block = Union[LineFigure, HeatmapFigure, Table, AttentionViewer, Code]
+Block = LineFigure | HeatmapFigure | Table | AttentionViewer | Code
 
 
 @dataclass

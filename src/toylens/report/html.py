@@ -46,8 +46,11 @@ def script_json(obj: Any) -> str:
 
 
 def _section_html(section: Section, figures: dict[str, Any]) -> str:
-    parts = [f'<section id="sec-{section.id}">', f"<h2>{html.escape(section.title)}</h2>",
-             f'<p class="guide">{html.escape(section.guide)}</p>']
+    parts = [
+        f'<section id="sec-{section.id}">',
+        f"<h2>{html.escape(section.title)}</h2>",
+        f'<p class="guide">{html.escape(section.guide)}</p>',
+    ]
     if section.note:
         parts.append(f'<p class="note">{html.escape(section.note)}</p>')
     parts.append('<div class="grid">')
@@ -61,8 +64,10 @@ def _block_html(block: Block, figures: dict[str, Any]) -> str:
     if isinstance(block, Table):
         return table_html(block)
     if isinstance(block, Code):
-        return (f'<details class="config block wide" id="code-{html.escape(block.id)}"><summary>'
-                f"{html.escape(block.title)}</summary><pre>{html.escape(block.text)}</pre></details>")
+        return (
+            f'<details class="config block wide" id="code-{html.escape(block.id)}"><summary>'
+            f"{html.escape(block.title)}</summary><pre>{html.escape(block.text)}</pre></details>"
+        )
     if block.id in figures:
         raise ValueError(f"two figures named {block.id!r}")
     figures[block.id] = to_json(block)
@@ -80,8 +85,10 @@ def table_html(table: Table) -> str:
         rows.append(f"<tr{cls}>{cells}</tr>")
     title = f'<div class="fig-title">{html.escape(table.title)}</div>' if table.title else ""
     guide = f'<p class="fig-guide">{html.escape(table.guide)}</p>' if table.guide else ""
-    return (f'<div class="block wide" id="table-{html.escape(table.id)}">{title}{guide}<div class="tablewrap">'
-            f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></div>')
+    return (
+        f'<div class="block wide" id="table-{html.escape(table.id)}">{title}{guide}<div class="tablewrap">'
+        f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></div>'
+    )
 
 
 def _cell(text: str) -> str:

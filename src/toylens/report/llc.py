@@ -57,8 +57,10 @@ def llc_summary_rows(runs: list[RunResults]) -> list[list[Any]]:
     if not any(llc_of(r) for r in runs):
         return []
     values = [res.last if (res := llc_of(r)) else None for r in runs]
-    return [["LLC λ̂ (last estimated checkpoint)", *[v.get("llc") if v else None for v in values]],
-            ["LLC standard error", *[v.get("llc_se") if v else None for v in values]]]
+    return [
+        ["LLC λ̂ (last estimated checkpoint)", *[v.get("llc") if v else None for v in values]],
+        ["LLC standard error", *[v.get("llc_se") if v else None for v in values]],
+    ]
 
 
 def llc_section(runs: list[RunResults]) -> Section | None:
@@ -68,17 +70,32 @@ def llc_section(runs: list[RunResults]) -> Section | None:
     llc = [Series(r.label, _col(res, "step"), _col(res, "llc"), err=_col(res, "llc_se"), color=i) for i, r, res in have]
     loss = [Series(r.label, _col(res, "step"), _col(res, "train_loss"), color=i) for i, r, res in have]
     blocks: list[Any] = [
-        LineFigure("llc", "Local learning coefficient λ̂", "step", "λ̂", llc,
-                   guide="Higher λ̂ means a less degenerate, effectively more complex solution; "
-                         "error bars are ± one standard error over the SGLD chains."),
-        LineFigure("llc-train-loss", "Train loss at each checkpoint", "step", "train loss", loss,
-                   log_y=True, guide="The loss the LLC is measured around: read λ̂ together with it."),
+        LineFigure(
+            "llc",
+            "Local learning coefficient λ̂",
+            "step",
+            "λ̂",
+            llc,
+            guide="Higher λ̂ means a less degenerate, effectively more complex solution; "
+            "error bars are ± one standard error over the SGLD chains.",
+        ),
+        LineFigure(
+            "llc-train-loss",
+            "Train loss at each checkpoint",
+            "step",
+            "train loss",
+            loss,
+            log_y=True,
+            guide="The loss the LLC is measured around: read λ̂ together with it.",
+        ),
     ]
     blocks += [_trace_figure(i, r, res, trace) for i, r, res in have if (trace := res.last_trace)]
     blocks.append(_diagnostics_table(have))
     missing = [r.label for r in runs if not llc_of(r)]
-    guide = ("λ̂ of every checkpoint, estimated by localised SGLD around its weights with settings calibrated per "
-             "run; compare runs only through estimates whose diagnostics are healthy.")
+    guide = (
+        "λ̂ of every checkpoint, estimated by localised SGLD around its weights with settings calibrated per "
+        "run; compare runs only through estimates whose diagnostics are healthy."
+    )
     note = f"No LLC results for: {', '.join(missing)}." if missing else ""
     return Section("llc", "Local learning coefficient over training", guide, blocks, note)
 
@@ -86,9 +103,15 @@ def llc_section(runs: list[RunResults]) -> Section | None:
 def _trace_figure(i: int, run: RunResults, res: LLCResults, trace: list[list[float]]) -> LineFigure:
     """The loss of each chain in `trace`, the last estimate's (res.last)."""
     series = [Series(f"chain {c}", list(range(len(t))), t, color=c) for c, t in enumerate(trace)]
-    return LineFigure(f"llc-trace-{i}", f"SGLD loss traces, {run.label} ({res.last['checkpoint']})", "sample (thinned)",
-                      "minibatch loss", series, small=True,
-                      guide="Healthy chains rise from the checkpoint's loss and then stay flat.")
+    return LineFigure(
+        f"llc-trace-{i}",
+        f"SGLD loss traces, {run.label} ({res.last['checkpoint']})",
+        "sample (thinned)",
+        "minibatch loss",
+        series,
+        small=True,
+        guide="Healthy chains rise from the checkpoint's loss and then stay flat.",
+    )
 
 
 def _diagnostics_table(have: list[tuple[int, RunResults, LLCResults]]) -> Table:
@@ -97,16 +120,44 @@ def _diagnostics_table(have: list[tuple[int, RunResults, LLCResults]]) -> Table:
         last = res.last
         warned = [e for e in res.estimates if e.get("warnings")]
         first_warning = next((f"{e['checkpoint']}: {e['warnings'][0]}" for e in warned), "")
-        rows.append([run.label, len(res.estimates), last.get("epsilon"), last.get("gamma"), last.get("nbeta"),
-                     (last.get("settings") or {}).get("chains"), (last.get("settings") or {}).get("draws"),
-                     last.get("acceptance"), sum(bool(e.get("converged")) for e in res.estimates),
-                     "yes" if res.calibration and res.calibration.get("chosen") is not None else "no",
-                     len(warned), first_warning])
-    columns = ["run", "checkpoints", "ε", "γ", "nβ", "chains", "draws", "acceptance (last)", "converged",
-               "calibrated", "with warnings", "first warning"]
-    return Table("llc-diagnostics", columns, rows, title="Sampler settings and diagnostics",
-                 guide="Acceptance is the MALA acceptance of the SGLD steps (healthy well above 0.5); converged "
-                       "counts estimates that move under 5% when the draws are doubled.")
+        rows.append(
+            [
+                run.label,
+                len(res.estimates),
+                last.get("epsilon"),
+                last.get("gamma"),
+                last.get("nbeta"),
+                (last.get("settings") or {}).get("chains"),
+                (last.get("settings") or {}).get("draws"),
+                last.get("acceptance"),
+                sum(bool(e.get("converged")) for e in res.estimates),
+                "yes" if res.calibration and res.calibration.get("chosen") is not None else "no",
+                len(warned),
+                first_warning,
+            ]
+        )
+    columns = [
+        "run",
+        "checkpoints",
+        "ε",
+        "γ",
+        "nβ",
+        "chains",
+        "draws",
+        "acceptance (last)",
+        "converged",
+        "calibrated",
+        "with warnings",
+        "first warning",
+    ]
+    return Table(
+        "llc-diagnostics",
+        columns,
+        rows,
+        title="Sampler settings and diagnostics",
+        guide="Acceptance is the MALA acceptance of the SGLD steps (healthy well above 0.5); converged "
+        "counts estimates that move under 5% when the draws are doubled.",
+    )
 
 
 def _col(res: LLCResults, key: str) -> list[Any]:

@@ -11,8 +11,17 @@ from typing import Any
 
 from toylens.report.analysis import AnalysisResults, head_labels, missing_note, with_analysis
 from toylens.report.collect import RunResults
-from toylens.report.figures import (AttentionExample, AttentionRun, AttentionViewer, Heatmap, HeatmapFigure,
-                                    LineFigure, Section, Series, Table)
+from toylens.report.figures import (
+    AttentionExample,
+    AttentionRun,
+    AttentionViewer,
+    Heatmap,
+    HeatmapFigure,
+    LineFigure,
+    Section,
+    Series,
+    Table,
+)
 
 ATTENTION_BUDGET = 600_000
 """Attention probabilities in one report, at most (about 3.5 MB of page)."""
@@ -36,19 +45,28 @@ PATCH_GUIDES = {
 
 
 def attention_section(runs: list[RunResults]) -> Section | None:
-    have = [(i, r, a) for i, r, a in with_analysis(runs)
-            if any(k in c.results for c in a.checkpoints for k in ATTENTION_SOURCES)]
+    have = [
+        (i, r, a)
+        for i, r, a in with_analysis(runs)
+        if any(k in c.results for c in a.checkpoints for k in ATTENTION_SOURCES)
+    ]
     if not have:
         return None
     per_run = ATTENTION_BUDGET // len(have)
     viewer_runs = []
     for i, run, a in have:
         for c in _checkpoints_within(a, per_run):
-            examples = [_example(c.results[k], e, src) for k, src in ATTENTION_SOURCES.items() if k in c.results
-                        for e in range(len(c.results[k].labels))]
+            examples = [
+                _example(c.results[k], e, src)
+                for k, src in ATTENTION_SOURCES.items()
+                if k in c.results
+                for e in range(len(c.results[k].labels))
+            ]
             viewer_runs.append(AttentionRun(run.label, f"{c.name}, step {c.step}", examples, color=i))
-    guide = ("Where each query position (rows) attends among the key positions (columns) for a few inputs: the task's "
-             "own examples and repeated random tokens, at the analysed checkpoints; hover for the probability.")
+    guide = (
+        "Where each query position (rows) attends among the key positions (columns) for a few inputs: the task's "
+        "own examples and repeated random tokens, at the analysed checkpoints; hover for the probability."
+    )
     viewer = AttentionViewer("attention-viewer", viewer_runs)
     return Section("attention", "Attention patterns", guide, [viewer], missing_note(runs, have, "attention patterns"))
 
@@ -60,7 +78,9 @@ def _checkpoints_within(a: AnalysisResults, budget: int) -> list[Any]:
     n = max(1, min(len(with_patterns), budget // max(size, 1)))
     if n >= len(with_patterns):
         return with_patterns
-    picks = {round(j * (len(with_patterns) - 1) / max(n - 1, 1)) for j in range(n)} if n > 1 else {len(with_patterns) - 1}
+    picks = (
+        {round(j * (len(with_patterns) - 1) / max(n - 1, 1)) for j in range(n)} if n > 1 else {len(with_patterns) - 1}
+    )
     return [with_patterns[j] for j in sorted(picks)]
 
 
@@ -79,12 +99,26 @@ def circuits_section(runs: list[RunResults]) -> Section | None:
         return None
     blocks: list[Any] = []
     for field_name, title, axes, guide in (
-        ("qk_tokens", "QK circuit over tokens", ("key token", "query token"),
-         "How much a query token wants to attend to each key token through the weights alone (W_E W_Q W_Kᵀ W_Eᵀ)."),
-        ("qk_positions", "QK circuit over positions", ("key position", "query position"),
-         "The same through the positional embeddings: a bright diagonal band below the diagonal is a previous-token head."),
-        ("ov_tokens", "OV circuit: attended token → output logits", ("output token", "attended token"),
-         "What attending to a token (rows) does to each output logit (columns); a bright diagonal means the head copies."),
+        (
+            "qk_tokens",
+            "QK circuit over tokens",
+            ("key token", "query token"),
+            "How much a query token wants to attend to each key token through the weights alone (W_E W_Q W_Kᵀ W_Eᵀ).",
+        ),
+        (
+            "qk_positions",
+            "QK circuit over positions",
+            ("key position", "query position"),
+            "The same through the positional embeddings: a bright diagonal band below the diagonal is a "
+            "previous-token head.",
+        ),
+        (
+            "ov_tokens",
+            "OV circuit: attended token → output logits",
+            ("output token", "attended token"),
+            "What attending to a token (rows) does to each output logit (columns); a bright diagonal means the "
+            "head copies.",
+        ),
     ):
         panels = []
         for _, run, a in have:
@@ -93,11 +127,24 @@ def circuits_section(runs: list[RunResults]) -> Section | None:
             rows, cols = _circuit_labels(c, field_name, grid)
             for label, matrix in zip(head_labels(*grid.shape[:2]), grid.flatten(0, 1)):
                 panels.append(Heatmap(_panel_title(run, a, label, len(have)), _z(matrix), cols, rows, axes[0], axes[1]))
-        blocks.append(_budgeted(HeatmapFigure(f"circuit-{field_name}", title, panels, guide=guide, diverging=True,
-                                              shared_scale=False, value_label="logit" if "ov" in field_name else "score")))
+        blocks.append(
+            _budgeted(
+                HeatmapFigure(
+                    f"circuit-{field_name}",
+                    title,
+                    panels,
+                    guide=guide,
+                    diverging=True,
+                    shared_scale=False,
+                    value_label="logit" if "ov" in field_name else "score",
+                )
+            )
+        )
     blocks.append(_copying_table(have))
-    guide = ("Circuits read from the weights, no data involved (LayerNorm gains folded in where the model has "
-             "LayerNorm); each panel has its own colour scale, centred on 0.")
+    guide = (
+        "Circuits read from the weights, no data involved (LayerNorm gains folded in where the model has "
+        "LayerNorm); each panel has its own colour scale, centred on 0."
+    )
     return Section("circuits", "QK and OV circuits", guide, blocks, missing_note(runs, have, "circuits"))
 
 
@@ -116,9 +163,14 @@ def _copying_table(have: list[tuple[int, RunResults, AnalysisResults]]) -> Table
         c = a.focus_result("circuits")
         for label, value in zip(head_labels(*c.copying.shape), c.copying.flatten().tolist()):
             rows.append([f"{run.label} {label}", _num(value)])
-    return Table("copying-scores", ["head", "copying score"], rows, title="OV copying scores",
-                 guide="Sum of the OV circuit's eigenvalues over the sum of their absolute values: near 1 for a head "
-                       "that copies the attended token to the output, near -1 for one that suppresses it.")
+    return Table(
+        "copying-scores",
+        ["head", "copying score"],
+        rows,
+        title="OV copying scores",
+        guide="Sum of the OV circuit's eigenvalues over the sum of their absolute values: near 1 for a head "
+        "that copies the attended token to the output, near -1 for one that suppresses it.",
+    )
 
 
 # --------------------------------------------------------------------------------- composition
@@ -140,15 +192,37 @@ def composition_section(runs: list[RunResults]) -> Section | None:
             receivers = range(n_heads, n_layers * n_heads)  # layer-0 heads receive nothing
             senders = range(0, (n_layers - 1) * n_heads)
             z = [[_num(flat[r, s].item()) for s in senders] for r in receivers]
-            panels.append(Heatmap(f"{run.label} (baseline {comp.baseline_mean[kind]:.3f})", z,
-                                  [labels[s] for s in senders], [labels[r] for r in receivers], "writing head", "reading head"))
-        blocks.append(HeatmapFigure(f"composition-{kind}", f"{kind.upper()}-composition", panels, value_label="score",
-                                    guide=f"How much a later head's {what} read what an earlier head writes; compare with "
-                                          "the random-matrix baseline in each title."))
-    guide = ("Composition scores between heads of different layers (Elhage et al.): K-composition of a layer-1 head "
-             "with a layer-0 previous-token head is the signature of an induction circuit.")
-    return Section("composition", "Composition between layers", guide, blocks,
-                   missing_note(runs, have, "composition scores (one-layer models have none)"))
+            panels.append(
+                Heatmap(
+                    f"{run.label} (baseline {comp.baseline_mean[kind]:.3f})",
+                    z,
+                    [labels[s] for s in senders],
+                    [labels[r] for r in receivers],
+                    "writing head",
+                    "reading head",
+                )
+            )
+        blocks.append(
+            HeatmapFigure(
+                f"composition-{kind}",
+                f"{kind.upper()}-composition",
+                panels,
+                value_label="score",
+                guide=f"How much a later head's {what} read what an earlier head writes; compare with "
+                "the random-matrix baseline in each title.",
+            )
+        )
+    guide = (
+        "Composition scores between heads of different layers (Elhage et al.): K-composition of a layer-1 head "
+        "with a layer-0 previous-token head is the signature of an induction circuit."
+    )
+    return Section(
+        "composition",
+        "Composition between layers",
+        guide,
+        blocks,
+        missing_note(runs, have, "composition scores (one-layer models have none)"),
+    )
 
 
 # --------------------------------------------------------------------------------- attribution
@@ -163,28 +237,66 @@ def attribution_section(runs: list[RunResults]) -> Section | None:
     if dla:
         components = list(dict.fromkeys(lab for _, _, a in dla for lab in a.focus_result("logit_attribution").labels))
         rows = [[comp, *[_component_total(a, comp) for _, _, a in dla]] for comp in components]
-        blocks.append(Table("dla-total", ["component", *[r.label for _, r, _ in dla]], rows,
-                            title="Direct logit attribution, mean over answer positions",
-                            guide="Each component's direct contribution to the correct answer's logit, relative to "
-                                  f"the baseline ({dla[0][2].focus_result('logit_attribution').baseline})."))
-        panels = [Heatmap(run.label, [[_num(v) for v in row] for row in r.by_pos.tolist()], list(r.pos_labels),
-                          list(r.labels), "position", "component")
-                  for _, run, a in dla if (r := a.at_focus("logit_attribution")) is not None]
-        blocks.append(_budgeted(HeatmapFigure("dla-by-pos", "Direct logit attribution by position", panels, diverging=True,
-                                              value_label="logit", guide="Which component pushes up the right answer "
-                                              "at which position (red: up, blue: down).")))
+        blocks.append(
+            Table(
+                "dla-total",
+                ["component", *[r.label for _, r, _ in dla]],
+                rows,
+                title="Direct logit attribution, mean over answer positions",
+                guide="Each component's direct contribution to the correct answer's logit, relative to "
+                f"the baseline ({dla[0][2].focus_result('logit_attribution').baseline}).",
+            )
+        )
+        panels = [
+            Heatmap(
+                run.label,
+                [[_num(v) for v in row] for row in r.by_pos.tolist()],
+                list(r.pos_labels),
+                list(r.labels),
+                "position",
+                "component",
+            )
+            for _, run, a in dla
+            if (r := a.at_focus("logit_attribution")) is not None
+        ]
+        blocks.append(
+            _budgeted(
+                HeatmapFigure(
+                    "dla-by-pos",
+                    "Direct logit attribution by position",
+                    panels,
+                    diverging=True,
+                    value_label="logit",
+                    guide="Which component pushes up the right answer at which position (red: up, blue: down).",
+                )
+            )
+        )
     if lens:
         series = []
         for i, run, a in lens:
             r = a.focus_result("logit_lens")
             series.append(Series(run.label, list(range(len(r.labels))), [_num(v) for v in r.loss.tolist()], color=i))
         ticks = max((list(a.focus_result("logit_lens").labels) for _, _, a in lens), key=len)
-        blocks.append(LineFigure("logit-lens", "Logit lens: loss read out after each layer", "read out at", "loss",
-                                 series, x_ticks=ticks, guide="The loss if the residual stream were unembedded at "
-                                 "that point: where the answer becomes readable."))
+        blocks.append(
+            LineFigure(
+                "logit-lens",
+                "Logit lens: loss read out after each layer",
+                "read out at",
+                "loss",
+                series,
+                x_ticks=ticks,
+                guide="The loss if the residual stream were unembedded at "
+                "that point: where the answer becomes readable.",
+            )
+        )
     guide = "Which components write the correct answer directly into the logits, and from which layer on it is there."
-    return Section("attribution", "Direct logit attribution and logit lens", guide, blocks,
-                   missing_note(runs, dla or lens, "attribution results"))
+    return Section(
+        "attribution",
+        "Direct logit attribution and logit lens",
+        guide,
+        blocks,
+        missing_note(runs, dla or lens, "attribution results"),
+    )
 
 
 def _component_total(a: AnalysisResults, component: str) -> float | None:
@@ -207,12 +319,26 @@ def patching_section(runs: list[RunResults]) -> Section | None:
         panels = [_patch_panel(run, a, a.at_focus(key)) for _, run, a in have if a.at_focus(key) is not None]
         first = next(a.focus_result(key) for _, _, a in have if key in a.focus.results)
         title = f"Patching {variant.replace('_', ' ')}" + (f" ({metric})" if metric else "")
-        guide = (f"Patching {PATCH_GUIDES.get(variant, variant)} from the clean run into the corrupted one; "
-                 f"metric: {first.metric} ({first.metric_description}).")
-        blocks.append(_budgeted(HeatmapFigure(f"patching-{key.removeprefix('patching/').replace('/', '-')}", title,
-                                              panels, diverging=True, value_label="restored (1 = clean)", guide=guide)))
-    guide = ("Activation patching: each cell copies one activation from the clean input into the corrupted run; "
-             "1 means that alone restores the clean answer, 0 that it changes nothing.")
+        guide = (
+            f"Patching {PATCH_GUIDES.get(variant, variant)} from the clean run into the corrupted one; "
+            f"metric: {first.metric} ({first.metric_description})."
+        )
+        blocks.append(
+            _budgeted(
+                HeatmapFigure(
+                    f"patching-{key.removeprefix('patching/').replace('/', '-')}",
+                    title,
+                    panels,
+                    diverging=True,
+                    value_label="restored (1 = clean)",
+                    guide=guide,
+                )
+            )
+        )
+    guide = (
+        "Activation patching: each cell copies one activation from the clean input into the corrupted run; "
+        "1 means that alone restores the clean answer, 0 that it changes nothing."
+    )
     return Section("patching", "Activation patching", guide, blocks, missing_note(runs, have, "patching results"))
 
 
@@ -264,14 +390,26 @@ def ablation_section(runs: list[RunResults]) -> Section | None:
         for h, label in enumerate(head_labels(*first.heads.shape)):
             head_rows.append([f"{run.label} {label}", *[_flat(r.heads, h) if r else None for r in results.values()]])
         neuron_rows += _top_neurons(run, results, kinds)
-    blocks: list[Any] = [Table("ablation-heads", ["head", *[f"{k} ablation" for k in kinds]], head_rows,
-                               title="Loss change when a head is ablated (nats)",
-                               guide="Zero replaces the head's output by 0, mean by its mean over the data, resample by "
-                                     "its output on another input; a large increase marks a head the model relies on.")]
+    blocks: list[Any] = [
+        Table(
+            "ablation-heads",
+            ["head", *[f"{k} ablation" for k in kinds]],
+            head_rows,
+            title="Loss change when a head is ablated (nats)",
+            guide="Zero replaces the head's output by 0, mean by its mean over the data, resample by "
+            "its output on another input; a large increase marks a head the model relies on.",
+        )
+    ]
     if neuron_rows:
-        blocks.append(Table("ablation-neurons", ["MLP neuron", *[f"{k} ablation" for k in kinds]], neuron_rows,
-                            title="The MLP neurons whose ablation costs the most loss (nats)",
-                            guide="The ten neurons of each run with the largest loss increase under mean ablation."))
+        blocks.append(
+            Table(
+                "ablation-neurons",
+                ["MLP neuron", *[f"{k} ablation" for k in kinds]],
+                neuron_rows,
+                title="The MLP neurons whose ablation costs the most loss (nats)",
+                guide="The ten neurons of each run with the largest loss increase under mean ablation.",
+            )
+        )
     guide = "Knock one component out at a time and measure how much the loss on the task's data goes up."
     return Section("ablation", "Ablations", guide, blocks, missing_note(runs, have, "ablation results"))
 
@@ -283,8 +421,13 @@ def _top_neurons(run: RunResults, results: dict[str, Any], kinds: list[str]) -> 
     flat = key.neurons.flatten().nan_to_num(float("-inf"))
     top = flat.topk(min(10, flat.numel())).indices.tolist()
     n_neurons = key.neurons.shape[-1]
-    return [[f"{run.label} L{j // n_neurons}N{j % n_neurons}",
-             *[_flat(results[k].neurons, j) if results[k] is not None else None for k in kinds]] for j in top]
+    return [
+        [
+            f"{run.label} L{j // n_neurons}N{j % n_neurons}",
+            *[_flat(results[k].neurons, j) if results[k] is not None else None for k in kinds],
+        ]
+        for j in top
+    ]
 
 
 # ------------------------------------------------------------------------------------- helpers

@@ -26,11 +26,10 @@ if TYPE_CHECKING:  # matplotlib is optional (toylens[report]): imported where a 
 
 log = logging.getLogger("toylens")
 
-PALETTE = ["#2457a6", "#d1495b", "#2a9d5c", "#e08e0b", "#7b4bb7", "#00798c", "#8d6a4f", "#c2459b",
-           "#5b6475", "#9bb300"]
+PALETTE = ["#2457a6", "#d1495b", "#2a9d5c", "#e08e0b", "#7b4bb7", "#00798c", "#8d6a4f", "#c2459b", "#5b6475", "#9bb300"]
 DASHES = ["-", "--", ":", "-."]
-MAX_LABELS = 40
-PANELS_PER_PNG = 9  # more panels go to several PNGs (<id>-1.png, <id>-2.png, ...)  # beyond this many rows or columns, tick labels would overlap
+MAX_LABELS = 40  # beyond this many rows or columns, tick labels would overlap
+PANELS_PER_PNG = 9  # more panels go to several PNGs (<id>-1.png, <id>-2.png, ...)
 
 
 def matplotlib_available() -> bool:
@@ -44,8 +43,9 @@ def matplotlib_available() -> bool:
 def write_pngs(sections: list[Section], folder: Path) -> list[Path]:
     """One PNG per figure (tables have none) in `folder`; returns the files written."""
     if not matplotlib_available():
-        log.warning("report: matplotlib is not installed, so no PNG figures were written "
-                    "(pip install 'toylens[report]')")
+        log.warning(
+            "report: matplotlib is not installed, so no PNG figures were written (pip install 'toylens[report]')"
+        )
         return []
     written = []
     for section in sections:
@@ -68,9 +68,13 @@ def _figures(block: Block) -> list[tuple[str, Figure]]:
         if len(block.panels) <= PANELS_PER_PNG:
             return [(block.id, draw_heatmaps(block))]
         chunks = range(0, len(block.panels), PANELS_PER_PNG)
-        return [(f"{block.id}-{k // PANELS_PER_PNG + 1}",
-                 draw_heatmaps(dataclasses.replace(block, panels=block.panels[k : k + PANELS_PER_PNG])))
-                for k in chunks]
+        return [
+            (
+                f"{block.id}-{k // PANELS_PER_PNG + 1}",
+                draw_heatmaps(dataclasses.replace(block, panels=block.panels[k : k + PANELS_PER_PNG])),
+            )
+            for k in chunks
+        ]
     if isinstance(block, AttentionViewer):
         return [(f"{block.id}-{i}-{_safe(run.label)}", draw_attention(run)) for i, run in enumerate(block.runs)]
     return []
@@ -85,9 +89,18 @@ def draw_lines(ax: Axes, spec: LineFigure) -> None:
             continue
         xs, ys, errs = zip(*pts)
         err = [e or 0.0 for e in errs] if s.err else None
-        ax.errorbar(xs, ys, yerr=err, color=PALETTE[s.color % len(PALETTE)], linestyle=DASHES[s.dash % len(DASHES)],
-                    marker="o" if len(xs) <= 40 else None, markersize=2.5, linewidth=1.5, capsize=2 if err else 0,
-                    label=s.name)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=err,
+            color=PALETTE[s.color % len(PALETTE)],
+            linestyle=DASHES[s.dash % len(DASHES)],
+            marker="o" if len(xs) <= 40 else None,
+            markersize=2.5,
+            linewidth=1.5,
+            capsize=2 if err else 0,
+            label=s.name,
+        )
     ax.set_title(spec.title, fontsize=11)
     ax.set_xlabel(spec.x_label)
     ax.set_ylabel(spec.y_label)
@@ -137,7 +150,9 @@ def draw_attention(run: AttentionRun) -> Figure:
     for layer in range(n_layers):
         for head in range(n_heads):
             z = example.patterns[layer][head]
-            panel = Heatmap(f"L{layer}H{head}", z, example.tokens[: len(z[0])], example.tokens[: len(z)], "key", "query")
+            panel = Heatmap(
+                f"L{layer}H{head}", z, example.tokens[: len(z[0])], example.tokens[: len(z)], "key", "query"
+            )
             axes[layer][head].imshow(z, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
             _label_axes(axes[layer][head], panel, fontsize=5)
     fig.suptitle(f"Attention, {run.label} ({run.checkpoint}), example 0", fontsize=11)

@@ -41,13 +41,20 @@ def summary_section(runs: list[RunResults], extra_rows: Sequence[list[Any]] = ()
         rows.append([key + (" *" if key in differing else ""), *[f.get(key) for f in flats]])
     for key in final_metric_keys(runs):
         rows.append([f"final {key}", *[r.final.get(key) for r in runs]])
-    rows.append(["weight norm (L2, all parameters)", *[r.weight_norms[-1].total if r.weight_norms else None for r in runs]])
+    rows.append(
+        ["weight norm (L2, all parameters)", *[r.weight_norms[-1].total if r.weight_norms else None for r in runs]]
+    )
     rows += list(extra_rows)
     rows.append(["training steps", *[r.final.get("step") for r in runs]])
     rows.append(["training wall time (s)", *[(r.summary or {}).get("wall_s") for r in runs]])
-    guide = ("One column per run: settings marked * differ between the runs, and the final metrics are "
-             "measured after the last epoch on each split.") if len(runs) > 1 else (
-             "The run's settings and its metrics after the last epoch on each split.")
+    guide = (
+        (
+            "One column per run: settings marked * differ between the runs, and the final metrics are "
+            "measured after the last epoch on each split."
+        )
+        if len(runs) > 1
+        else ("The run's settings and its metrics after the last epoch on each split.")
+    )
     table = Table("summary", ["", *[r.label for r in runs]], rows)
     return Section("summary", "Summary", guide, [table])
 
@@ -60,15 +67,29 @@ def training_section(runs: list[RunResults]) -> Section | None:
             split, metric = key.split("/", 1)
             points = [(row["step"], row[key]) for row in run.metrics if key in row]
             label = f"{run.label} {split}" if len(runs) > 1 else split
-            by_metric[metric].append(Series(label, [p[0] for p in points], [p[1] for p in points],
-                                            color=i, dash=1 if split == "train" else 0))
+            by_metric[metric].append(
+                Series(
+                    label, [p[0] for p in points], [p[1] for p in points], color=i, dash=1 if split == "train" else 0
+                )
+            )
     if not by_metric:
         return None
     order = sorted(by_metric, key=lambda m: (list(METRIC_TITLES).index(m) if m in METRIC_TITLES else 99, m))
-    figures = [LineFigure(f"train-{m}", METRIC_TITLES.get(m, m), "step", m, by_metric[m],
-                          log_y=m in ("loss", "ppl") and _spans_decades(by_metric[m])) for m in order]
-    guide = ("Metrics after every epoch (step 0 is the initialisation): dashed lines are the training split, "
-             "solid ones held-out data, so a widening gap between them means overfitting.")
+    figures = [
+        LineFigure(
+            f"train-{m}",
+            METRIC_TITLES.get(m, m),
+            "step",
+            m,
+            by_metric[m],
+            log_y=m in ("loss", "ppl") and _spans_decades(by_metric[m]),
+        )
+        for m in order
+    ]
+    guide = (
+        "Metrics after every epoch (step 0 is the initialisation): dashed lines are the training split, "
+        "solid ones held-out data, so a widening gap between them means overfitting."
+    )
     return Section("training", "Training curves", guide, figures)
 
 
@@ -76,10 +97,21 @@ def weights_section(runs: list[RunResults]) -> Section | None:
     """Weight norms over checkpoints: all parameters together, then each kind of matrix."""
     if not any(r.weight_norms for r in runs):
         return None
-    total = [Series(r.label, [c.step for c in r.weight_norms], [c.total for c in r.weight_norms], color=i)
-             for i, r in enumerate(runs) if r.weight_norms]
-    figures = [LineFigure("weights-total", "Weight norm, all parameters", "step", "L2 norm", total,
-                          guide="Weight decay pulls this down; a run without it usually keeps growing.")]
+    total = [
+        Series(r.label, [c.step for c in r.weight_norms], [c.total for c in r.weight_norms], color=i)
+        for i, r in enumerate(runs)
+        if r.weight_norms
+    ]
+    figures = [
+        LineFigure(
+            "weights-total",
+            "Weight norm, all parameters",
+            "step",
+            "L2 norm",
+            total,
+            guide="Weight decay pulls this down; a run without it usually keeps growing.",
+        )
+    ]
     for kind in PARAM_KINDS:
         series = []
         for i, run in enumerate(runs):
@@ -88,8 +120,10 @@ def weights_section(runs: list[RunResults]) -> Section | None:
                 series.append(Series(run.label, [c.step for c in run.weight_norms], ys, color=i))
         if series:
             figures.append(LineFigure(f"weights-{kind}", f"‖{kind}‖", "step", "Frobenius norm", series, small=True))
-    guide = ("Frobenius norms of the weights at every checkpoint, combined over layers and heads for each "
-             "kind of matrix: where training and regularisation put the model's capacity.")
+    guide = (
+        "Frobenius norms of the weights at every checkpoint, combined over layers and heads for each "
+        "kind of matrix: where training and regularisation put the model's capacity."
+    )
     return Section("weights", "Weight norms over training", guide, figures)
 
 

@@ -59,9 +59,17 @@ def sweep_section(sweeps: list[SweepSummary]) -> Section | None:
         columns = [c for c in dict.fromkeys(k for m in sweep.members for k in m) if c not in HIDDEN]
         rows = [[m.get(c) for c in columns] + [m.get("error") or ""] for m in sweep.members]
         done = sum(m["status"] == "done" for m in sweep.members)
-        tables.append(Table(f"sweep-{sweep.name}", [*columns, "error"], rows,
-                            title=f"{sweep.name}: {done} of {len(sweep.members)} members done ({sweep.path})"))
-    guide = ("Every member of the sweep: the values it varies, its status, and its metrics after the last "
-             "epoch (best_value is the selection metric at its best checkpoint). Finished members also "
-             "appear in the sections below.")
+        tables.append(
+            Table(
+                f"sweep-{sweep.name}",
+                [*columns, "error"],
+                rows,
+                title=f"{sweep.name}: {done} of {len(sweep.members)} members done ({sweep.path})",
+            )
+        )
+    guide = (
+        "Every member of the sweep: the values it varies, its status, and its metrics after the last "
+        "epoch (best_value is the selection metric at its best checkpoint). Finished members also "
+        "appear in the sections below."
+    )
     return Section("sweep", "Sweep members", guide, tables)

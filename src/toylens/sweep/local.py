@@ -64,8 +64,13 @@ class LocalBackend:
         logfile.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {job.id} ===\n")
         logfile.flush()
         env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)}
-        proc = subprocess.Popen([sys.executable, "-m", "toylens.sweep.worker", str(job_file), str(os.getpid())],
-                                stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "toylens.sweep.worker", str(job_file), str(os.getpid())],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
         return proc, logfile
 
     @staticmethod

@@ -29,8 +29,9 @@ class RayBackend:
     """Runs jobs as Ray tasks; starts (and later stops) a local Ray unless one is running or an
     address is given."""
 
-    def __init__(self, address: str | None = None, max_retries: int = 3, job_fn: JobFn = run_job,
-                 cpus_per_job: int = 1):
+    def __init__(
+        self, address: str | None = None, max_retries: int = 3, job_fn: JobFn = run_job, cpus_per_job: int = 1
+    ):
         try:
             import ray
         except ImportError:
@@ -60,8 +61,13 @@ class RayBackend:
         task = self.ray.remote(_ray_task)
         try:
             pending = {
-                task.options(num_cpus=job.threads, num_gpus=job.gpus, max_retries=self.max_retries,
-                             retry_exceptions=False, name=f"toylens:{job.id}").remote(job, self.job_fn): job
+                task.options(
+                    num_cpus=job.threads,
+                    num_gpus=job.gpus,
+                    max_retries=self.max_retries,
+                    retry_exceptions=False,
+                    name=f"toylens:{job.id}",
+                ).remote(job, self.job_fn): job
                 for job in jobs
             }
             while pending:
@@ -72,7 +78,11 @@ class RayBackend:
                     on_done(job, None)
                 except self.ray.exceptions.RayError as e:
                     first = " ".join(str(e).split())[:300]
-                    on_done(job, f"Ray task failed after {self.max_retries} retries ({type(e).__name__}: {first}); see {job.log}")
+                    on_done(
+                        job,
+                        f"Ray task failed after {self.max_retries} retries ({type(e).__name__}: {first}); "
+                        f"see {job.log}",
+                    )
         except BaseException:
             for ref in pending:
                 self.ray.cancel(ref, force=True)

@@ -26,12 +26,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from toylens.device import resolve_device
 from toylens.errors import ToylensError
 from toylens.run import RunDir
 from toylens.storage import atomic_write_json, atomic_write_text
 from toylens.sweep.spec import Member, SweepSpec, expand, load_sweep
 from toylens.sweep.worker import Job, status_path
-from toylens.device import resolve_device
 from toylens.train.ensemble import ensemble_key
 
 log = logging.getLogger("toylens")
@@ -80,14 +80,21 @@ def run_sweep(
     plan = _plan(todo, sweep_dir, ensemble if ensemble is not None else uses_gpu, ensemble_size)
     wandb_args = _wandb_args(spec, sweep_dir) if wandb else None
     job_list = [_job(group, sweep_dir, device, runner, uses_gpu, wandb_args) for group in plan]
-    notes: dict[str, dict[str, str | None]] = {m.name: {"action": "skipped (finished)"}
-                                               for m in members if m not in todo}
+    notes: dict[str, dict[str, str | None]] = {
+        m.name: {"action": "skipped (finished)"} for m in members if m not in todo
+    }
     for job in job_list:
         for name in job.names:
             verb = "resumed" if RunDir(sweep_dir / name).exists() else "trained"
             notes[name] = {"action": verb + (" in an ensemble" if job.ensemble else ""), "log": job.log}
-    log.info("sweep %s: %d members, %d finished, %d to train in %d jobs", spec.name, len(members),
-             len(members) - len(todo), len(todo), len(job_list))
+    log.info(
+        "sweep %s: %d members, %d finished, %d to train in %d jobs",
+        spec.name,
+        len(members),
+        len(members) - len(todo),
+        len(todo),
+        len(job_list),
+    )
     bar = tqdm(total=len(todo), desc=spec.name, unit="member", disable=not progress, dynamic_ncols=True)
 
     def on_done(job: Job, error: str | None) -> None:
@@ -151,12 +158,21 @@ def _resume_step(path: Path) -> int:
     return resumable[-1].step if resumable else 0
 
 
-def _job(group: list[Member], sweep_dir: Path, device: str, runner: Any, uses_gpu: bool,
-         wandb_args: dict | None) -> Job:
+def _job(
+    group: list[Member], sweep_dir: Path, device: str, runner: Any, uses_gpu: bool, wandb_args: dict | None
+) -> Job:
     job_id = group[0].name if len(group) == 1 else f"ensemble-{group[0].name}-x{len(group)}"
-    return Job(id=job_id, configs=[m.config.model_dump(mode="json") for m in group], out=str(sweep_dir),
-               log=str(sweep_dir / "logs" / f"{job_id}.log"), device=device, threads=runner.threads_per_job(),
-               gpus=runner.gpus_per_job(uses_gpu), ensemble=len(group) > 1, wandb=wandb_args)
+    return Job(
+        id=job_id,
+        configs=[m.config.model_dump(mode="json") for m in group],
+        out=str(sweep_dir),
+        log=str(sweep_dir / "logs" / f"{job_id}.log"),
+        device=device,
+        threads=runner.threads_per_job(),
+        gpus=runner.gpus_per_job(uses_gpu),
+        ensemble=len(group) > 1,
+        wandb=wandb_args,
+    )
 
 
 def _wandb_args(spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:
@@ -164,8 +180,13 @@ def _wandb_args(spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:
         import wandb  # noqa: F401 - fail here, once, rather than in every worker
     except ImportError:
         raise ToylensError("--wandb: the wandb package is not installed (pip install 'toylens[wandb]')") from None
-    return {"project": spec.wandb.project, "entity": spec.wandb.entity, "group": spec.name,
-            "tags": list(spec.wandb.tags), "dir": str(sweep_dir)}
+    return {
+        "project": spec.wandb.project,
+        "entity": spec.wandb.entity,
+        "group": spec.name,
+        "tags": list(spec.wandb.tags),
+        "dir": str(sweep_dir),
+    }
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -175,17 +196,28 @@ def member_row(sweep_dir: Path, member: Member, note: dict[str, Any]) -> dict[st
     """Everything the summary says about one member; `note` is what this invocation did with it
     (action, log, and the worker's error if its process died)."""
     run = RunDir(sweep_dir / member.name)
-    row: dict[str, Any] = {"name": member.name, "status": "pending", "action": note.get("action", ""),
-                           "seed": member.seed, **member.params, "error": None, "log": note.get("log"),
-                           "run_dir": str(run.path)}
+    row: dict[str, Any] = {
+        "name": member.name,
+        "status": "pending",
+        "action": note.get("action", ""),
+        "seed": member.seed,
+        **member.params,
+        "error": None,
+        "log": note.get("log"),
+        "run_dir": str(run.path),
+    }
     status_file = status_path(sweep_dir, member.name)
     if run.has("summary.json"):
         summary = run.read_json("summary.json")
         row["status"] = "done"
         row.update({k: v for k, v in summary["final"].items() if "/" in k})
         best = summary.get("best") or {}
-        row.update(epochs=summary["epochs"], wall_s=round(summary["wall_s"], 2),
-                   best_checkpoint=best.get("checkpoint"), best_value=best.get("value"))
+        row.update(
+            epochs=summary["epochs"],
+            wall_s=round(summary["wall_s"], 2),
+            best_checkpoint=best.get("checkpoint"),
+            best_value=best.get("value"),
+        )
     elif status_file.is_file() and json.loads(status_file.read_text())["status"] == "failed":
         status = json.loads(status_file.read_text())
         row.update(status="failed", error=status["error"], log=status["log"])
@@ -196,13 +228,15 @@ def member_row(sweep_dir: Path, member: Member, note: dict[str, Any]) -> dict[st
     return row
 
 
-def write_summary(sweep_dir: Path, spec: SweepSpec, members: list[Member],
-                  notes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def write_summary(
+    sweep_dir: Path, spec: SweepSpec, members: list[Member], notes: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Write sweep.json and summary.csv (atomically) and return the rows."""
     rows = [member_row(sweep_dir, m, notes.get(m.name, {})) for m in members]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "interrupted", "pending")}
-    atomic_write_json(sweep_dir / "sweep.json", {"spec": spec.model_dump(mode="json"), "counts": counts,
-                                                 "members": rows})
+    atomic_write_json(
+        sweep_dir / "sweep.json", {"spec": spec.model_dump(mode="json"), "counts": counts, "members": rows}
+    )
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
@@ -228,10 +262,8 @@ def format_table(rows: list[dict[str, Any]], metric: str | None = None, varied: 
         cells.append(f"{r['error']} (log: {r['log']})" if r.get("error") else "")
         lines.append(cells)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) + "  " + str(line[-1])
-                     for line in lines)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) + "  " + str(line[-1]) for line in lines)
 
 
 def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
-

@@ -29,13 +29,21 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from toylens.config import (RunConfig, Section, field_paths, format_validation_error, read_yaml, set_field,
-                            validate_config, validate_input)
+from toylens.config import (
+    RunConfig,
+    Section,
+    field_paths,
+    format_validation_error,
+    read_yaml,
+    set_field,
+    validate_config,
+    validate_input,
+)
 from toylens.config import _suggest as suggest  # the "(did you mean ...?)" of config errors
 from toylens.errors import ToylensError
 
@@ -90,7 +98,7 @@ class Choice(Section):
     """The values to choose from."""
 
 
-Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice], Field(discriminator="distribution")]
+Distribution = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discriminator="distribution")]
 _DISTRIBUTION = TypeAdapter(Distribution)
 
 
@@ -156,16 +164,19 @@ def _check_values(key: str, value: Any, method: str) -> None:
     name = value.get("distribution")
     kind = DISTRIBUTIONS.get(name) if isinstance(name, str) else None
     if kind is None:
-        raise ValueError(f"parameters.{key}.distribution: expected one of {', '.join(DISTRIBUTIONS)} "
-                         f"(got {name!r})")
+        raise ValueError(f"parameters.{key}.distribution: expected one of {', '.join(DISTRIBUTIONS)} (got {name!r})")
     try:
         kind.model_validate(value, strict=True)  # `value` is JSON data already (the spec came through validate_input)
     except ValidationError as e:
         raise ValueError(f"parameters.{key}.{format_validation_error(e, kind)}") from None
 
 
-DISTRIBUTIONS: dict[str, type[Section]] = {"uniform": Uniform, "log_uniform": LogUniform, "int": IntRange,
-                                           "choice": Choice}
+DISTRIBUTIONS: dict[str, type[Section]] = {
+    "uniform": Uniform,
+    "log_uniform": LogUniform,
+    "int": IntRange,
+    "choice": Choice,
+}
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,9 @@ def _train_ensemble(job: Job, cfgs: list) -> dict[str, str]:
     from toylens.train.ensemble import train_ensemble
 
     try:
-        outcomes = train_ensemble(cfgs, job.out, resume=True, device=job.device, progress=False,
-                                  callbacks=lambda cfg: _callbacks(job, cfg))
+        outcomes = train_ensemble(
+            cfgs, job.out, resume=True, device=job.device, progress=False, callbacks=lambda cfg: _callbacks(job, cfg)
+        )
     except Exception as e:  # noqa: BLE001 - the whole group failed; each member records why
         log.error("ensemble %s failed: %s\n%s", job.id, _one_line(e), traceback.format_exc())
         return {cfg.name: _one_line(e) for cfg in cfgs}

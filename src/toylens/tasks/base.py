@@ -120,9 +120,7 @@ class Task(ABC):
     """The activation-patching metric for `corrupted_pair`'s inputs (logit_diff, neg_loss or accuracy);
     None: the task has no corrupted inputs, so patching does not apply."""
 
-    def loss(
-        self, logits: Float[Tensor, "batch pos d_vocab_out"], batch: Batch
-    ) -> Float[Tensor, ""]:
+    def loss(self, logits: Float[Tensor, "batch pos d_vocab_out"], batch: Batch) -> Float[Tensor, ""]:
         """The training loss: mean cross-entropy over the positions that have a target."""
         return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
 
@@ -130,9 +128,7 @@ class Task(ABC):
         """(sum, count) per metric for one batch; averaged over a split by `evaluate`."""
         mask = batch.mask
         n = int(mask.sum())
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum"
-        )
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum")
         correct = (logits.argmax(-1) == batch.targets) & mask
         return {"loss": (float(loss), n), "acc": (float(correct.sum()), n)}
 
@@ -164,12 +160,14 @@ class Task(ABC):
         return {f"{split}/{k}": v for k, v in means.items()}
 
     def goal(self, metric: str) -> Goal:
-        """"min" or "max": whether lower or higher is better for a metric, with or without its split
+        """ "min" or "max": whether lower or higher is better for a metric, with or without its split
         ("val/ppl" or "ppl")."""
         name = metric.split("/", 1)[-1]
         if name not in self.metric_goals:
-            raise ToylensError(f"metric {metric!r}: the {self.name} task does not say whether lower or higher is "
-                               f"better (its metric_goals: {', '.join(self.metric_goals)})")
+            raise ToylensError(
+                f"metric {metric!r}: the {self.name} task does not say whether lower or higher is "
+                f"better (its metric_goals: {', '.join(self.metric_goals)})"
+            )
         return self.metric_goals[name]
 
     def loss_positions(self) -> Tensor | None:

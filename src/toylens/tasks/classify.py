@@ -85,8 +85,9 @@ class ClassifyTask(Task):
             raise ToylensError(f"task: {source.description} has no train split")
 
         def rows(split: str, limit: int | None) -> TokenArrays:
-            how = Tokenization("rows", cfg.text_column, cfg.label_column, documents=True, max_examples=limit,
-                               seed=cfg.data_seed)
+            how = Tokenization(
+                "rows", cfg.text_column, cfg.label_column, documents=True, max_examples=limit, seed=cfg.data_seed
+            )
             return tokenized_split(cfg.cache_dir, split, source.splits[split], tok, how)
 
         train = rows("train", cfg.max_examples)
@@ -100,8 +101,9 @@ class ClassifyTask(Task):
                 held[split], order = np.sort(order[:count]), order[count:]
         if len(order) == 0:
             raise ToylensError("task: too few training reviews left after holding out val/test")
-        arrays = {"train": train} | {s: rows(h, cfg.max_eval_examples) for s, h in (("val", "validation"), ("test", "test"))
-                                     if s not in held}
+        arrays = {"train": train} | {
+            s: rows(h, cfg.max_eval_examples) for s, h in (("val", "validation"), ("test", "test")) if s not in held
+        }
         self.class_names = source.class_names or [str(i) for i in range(int(_labels(train).max()) + 1)]
         n_classes = len(self.class_names)
         self.spec = TaskSpec(d_vocab=tok.vocab_size, d_vocab_out=n_classes, n_ctx=cfg.n_ctx)
@@ -110,12 +112,20 @@ class ClassifyTask(Task):
             data = train if split in held else arrays[split]
             chosen = held[split] if split in held else np.arange(data.n_rows)
             if data.n_rows and int(_labels(data).max()) >= n_classes:
-                raise ToylensError(f"task.label_column: the {split} split has label {int(_labels(data).max())}; "
-                                   f"the classes are {self.class_names}")
+                raise ToylensError(
+                    f"task.label_column: the {split} split has label {int(_labels(data).max())}; "
+                    f"the classes are {self.class_names}"
+                )
             self.splits[split] = ReviewSplit(data, chosen, cfg.n_ctx, tok.pad_id, tok.suffix_ids)
-        log.info("classify: %d classes %s; train %d, val %d%s, test %d reviews", n_classes, self.class_names,
-                 len(self.splits["train"]), len(self.splits["val"]),
-                 " (held out from train)" if "val" in held else "", len(self.splits["test"]))
+        log.info(
+            "classify: %d classes %s; train %d, val %d%s, test %d reviews",
+            n_classes,
+            self.class_names,
+            len(self.splits["train"]),
+            len(self.splits["val"]),
+            " (held out from train)" if "val" in held else "",
+            len(self.splits["test"]),
+        )
 
     def token_labels(self, tokens: Tensor) -> list[str]:
         return self.tokenizer.token_labels([int(t) for t in tokens])
@@ -157,9 +167,19 @@ class ClassifyTask(Task):
 
 # Single-word sentiment antonyms; a pair is used in every casing/spacing the tokenizer keeps as one token.
 SENTIMENT_PAIRS = (
-    ("good", "bad"), ("great", "terrible"), ("best", "worst"), ("love", "hate"), ("loved", "hated"),
-    ("excellent", "awful"), ("wonderful", "horrible"), ("amazing", "boring"), ("beautiful", "ugly"),
-    ("brilliant", "stupid"), ("perfect", "poor"), ("fun", "dull"), ("enjoyable", "painful"),
+    ("good", "bad"),
+    ("great", "terrible"),
+    ("best", "worst"),
+    ("love", "hate"),
+    ("loved", "hated"),
+    ("excellent", "awful"),
+    ("wonderful", "horrible"),
+    ("amazing", "boring"),
+    ("beautiful", "ugly"),
+    ("brilliant", "stupid"),
+    ("perfect", "poor"),
+    ("fun", "dull"),
+    ("enjoyable", "painful"),
 )
 
 

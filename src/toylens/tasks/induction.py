@@ -78,8 +78,10 @@ class InductionTask(Task):
         self.cfg = cfg
         self.bos = cfg.n_vocab
         self.spec = TaskSpec(d_vocab=cfg.n_vocab + 1, d_vocab_out=cfg.n_vocab, n_ctx=cfg.seq_len)
-        self.splits = {"train": InductionSplit(cfg, "train", cfg.n_train),
-                       "test": InductionSplit(cfg, "test", cfg.n_test)}
+        self.splits = {
+            "train": InductionSplit(cfg, "train", cfg.n_train),
+            "test": InductionSplit(cfg, "test", cfg.n_test),
+        }
 
     def metric_sums(self, logits: Float[Tensor, "batch pos d_vocab_out"], batch: Batch) -> dict[str, tuple[float, int]]:
         sums = super().metric_sums(logits, batch)

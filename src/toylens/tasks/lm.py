@@ -75,11 +75,15 @@ class LmTask(Task):
         log.info("data: %s", source.description)
         train_name = next((s for s in ("train", "validation") if s in source.splits), None)
         if train_name is None:
-            raise ToylensError(f"task: {source.description} has no train or validation split to train on"
-                               + ("; offline, use subset wikitext-103-v1 or wikitext-2-v1" if cfg.dataset == "wikitext" else ""))
+            raise ToylensError(
+                f"task: {source.description} has no train or validation split to train on"
+                + ("; offline, use subset wikitext-103-v1 or wikitext-2-v1" if cfg.dataset == "wikitext" else "")
+            )
 
         def stream(split: str, limit: int | None) -> TokenArrays:
-            how = Tokenization("stream", cfg.text_column, documents=source.documents, max_examples=limit, seed=cfg.data_seed)
+            how = Tokenization(
+                "stream", cfg.text_column, documents=source.documents, max_examples=limit, seed=cfg.data_seed
+            )
             return tokenized_split(cfg.cache_dir, split, source.splits[split], self.tokenizer, how)
 
         train = stream(train_name, cfg.max_examples)
@@ -102,11 +106,19 @@ class LmTask(Task):
             self.splits["test"] = WindowSplit(test, 0, len(test), cfg.n_ctx)
         for split, data in self.splits.items():
             if len(data) == 0:
-                raise ToylensError(f"task.n_ctx: the {split} split has too few tokens for one window of "
-                                   f"{cfg.n_ctx + 1} (empty or tiny corpus; lower n_ctx or add data)")
+                raise ToylensError(
+                    f"task.n_ctx: the {split} split has too few tokens for one window of "
+                    f"{cfg.n_ctx + 1} (empty or tiny corpus; lower n_ctx or add data)"
+                )
         held_out = " (held out from the end of the training stream)" if cut_val else ""
-        log.info("lm windows of %d tokens: train %d, val %d%s, test %d", cfg.n_ctx, len(self.splits["train"]),
-                 len(self.splits["val"]), held_out, len(self.splits["test"]))
+        log.info(
+            "lm windows of %d tokens: train %d, val %d%s, test %d",
+            cfg.n_ctx,
+            len(self.splits["train"]),
+            len(self.splits["val"]),
+            held_out,
+            len(self.splits["test"]),
+        )
 
     def unigram_loss(self, split: str = "test", smoothing: float = 1.0) -> float:
         """Loss (nats per token) on `split` of a unigram model fitted to the training windows'

@@ -53,8 +53,10 @@ def task_class(cfg: TaskConfig) -> type[Task]:
     """The Task class registered for a task config."""
     cls = TASKS.get(cfg.name)
     if cls is None:
-        raise ToylensError(f"task {cfg.name!r}: no Task class is registered for it (have: {', '.join(TASKS)}); "
-                           "import the module that defines it")
+        raise ToylensError(
+            f"task {cfg.name!r}: no Task class is registered for it (have: {', '.join(TASKS)}); "
+            "import the module that defines it"
+        )
     return cls
 
 

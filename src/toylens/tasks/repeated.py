@@ -29,5 +29,10 @@ def repeated_pair(task: Task, n: int, seed: int, half: int = 20) -> CorruptedPai
     corrupted = torch.cat([first, other, r], dim=1)
     answers = torch.full_like(clean, IGNORE)
     answers[:, half + 1 : 2 * half] = clean[:, half + 2 :]  # r_2..r_half, predictable by copying
-    return CorruptedPair(clean, corrupted, answers, None,
-                         f"[BOS, r_1..r_{half}, r_1..r_{half}] vs the first half replaced by other random tokens")
+    return CorruptedPair(
+        clean,
+        corrupted,
+        answers,
+        None,
+        f"[BOS, r_1..r_{half}, r_1..r_{half}] vs the first half replaced by other random tokens",
+    )

@@ -80,8 +80,13 @@ class SortTask(Task):
         corrupted[:, : self.n] = lists
         wrong = torch.full_like(clean.targets, IGNORE)
         wrong[:, self.n :] = self.sorter_answers(lists, clean.tokens[:, self.n :])
-        return CorruptedPair(clean.tokens, corrupted, clean.targets, wrong,
-                             f"list element {where + 1} replaced by a value not in the list; sorted half unchanged")
+        return CorruptedPair(
+            clean.tokens,
+            corrupted,
+            clean.targets,
+            wrong,
+            f"list element {where + 1} replaced by a value not in the list; sorted half unchanged",
+        )
 
     def sorter_answers(self, lists: Tensor, read: Tensor) -> Tensor:
         """What a perfect sorter outputs for `lists` after reading `read` (SEP, then the clean sorted

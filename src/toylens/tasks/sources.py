@@ -37,10 +37,14 @@ DEFAULT_SUBSETS = {"imdb": "plain_text", "wikitext": "wikitext-103-raw-v1"}
 # are the same articles, so both raw configurations map to one file.
 BUNDLED = {
     ("imdb", "plain_text"): {"train": "imdb/plain_text/train.jsonl.gz", "test": "imdb/plain_text/test.jsonl.gz"},
-    ("wikitext", "wikitext-2-v1"): {"validation": "wikitext/wikitext-2-v1/validation.jsonl.gz",
-                                    "test": "wikitext/wikitext-2-v1/test.jsonl.gz"},
-    ("wikitext", "wikitext-103-v1"): {"validation": "wikitext/wikitext-103-v1/validation.jsonl.gz",
-                                      "test": "wikitext/wikitext-103-v1/test.jsonl.gz"},
+    ("wikitext", "wikitext-2-v1"): {
+        "validation": "wikitext/wikitext-2-v1/validation.jsonl.gz",
+        "test": "wikitext/wikitext-2-v1/test.jsonl.gz",
+    },
+    ("wikitext", "wikitext-103-v1"): {
+        "validation": "wikitext/wikitext-103-v1/validation.jsonl.gz",
+        "test": "wikitext/wikitext-103-v1/test.jsonl.gz",
+    },
     ("wikitext", "wikitext-2-raw-v1"): {"test": "wikitext/wikitext-2-raw-v1/test.jsonl.gz"},
     ("wikitext", "wikitext-103-raw-v1"): {"test": "wikitext/wikitext-2-raw-v1/test.jsonl.gz"},
 }
@@ -96,8 +100,9 @@ def _bundled_source(cfg: TextTaskConfig, subset: str, reason: str) -> TextSource
     splits = {split: _bundled_split(rel) for split, rel in BUNDLED[(cfg.dataset, subset)].items()}
     sizes = ", ".join(f"{k} {v.n_rows} rows" for k, v in splits.items())
     desc = f"bundled sample of {HUB_NAMES[cfg.dataset]} ({subset}): {sizes} (Hub not used: {reason})"
-    return TextSource(desc, splits, documents=cfg.dataset != "wikitext",
-                      class_names=BUNDLED_CLASS_NAMES.get(cfg.dataset))
+    return TextSource(
+        desc, splits, documents=cfg.dataset != "wikitext", class_names=BUNDLED_CLASS_NAMES.get(cfg.dataset)
+    )
 
 
 def _bundled_split(rel: str) -> RowSplit:
@@ -155,8 +160,9 @@ def _hf_source(cfg: TextTaskConfig, path: str | None, subset: str | None) -> Tex
         splits[name] = RowSplit(fingerprint, list(ds.column_names), _hf_batches(ds), n_rows=len(ds))
     kind = "local dataset directory" if local.exists() else "Hugging Face Hub dataset"
     sizes = ", ".join(f"{k} {v.n_rows} rows" for k, v in splits.items())
-    return TextSource(f"{kind} {where} ({subset}): {sizes}", splits,
-                      documents=cfg.dataset != "wikitext", class_names=class_names)
+    return TextSource(
+        f"{kind} {where} ({subset}): {sizes}", splits, documents=cfg.dataset != "wikitext", class_names=class_names
+    )
 
 
 def _hf_batches(ds: Any) -> Callable[[], Iterator[dict[str, list]]]:

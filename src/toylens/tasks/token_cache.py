@@ -70,13 +70,16 @@ class Tokenization:
     seed: int = 0
 
 
-def tokenized_split(cache_dir: str | Path, name: str, split: RowSplit, tok: TextTokenizer,
-                    how: Tokenization) -> TokenArrays:
+def tokenized_split(
+    cache_dir: str | Path, name: str, split: RowSplit, tok: TextTokenizer, how: Tokenization
+) -> TokenArrays:
     """The split's tokens from the cache, tokenizing (with a progress bar) on first use."""
     for column, field in ((how.text_column, "text_column"), (how.label_column, "label_column")):
         if column is not None and column not in split.columns:
-            raise ToylensError(f"task.{field}: the {name} split has no column {column!r} "
-                               f"(columns: {', '.join(c for c in split.columns if not c.startswith('_')) or 'none'})")
+            raise ToylensError(
+                f"task.{field}: the {name} split has no column {column!r} "
+                f"(columns: {', '.join(c for c in split.columns if not c.startswith('_')) or 'none'})"
+            )
     if how.max_examples is not None and split.n_rows is not None and how.max_examples >= split.n_rows:
         how = dataclasses.replace(how, max_examples=None)  # selects every row: same tokens, same entry
     root = Path(cache_dir).expanduser() / "tokens"
@@ -154,8 +157,13 @@ def _write_tokens(tmp: Path, name: str, split: RowSplit, tok: TextTokenizer, how
             (tmp / "labels.bin").write_bytes(labels.tobytes())
     if dropped:
         log.info("%s split: dropped %d empty rows", name, dropped)
-    return {"n_tokens": n_tokens, "n_rows": n_rows, "dtype": dtype.name, "dropped_rows": dropped,
-            "has_labels": how.mode == "rows" and how.label_column is not None}
+    return {
+        "n_tokens": n_tokens,
+        "n_rows": n_rows,
+        "dtype": dtype.name,
+        "dropped_rows": dropped,
+        "has_labels": how.mode == "rows" and how.label_column is not None,
+    }
 
 
 def _selected(split: RowSplit, how: Tokenization):
@@ -200,6 +208,8 @@ def _write(out: BinaryIO, rows: list[int] | list[list[int]], dtype: np.dtype) ->
 
 def _label(value: object, split: str, row: int, column: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ToylensError(f"task.label_column: row {row} of the {split} split has label {value!r}; "
-                           "labels must be integers 0..n_classes-1")
+        raise ToylensError(
+            f"task.label_column: row {row} of the {split} split has label {value!r}; "
+            "labels must be integers 0..n_classes-1"
+        )
     return int(value)

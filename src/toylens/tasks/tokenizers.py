@@ -72,7 +72,9 @@ class TextTokenizer:
         for i in ids:
             text = self.tok.decode([i], skip_special_tokens=False)
             piece = self.tok.id_to_token(i)
-            out.append(piece if piece is not None and (not text or piece.startswith("##") or "\ufffd" in text) else text)
+            out.append(
+                piece if piece is not None and (not text or piece.startswith("##") or "\ufffd" in text) else text
+            )
         return out
 
 
@@ -85,8 +87,9 @@ def load_tokenizer(name: str, field: str = "task.tokenizer") -> TextTokenizer:
     path = Path(name).expanduser()
     looks_like_path = "/" in name or "\\" in name or name.endswith(".json") or path.exists()
     if not looks_like_path:
-        raise ToylensError(f"{field}: unknown tokenizer {name!r}; use one of {', '.join(NAMES)} "
-                           "or a path to a tokenizer.json")
+        raise ToylensError(
+            f"{field}: unknown tokenizer {name!r}; use one of {', '.join(NAMES)} or a path to a tokenizer.json"
+        )
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():

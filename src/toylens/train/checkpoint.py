@@ -39,7 +39,11 @@ def save_weights(run: RunDir, rel: str, model: nn.Module, cfg: RunConfig, state:
 
 
 def save_checkpoint(
-    run: RunDir, name: str, model: nn.Module, cfg: RunConfig, state: TrainState,
+    run: RunDir,
+    name: str,
+    model: nn.Module,
+    cfg: RunConfig,
+    state: TrainState,
     opt: torch.optim.Optimizer | None = None,
 ) -> None:
     """Weights (and, with `opt`, the resumable trainer state), then register the checkpoint."""

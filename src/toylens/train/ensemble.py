@@ -51,7 +51,13 @@ from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import save_checkpoint
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.loop import (
-    TrainResult, Trainer, prepare_run_dir, epoch_order, finished_result, restore_metrics, start_or_resume,
+    Trainer,
+    TrainResult,
+    epoch_order,
+    finished_result,
+    prepare_run_dir,
+    restore_metrics,
+    start_or_resume,
 )
 from toylens.train.optim import build_optimizer, lr_at, set_lr
 from toylens.train.regularisers import L1Penalty, Regularisers
@@ -119,13 +125,17 @@ def train_ensemble(
             model = Transformer(cfg.model, seed=cfg.seed).to(dev)
             opt = build_optimizer(model, cfg.train)
             state = start_or_resume(run, cfg, task, model, opt)
-            members.append(Trainer(cfg, task, model, opt, run, state, progress=False,
-                                   callbacks=callbacks(cfg) if callbacks else ()))
+            members.append(
+                Trainer(
+                    cfg, task, model, opt, run, state, progress=False, callbacks=callbacks(cfg) if callbacks else ()
+                )
+            )
         if members:
             steps = sorted({m.state.step for m in members})
             if len(steps) > 1:
-                raise ToylensError(f"ensemble members resume from different steps ({steps}); "
-                                   "train them in separate ensembles or alone")
+                raise ToylensError(
+                    f"ensemble members resume from different steps ({steps}); train them in separate ensembles or alone"
+                )
             outcomes.update(EnsembleTrainer(members, progress).fit())
     return [outcomes[c.name] for c in cfgs]
 
@@ -139,8 +149,10 @@ def _check_compatible(cfgs: list[RunConfig]) -> None:
         if ensemble_key(cfg) != first:
             a, b = json.loads(first), json.loads(ensemble_key(cfg))
             diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-            raise ToylensError(f"ensemble: {cfg.name} differs from {cfgs[0].name} in {', '.join(diff)}; "
-                               f"members may differ only in {', '.join(VARYING[1:])}")
+            raise ToylensError(
+                f"ensemble: {cfg.name} differs from {cfgs[0].name} in {', '.join(diff)}; "
+                f"members may differ only in {', '.join(VARYING[1:])}"
+            )
 
 
 class EnsembleTrainer:
@@ -158,8 +170,9 @@ class EnsembleTrainer:
         self.base = copy.deepcopy(lead.model).to("meta")  # a stateless template for functional_call
         self.base.explicit_attention = True
         coefs = [m.cfg.train.l1.coef for m in members]
-        self.penalty = L1Penalty(L1Config(hooks=lead.cfg.train.l1.hooks, coef=1.0 if any(coefs) else 0.0),
-                                 lead.cfg.model.act_fn)
+        self.penalty = L1Penalty(
+            L1Config(hooks=lead.cfg.train.l1.hooks, coef=1.0 if any(coefs) else 0.0), lead.cfg.model.act_fn
+        )
         self.l1_coef = torch.tensor(coefs, device=self.device)
         # Members share the schedule's shape (warmup, cosine, floor), so lr_k(step) = lr_k * shape(step):
         # one Python float per step, and no host-to-device copy that would stall a GPU.
@@ -169,8 +182,15 @@ class EnsembleTrainer:
         self.opt = StackedAdamW(self.params, self._decay_rates(), lead.cfg.train.betas)
         for k, m in enumerate(members):
             self.opt.load_member(k, m.opt, m.model)
-        self.bar = tqdm(total=self.total_steps, initial=lead.state.step, unit="step", disable=not progress,
-                        desc=f"ensemble of {len(members)}", dynamic_ncols=True, mininterval=0.5)
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=lead.state.step,
+            unit="step",
+            disable=not progress,
+            desc=f"ensemble of {len(members)}",
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
 
     def _decay_rates(self) -> dict[str, Tensor]:
         lead = self.members[0]  # members share train.weight_decay_on, so the decayed parameters
@@ -243,8 +263,9 @@ class EnsembleTrainer:
         self.bar.update()
         return torch.stack([loss.detach(), l1.detach()], dim=1)
 
-    def _member_loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor],
-                     tokens: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def _member_loss(
+        self, params: dict[str, Tensor], buffers: dict[str, Tensor], tokens: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """One member's task loss and unscaled L1 penalty (run under vmap)."""
         with self.base.hooks(self.penalty.fwd_hooks):
             logits = functional_call(self.base, (params, buffers), (tokens,))
@@ -308,8 +329,9 @@ class StackedAdamW:
     """AdamW (decoupled weight decay, as `torch.optim.AdamW`) over parameters stacked on a
     leading member dimension, with a learning rate and weight decay per member."""
 
-    def __init__(self, params: dict[str, Tensor], weight_decay: dict[str, Tensor],
-                 betas: tuple[float, float], eps: float = 1e-8):
+    def __init__(
+        self, params: dict[str, Tensor], weight_decay: dict[str, Tensor], betas: tuple[float, float], eps: float = 1e-8
+    ):
         self.params, self.weight_decay, self.betas, self.eps = params, weight_decay, betas, eps
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -343,9 +365,11 @@ class StackedAdamW:
     def export_member(self, k: int, opt: torch.optim.Optimizer, model: torch.nn.Module) -> None:
         """Write member k's moments into its torch AdamW, so its checkpoint is a solo run's."""
         for name, p in model.named_parameters():
-            opt.state[p] = {"step": torch.tensor(float(self.steps)),
-                            "exp_avg": self.exp_avg[name][k].clone(),
-                            "exp_avg_sq": self.exp_avg_sq[name][k].clone()}
+            opt.state[p] = {
+                "step": torch.tensor(float(self.steps)),
+                "exp_avg": self.exp_avg[name][k].clone(),
+                "exp_avg_sq": self.exp_avg_sq[name][k].clone(),
+            }
 
 
 def _grad(p: Tensor) -> Tensor:

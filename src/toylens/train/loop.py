@@ -21,9 +21,10 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,7 +118,9 @@ def restore_metrics(run: RunDir) -> None:
         if not rows:
             raise damaged
     run.write_jsonl("metrics.jsonl", rows)
-    log.warning("%s: metrics.jsonl did not match the run manifest; rewrote it from checkpoint %s", run.path, last[-1].name)
+    log.warning(
+        "%s: metrics.jsonl did not match the run manifest; rewrote it from checkpoint %s", run.path, last[-1].name
+    )
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -132,9 +135,18 @@ class Trainer:
     evaluates, writes the run directory and calls `callbacks`.
     """
 
-    def __init__(self, cfg: RunConfig, task: Task, model: Transformer, opt: torch.optim.Optimizer,
-                 run: RunDir, state: TrainState, progress: bool, callbacks: Sequence[TrainCallback] = (),
-                 group: SingleProcess | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        task: Task,
+        model: Transformer,
+        opt: torch.optim.Optimizer,
+        run: RunDir,
+        state: TrainState,
+        progress: bool,
+        callbacks: Sequence[TrainCallback] = (),
+        group: SingleProcess | None = None,
+    ):
         self.cfg, self.task, self.model, self.opt, self.run, self.state = cfg, task, model, opt, run, state
         self.device = next(model.parameters()).device
         self.group = group or SingleProcess(self.device)
@@ -147,8 +159,15 @@ class Trainer:
         self.log_steps = log_spaced_steps(cfg.train.log_checkpoints, self.total_steps) - set(epoch_ends)
         self.penalty = Regularisers.of(model, cfg.train, cfg.model.act_fn).l1  # the decay is in opt's groups
         self.select = cfg.train.select_metric or task.select_metric
-        self.bar = tqdm(total=self.total_steps, initial=state.step, desc=cfg.name, unit="step",
-                        disable=not progress or not self.group.is_main, dynamic_ncols=True, mininterval=0.5)
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=state.step,
+            desc=cfg.name,
+            unit="step",
+            disable=not progress or not self.group.is_main,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
 
     def fit(self) -> TrainResult:
         start = time.perf_counter() - self.state.history.get("wall_s", 0.0)
@@ -187,9 +206,14 @@ class Trainer:
     def _write_summary(self, wall_s: float) -> dict[str, Any]:
         save_weights(self.run, FINAL_WEIGHTS, self.model, self.cfg, self.state)
         summary = {
-            "final": self.state.rows[-1], "best": self.state.best, "wall_s": wall_s,
-            "epochs": self.state.epoch, "steps": self.state.step, "device": str(self.device),
-            "torch": torch.__version__, "world_size": self.group.world,
+            "final": self.state.rows[-1],
+            "best": self.state.best,
+            "wall_s": wall_s,
+            "epochs": self.state.epoch,
+            "steps": self.state.step,
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "world_size": self.group.world,
         }
         self.run.write_json("summary.json", summary)
         self.notify("on_train_end", summary)
@@ -211,12 +235,16 @@ class Trainer:
             if self.state.step in self.log_steps:
                 self.check_finite(self.group.mean(sums))
                 name = step_name(self.state.step)
-                self.group.on_main(lambda: save_checkpoint(self.run, name, self.model, self.cfg, self.state))
+                self.group.on_main(partial(save_checkpoint, self.run, name, self.model, self.cfg, self.state))
             if i % 20 == 0:
                 self.check_finite(self.group.mean(sums))
                 rate = tokens / max(time.perf_counter() - t0, 1e-9)
-                self.bar.set_postfix(epoch=self.state.epoch + 1, loss=f"{float(sums[0]) / (i + 1):.4f}",
-                                     tok_s=f"{rate:.3g}", refresh=False)
+                self.bar.set_postfix(
+                    epoch=self.state.epoch + 1,
+                    loss=f"{float(sums[0]) / (i + 1):.4f}",
+                    tok_s=f"{rate:.3g}",
+                    refresh=False,
+                )
         sums = self.group.mean(sums)
         self.check_finite(sums)
         return self.epoch_metrics(sums)
@@ -307,8 +335,10 @@ def prepare_run_dir(path: Path, cfg: RunConfig, resume: bool, overwrite: bool) -
             raise ToylensError(f"{path}: run directory exists; pass --resume to continue it or --overwrite to restart")
         diff = config_diff(run.config(), cfg)
         if diff:
-            raise ToylensError(f"{path}: config differs from the saved run in {', '.join(diff[:5])}; "
-                               "use --overwrite to restart with the new config")
+            raise ToylensError(
+                f"{path}: config differs from the saved run in {', '.join(diff[:5])}; "
+                "use --overwrite to restart with the new config"
+            )
         return run
     elif leftovers:
         if not resume:
@@ -327,8 +357,14 @@ def _remove(paths: list[Path]) -> None:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def start_or_resume(run: RunDir, cfg: RunConfig, task: Task, model: Transformer, opt: torch.optim.Optimizer,
-                    group: SingleProcess | None = None) -> TrainState:
+def start_or_resume(
+    run: RunDir,
+    cfg: RunConfig,
+    task: Task,
+    model: Transformer,
+    opt: torch.optim.Optimizer,
+    group: SingleProcess | None = None,
+) -> TrainState:
     """Restore the last resumable checkpoint into model and opt, or evaluate and checkpoint the
     initialisation (epoch 0) of a new run. Every rank restores the same checkpoint."""
     group = group or SingleProcess(next(model.parameters()).device)
@@ -336,8 +372,10 @@ def start_or_resume(run: RunDir, cfg: RunConfig, task: Task, model: Transformer,
     mine = resumable[-1].epoch if resumable else -1
     (main_epoch,) = group.broadcast_ints([mine])
     if float(group.mean(torch.tensor([float(mine != main_epoch)], device=group.device))) > 0:
-        raise ToylensError(f"{run.path}: rank {group.rank} sees checkpoint epoch {mine}, rank 0 epoch {main_epoch}; "
-                           "--out must be on a filesystem every rank can read")
+        raise ToylensError(
+            f"{run.path}: rank {group.rank} sees checkpoint epoch {mine}, rank 0 epoch {main_epoch}; "
+            "--out must be on a filesystem every rank can read"
+        )
     if resumable:
         state = restore_checkpoint(run, resumable[-1].name, model, opt)
         group.on_main(lambda: _truncate_metrics(run, state))
@@ -356,8 +394,9 @@ def _truncate_metrics(run: RunDir, state: TrainState) -> None:
     log.info("%s: resuming after epoch %d (step %d)", run.path, state.epoch, state.step)
 
 
-def _checkpoint_initialisation(run: RunDir, cfg: RunConfig, task: Task, model: Transformer,
-                               opt: torch.optim.Optimizer, state: TrainState) -> None:
+def _checkpoint_initialisation(
+    run: RunDir, cfg: RunConfig, task: Task, model: Transformer, opt: torch.optim.Optimizer, state: TrainState
+) -> None:
     model.eval()
     row: dict[str, Any] = {"epoch": 0, "step": 0, "wall_s": 0.0}
     for split in task.eval_splits:

@@ -89,8 +89,10 @@ class Regularisers:
         """AdamW's parameter groups: the decayed parameters at `weight_decay`, then the rest at 0
         (an empty group left out). The order is part of every saved optimiser state."""
         named, decayed = list(model.named_parameters()), set(self.decayed)
-        groups = [{"params": [p for n, p in named if n in decayed], "weight_decay": self.weight_decay},
-                  {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for n, p in named if n in decayed], "weight_decay": self.weight_decay},
+            {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0},
+        ]
         return [g for g in groups if g["params"]]
 
     def decay_coefficients(self, coef: float) -> dict[str, float]:

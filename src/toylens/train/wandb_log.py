@@ -26,8 +26,15 @@ from toylens.train.checkpoint import TrainState
 class WandbLogger(TrainCallback):
     """One W&B run per toylens run; several can be live in one process (ensemble members)."""
 
-    def __init__(self, project: str = "toylens", *, entity: str | None = None, group: str | None = None,
-                 tags: list[str] | tuple[str, ...] = (), dir: str | Path | None = None):
+    def __init__(
+        self,
+        project: str = "toylens",
+        *,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+        dir: str | Path | None = None,
+    ):
         try:
             import wandb
         except ImportError:
@@ -43,9 +50,17 @@ class WandbLogger(TrainCallback):
         folder = Path(self.dir) if self.dir is not None else run.path.parent
         folder.mkdir(parents=True, exist_ok=True)
         self.run = self._wandb.init(
-            project=self.project, entity=self.entity, group=self.group, tags=self.tags, name=cfg.name,
-            id=ids["id"], resume="allow", config=cfg.model_dump(mode="json"), dir=str(folder),
-            job_type="train", reinit="create_new",
+            project=self.project,
+            entity=self.entity,
+            group=self.group,
+            tags=self.tags,
+            name=cfg.name,
+            id=ids["id"],
+            resume="allow",
+            config=cfg.model_dump(mode="json"),
+            dir=str(folder),
+            job_type="train",
+            reinit="create_new",
         )
         if state.epoch == 0:  # the evaluation at initialisation happened before training started
             for row in run.read_jsonl("metrics.jsonl"):
@@ -56,8 +71,13 @@ class WandbLogger(TrainCallback):
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
         best = summary.get("best") or {}
-        self.run.summary.update({"best/" + best.get("metric", "value"): best.get("value"),
-                                 "best/checkpoint": best.get("checkpoint"), "wall_s": summary["wall_s"]})
+        self.run.summary.update(
+            {
+                "best/" + best.get("metric", "value"): best.get("value"),
+                "best/checkpoint": best.get("checkpoint"),
+                "wall_s": summary["wall_s"],
+            }
+        )
         self.run.finish()
         self.run = None
 
