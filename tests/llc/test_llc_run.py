@@ -72,7 +72,9 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
     # Gradients too (the stacked path takes the L1 of ReLU outputs without abs): row 0's gradient
     # of the whole objective against the hooked model's.
     leaves = {k: v.clone().requires_grad_(True) for k, v in w.items()}
+    model.explicit_attention = True  # the objective's own path again (vmap has no rule for CPU SDPA)
     grads = torch.autograd.grad(objective(leaves, idx).sum(), list(leaves.values()))
+    model.explicit_attention = False
     with torch.no_grad():
         for k, p in model.named_parameters():
             p.copy_(w[k][0])
