@@ -275,6 +275,20 @@ def test_the_weight_decay_setting_is_sampled_and_settings_without_a_run_are_refu
         estimate_llc(model, potential, None, s.model_copy(update={"weight_decay": None}))
     with pytest.raises(ToylensError, match="l1: false"):
         estimate_llc(model, potential, None, s.model_copy(update={"l1": False}))
+    # The 0.1 spelling, weight_decay={name: c}, works for one release, warns, and is never a second
+    # value silently beside the setting.
+    with pytest.warns(FutureWarning, match="LLCSettings"):
+        old = estimate_llc(model, potential, None, s, weight_decay={"w": 0.3})
+    assert old.init_loss == decayed.init_loss and torch.equal(old.loss_trace, decayed.loss_trace)
+    with pytest.warns(FutureWarning), pytest.raises(ToylensError, match="weight_decay: given twice"):
+        estimate_llc(model, potential, None, s.model_copy(update={"weight_decay": 0.3}), weight_decay={"w": 0.3})
+
+
+def test_optim_decays_moved_with_a_warning():
+    from toylens.train import optim, regularisers
+
+    with pytest.warns(FutureWarning, match="regularisers"):
+        assert optim.decays is regularisers.decays
 
 
 def test_rmsprop_variant_on_the_quadratic():
