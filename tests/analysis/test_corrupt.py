@@ -90,7 +90,7 @@ def test_the_old_function_still_gives_the_task_pair_with_a_warning():
     from toylens.analysis import corrupted_pair
 
     task = build_task(SortTaskConfig(list_len=6, n_values=20, n_train=100, n_test=50))
-    with pytest.warns(DeprecationWarning, match="task.corrupted_pair"):
+    with pytest.warns(FutureWarning, match="task.corrupted_pair"):
         old = corrupted_pair(task, 8, seed=3)
     new = task.corrupted_pair(8, seed=3)
     assert torch.equal(old.clean, new.clean) and torch.equal(old.corrupted, new.corrupted)
