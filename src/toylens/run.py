@@ -8,6 +8,7 @@
       checkpoints/step-000120.safetensors       optional log-spaced extra checkpoints
       final.safetensors               the final checkpoint's weights as one standalone file
       summary.json                    final and best metrics
+      task/vocab.json                 what the task fitted to its data (a compact vocabulary), if any
       manifest.json                   SHA-256 and size of every file above, and the checkpoint list
 
 Checkpoint names and what "final", "best", "3" or "all" mean are in `toylens.checkpoints`.
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from toylens.tasks import Task
 
 MANIFEST = "manifest.json"
+TASK_FOLDER = "task"
 
 
 class RunDir:
@@ -139,6 +141,28 @@ class RunDir:
     def append_jsonl(self, rel: str, row: dict) -> None:
         self.write_jsonl(rel, self.read_jsonl(rel) + [row])
 
+    # --- task files ---------------------------------------------------------------------
+    def write_task_files(self, files: dict[str, Any]) -> None:
+        """Save what a task fitted to its data (`Task.saved_files`) as `task/<name>`. A run that
+        already has a file keeps it only if it is the same: a resumed run whose data changed since
+        it started is refused rather than continued with a different mapping."""
+        for name, obj in files.items():
+            rel = f"{TASK_FOLDER}/{name}"
+            if self.has(rel):
+                if self.read_json(rel) != json.loads(json.dumps(obj)):
+                    raise ToylensError(
+                        f"{self.path / rel}: differs from what the task fits to its data now (the data or "
+                        "tokenizer changed since the run started); use --overwrite to restart the run"
+                    )
+                continue
+            self.write_json(rel, obj)
+
+    def task_files(self) -> dict[str, Any]:
+        """The task files this run saved (name -> JSON), each verified against the manifest."""
+        prefix = f"{TASK_FOLDER}/"
+        names = [rel for rel in self.manifest()["files"] if rel.startswith(prefix)]
+        return {rel[len(prefix) :]: self.read_json(rel) for rel in sorted(names)}
+
     # --- config, checkpoints ------------------------------------------------------------
     def config(self) -> RunConfig:
         from toylens.config import parse_yaml, validate_config
@@ -191,9 +215,11 @@ class Loaded:
 
     @functools.cached_property
     def task(self) -> Task:
+        """The run's task: built from its config, with what the run saved of it (`task/`, e.g. a
+        compact vocabulary's mapping). From a lone checkpoint file it is fitted to the data again."""
         from toylens.tasks import build_task
 
-        return build_task(self.config.task)
+        return build_task(self.config.task, self.run.task_files() if self.run is not None else None)
 
     @property
     def device(self) -> torch.device:

@@ -188,6 +188,28 @@ class InductionTaskConfig(TaskConfig):
 WIKITEXT_SUBSETS = ("wikitext-2-v1", "wikitext-2-raw-v1", "wikitext-103-v1", "wikitext-103-raw-v1")
 
 
+class VocabConfig(Section):
+    """A compact vocabulary: the tokenizer's ids (GPT-2, BERT, ...; tokenization unchanged) mapped to
+    the most frequent ids of the training split plus one "other" id for every rarer token. The
+    model's d_vocab (and, for lm, d_vocab_out) is the compact size, so the unembedding and the
+    softmax shrink from 50,257 columns to a few thousand. The mapping is saved with the run
+    (`task/vocab.json`), so a loaded run encodes text and labels tokens (the bucket as `<other>`)
+    exactly as in training.
+
+    Evaluation counts the bucket honestly: it is one more class in the loss (predicting a rare
+    token's bucket is scored as predicting the bucket), the unigram baseline (`unigram_loss`) is
+    fitted and scored over the same compact ids, and `other_frac` reports the fraction of a split's
+    tokens (lm: targets; classify: review tokens) that fall in the bucket."""
+
+    max_size: int = Field(ge=8, le=1_000_000)
+    """Ids kept, the tokenizer's special tokens (end-of-text, padding, [CLS]/[SEP]) included, which
+    are always kept; the rest are the most frequent tokens of the training split (ties: lower id
+    first). d_vocab is at most max_size + 1 (the bucket)."""
+    min_count: int = Field(1, ge=1)
+    """Keep a token only if it occurs at least this many times in the training split (special tokens
+    are kept regardless); rarer tokens go to the bucket even when max_size has room."""
+
+
 class TextTaskConfig(TaskConfig):
     """What the text tasks share: where the text comes from and how it is tokenized."""
 
@@ -227,6 +249,9 @@ class TextTaskConfig(TaskConfig):
     """Where tokenized data is cached (memory-mapped arrays keyed by data + tokenizer)."""
     data_seed: int = Field(0, ge=0)
     """Seed for choosing subsets and validation rows; independent of the run seed."""
+    vocab: VocabConfig | None = None
+    """A compact vocabulary, {max_size: N, min_count: C}: the N most frequent training tokens plus
+    one `<other>` id (see VocabConfig); null = the tokenizer's full vocabulary."""
 
     @model_validator(mode="after")
     def _dataset_fields(self) -> TextTaskConfig:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +119,19 @@ class Task(ABC):
     patch_metric: ClassVar[str | None] = None
     """The activation-patching metric for `corrupted_pair`'s inputs (logit_diff, neg_loss or accuracy);
     None: the task has no corrupted inputs, so patching does not apply."""
+
+    @classmethod
+    def from_saved(cls, cfg: TaskConfig, saved: dict[str, Any]) -> Task:
+        """The task as a run saved it: `saved` holds the JSON files `saved_files` returned when the
+        run was trained (read back, checksummed, from the run's `task/` folder). By default the
+        config alone builds the task."""
+        return cls(cfg)  # type: ignore[call-arg]
+
+    def saved_files(self) -> dict[str, Any]:
+        """JSON files (name -> object) to save in the run's `task/` folder, for `from_saved`: what
+        the task fitted to its data (e.g. a compact vocabulary) and a loaded run must not refit.
+        None by default."""
+        return {}
 
     def loss(self, logits: Float[Tensor, "batch pos d_vocab_out"], batch: Batch) -> Float[Tensor, ""]:
         """The training loss: mean cross-entropy over the positions that have a target."""

@@ -9,7 +9,8 @@ number of classes, so every analysis runs on it unchanged.
 
 Splits: `train`; `val`, a seeded val_fraction of the training reviews (or the data's validation
 split), which picks the best checkpoint (highest `val/acc`); and `test`, never used for any choice.
-Metrics: `loss` and `acc` per review. Outputs are classes, not tokens.
+Metrics: `loss` and `acc` per review, and with a compact vocabulary (`task.vocab`, see `tasks.text`)
+`other_frac`, the share of review tokens that are the `<other>` id. Outputs are classes, not tokens.
 
 For patching, one sentiment word of each review (good, great, loved, ...) is swapped for its
 antonym (reviews without one are skipped). Answers: the clean label; wrong answers: the other
@@ -31,16 +32,27 @@ from toylens.tasks.base import IGNORE, Batch, CorruptedPair, Split, Task, TaskSp
 from toylens.tasks.registry import register_task
 from toylens.tasks.sources import open_source
 from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
+from toylens.tasks.text import TextTask, token_counts
 from toylens.tasks.tokenizers import load_tokenizer
+from toylens.tasks.vocab import CompactVocab
 
 log = logging.getLogger("toylens")
 
 
 class ReviewSplit(Split):
-    """Some rows of a tokenized split, each truncated to n_ctx and right-padded in its batch."""
+    """Some rows of a tokenized split, each truncated to n_ctx and right-padded in its batch (in the
+    tokenizer's ids, then mapped to compact ids when there is a `vocab`)."""
 
-    def __init__(self, arrays: TokenArrays, rows: np.ndarray, n_ctx: int, pad_id: int, suffix: list[int]):
-        self.arrays, self.rows, self.n_ctx, self.pad_id = arrays, rows, n_ctx, pad_id
+    def __init__(
+        self,
+        arrays: TokenArrays,
+        rows: np.ndarray,
+        n_ctx: int,
+        pad_id: int,
+        suffix: list[int],
+        vocab: CompactVocab | None = None,
+    ):
+        self.arrays, self.rows, self.n_ctx, self.pad_id, self.vocab = arrays, rows, n_ctx, pad_id, vocab
         self.suffix = np.asarray(suffix, dtype=np.int64)
         assert arrays.offsets is not None, "a classify split is tokenized in rows mode, which records offsets"
         self.offsets, self.labels = arrays.offsets, _labels(arrays)
@@ -60,7 +72,16 @@ class ReviewSplit(Split):
                 tokens[i, length - len(self.suffix) : length] = self.suffix
         targets = np.full_like(tokens, IGNORE)
         targets[np.arange(len(rows)), lengths - 1] = self.labels[rows]
+        if self.vocab is not None:
+            tokens = self.vocab.compact(tokens)
         return Batch(torch.from_numpy(tokens), torch.from_numpy(targets))
+
+
+def _row_counts(arrays: TokenArrays, rows: np.ndarray, size: int) -> np.ndarray:
+    """Occurrences of each tokenizer id in the given rows (the training reviews, untruncated)."""
+    assert arrays.offsets is not None
+    where = np.concatenate([np.arange(s, e) for s, e in zip(arrays.offsets[rows], arrays.offsets[rows + 1])])
+    return token_counts(np.asarray(arrays.tokens)[where], size)
 
 
 def _labels(arrays: TokenArrays) -> np.ndarray:
@@ -70,13 +91,14 @@ def _labels(arrays: TokenArrays) -> np.ndarray:
 
 
 @register_task
-class ClassifyTask(Task):
+class ClassifyTask(TextTask):
     config_class = ClassifyTaskConfig
     eval_splits = ("val", "test")
     select_metric = "val/acc"
+    metric_goals = {**Task.metric_goals, "other_frac": "min"}
     patch_metric = "logit_diff"
 
-    def __init__(self, cfg: ClassifyTaskConfig):
+    def __init__(self, cfg: ClassifyTaskConfig, vocab: CompactVocab | None = None):
         self.cfg = cfg
         self.tokenizer = tok = load_tokenizer(cfg.tokenizer)
         source = open_source(cfg)
@@ -106,8 +128,9 @@ class ClassifyTask(Task):
         }
         self.class_names = source.class_names or [str(i) for i in range(int(_labels(train).max()) + 1)]
         n_classes = len(self.class_names)
-        self.spec = TaskSpec(d_vocab=tok.vocab_size, d_vocab_out=n_classes, n_ctx=cfg.n_ctx)
-        self.splits = {"train": ReviewSplit(train, np.sort(order), cfg.n_ctx, tok.pad_id, tok.suffix_ids)}
+        self.use_vocab(cfg, vocab, lambda: _row_counts(train, np.sort(order), tok.vocab_size))
+        self.spec = TaskSpec(d_vocab=self.n_vocab, d_vocab_out=n_classes, n_ctx=cfg.n_ctx)
+        self.splits = {"train": ReviewSplit(train, np.sort(order), cfg.n_ctx, tok.pad_id, tok.suffix_ids, self.vocab)}
         for split in ("val", "test"):
             data = train if split in held else arrays[split]
             chosen = held[split] if split in held else np.arange(data.n_rows)
@@ -116,7 +139,7 @@ class ClassifyTask(Task):
                     f"task.label_column: the {split} split has label {int(_labels(data).max())}; "
                     f"the classes are {self.class_names}"
                 )
-            self.splits[split] = ReviewSplit(data, chosen, cfg.n_ctx, tok.pad_id, tok.suffix_ids)
+            self.splits[split] = ReviewSplit(data, chosen, cfg.n_ctx, tok.pad_id, tok.suffix_ids, self.vocab)
         log.info(
             "classify: %d classes %s; train %d, val %d%s, test %d reviews",
             n_classes,
@@ -127,23 +150,23 @@ class ClassifyTask(Task):
             len(self.splits["test"]),
         )
 
-    def token_labels(self, tokens: Tensor) -> list[str]:
-        return self.tokenizer.token_labels([int(t) for t in tokens])
+    def metric_sums(self, logits: Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+        """Loss and accuracy per review, and with a compact vocabulary `other_frac`: the share of
+        the reviews' tokens (up to each label position, no padding) that are `<other>`."""
+        review = (batch.targets != IGNORE).long().flip(1).cumsum(1).flip(1) > 0
+        return {**super().metric_sums(logits, batch), **self.other_sums(batch.tokens, review)}
 
     def output_labels(self) -> list[str]:
         return list(self.class_names)
-
-    def special_tokens(self) -> list[int]:
-        return self.tokenizer.special_ids
-
-    def bos_token(self) -> int | None:
-        return self.tokenizer.eos_id
 
     def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
         """Swap one sentiment word of each review for its antonym (reviews without one are skipped);
         the wrong answer is the other class."""
         gen = torch.Generator().manual_seed(seed)
         swap = antonym_ids(self.tokenizer)
+        if self.vocab is not None:  # in compact ids; a word in the <other> bucket cannot be swapped
+            table = self.vocab.table
+            swap = {int(table[a]): int(table[b]) for a, b in swap.items() if self.vocab.other_id not in table[[a, b]]}
         split = self.splits[self.eval_splits[0]]
         batch = split.batch(torch.arange(min(len(split), 20 * n)))
         table = torch.full((self.spec.d_vocab,), -1, dtype=torch.long)

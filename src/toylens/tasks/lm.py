@@ -11,7 +11,9 @@ validation or test split, the tail of the training stream is held out instead (t
 then val_fraction, contiguous so no window straddles two splits). The bundled WikiText sample
 has no training split (see `toylens/data/wikitext/NOTICE.md`): offline, the model trains on the
 validation split minus its last val_fraction, selects on that tail, and is tested on the test split.
-Metrics: `loss` (nats per token), `ppl` = exp(loss), `acc` (top-1 next token). Patching breaks a
+Metrics: `loss` (nats per token), `ppl` = exp(loss), `acc` (top-1 next token), and with a compact
+vocabulary (`task.vocab`, see `tasks.text`) `other_frac`, the share of targets that are the
+`<other>` id, whose loss is that of predicting the bucket. Patching breaks a
 repeated sequence of random tokens (`tasks.repeated`, started with end-of-text) and measures
 neg_loss on its second half.
 """
@@ -32,16 +34,19 @@ from toylens.tasks.registry import register_task
 from toylens.tasks.repeated import repeated_pair
 from toylens.tasks.sources import open_source
 from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
+from toylens.tasks.text import TextTask, token_counts
 from toylens.tasks.tokenizers import load_tokenizer
+from toylens.tasks.vocab import CompactVocab
 
 log = logging.getLogger("toylens")
 
 
 class WindowSplit(Split):
-    """Non-overlapping windows of n_ctx + 1 tokens over tokens[start:stop] of a (memory-mapped) stream."""
+    """Non-overlapping windows of n_ctx + 1 tokens over tokens[start:stop] of a (memory-mapped) stream,
+    mapped to compact ids when there is a `vocab`."""
 
-    def __init__(self, tokens: np.ndarray, start: int, stop: int, n_ctx: int):
-        self.tokens, self.start, self.n_ctx = tokens, start, n_ctx
+    def __init__(self, tokens: np.ndarray, start: int, stop: int, n_ctx: int, vocab: CompactVocab | None = None):
+        self.tokens, self.start, self.n_ctx, self.vocab = tokens, start, n_ctx, vocab
         self.n_windows = max(0, (stop - start - 1) // n_ctx)
 
     def __len__(self) -> int:
@@ -50,27 +55,31 @@ class WindowSplit(Split):
     def batch(self, idx: Tensor) -> Batch:
         starts = self.start + idx.numpy().astype(np.int64) * self.n_ctx
         rows = self.tokens[starts[:, None] + np.arange(self.n_ctx + 1)]  # [batch, n_ctx + 1], read from disk
-        seq = torch.from_numpy(rows.astype(np.int64))
+        seq = torch.from_numpy(self.vocab.compact(rows) if self.vocab is not None else rows.astype(np.int64))
         return Batch(seq[:, :-1], seq[:, 1:])
 
     @property
     def n_tokens(self) -> int:
         return self.n_windows * self.n_ctx
 
+    def targets(self) -> np.ndarray:
+        """Every target token (what the loss is averaged over), as one int64 array."""
+        ids = np.asarray(self.tokens[self.start + 1 : self.start + 1 + self.n_tokens], dtype=np.int64)
+        return self.vocab.compact(ids) if self.vocab is not None else ids
+
 
 @register_task
-class LmTask(Task):
+class LmTask(TextTask):
     config_class = LmTaskConfig
     eval_splits = ("val", "test")
     select_metric = "val/loss"
-    metric_goals = {**Task.metric_goals, "ppl": "min"}
+    metric_goals = {**Task.metric_goals, "ppl": "min", "other_frac": "min"}
     outputs_are_tokens = True
     patch_metric = "neg_loss"
 
-    def __init__(self, cfg: LmTaskConfig):
+    def __init__(self, cfg: LmTaskConfig, vocab: CompactVocab | None = None):
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.tokenizer)
-        self.spec = TaskSpec(d_vocab=self.tokenizer.vocab_size, d_vocab_out=self.tokenizer.vocab_size, n_ctx=cfg.n_ctx)
         source = open_source(cfg)
         log.info("data: %s", source.description)
         train_name = next((s for s in ("train", "validation") if s in source.splits), None)
@@ -93,17 +102,21 @@ class LmTask(Task):
         cut_test = 0 if "test" in source.splits else math.floor(n * cfg.test_fraction)
         cut_val = 0 if "validation" in source.splits and train_name == "train" else math.floor(n * cfg.val_fraction)
         train_stop = n - cut_test - cut_val
-        self.splits = {"train": WindowSplit(train.tokens, 0, train_stop, cfg.n_ctx)}
+        # the compact vocabulary counts the tokens the training windows read
+        n_read = WindowSplit(train.tokens, 0, train_stop, cfg.n_ctx).n_tokens + 1
+        self.use_vocab(cfg, vocab, lambda: token_counts(train.tokens[:n_read], self.tokenizer.vocab_size))
+        self.spec = TaskSpec(d_vocab=self.n_vocab, d_vocab_out=self.n_vocab, n_ctx=cfg.n_ctx)
+        self.splits = {"train": WindowSplit(train.tokens, 0, train_stop, cfg.n_ctx, self.vocab)}
         if cut_val:
-            self.splits["val"] = WindowSplit(train.tokens, train_stop, train_stop + cut_val, cfg.n_ctx)
+            self.splits["val"] = WindowSplit(train.tokens, train_stop, train_stop + cut_val, cfg.n_ctx, self.vocab)
         else:
             val = stream("validation", cfg.max_eval_examples).tokens
-            self.splits["val"] = WindowSplit(val, 0, len(val), cfg.n_ctx)
+            self.splits["val"] = WindowSplit(val, 0, len(val), cfg.n_ctx, self.vocab)
         if cut_test:
-            self.splits["test"] = WindowSplit(train.tokens, n - cut_test, n, cfg.n_ctx)
+            self.splits["test"] = WindowSplit(train.tokens, n - cut_test, n, cfg.n_ctx, self.vocab)
         else:
             test = stream("test", cfg.max_eval_examples).tokens
-            self.splits["test"] = WindowSplit(test, 0, len(test), cfg.n_ctx)
+            self.splits["test"] = WindowSplit(test, 0, len(test), cfg.n_ctx, self.vocab)
         for split, data in self.splits.items():
             if len(data) == 0:
                 raise ToylensError(
@@ -122,23 +135,21 @@ class LmTask(Task):
 
     def unigram_loss(self, split: str = "test", smoothing: float = 1.0) -> float:
         """Loss (nats per token) on `split` of a unigram model fitted to the training windows'
-        targets with add-`smoothing` counts over the whole vocabulary: the baseline to beat."""
+        targets with add-`smoothing` counts over the whole output vocabulary: the baseline to beat.
+        With a compact vocabulary both the fit and the score are over the compact ids (the
+        `<other>` id is one more token), as the model's loss is."""
         train = self.splits["train"]
         counts = np.bincount(_targets(train), minlength=self.spec.d_vocab_out).astype(np.float64) + smoothing
         log_p = np.log(counts / counts.sum())
         return float(-log_p[_targets(self.splits[split])].mean())
 
+    def metric_sums(self, logits: Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+        """Loss and accuracy (the `<other>` id is an ordinary class), and with a compact
+        vocabulary `other_frac`: the share of targets that are `<other>`."""
+        return {**super().metric_sums(logits, batch), **self.other_sums(batch.targets, batch.mask)}
+
     def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
         return {**metrics, "ppl": math.exp(min(metrics["loss"], 50.0))}
-
-    def token_labels(self, tokens: Tensor) -> list[str]:
-        return self.tokenizer.token_labels([int(t) for t in tokens])
-
-    def special_tokens(self) -> list[int]:
-        return self.tokenizer.special_ids
-
-    def bos_token(self) -> int | None:
-        return self.tokenizer.eos_id  # GPT-2-style models read end-of-text as the start of a text
 
     def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
         return repeated_pair(self, n, seed)
@@ -147,4 +158,4 @@ class LmTask(Task):
 def _targets(split: Split) -> np.ndarray:
     """Every target token of a window split (what the loss is averaged over), as one array."""
     assert isinstance(split, WindowSplit)
-    return np.asarray(split.tokens[split.start + 1 : split.start + 1 + split.n_tokens], dtype=np.int64)
+    return split.targets()

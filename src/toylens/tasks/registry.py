@@ -17,7 +17,7 @@ before a config that names it is loaded.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from toylens.config import TaskConfig, register_task_config, task_config_name
 from toylens.errors import ToylensError
@@ -60,6 +60,8 @@ def task_class(cfg: TaskConfig) -> type[Task]:
     return cls
 
 
-def build_task(cfg: TaskConfig) -> Task:
-    """The task described by a task config."""
-    return task_class(cfg)(cfg)  # type: ignore[call-arg]
+def build_task(cfg: TaskConfig, saved: dict[str, Any] | None = None) -> Task:
+    """The task described by a task config; with `saved` (the JSON files a run saved in its `task/`
+    folder, see `Task.saved_files`), the task as that run fitted it."""
+    cls = task_class(cfg)
+    return cls.from_saved(cfg, saved) if saved else cls(cfg)  # type: ignore[call-arg]

@@ -44,6 +44,9 @@ class TextTokenizer:
         probe = tok.encode("a")
         trailing = len(probe.ids) - 1 - max(i for i, s in enumerate(probe.special_tokens_mask) if not s)
         self.suffix_ids: list[int] = probe.ids[len(probe.ids) - trailing :] if trailing else []
+        leading = next((i for i, s in enumerate(probe.special_tokens_mask) if not s), 0)
+        self.prefix_ids: list[int] = probe.ids[:leading]
+        """The special tokens the tokenizer puts before a text ([CLS] for BERT)."""
 
     def __repr__(self) -> str:
         return f"TextTokenizer({self.name!r}, vocab_size={self.vocab_size})"

@@ -117,6 +117,7 @@ def train_ensemble(
         for cfg in cfgs:
             locks.enter_context(run_lock(Path(out) / cfg.name, "train (ensemble)", create=True))
             run = prepare_run_dir(Path(out) / cfg.name, cfg, resume, overwrite)
+            run.write_task_files(task.saved_files())
             if run.has("summary.json"):
                 if resume:
                     restore_metrics(run)

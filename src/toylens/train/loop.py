@@ -83,7 +83,7 @@ def train(
     path = Path(out) / cfg.name
     try:
         with run_lock(path, "train", create=True) if group.is_main else contextlib.nullcontext():
-            group.on_main(lambda: prepare_run_dir(path, cfg, resume, overwrite))
+            group.on_main(lambda: prepare_run_dir(path, cfg, resume, overwrite).write_task_files(task.saved_files()))
             run = RunDir(path)
             (done,) = group.broadcast_ints([int(group.is_main and run.has("summary.json"))])
             if done:
