@@ -31,8 +31,8 @@ from toylens.errors import ToylensError
 from toylens.tasks.base import IGNORE, Batch, CorruptedPair, Split, Task, TaskSpec
 from toylens.tasks.registry import register_task
 from toylens.tasks.sources import open_source
-from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
 from toylens.tasks.text import TextTask, token_counts
+from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
 from toylens.tasks.tokenizers import load_tokenizer
 from toylens.tasks.vocab import CompactVocab
 
@@ -165,8 +165,10 @@ class ClassifyTask(TextTask):
         gen = torch.Generator().manual_seed(seed)
         swap = antonym_ids(self.tokenizer)
         if self.vocab is not None:  # in compact ids; a word in the <other> bucket cannot be swapped
-            table = self.vocab.table
-            swap = {int(table[a]): int(table[b]) for a, b in swap.items() if self.vocab.other_id not in table[[a, b]]}
+            ids, other = self.vocab.table, self.vocab.other_id
+            swap = {int(ids[a]): int(ids[b]) for a, b in swap.items() if other not in (ids[a], ids[b])}
+        if not swap:
+            raise ToylensError("task classify: no sentiment word and its antonym are both in the vocabulary")
         split = self.splits[self.eval_splits[0]]
         batch = split.batch(torch.arange(min(len(split), 20 * n)))
         table = torch.full((self.spec.d_vocab,), -1, dtype=torch.long)

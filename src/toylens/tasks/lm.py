@@ -33,8 +33,8 @@ from toylens.tasks.base import Batch, CorruptedPair, Split, Task, TaskSpec
 from toylens.tasks.registry import register_task
 from toylens.tasks.repeated import repeated_pair
 from toylens.tasks.sources import open_source
-from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
 from toylens.tasks.text import TextTask, token_counts
+from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
 from toylens.tasks.tokenizers import load_tokenizer
 from toylens.tasks.vocab import CompactVocab
 
