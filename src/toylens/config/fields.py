@@ -239,6 +239,8 @@ def _section_type(annotation: Any) -> type[BaseModel] | _UnionSection | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(members) == 1 and set(get_args(annotation)) == {members[0], type(None)}:
+        return members[0]  # an optional section (`vocab: VocabConfig | None`): its fields, documented
     if get_origin(annotation) is Union or members:
         return _UnionSection(members) if members else None
     return None
