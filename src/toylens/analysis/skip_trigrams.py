@@ -131,8 +131,8 @@ def top_skip_trigrams(
     """The arrays of `SkipTrigrams` (ids, not positions among the candidates), for layer 0."""
     device = model.W_E.device
     candidates, out_candidates = candidates.to(device), out_candidates.to(device)
-    ov = full_ov(model)[0].to(torch.float64).rows(candidates).cols(out_candidates)  # [head, K, O]
-    qk = full_qk_tokens(model)[0].to(torch.float64).rows(candidates).cols(candidates)  # [head, K, K]
+    ov = full_ov(model)[0].rows(candidates).cols(out_candidates).to(torch.float64)  # [head, K, O]
+    qk = full_qk_tokens(model)[0].rows(candidates).cols(candidates).to(torch.float64)  # [head, K, K]
     n_cand, n_out = len(candidates), len(out_candidates)
     ov_mean, qk_mean = _row_means(ov), _row_means(qk)  # [head, K]: over outputs, over sources
     src_score, src = _source_scores(ov, ov_mean, chunk).topk(min(n_sources, n_cand), -1)  # [head, S]

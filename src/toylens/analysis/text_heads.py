@@ -43,6 +43,7 @@ queries divided by their number `n_queries` is a share of the head's attention.
 
 from __future__ import annotations
 
+import functools
 import string
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -274,7 +275,8 @@ def read_attention(
 
 
 def _offset_profile(rows: Tensor, row_count: Tensor) -> Tensor:
-    """[l, h, offset]: the summed attention at each offset over the counted queries that reach it."""
+    """[l, h, offset]: the mean attention at each offset over the counted queries that reach it
+    (from the summed rows: row q, key q - d)."""
     p = rows.shape[-1]
     sums = torch.stack([rows.diagonal(-d, dim1=-2, dim2=-1).sum(-1) for d in range(p)], -1)
     reach = torch.stack([row_count[d:].sum() for d in range(p)])
@@ -318,6 +320,14 @@ DEFINITIONS = {
 }
 
 
+def _model_patterns(model: Transformer, tokens: Tensor, valid: Tensor) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
+    """(tokens, valid, patterns) in batches of at most PATTERN_BUDGET attention probabilities."""
+    p, cfg = tokens.shape[1], model.cfg
+    step = max(1, PATTERN_BUDGET // (cfg.n_layers * cfg.n_heads * p * p))
+    for idx in torch.arange(len(tokens), device=tokens.device).split(step):
+        yield tokens[idx], valid[idx], att.attention_patterns(model, tokens[idx])
+
+
 @torch.no_grad()
 def text_heads(
     model: Transformer,
@@ -336,23 +346,10 @@ def text_heads(
     tokens, valid = tokens.to(device), valid.to(device)
     seen = tokens[valid].unique()
     punctuation = [int(i) for i, label in zip(seen.tolist(), token_labels(seen.cpu())) if is_punctuation(label)]
-    p, cfg = tokens.shape[1], model.cfg
-    step = max(1, PATTERN_BUDGET // (cfg.n_layers * cfg.n_heads * p * p))
-
-    def batches() -> Iterable[tuple[Tensor, Tensor, Tensor]]:
-        for idx in torch.arange(len(tokens), device=device).split(step):
-            yield tokens[idx], valid[idx], att.attention_patterns(model, tokens[idx])
-
-    n_vocab = int(model.W_E.shape[0])
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    batches = functools.partial(_model_patterns, model, tokens, valid)
     arrays = read_attention(
-        batches,
-        tokens,
-        valid,
-        (cfg.n_layers, cfg.n_heads),
-        n_vocab=n_vocab,
-        boundary=boundary,
-        punctuation=punctuation,
-        top=top,
+        batches, tokens, valid, shape, n_vocab=model.W_E.shape[0], boundary=boundary, punctuation=punctuation, top=top
     )
     arrays = {k: v.cpu() for k, v in arrays.items()}
     fractions = {k.split("/")[1]: v for k, v in arrays.items() if k.startswith("fraction/")}
