@@ -264,3 +264,48 @@ def test_skip_trigrams_equal_dense_float64(norm):
             d = QK[:, s].sort(descending=True)
             assert got["destinations"][h, r].tolist() == cand[d.indices[:2]].tolist()
             assert got["destination_scores"][h, r].double().tolist() == pytest.approx(d.values[:2].tolist(), abs=1e-5)
+
+
+def test_classify_run_reads_reviews_without_padding_and_outputs_classes(tmp_path):
+    """End to end on a tiny review classifier: only real review positions are counted (never the
+    padding after a short review's label), and the skip-trigrams' outputs are the two classes."""
+    import json
+
+    from toylens.analysis import analyze, load_result
+    from toylens.config import validate_config
+    from toylens.run import RunDir, load
+    from toylens.train import train
+
+    words = ["good", "bad", "movie", "fun", ",", ".", "the", "plot", "!"]
+    g = torch.Generator().manual_seed(0)
+    rows = [
+        {"text": " ".join(words[int(i)] for i in torch.randint(0, 9, (3 + n % 9,), generator=g)), "label": n % 2}
+        for n in range(60)
+    ]
+    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = {
+        "name": "reviews",
+        "task": {
+            "name": "classify",
+            "dataset": "files",
+            "files": [str(tmp_path / "reviews.jsonl")],
+            "tokenizer": "bert-base-uncased",
+            "n_ctx": 16,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "model": {"n_layers": 1, "n_heads": 2, "d_model": 16, "attn_only": True},
+        "train": {"epochs": 1, "batch_size": 16},
+    }
+    run = train(validate_config(raw), tmp_path / "runs", progress=False).run_dir
+    written = analyze(run, "final", only=["text_heads"], progress=False)
+    th, st = (load_result(RunDir(run), rel) for rel in written)
+    val = load(run).task.splits["val"]
+    batch = val.batch(torch.arange(len(val)))
+    label_pos = (batch.targets != -100).nonzero()[:, 1]  # one label per review, at its last real token
+    assert (batch.tokens == 0).any()  # some reviews are padded
+    assert th.n_examples == len(val) and th.n_queries == int(label_pos.sum())  # positions 1..label
+    # [CLS] sits at position 0; [SEP] (a boundary token too) at each label position, which attends to itself
+    assert (batch.tokens[:, 0] == 101).all() and (th.fractions["bos"] > th.fractions["first_position"]).all()
+    assert st.whole_model and st.n_output_candidates == 2
+    assert set(st.outputs.flatten().tolist()) <= {0, 1} and set(st.output_labels.values()) <= {"0", "1"}
+    assert set(st.token_labels.values()) <= set(words) | {"[CLS]", "[SEP]"}
