@@ -19,6 +19,15 @@ def facts(task: Task) -> tuple:
     return task.outputs_are_tokens, task.patch_metric, task.special_tokens(), task.bos_token()
 
 
+def test_only_the_text_tasks_are_text():
+    assert {name: cls.is_text for name, cls in TASKS.items() if name in list(TASK_CONFIGS)[:4]} == {
+        "sort": False,
+        "induction": False,
+        "lm": True,
+        "classify": True,
+    }
+
+
 def test_shipped_tasks_are_registered_like_any_other():
     assert list(TASK_CONFIGS)[:4] == ["sort", "induction", "lm", "classify"]
     for name, cls in {"sort": SortTask, "induction": InductionTask, "lm": LmTask, "classify": ClassifyTask}.items():
@@ -29,6 +38,7 @@ def test_shipped_tasks_are_registered_like_any_other():
 def test_sort():
     task = build_task(SortTaskConfig(list_len=4, n_values=10, n_train=300, n_test=50))
     assert facts(task) == (True, "logit_diff", [10], None)
+    assert task.boundary_tokens() == [10] and task.baselines() == {}
     assert task.random_token_ids().tolist() == list(range(10)) and task.output_labels() == [str(i) for i in range(10)]
     assert task.loss_positions().tolist() == [4, 5, 6, 7]  # the sorted half
     assert [task.goal(m) for m in ("test/loss", "test/acc", "test/list_acc")] == ["min", "max", "max"]
@@ -50,6 +60,7 @@ def test_lm_reads_its_tokenizer(tmp_path):
     )
     eos, pad = task.tokenizer.eos_id, task.tokenizer.pad_id  # <|endoftext|> and <pad>, added to the 256 bytes
     assert facts(task) == (True, "neg_loss", [eos, pad], eos)
+    assert task.boundary_tokens() == [eos, pad]
     assert task.random_token_ids().tolist() == list(range(256))
     assert task.goal("val/ppl") == "min" and task.loss_positions() is None
     pair = task.corrupted_pair(4, seed=0)
@@ -69,6 +80,7 @@ def test_classify_outputs_are_classes(tmp_path):
         )
     )
     assert facts(task) == (False, "logit_diff", [0, 102], 102)  # [PAD], [SEP]
+    assert task.boundary_tokens() == [0, 101, 102]  # and [CLS], which starts every review
     assert task.output_labels() == ["0", "1"] and task.goal("val/acc") == "max"  # this data names no classes
     assert len(task.random_token_ids()) == 30522 - 2
 

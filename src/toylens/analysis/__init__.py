@@ -12,6 +12,9 @@ and heads, with or without MLPs and LayerNorm):
     residual.py     cache algebra: residual stream parts, accumulated residual, ln_final on parts
     attribution.py  direct logit attribution, logit lens
     circuits.py     full QK (tokens, positions) and OV circuits as FactoredMatrix, copying scores
+    text_heads.py   readings of attention on text: top token pairs, BOS/punctuation/duplicate shares,
+                    positional share, head types (lm and classify runs)
+    skip_trigrams.py  top skip-trigrams of the layer-0 heads from their full OV and QK circuits
     composition.py  Q/K/V composition scores with the random baseline
     regularisation.py  weight norms, MLP activation sparsity
     metrics.py      patching metrics: logit difference, -loss, accuracy
@@ -45,6 +48,8 @@ labelled `L{layer}H{head}`. Every file is listed with its SHA-256 in RUN/manifes
 | head_scores/task                 | HeadScores        | the same relations measured on task data, plus next_output (attend to a copy of the token to output next) when outputs are tokens |
 | head_scores/next_output_by_pos   | PositionScores    | scores, hits [layer, head, pos]: next_output per query position (sorting: SEP attends to the minimum, each output position to the value it writes next); NaN where a position has no target |
 | circuits                         | Circuits          | qk_tokens [layer, head, query_token, key_token], qk_positions [layer, head, query_pos, key_pos], ov_tokens [layer, head, attended_token, output_token] (corners of at most 128 tokens/positions; `token_labels`, `out_labels`); copying [layer, head] (NaN when outputs are not tokens) |
+| text_heads/attention             | TextHeads         | lm and classify runs only. pair_query, pair_key, pair_share, pair_count [layer, head, rank]: the 10 (query token, attended token) pairs with the most attention (share of the head's attention), `labels` id -> token string; fractions/<name> [layer, head]: share of attention on first_position, bos (first position or a boundary token), punctuation, previous_token, duplicate_token, induction; scores/<name>: the same over the queries where the relation marks a key; positional_share [layer, head] (1 = position alone); offset_profile [layer, head, offset]; repeated_induction; `types` per head; `thresholds`, `definitions` |
+| text_heads/skip_trigrams         | SkipTrigrams      | lm and classify runs only. sources, source_scores [head, rank]: layer-0 source tokens whose centred full OV row peaks highest; outputs, output_scores [head, rank, output_rank]; destinations, destination_scores [head, rank, destination_rank] (centred full QK / sqrt(d_head)); `token_labels`, `output_labels`; `whole_model` (1-layer attention-only: exact, else layer 0's direct path); `candidates` says which tokens |
 | composition                      | Composition       | q, k, v [layer1, head1, layer2, head2] (NaN unless layer1 < layer2); baseline_mean/std per kind and baseline_formula 1/sqrt(d_model). Only with 2+ layers |
 | weight_norms                     | WeightNorms       | heads/W_Q..W_O, heads/QK, heads/OV [layer, head]; `norms` per named matrix; `total_matrices` |
 | sparsity                         | Sparsity          | fraction_active, l1, dead_fraction [layer]; neuron_frequency [layer, neuron]. Only with MLPs |
@@ -89,7 +94,9 @@ from toylens.analysis.patching import Patcher, PatchGrid, patch_cells
 from toylens.analysis.regularisation import Sparsity, WeightNorms, activation_sparsity, weight_norms
 from toylens.analysis.residual import accumulated_resid, apply_ln_final, residual_components
 from toylens.analysis.results import Result, load_result
+from toylens.analysis.skip_trigrams import SkipTrigrams, skip_trigrams
 from toylens.analysis.summary import CheckpointSummary, Trajectory
+from toylens.analysis.text_heads import TextHeads, text_heads
 from toylens.tasks import CorruptedPair
 
 __all__ = [
@@ -111,7 +118,9 @@ __all__ = [
     "PositionScores",
     "Result",
     "Settings",
+    "SkipTrigrams",
     "Sparsity",
+    "TextHeads",
     "Trajectory",
     "WeightNorms",
     "ablate",
@@ -136,5 +145,7 @@ __all__ = [
     "repeated_token_scores",
     "repeated_tokens",
     "residual_components",
+    "skip_trigrams",
+    "text_heads",
     "weight_norms",
 ]

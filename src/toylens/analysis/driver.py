@@ -2,8 +2,11 @@
 
 Each analysis is one entry of `ANALYSES`: a name (its path under RUN/analysis/<checkpoint>/), a
 test of whether it applies to the model and task, and a function from a `Subject` (one loaded
-checkpoint with its data) to a `Result`. Finished results are skipped, so an interrupted call
-resumes where it stopped; a checkpoint whose results all exist is not even loaded.
+checkpoint with its data) to a `Result`. Most apply to every run; composition needs 2+ layers,
+sparsity MLPs, patching a task with corrupted inputs, and the readings of attention on text
+(`text_heads/attention`, `text_heads/skip_trigrams`) a text task (`Task.is_text`: lm, classify).
+Finished results are skipped, so an interrupted call resumes where it stopped; a checkpoint whose
+results all exist is not even loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from toylens.analysis.metrics import METRICS, make_metric
 from toylens.analysis.patching import Patcher, rows_per_pass
 from toylens.analysis.regularisation import activation_sparsity, weight_norms
 from toylens.analysis.results import Result, has_result
+from toylens.analysis.skip_trigrams import frequent_tokens, skip_trigrams
 from toylens.analysis.summary import summarize_checkpoint, write_trajectory
+from toylens.analysis.text_heads import input_positions, text_heads
 from toylens.checkpoints import Spec, resolve
 from toylens.config import RunConfig, derived
 from toylens.device import DeviceLike, resolve_device
@@ -53,6 +58,8 @@ class Settings:
     """Example inputs whose attention patterns are saved."""
     max_pattern_pos: int = 64
     """Saved example patterns are cut to this many positions."""
+    max_trigram_tokens: int = 2048
+    """Skip-trigram candidates: at most this many of the most frequent tokens in the examples."""
     ablate_neurons: bool = True
     """Also ablate every MLP neuron (one stacked pass per neuron chunk: slow with a 50K vocabulary)."""
     patch_metric: str | None = None
@@ -86,6 +93,18 @@ class Subject:
         n = _fit(self.model, self.settings.n_examples)
         b = split.batch(torch.arange(min(n, len(split))))
         return Batch(b.tokens, b.targets)
+
+    @functools.cached_property
+    def repeated_scores(self) -> att.HeadScores:
+        """Head scores on repeated random tokens (shared by head_scores/repeated and the text readings)."""
+        return att.repeated_token_scores(
+            self.model,
+            self.task.random_token_ids(),
+            self.task.bos_token(),
+            n_seq=self.settings.n_repeated,
+            half=self.settings.repeated_half,
+            seed=self.settings.seed,
+        )
 
     @property
     def metric_name(self) -> str:
@@ -135,14 +154,7 @@ def _attention_repeated(s: Subject) -> Result:
 
 
 def _head_scores_repeated(s: Subject) -> Result:
-    return att.repeated_token_scores(
-        s.model,
-        s.task.random_token_ids(),
-        s.task.bos_token(),
-        n_seq=s.settings.n_repeated,
-        half=s.settings.repeated_half,
-        seed=s.settings.seed,
-    )
+    return s.repeated_scores
 
 
 TASK_RELATIONS = {
@@ -184,6 +196,35 @@ def _circuits(s: Subject) -> Result:
     return circuits(s.model, labels, s.task.output_labels(), copy_tokens=copy)
 
 
+def _text_heads(s: Subject) -> Result:
+    return text_heads(
+        s.model,
+        s.data.tokens,
+        input_positions(s.data.targets),
+        token_labels=s.task.token_labels,
+        boundary=s.task.boundary_tokens(),
+        repeated_induction=s.repeated_scores.scores["induction"],
+    )
+
+
+def _skip_trigrams(s: Subject) -> Result:
+    valid = input_positions(s.data.targets)
+    candidates = frequent_tokens(s.data.tokens, valid, s.settings.max_trigram_tokens)
+    output_labels: Callable[[torch.Tensor], list[str]] = s.task.token_labels
+    if s.task.outputs_are_tokens:  # output id i is token i
+        outputs, said = candidates[candidates < s.task.spec.d_vocab_out], "the same tokens"
+    else:  # classes
+        names = s.task.output_labels()
+        outputs, said = torch.arange(len(names)), "every class"
+        output_labels = lambda ids: [names[i] for i in ids.tolist()]  # noqa: E731
+    text = (
+        f"the {len(candidates)} most frequent of the {int(s.data.tokens[valid].unique().numel())} tokens in "
+        f"{len(s.data.tokens)} examples of the {s.task.name} task's evaluation split (at most "
+        f"{s.settings.max_trigram_tokens}); outputs: {said}"
+    )
+    return skip_trigrams(s.model, candidates, outputs, s.task.token_labels, output_labels, candidates_text=text)
+
+
 def _ablation(kind: str) -> Callable[[Subject], Result]:
     return lambda s: ablate(
         s.model, s.data.tokens, s.data.targets, kind, seed=s.settings.seed, neurons=s.settings.ablate_neurons
@@ -209,6 +250,10 @@ def _has_mlp(s: Subject) -> bool:
     return not s.cfg.attn_only
 
 
+def _text(s: Subject) -> bool:
+    return s.task_class.is_text
+
+
 def _patchable(s: Subject) -> bool:
     return s.task_class.patch_metric is not None
 
@@ -231,6 +276,8 @@ ANALYSES: list[Analysis] = [
     Analysis("head_scores/repeated", _head_scores_repeated),
     Analysis("head_scores/task", _head_scores_task),
     Analysis("head_scores/next_output_by_pos", _next_output_by_pos, lambda s: s.task_class.outputs_are_tokens),
+    Analysis("text_heads/attention", _text_heads, _text),
+    Analysis("text_heads/skip_trigrams", _skip_trigrams, _text),
     Analysis("circuits", _circuits),
     Analysis("composition", lambda s: composition_scores(s.model), lambda s: s.cfg.n_layers > 1),
     Analysis("weight_norms", lambda s: weight_norms(s.model)),

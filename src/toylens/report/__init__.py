@@ -47,6 +47,7 @@ from toylens.report.mechanisms import (
 from toylens.report.png import write_pngs
 from toylens.report.sections import summary_section, training_section, weights_section
 from toylens.report.sweep import SweepSummary, expand_sweeps, sweep_section
+from toylens.report.text_heads import text_heads_section, text_heads_summary_rows
 from toylens.run import RunDir, RunLike
 from toylens.storage import atomic_write
 
@@ -111,6 +112,7 @@ BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
     llc_section,
     head_scores_section,
     attention_section,
+    text_heads_section,
     circuits_section,
     composition_section,
     attribution_section,
@@ -122,7 +124,8 @@ BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
 
 def build_sections(runs: list[RunResults], sweeps: Sequence[SweepSummary] = ()) -> list[Section]:
     """The summary, the sweep tables, every section that some run has results for, the configs."""
-    summary = summary_section(runs, extra_rows=analysis_summary_rows(runs) + llc_summary_rows(runs))
+    extra = analysis_summary_rows(runs) + text_heads_summary_rows(runs) + llc_summary_rows(runs)
+    summary = summary_section(runs, extra_rows=extra)
     sections = [s for s in (build(runs) for build in BUILDERS) if s is not None]
     sweep = sweep_section(list(sweeps))
     return [summary, *([sweep] if sweep else []), *sections, configs_section(runs)]

@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from toylens.checkpoints import epoch_name
 from toylens.config import flatten
 from toylens.report.collect import RunResults
 from toylens.report.figures import LineFigure, Section, Series, Table
@@ -41,6 +42,7 @@ def summary_section(runs: list[RunResults], extra_rows: Sequence[list[Any]] = ()
         rows.append([key + (" *" if key in differing else ""), *[f.get(key) for f in flats]])
     for key in final_metric_keys(runs):
         rows.append([f"final {key}", *[r.final.get(key) for r in runs]])
+    rows += baseline_rows(runs)
     rows.append(
         ["weight norm (L2, all parameters)", *[r.weight_norms[-1].total if r.weight_norms else None for r in runs]]
     )
@@ -57,6 +59,41 @@ def summary_section(runs: list[RunResults], extra_rows: Sequence[list[Any]] = ()
     )
     table = Table("summary", ["", *[r.label for r in runs]], rows)
     return Section("summary", "Summary", guide, [table])
+
+
+def baseline_rows(runs: list[RunResults]) -> list[list[Any]]:
+    """For runs whose task saved baselines at training time (summary.json `baselines`; lm: the
+    unigram loss of each split): each baseline, and the test loss at the best checkpoint (the one
+    the selection metric picked) against the test unigram loss. Other runs, and runs trained before
+    baselines were saved, show none."""
+    saved = [(r.summary or {}).get("baselines") or {} for r in runs]
+    if not any(saved):
+        return []
+    best = [_best_row(r) if b else None for r, b in zip(runs, saved)]  # only beside a baseline
+    loss = [row.get("test/loss") if row else None for row in best]
+    unigram = [b.get("test/unigram_loss") for b in saved]
+    rows: list[list[Any]] = [["best checkpoint", *[_best_name(r) if b else None for r, b in zip(runs, saved)]]]
+    rows.append(["test/loss at the best checkpoint", *loss])
+    rows += [[f"baseline {key}", *[b.get(key) for b in saved]] for key in sorted(set().union(*saved))]
+    gap = [
+        x - u if isinstance(x, (int, float)) and isinstance(u, (int, float)) else None for x, u in zip(loss, unigram)
+    ]
+    if any(g is not None for g in gap):
+        rows.append(["test/loss at the best checkpoint − unigram (below 0: beats it)", *gap])
+    return rows
+
+
+def _best_row(run: RunResults) -> dict[str, Any] | None:
+    """The metrics row of the run's best checkpoint (None before the run has finished)."""
+    best = (run.summary or {}).get("best")
+    if not best:
+        return None
+    return next((row for row in run.metrics if epoch_name(int(row["epoch"])) == best["checkpoint"]), None)
+
+
+def _best_name(run: RunResults) -> str | None:
+    best = (run.summary or {}).get("best")
+    return f"{best['checkpoint']} (by {best['metric']})" if best else None
 
 
 def training_section(runs: list[RunResults]) -> Section | None:

@@ -116,6 +116,9 @@ class Task(ABC):
     outputs_are_tokens: ClassVar[bool] = False
     """Whether output id i is input token i (sorting, language modelling), so that copying scores and
     the "attend to the next output" score mean something; not when the outputs are classes."""
+    is_text: ClassVar[bool] = False
+    """Whether inputs are tokens of natural-language text with readable labels (lm, classify), so
+    that the readings of `analysis.text_heads` (pairs of tokens, punctuation, skip-trigrams) apply."""
     patch_metric: ClassVar[str | None] = None
     """The activation-patching metric for `corrupted_pair`'s inputs (logit_diff, neg_loss or accuracy);
     None: the task has no corrupted inputs, so patching does not apply."""
@@ -209,6 +212,17 @@ class Task(ABC):
     def special_tokens(self) -> list[int]:
         """Input ids that are not content (SEP, BOS, padding, end-of-text), sorted; none by default."""
         return []
+
+    def boundary_tokens(self) -> list[int]:
+        """Input ids that mark where a text starts or ends (end-of-text, [CLS], [SEP], padding,
+        BOS), sorted: what a "BOS head" attends to. By default `special_tokens` and `bos_token`."""
+        bos = self.bos_token()
+        return sorted(set(self.special_tokens()) | ({bos} if bos is not None else set()))
+
+    def baselines(self) -> dict[str, float]:
+        """Reference values of the task's metrics that need no model (e.g. `test/unigram_loss`),
+        computed once when training finishes and saved in the run's summary.json. None by default."""
+        return {}
 
     def bos_token(self) -> int | None:
         """What a sequence of random tokens starts with; None: position 0 is one more random token."""

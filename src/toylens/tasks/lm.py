@@ -33,7 +33,7 @@ from toylens.tasks.base import Batch, CorruptedPair, Split, Task, TaskSpec
 from toylens.tasks.registry import register_task
 from toylens.tasks.repeated import repeated_pair
 from toylens.tasks.sources import open_source
-from toylens.tasks.text import TextTask, token_counts
+from toylens.tasks.text import COUNT_CHUNK, TextTask, token_counts
 from toylens.tasks.token_cache import TokenArrays, Tokenization, tokenized_split
 from toylens.tasks.tokenizers import load_tokenizer
 from toylens.tasks.vocab import CompactVocab
@@ -62,10 +62,15 @@ class WindowSplit(Split):
     def n_tokens(self) -> int:
         return self.n_windows * self.n_ctx
 
-    def targets(self) -> np.ndarray:
-        """Every target token (what the loss is averaged over), as one int64 array."""
-        ids = np.asarray(self.tokens[self.start + 1 : self.start + 1 + self.n_tokens], dtype=np.int64)
-        return self.vocab.compact(ids) if self.vocab is not None else ids
+    def target_counts(self, size: int) -> np.ndarray:
+        """Occurrences of each model id 0..size-1 among the targets, read in chunks (a 100M-token
+        stream is never held as one int64 array)."""
+        counts = np.zeros(size, dtype=np.int64)
+        first = self.start + 1
+        for lo in range(first, first + self.n_tokens, COUNT_CHUNK):
+            ids = np.asarray(self.tokens[lo : min(lo + COUNT_CHUNK, first + self.n_tokens)], dtype=np.int64)
+            counts += np.bincount(self.vocab.compact(ids) if self.vocab is not None else ids, minlength=size)
+        return counts
 
 
 @register_task
@@ -138,10 +143,15 @@ class LmTask(TextTask):
         targets with add-`smoothing` counts over the whole output vocabulary: the baseline to beat.
         With a compact vocabulary both the fit and the score are over the compact ids (the
         `<other>` id is one more token), as the model's loss is."""
-        train = self.splits["train"]
-        counts = np.bincount(_targets(train), minlength=self.spec.d_vocab_out).astype(np.float64) + smoothing
+        size = self.spec.d_vocab_out
+        counts = _windows(self.splits["train"]).target_counts(size).astype(np.float64) + smoothing
         log_p = np.log(counts / counts.sum())
-        return float(-log_p[_targets(self.splits[split])].mean())
+        scored = _windows(self.splits[split]).target_counts(size)
+        return float(-(scored @ log_p) / scored.sum())
+
+    def baselines(self) -> dict[str, float]:
+        """`val/unigram_loss` and `test/unigram_loss` (`unigram_loss`): the loss to beat."""
+        return {f"{split}/unigram_loss": self.unigram_loss(split) for split in self.eval_splits}
 
     def metric_sums(self, logits: Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
         """Loss and accuracy (the `<other>` id is an ordinary class), and with a compact
@@ -155,7 +165,7 @@ class LmTask(TextTask):
         return repeated_pair(self, n, seed)
 
 
-def _targets(split: Split) -> np.ndarray:
-    """Every target token of a window split (what the loss is averaged over), as one array."""
+def _windows(split: Split) -> WindowSplit:
+    """An lm split (always a window split; the assert tells the type checker so)."""
     assert isinstance(split, WindowSplit)
-    return split.targets()
+    return split

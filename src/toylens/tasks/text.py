@@ -31,6 +31,7 @@ COUNT_CHUNK = 1 << 24  # tokens per bincount, so counting a 100M-token memory ma
 class TextTask(Task):
     """A task over tokenized text; subclasses set `tokenizer` and call `use_vocab` in __init__."""
 
+    is_text = True
     tokenizer: TextTokenizer
     vocab: CompactVocab | None = None
     """The compact vocabulary (None: the model reads the tokenizer's ids)."""
@@ -81,6 +82,11 @@ class TextTask(Task):
 
     def special_tokens(self) -> list[int]:
         return sorted({int(i) for i in self.model_ids(np.array(self.tokenizer.special_ids, dtype=np.int64))})
+
+    def boundary_tokens(self) -> list[int]:
+        """As `Task.boundary_tokens`, with the tokens the tokenizer puts before a text ([CLS])."""
+        prefix = self.model_ids(np.array(self.tokenizer.prefix_ids, dtype=np.int64)).tolist()
+        return sorted(set(super().boundary_tokens()) | {int(i) for i in prefix})
 
     def bos_token(self) -> int | None:
         return self.model_id(self.tokenizer.eos_id)  # GPT-2-style models read end-of-text as the start

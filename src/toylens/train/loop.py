@@ -214,6 +214,7 @@ class Trainer:
             "device": str(self.device),
             "torch": torch.__version__,
             "world_size": self.group.world,
+            "baselines": self.task.baselines(),  # e.g. the unigram loss, which a report cannot compute
         }
         self.run.write_json("summary.json", summary)
         self.notify("on_train_end", summary)
