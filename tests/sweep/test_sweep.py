@@ -207,6 +207,19 @@ def test_failing_member_does_not_stop_the_others_and_rerun_trains_only_what_is_m
     assert html.count(interrupted.name) >= 2 and "val/bogus" in html and "is not a metric" in html
 
 
+def test_a_summary_without_the_goal_of_its_best_gets_it_from_the_task(tmp_path):
+    from toylens.sweep.runner import _goal
+
+    (sort_member,) = members_of(write_spec(tmp_path))  # summaries written before "goal" was recorded
+    assert [_goal(sort_member, m) for m in ("test/acc", "test/list_acc", "test/loss", "train/l1")] == [
+        "max",
+        "max",
+        "min",
+        "min",
+    ]
+    assert _goal(sort_member, "test/bogus") is None and _goal(sort_member, None) is None
+
+
 def test_shipped_sweep_specs_expand():
     from pathlib import Path
 

@@ -61,7 +61,7 @@ class TrainResult:
     wall_s: float
 
 
-__all__ = ["TrainResult", "Trainer", "epoch_order", "train"]
+__all__ = ["TrainResult", "Trainer", "epoch_order", "metric_goal", "train"]
 
 
 def train(
@@ -314,12 +314,9 @@ class Trainer:
         return row
 
     def goal(self) -> Goal:
-        """Whether the lowest ("min") or the highest ("max") value of the select metric is best: the
-        task says for its metrics, the trainer for its own (train/l1)."""
-        if self.select in TRAINER_GOALS:
-            return TRAINER_GOALS[self.select]
+        """Whether the lowest ("min") or the highest ("max") value of the select metric is best."""
         try:
-            return self.task.goal(self.select)
+            return metric_goal(self.task, self.select)
         except ToylensError as e:
             raise ToylensError(f"train.select_metric: {e}") from None
 
@@ -330,6 +327,13 @@ class Trainer:
                 f"{self.cfg.name}: loss became {float(sums.sum())} in epoch {self.state.epoch + 1} "
                 f"(step {self.state.step}); stopped, the last good checkpoint is {self.run.path}/{last}"
             )
+
+
+def metric_goal(task: Task | type[Task], metric: str) -> Goal:
+    """Whether the lowest ("min") or the highest ("max") value of `metric` is best: the task (a
+    built task or its class) says for its metrics, the trainer for its own (train/l1). Raises
+    ToylensError for a metric neither gives a direction."""
+    return TRAINER_GOALS[metric] if metric in TRAINER_GOALS else task.goal(metric)
 
 
 def planned_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
