@@ -63,7 +63,7 @@ def test_members_are_ranked_by_their_best_value_lowest_first_and_unfinished_last
     assert column(table, "name") == ["a", "b", "tie", "c", "pending", "failed"]
     assert column(table, "rank") == [1, 2, 2, 4, None, None]  # ties share a rank, the next one skips
     assert column(table, "best val/loss") == [1.5, 2.0, 2.0, 3.25, None, None]
-    assert table.columns[:5] == ["rank", "name", "train.lr", "status", "best_checkpoint"]
+    assert table.columns[:6] == ["rank", "name", "train.lr", "seed", "status", "best_checkpoint"]
     assert column(table, "train.lr") == [0.001, 0.01, 0.02, 0.1, 0.2, 0.3]  # the varied values travel with their member
     assert column(table, "error")[-1] == "boom" and "best_goal" not in table.columns
     assert "val/loss at each member's best checkpoint, lowest first" in table.guide

@@ -30,7 +30,7 @@ class SweepSummary:
     path: Path
     members: list[dict[str, Any]]
     varied: list[str] = field(default_factory=list)
-    """The dotted fields the sweep varies (its spec's parameters), in the spec's order."""
+    """The dotted fields the sweep varies (its spec's parameters)."""
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -112,10 +112,10 @@ def sweep_table(sweep: SweepSummary) -> Table:
     """The members as rows: rank, name, varied values, status, best checkpoint and value, the rest."""
     members, rank = sweep.members, ranking(sweep.members)
     hidden = HIDDEN | ({"best_metric", "best_goal"} if rank else set())  # the header and guide say them
-    first = [
-        c for c in ["name", *sweep.varied, "status", "best_checkpoint", "best_value"] if any(c in m for m in members)
-    ]
-    columns = first + [c for c in dict.fromkeys(k for m in members for k in m) if c not in hidden and c not in first]
+    keys = list(dict.fromkeys(k for m in members for k in m))
+    varied = [k for k in keys if k in sweep.varied]
+    first = [c for c in ["name", *varied, "seed", "status", "best_checkpoint", "best_value"] if c in keys]
+    columns = first + [c for c in keys if c not in hidden and c not in first]
     order = rank.order if rank else _failed_last(members, range(len(members)))
     rows = [
         [rank.ranks[i] if rank else None, *[members[i].get(c) for c in columns], members[i].get("error") or ""]
