@@ -1,5 +1,7 @@
 """Every shipped config validates and resolves against its task, trains a few steps offline and is
-analysed once through the `toylens` command; every shipped sweep spec expands (--dry-run)."""
+analysed once through the `toylens` command; every full config takes five steps as shipped (its
+architecture, tokenizer and vocabulary) on the bundled data; every shipped sweep spec expands
+(--dry-run)."""
 
 from __future__ import annotations
 
@@ -152,3 +154,38 @@ def test_sweep_spec_dry_run(spec, tmp_path, toylens_main):
     members = result.stdout.strip().splitlines()
     assert members and all(line.split()[0].startswith(spec.stem) for line in members)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+# Five steps of every full config as shipped (architecture, n_ctx, tokenizer, full vocabulary,
+# schedule, evaluation), on a few bundled rows. Only the data size and the batch shrink: a
+# language model's step builds logits over the whole vocabulary (50,257 GPT-2 ids), which at the
+# shipped 64 windows of 256 tokens is minutes per step and several GB on a CPU.
+FULL_CONFIGS = sorted(ROOT.glob("*.full.yaml"))
+FULL_ROWS = {
+    ("lm", "imdb"): ["task.max_examples=20", "task.max_eval_examples=4"],  # about 20 windows; 4 test reviews
+    ("lm", "wikitext"): ["task.max_examples=150", "task.max_eval_examples=30"],  # lines, about 30 + 6 windows
+    ("classify", "imdb"): ["task.max_examples=24", "task.max_eval_examples=4"],  # reviews: 2 val, 22 train
+}
+FIVE_STEPS = ["train.max_steps=5", "train.batch_size=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", FULL_CONFIGS, ids=[p.stem for p in FULL_CONFIGS])
+def test_every_full_config_takes_five_steps_on_the_bundled_data(path, tmp_path, no_network, session_home, monkeypatch):
+    from toylens import train
+
+    monkeypatch.setenv("HOME", str(session_home))  # the token cache, shared by the session
+    shipped = load_config(path)
+    overrides = [*offline_overrides(shipped), *FULL_ROWS[shipped.task.name, shipped.task.dataset], *FIVE_STEPS]
+    assert "task.source=bundled" in overrides, "a full config no longer reads the Hub: revisit offline_overrides"
+    result = train(load_config(path, overrides), tmp_path, device="cpu", progress=False)
+
+    run = RunDir(result.run_dir)
+    summary = run.read_json("summary.json")
+    assert summary["steps"] == 5 and run.checkpoints()[-1].step == 5
+    assert all(math.isfinite(v) for k, v in summary["final"].items() if "/" in k)
+    saved = run.config()
+    assert saved.model.model_dump() == {**saved.model.model_dump(), **shipped.model.model_dump(exclude_none=True)}
+    assert saved.model.n_ctx == shipped.task.n_ctx and saved.task.tokenizer == shipped.task.tokenizer
+    n_ids = {"gpt2": 50257, "bert-base-uncased": 30522}[shipped.task.tokenizer]  # the full vocabulary
+    assert saved.model.d_vocab == n_ids and saved.task.vocab is None

@@ -75,9 +75,30 @@ def test_random_draws_stay_in_range_and_more_draws_keep_the_first(tmp_path):
     assert all(0 <= m.params["train.weight_decay"] <= 0.5 for m in big)
 
 
+def test_set_fixes_fields_of_every_member_before_the_varied_ones(tmp_path):
+    path = write_spec(
+        tmp_path,
+        set=["train.epochs=3", "task.n_train=500", "train.l1={hooks: [blocks.0.hook_resid_pre], coef: 0.01}"],
+        parameters={"train.lr": [0.001, 0.01]},
+    )
+    members = members_of(path)
+    assert [m.params for m in members] == [{"train.lr": 0.001}, {"train.lr": 0.01}]  # set values are not "varied"
+    assert all(m.config.train.epochs == 3 and m.config.task.n_train == 500 for m in members)
+    assert all(m.config.train.l1.coef == 0.01 and m.config.task.list_len == 4 for m in members)  # the rest: base
+    assert [m.config.train.lr for m in members] == [0.001, 0.01]
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
+        ({"set": ["train.epoch=3"]}, "set: 'train.epoch' is not a config field (did you mean 'train.epochs'?)"),
+        ({"set": ["train.epochs"]}, "set: 'train.epochs': expected KEY=VALUE"),
+        ({"set": ["seed=3"]}, "set: seed is set by the sweep"),
+        (
+            {"set": ["train.lr=0.1"], "parameters": {"train.lr": [0.01]}},
+            "parameters.train.lr: also in set; a field is either fixed or varied",
+        ),
+        ({"set": ["train.epochs=0"]}, "(member sw-seed0): train.epochs: Input should be greater than or equal to 1"),
         (
             {"parameters": {"train.weight_dacay": [0.1]}},
             "parameters: 'train.weight_dacay' is not a config field (did you mean 'train.weight_decay'?)",
@@ -186,6 +207,19 @@ def test_failing_member_does_not_stop_the_others_and_rerun_trains_only_what_is_m
     assert html.count(interrupted.name) >= 2 and "val/bogus" in html and "is not a metric" in html
 
 
+def test_a_summary_without_the_goal_of_its_best_gets_it_from_the_task(tmp_path):
+    from toylens.sweep.runner import _goal
+
+    (sort_member,) = members_of(write_spec(tmp_path))  # summaries written before "goal" was recorded
+    assert [_goal(sort_member, m) for m in ("test/acc", "test/list_acc", "test/loss", "train/l1")] == [
+        "max",
+        "max",
+        "min",
+        "min",
+    ]
+    assert _goal(sort_member, "test/bogus") is None and _goal(sort_member, None) is None
+
+
 def test_shipped_sweep_specs_expand():
     from pathlib import Path
 
@@ -199,6 +233,13 @@ def test_shipped_sweep_specs_expand():
     from toylens.train.ensemble import ensemble_key
 
     assert len({ensemble_key(m.config) for m in wd}) == 1  # one ensemble on a GPU
+
+    quick = members_of(Path(__file__).parents[2] / "configs" / "sweeps" / "imdb-1l-attn.quick.yaml")
+    assert len(quick) == 6 and {m.config.task.name for m in quick} == {"lm"}
+    for m in quick:  # what the quick sweep fixes itself, whatever its base config says
+        assert m.config.task.vocab is not None and m.config.task.vocab.max_size == 2048
+        assert (m.config.task.max_examples, m.config.train.epochs) == (1000, 2)
+        assert m.config.train.select_metric == "val/loss" and m.config.model.attn_only
 
 
 @pytest.mark.slow

@@ -106,6 +106,27 @@ def test_interrupted_ensemble_resumes_as_ensemble_or_alone(tmp_path, solo):
         assert [r["epoch"] for r in RunDir(tmp_path / cfg.name).read_jsonl("metrics.jsonl")] == [0, 1, 2]
 
 
+def test_members_stop_at_max_steps_where_their_solo_runs_stop(tmp_path, float64):
+    # 600 lists in batches of 32: 19 steps per epoch, so a limit of 25 cuts epoch 2 short.
+    cfgs = [member("a", 0, max_steps=25), member("b", 1, lr=0.01, weight_decay=0.3, max_steps=25)]
+    for cfg in cfgs:
+        train(cfg, tmp_path / "solo", progress=False, device="cpu")
+    outcomes = train_ensemble(cfgs, tmp_path / "ensemble", progress=False, device="cpu")
+    assert all(o.error is None and o.result is not None and o.result.metrics["step"] == 25 for o in outcomes)
+    for cfg in cfgs:
+        ens, ref = RunDir(tmp_path / "ensemble" / cfg.name), RunDir(tmp_path / "solo" / cfg.name)
+        assert max_diff(ens.path, ref.path) < 1e-9, cfg.name
+        assert [(c.name, c.step) for c in ens.checkpoints()] == [
+            ("epoch-0000", 0),
+            ("epoch-0001", 19),
+            ("epoch-0002", 25),
+        ]
+        assert [(c.name, c.step) for c in ens.checkpoints()] == [(c.name, c.step) for c in ref.checkpoints()]
+        rows, ref_rows = ens.read_jsonl("metrics.jsonl"), ref.read_jsonl("metrics.jsonl")
+        assert rows[-1]["train/loss"] == pytest.approx(ref_rows[-1]["train/loss"], abs=1e-9)  # over the 6 steps
+        assert ens.read_json("summary.json")["steps"] == 25
+
+
 def test_incompatible_members_are_refused(tmp_path):
     a = member("a", 0)
     assert ensemble_key(a) == ensemble_key(member("b", 5, lr=0.1, weight_decay=2.0))

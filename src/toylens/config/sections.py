@@ -371,6 +371,13 @@ class TrainConfig(Section):
 
     epochs: int = Field(10, ge=1)
     """Passes over the training split; one checkpoint and one eval after each."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimisation steps in all (null = no limit): training is the first
+    min(max_steps, epochs * steps per epoch) steps, and the learning-rate schedule spans exactly
+    those. An epoch cut short counts as an epoch: it ends, like any other, with an eval and a
+    checkpoint (at step max_steps), and the run finishes (final weights, summary). A limit at or
+    above the run's length changes nothing. --resume of a finished run trains no further; the
+    limit is part of the config, so a run cannot be resumed with another."""
     batch_size: int = Field(256, ge=1)
     """Sequences per optimisation step."""
     lr: float = Field(1e-3, gt=0)

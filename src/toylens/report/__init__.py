@@ -5,7 +5,7 @@
     result.path, result.pngs, result.sections
 
     toylens report runs/sort-no-decay runs/sort-high-decay -o report.html
-    toylens report runs/sort-weight-decay -o sweep.html      # a sweep: its members + a member table
+    toylens report runs/sort-weight-decay -o sweep.html      # a sweep: its members + a ranked member table
 
 The report reads only files in the run directories (verified against each run's manifest), never
 runs a model. Each section appears only when some run has its results; a section that applies to

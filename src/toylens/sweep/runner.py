@@ -2,7 +2,8 @@
 summary that lists every member.
 
     runs/<sweep>/
-      sweep.json            the spec, and every member: varied values, status, error, log, metrics
+      sweep.json            the spec, and every member: varied values, status, error, log, metrics,
+                            and its best checkpoint (best_checkpoint, best_metric, best_goal, best_value)
       summary.csv           the same as a table (one row per member)
       <member>/             an ordinary run directory per member (toylens.load works on it)
       logs/<job>.log        each job's output (a job is one member, or one ensemble)
@@ -32,7 +33,9 @@ from toylens.run import RunDir
 from toylens.storage import atomic_write_json, atomic_write_text
 from toylens.sweep.spec import Member, SweepSpec, expand, load_sweep
 from toylens.sweep.worker import Job, status_path
+from toylens.tasks.registry import task_class
 from toylens.train.ensemble import ensemble_key
+from toylens.train.loop import metric_goal
 
 log = logging.getLogger("toylens")
 
@@ -216,6 +219,8 @@ def member_row(sweep_dir: Path, member: Member, note: dict[str, Any]) -> dict[st
             epochs=summary["epochs"],
             wall_s=round(summary["wall_s"], 2),
             best_checkpoint=best.get("checkpoint"),
+            best_metric=best.get("metric"),
+            best_goal=best.get("goal") or _goal(member, best.get("metric")),
             best_value=best.get("value"),
         )
     elif status_file.is_file() and json.loads(status_file.read_text())["status"] == "failed":
@@ -226,6 +231,14 @@ def member_row(sweep_dir: Path, member: Member, note: dict[str, Any]) -> dict[st
     elif run.exists():
         row["status"] = "interrupted"
     return row
+
+
+def _goal(member: Member, metric: str | None) -> str | None:
+    """The direction of a best metric that a summary written before toylens recorded it lacks."""
+    try:
+        return metric_goal(task_class(member.config.task), metric) if metric else None
+    except ToylensError:
+        return None
 
 
 def write_summary(

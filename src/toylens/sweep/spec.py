@@ -2,6 +2,7 @@
 
     name: sort-weight-decay
     base: ../sort-no-decay.yaml          # a run config, relative to this file (or an inline mapping)
+    set: [train.epochs=8]                # optional: overrides for every member, as with --set
     method: grid                         # grid: every combination; random: `count` draws
     parameters:
       train.weight_decay: [0.0, 0.03, 0.1, 0.3, 1.0]
@@ -11,6 +12,10 @@ In a random sweep a parameter is a list (drawn uniformly) or a distribution:
 `{distribution: uniform, min: 0, max: 1}`, `log_uniform` (min > 0), `int` (min..max inclusive) or
 `{distribution: choice, values: [...]}`. Draw i uses its own generator seeded by (sample_seed, i),
 so raising `count` keeps the members already drawn.
+
+`set` fixes fields for every member (applied to the base before the varied values, read as
+`toylens train --set` reads them), so a spec states what it relies on even when the base config
+file is tuned for something else; a field is either set or varied, not both.
 
 Member names are deterministic: grid members are named after their values
 (`sort-weight-decay-weight_decay0.1-seed2`), random members after their draw
@@ -37,6 +42,7 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from toylens.config import (
     RunConfig,
     Section,
+    apply_sets,
     field_paths,
     format_validation_error,
     read_yaml,
@@ -120,6 +126,9 @@ class SweepSpec(Section):
     """Sweep name: members live in <out>/<name>/<member>."""
     base: str | dict[str, Any]
     """The base run config: a YAML path (relative to the spec file) or an inline mapping."""
+    set: list[str] = []
+    """Overrides for every member, as with `toylens train --set` (e.g. [train.epochs=2]), applied
+    to the base config before the varied parameters; a field cannot be both set and varied."""
     method: Literal["grid", "random"] = "grid"
     """grid: every combination of the listed values; random: `count` independent draws."""
     parameters: dict[str, Any] = {}
@@ -143,7 +152,19 @@ class SweepSpec(Section):
         if self.method == "grid" and self.count is not None:
             raise ValueError("count: only random sweeps take a count (use method: random)")
         valid = field_paths()
+        fixed = set()
+        for item in self.set:
+            key = item.partition("=")[0].strip()
+            if "=" not in item or not key:
+                raise ValueError(f"set: {item!r}: expected KEY=VALUE")
+            if key not in valid:
+                raise ValueError(f"set: {key!r} is not a config field{suggest(key, valid)}")
+            if key in ("name", "seed"):
+                raise ValueError(f"set: {key} is set by the sweep (use `seeds:` for seeds)")
+            fixed.add(key)
         for key, value in self.parameters.items():
+            if key in fixed:
+                raise ValueError(f"parameters.{key}: also in set; a field is either fixed or varied")
             if key in ("name", "seed"):
                 raise ValueError(f"parameters.{key}: set by the sweep (use `seeds:` for seeds)")
             if key not in valid:
@@ -204,13 +225,17 @@ def load_sweep(source: str | Path | dict) -> tuple[SweepSpec, Path]:
 
 def expand(spec: SweepSpec, root: Path = Path("."), where: str = "sweep spec") -> list[Member]:
     """Every member of the sweep with its validated config (raises on the first bad member)."""
-    base = _base_mapping(spec, root, where)
+    base = copy.deepcopy(_base_mapping(spec, root, where))  # YAML data: may hold a date, which validation names
+    try:
+        apply_sets(base, spec.set)
+    except ToylensError as e:
+        raise ToylensError(f"{where}: set: {e}") from None
     points = _grid(spec) if spec.method == "grid" else _draws(spec)
     members = []
     for i, point in enumerate(points):
         for seed in spec.seeds:
             name = _member_name(spec, i, point, seed)
-            raw = copy.deepcopy(base)  # YAML data: may hold a date, which validation names
+            raw = copy.deepcopy(base)
             for key, value in point.items():
                 set_field(raw, key, value, where=f"{where}: parameters")
             raw.update(name=name, seed=seed)

@@ -175,16 +175,17 @@ class Task(ABC):
         means = self.finalize({k: s / max(n, 1) for k, (s, n) in sums.items()})
         return {f"{split}/{k}": v for k, v in means.items()}
 
-    def goal(self, metric: str) -> Goal:
+    @classmethod
+    def goal(cls, metric: str) -> Goal:
         """ "min" or "max": whether lower or higher is better for a metric, with or without its split
-        ("val/ppl" or "ppl")."""
+        ("val/ppl" or "ppl"). A fact of the class (`metric_goals`), so no task needs to be built."""
         name = metric.split("/", 1)[-1]
-        if name not in self.metric_goals:
+        if name not in cls.metric_goals:
             raise ToylensError(
-                f"metric {metric!r}: the {self.name} task does not say whether lower or higher is "
-                f"better (its metric_goals: {', '.join(self.metric_goals)})"
+                f"metric {metric!r}: the {cls.name} task does not say whether lower or higher is "
+                f"better (its metric_goals: {', '.join(cls.metric_goals)})"
             )
-        return self.metric_goals[name]
+        return cls.metric_goals[name]
 
     def loss_positions(self) -> Tensor | None:
         """The sequence positions whose logits the loss reads, when they are not all positions: the

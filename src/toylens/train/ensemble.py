@@ -179,6 +179,7 @@ class EnsembleTrainer:
         # one Python float per step, and no host-to-device copy that would stall a GPU.
         self.base_lr = torch.tensor([m.cfg.train.lr for m in members], dtype=torch.float64, device=self.device)
         self.alive = torch.ones(len(members), dtype=torch.bool, device=self.device)
+        self.epoch_steps = lead.steps_per_epoch  # steps in the current epoch (fewer in one cut by max_steps)
         self.errors: dict[str, str] = {}
         self.opt = StackedAdamW(self.params, self._decay_rates(), lead.cfg.train.betas)
         for k, m in enumerate(members):
@@ -206,7 +207,7 @@ class EnsembleTrainer:
             m.notify("on_train_start", m.cfg, m.run, m.state)
         try:
             with self.bar:
-                while lead.state.epoch < lead.cfg.train.epochs and bool(self.alive.any()):
+                while not lead.done() and bool(self.alive.any()):
                     sums = self.train_epoch()
                     self.end_epoch(sums, time.perf_counter() - start)
             wall = time.perf_counter() - start
@@ -223,12 +224,14 @@ class EnsembleTrainer:
         return MemberOutcome(member.cfg.name, member.finish(wall_s))
 
     def train_epoch(self) -> Float[Tensor, "member 2"]:
-        """One epoch of every member, each in its own data order; summed [task loss, L1] per member."""
+        """One epoch of every member (up to `train.max_steps`), each in its own data order; summed
+        [task loss, L1] per member over the epoch's `epoch_steps` steps."""
         epoch = self.members[0].state.epoch
         orders = torch.stack([epoch_order(m.cfg.seed, epoch, len(self.data)) for m in self.members])
         sums = torch.zeros(len(self.members), 2, device=self.device)
         tokens, t0 = 0, time.perf_counter()
-        for i, idx in enumerate(orders.split(self.batch_size, dim=1)):
+        self.epoch_steps = self.members[0].epoch_steps()
+        for i, idx in enumerate(orders.split(self.batch_size, dim=1)[: self.epoch_steps]):
             sums += self.step(idx)
             tokens += idx.numel() * self.members[0].cfg.model.n_ctx
             step = self.members[0].state.step
@@ -292,7 +295,7 @@ class EnsembleTrainer:
                 m.state.epoch += 1
                 continue
             self._sync_member(k, optimizer=True)
-            m.end_epoch(m.epoch_metrics(sums[k]), wall_s)
+            m.end_epoch(m.epoch_metrics(sums[k], self.epoch_steps), wall_s)
 
     def _save_step_checkpoints(self, name: str) -> None:
         for k, m in enumerate(self.members):

@@ -6,7 +6,9 @@
 One AdamW step per batch on the task's loss plus the L1 penalty; an evaluation and a resumable
 checkpoint after every epoch (epoch 0 is the initialisation). Data order comes from a generator
 seeded by (seed, epoch), so resuming from the last epoch checkpoint replays the interrupted epoch
-exactly and the final weights are bit-identical to an uninterrupted run on CPU.
+exactly and the final weights are bit-identical to an uninterrupted run on CPU. `train.max_steps`
+ends a run early: the epoch it stops in is cut short and ends like any other (an evaluation and a
+checkpoint at the stop step), then the run finishes as usual.
 
 Under torchrun (`WORLD_SIZE` set) the same loop runs on every rank with DistributedDataParallel:
 see `train.distributed` for how batches are sharded and why the result matches one process.
@@ -59,7 +61,7 @@ class TrainResult:
     wall_s: float
 
 
-__all__ = ["TrainResult", "Trainer", "epoch_order", "train"]
+__all__ = ["TrainResult", "Trainer", "epoch_order", "metric_goal", "train"]
 
 
 def train(
@@ -154,9 +156,9 @@ class Trainer:
         self.callbacks = list(callbacks) if self.group.is_main else []
         self.data = task.splits[task.train_split]
         self.steps_per_epoch = math.ceil(len(self.data) / cfg.train.batch_size)
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
-        epoch_ends = range(0, self.total_steps + 1, self.steps_per_epoch)
-        self.log_steps = log_spaced_steps(cfg.train.log_checkpoints, self.total_steps) - set(epoch_ends)
+        self.total_steps = planned_steps(self.steps_per_epoch, cfg.train.epochs, cfg.train.max_steps)
+        epoch_ends = {*range(0, self.total_steps + 1, self.steps_per_epoch), self.total_steps}
+        self.log_steps = log_spaced_steps(cfg.train.log_checkpoints, self.total_steps) - epoch_ends
         self.penalty = Regularisers.of(model, cfg.train, cfg.model.act_fn).l1  # the decay is in opt's groups
         self.select = cfg.train.select_metric or task.select_metric
         self.bar = tqdm(
@@ -174,13 +176,22 @@ class Trainer:
         self.notify("on_train_start", self.cfg, self.run, self.state)
         try:
             with self.bar:
-                while self.state.epoch < self.cfg.train.epochs:
+                while not self.done():
                     train_metrics = self.train_epoch()
                     self.end_epoch(train_metrics, time.perf_counter() - start)
             return self.finish(time.perf_counter() - start)
         except BaseException as e:
             self.notify("on_train_error", e)
             raise
+
+    def done(self) -> bool:
+        """Whether every epoch, or `train.max_steps` steps, are done."""
+        return self.state.epoch >= self.cfg.train.epochs or self.state.step >= self.total_steps
+
+    def epoch_steps(self) -> int:
+        """Steps in the epoch about to start: all of its batches, or fewer where `train.max_steps`
+        cuts it short (an epoch starts at step epoch * steps_per_epoch)."""
+        return min(self.steps_per_epoch, self.total_steps - self.state.step)
 
     def end_epoch(self, train_metrics: dict[str, float], wall_s: float) -> dict[str, Any] | None:
         """Count the epoch, then (main process) evaluate, checkpoint and tell the callbacks."""
@@ -205,6 +216,8 @@ class Trainer:
 
     def _write_summary(self, wall_s: float) -> dict[str, Any]:
         save_weights(self.run, FINAL_WEIGHTS, self.model, self.cfg, self.state)
+        if self.state.best is not None:  # a best recorded before toylens kept its goal
+            self.state.best.setdefault("goal", self.goal())
         summary = {
             "final": self.state.rows[-1],
             "best": self.state.best,
@@ -225,11 +238,13 @@ class Trainer:
             getattr(callback, event)(*args)
 
     def train_epoch(self) -> dict[str, float]:
-        """One pass over the training split in this epoch's order; mean task loss and L1 penalty."""
+        """One pass over the training split in this epoch's order (up to `train.max_steps`); mean
+        task loss and L1 penalty."""
         order = epoch_order(self.cfg.seed, self.state.epoch, len(self.data))
         sums = torch.zeros(2, device=self.device)  # task loss, L1 penalty
         tokens, t0 = 0, time.perf_counter()
-        for i, idx in enumerate(order.split(self.cfg.train.batch_size)):
+        steps = self.epoch_steps()
+        for i, idx in enumerate(order.split(self.cfg.train.batch_size)[:steps]):
             batch, loss_weight, l1_weight = self.group.shard(self.data.batch(idx))
             sums += self.step(batch.to(self.device), loss_weight, l1_weight)
             tokens += idx.numel() * self.cfg.model.n_ctx
@@ -248,11 +263,11 @@ class Trainer:
                 )
         sums = self.group.mean(sums)
         self.check_finite(sums)
-        return self.epoch_metrics(sums)
+        return self.epoch_metrics(sums, steps)
 
-    def epoch_metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        """train/loss (and train/l1 when the penalty is on) from the epoch's summed step values."""
-        loss, l1 = (sums / self.steps_per_epoch).tolist()
+    def epoch_metrics(self, sums: torch.Tensor, steps: int) -> dict[str, float]:
+        """train/loss (and train/l1 when the penalty is on) from the summed values of the epoch's `steps` steps."""
+        loss, l1 = (sums / steps).tolist()
         return {"train/loss": loss, "train/l1": l1} if self.penalty.fwd_hooks else {"train/loss": loss}
 
     def step(self, batch: Any, loss_weight: float = 1.0, l1_weight: float = 1.0) -> torch.Tensor:
@@ -290,17 +305,19 @@ class Trainer:
             raise ToylensError(f"train.select_metric: {self.select!r} is not a metric of this task ({_keys(row)})")
         value, best, goal = row[self.select], self.state.best, self.goal()
         if best is None or (value < best["value"] if goal == "min" else value > best["value"]):
-            self.state.best = {"checkpoint": epoch_name(self.state.epoch), "metric": self.select, "value": value}
+            self.state.best = {
+                "checkpoint": epoch_name(self.state.epoch),
+                "metric": self.select,
+                "value": value,
+                "goal": goal,
+            }
         log.info("epoch %d: %s", self.state.epoch, _fmt(row))
         return row
 
     def goal(self) -> Goal:
-        """Whether the lowest ("min") or the highest ("max") value of the select metric is best: the
-        task says for its metrics, the trainer for its own (train/l1)."""
-        if self.select in TRAINER_GOALS:
-            return TRAINER_GOALS[self.select]
+        """Whether the lowest ("min") or the highest ("max") value of the select metric is best."""
         try:
-            return self.task.goal(self.select)
+            return metric_goal(self.task, self.select)
         except ToylensError as e:
             raise ToylensError(f"train.select_metric: {e}") from None
 
@@ -311,6 +328,18 @@ class Trainer:
                 f"{self.cfg.name}: loss became {float(sums.sum())} in epoch {self.state.epoch + 1} "
                 f"(step {self.state.step}); stopped, the last good checkpoint is {self.run.path}/{last}"
             )
+
+
+def metric_goal(task: Task | type[Task], metric: str) -> Goal:
+    """Whether the lowest ("min") or the highest ("max") value of `metric` is best: the task (a
+    built task or its class) says for its metrics, the trainer for its own (train/l1). Raises
+    ToylensError for a metric neither gives a direction."""
+    return TRAINER_GOALS[metric] if metric in TRAINER_GOALS else task.goal(metric)
+
+
+def planned_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
+    """The optimisation steps a run takes: every epoch's, or `train.max_steps` if fewer."""
+    return steps_per_epoch * epochs if max_steps is None else min(steps_per_epoch * epochs, max_steps)
 
 
 def log_spaced_steps(count: int, total_steps: int) -> set[int]:
