@@ -3,6 +3,9 @@
     .venv/bin/pip install devinterp==1.3.2          # bench only; keeps torch 2.13.0 (needs torch>=2.0.1)
     .venv/bin/python bench/llc.py runs/sort-no-decay                    # the final checkpoint
     .venv/bin/python bench/llc.py runs/sort-no-decay --checkpoint all   # every checkpoint of the run
+    python bench/llc.py runs/sort-no-decay --checkpoint all --device cuda   # both tools on the GPU
+
+Without devinterp installed (or with --no-devinterp) only toylens's estimates and times are printed.
 
 devinterp 1.x (`estimate_learning_coeff_with_summary` with its `SGLD`) takes any model and an
 `evaluate(model, batch)` loss, so both tools sample the same objective: the run's task loss plus
@@ -18,6 +21,7 @@ errors), and the time ratio.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import platform
 import time
@@ -27,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from toylens.checkpoints import HELP, resolve
+from toylens.device import resolve_device
 from toylens.llc import LLCSettings, estimate_many, run_objective
 from toylens.llc.run import _weights
 from toylens.memory import reuse_freed_memory
@@ -35,11 +40,11 @@ from toylens.tasks import Batch
 from toylens.train.regularisers import Regularisers
 
 
-def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: float) -> dict:
+def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: float, device: torch.device) -> dict:
     from devinterp.optim.sgld import SGLD
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
 
-    loaded = load(run.path, ckpt.name)
+    loaded = load(run.path, ckpt.name, device=device)
     model, task, cfg = loaded.model, loaded.task, loaded.config
     model.train()
     penalty = Regularisers.of(model, cfg.train, cfg.model.act_fn).l1 if s.l1 else None  # the L1 toylens samples
@@ -53,7 +58,7 @@ def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: fl
     )
 
     def evaluate(m, data):
-        tokens, targets = data
+        tokens, targets = (t.to(device) for t in data)
         if penalty is None or not penalty.fwd_hooks:
             return task.loss(m(tokens), Batch(tokens, targets))
         with m.hooks(penalty.fwd_hooks):
@@ -73,7 +78,7 @@ def devinterp_llc(run: RunDir, ckpt, s: LLCSettings, nbeta: float, init_loss: fl
             num_burnin_steps=s.burnin,
             num_steps_bw_draws=s.thin,
             init_loss=init_loss,
-            device="cpu",
+            device=str(device),
             verbose=False,
             seed=s.seed,
         )
@@ -93,6 +98,8 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=LLCSettings().draws)
     ap.add_argument("--burnin", type=int, default=LLCSettings().burnin)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu", help="torch device for both tools (auto, cpu, cuda)")
+    ap.add_argument("--no-devinterp", action="store_true", help="time toylens alone")
     ap.add_argument(
         "--mala-every",
         type=int,
@@ -101,7 +108,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     reuse_freed_memory()  # process-wide: devinterp gets the same malloc behaviour
+    with_devinterp = not args.no_devinterp and importlib.util.find_spec("devinterp") is not None
     run = RunDir(args.run)
     s = LLCSettings(
         epsilon=args.epsilon,
@@ -115,21 +124,32 @@ def main() -> None:
     )
     ckpts = resolve(run, args.checkpoint)
     print(
-        f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+        f"# {platform.processor() or platform.machine()}, {args.threads} threads, device {device}, "
+        f"torch {torch.__version__}; "
         f"{len(ckpts)} checkpoint(s) of {run.path}; eps={s.epsilon:g} gamma={s.gamma:g} m={s.batch_size} "
         f"chains={s.chains} draws={s.draws} burnin={s.burnin}"
     )
 
-    loaded = load(run.path, ckpts[0].name)
+    loaded = load(run.path, ckpts[0].name, device=device)
     if loaded.config.train.weight_decay:
         print("# note: the run has weight decay; both tools sample without it here")
     objective = run_objective(loaded.model, loaded.config, loaded.task, s)
     start, cpu = time.perf_counter(), time.process_time()
     ours = estimate_many(objective, [_weights(run, c, objective) for c in ckpts], s)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t_ours, c_ours = time.perf_counter() - start, time.process_time() - cpu
+    if not with_devinterp:
+        print(f"{'checkpoint':12s} {'toylens':>16s}")
+        for c, a in zip(ckpts, ours):
+            print(f"{c.name:12s} {a.llc:9.3f} ± {a.llc_se:5.3f}")
+        reason = "--no-devinterp" if args.no_devinterp else "devinterp is not installed"
+        print(f"devinterp: skipped ({reason})")
+        print(f"wall time: toylens {t_ours:.1f}s")
+        return
 
     start, cpu = time.perf_counter(), time.process_time()
-    theirs = [devinterp_llc(run, c, s, e.nbeta, e.init_loss) for c, e in zip(ckpts, ours)]
+    theirs = [devinterp_llc(run, c, s, e.nbeta, e.init_loss, device) for c, e in zip(ckpts, ours)]
     t_theirs, c_theirs = time.perf_counter() - start, time.process_time() - cpu
 
     agree = 0

@@ -14,6 +14,7 @@ checks that the two grids agree.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import time
@@ -21,7 +22,6 @@ import time
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens prints a progress bar per grid
 
 import torch  # noqa: E402
-from transformer_lens import patching as tl_patching  # noqa: E402
 
 from toylens import load  # noqa: E402
 from toylens.analysis.metrics import LogitDiff  # noqa: E402
@@ -66,13 +66,18 @@ def main() -> None:
     ap.add_argument("--pos", type=int, default=None, help="sequence length (default: n_ctx)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-transformer-lens", action="store_true", help="time toylens alone")
     args = ap.parse_args()
+    with_tl = not args.no_transformer_lens and importlib.util.find_spec("transformer_lens") is not None
+    if not with_tl:
+        reason = "--no-transformer-lens" if args.no_transformer_lens else "transformer-lens is not installed"
+        print(f"TransformerLens: skipped ({reason})")
 
     device = resolve_device(args.device)
     if device.type == "cpu":
         reuse_freed_memory()  # as `toylens analyze` does; process-wide, so both sides alike
     model = make_model(args).to(device).eval()
-    tl = to_transformer_lens(model, device=device)
+    tl = to_transformer_lens(model, device=device) if with_tl else None
     cfg = model.cfg
     pos = args.pos or cfg.n_ctx
     g = torch.Generator().manual_seed(0)
@@ -98,14 +103,20 @@ def main() -> None:
         with torch.no_grad():
 
             def run_tl(tl_name=tl_name):
+                from transformer_lens import patching as tl_patching
+
+                assert tl is not None
                 _, cache = tl.run_with_cache(clean)
                 return getattr(tl_patching, tl_name)(tl, corrupted, cache, lambda logits: metric(logits).mean())
 
             def run_ours(ours_name=ours_name):
                 return getattr(Patcher(model, clean, corrupted, metric), ours_name)().values
 
-            t_tl, ref = timed(run_tl, args.repeats, sync)
             t_ours, got = timed(run_ours, args.repeats, sync)
+            if not with_tl:
+                print(f"{label:16s} grid {tuple(got.shape)}: toylens {t_ours:7.3f} s")
+                continue
+            t_tl, ref = timed(run_tl, args.repeats, sync)
         diff = (got.to(ref.device) - ref).abs().max().item()
         print(
             f"{label:16s} grid {tuple(got.shape)}: TransformerLens {t_tl:8.3f} s   toylens {t_ours:7.3f} s   "

@@ -14,6 +14,7 @@ hook on `blocks.0.mlp.hook_post`, masked cross-entropy, clipping and batches. Th
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -93,6 +94,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def tl_missing() -> str | None:
+    """Why the TransformerLens loop cannot run here (None: it can)."""
+    if importlib.util.find_spec("transformer_lens") is None:
+        return "transformer-lens is not installed"
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        from importlib.metadata import version
+
+        return f"transformer-lens {version('transformer-lens')} has no HookedTransformer (removed in 4.0)"
+    return None
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
 def timed(step_fn, batches, device: torch.device) -> float:
     sync(device)
     t0 = time.perf_counter()
@@ -107,7 +125,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-transformer-lens", action="store_true", help="time toylens alone")
     args = parser.parse_args()
+    reason = tl_missing() if not args.no_transformer_lens else "--no-transformer-lens"
     device = resolve_device(args.device)
     if device.type == "cpu":
         reuse_freed_memory()  # as train() does; process-wide, so TransformerLens gets it too
@@ -123,6 +143,13 @@ def main() -> None:
         ours = Trainer(
             cfg, task, model, build_optimizer(model, cfg.train), RunDir(Path(tmp) / "r"), TrainState(), progress=False
         )
+        timed(ours.step, batches[:3], device)  # warm-up
+        if reason:
+            t_alone = [timed(ours.step, batches, device) for _ in range(args.repeats)]
+            print(f"device: {device_name(device)}, torch {torch.__version__}; TransformerLens: skipped ({reason})")
+            print(f"{args.steps} steps x {bs} x {cfg.model.n_ctx} tokens, median of {args.repeats}")
+            print(f"toylens:          {args.steps * bs * cfg.model.n_ctx / statistics.median(t_alone):10.0f} tokens/s")
+            return
         theirs = TransformerLensLoop(cfg, device)
         # Same model: TransformerLens takes toylens's weights (same names and shapes) and gives
         # the same logits, so both sides train the same network from the same start.
@@ -131,8 +158,7 @@ def main() -> None:
         with torch.no_grad():
             gap = (theirs.model(batches[0].tokens) - model(batches[0].tokens)).abs().max().item()
         assert gap < 1e-4, f"TransformerLens logits differ by {gap}"
-        timed(ours.step, batches[:3], device)  # warm-up
-        timed(lambda b: theirs.step(b.tokens, b.targets), batches[:3], device)
+        timed(lambda b: theirs.step(b.tokens, b.targets), batches[:3], device)  # warm-up
         t_ours, t_theirs = [], []
         for _ in range(args.repeats):
             t_ours.append(timed(ours.step, batches, device))
@@ -141,8 +167,7 @@ def main() -> None:
 
     tokens = args.steps * bs * cfg.model.n_ctx
     a, b = statistics.median(t_ours), statistics.median(t_theirs)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}, torch {torch.__version__}, transformer-lens {version('transformer-lens')}")
+    print(f"device: {device_name(device)}, torch {torch.__version__}, transformer-lens {version('transformer-lens')}")
     print(f"{args.steps} steps x {bs} x {cfg.model.n_ctx} tokens, median of {args.repeats}")
     print(f"toylens:          {tokens / a:10.0f} tokens/s")
     print(f"TransformerLens:  {tokens / b:10.0f} tokens/s")

@@ -1,10 +1,17 @@
-"""Shared fixtures: tiny seeded configs and models (no network, no GPU), a blocked network, and
-the `toylens` command run in this process."""
+"""Shared fixtures: tiny seeded configs and models (no network, no GPU), a blocked network, the
+`toylens` command run in this process, and the device the device-sensitive tests run on.
+
+The device-sensitive tests (those that take the `device` fixture; `pytest -m device` selects
+them) run on the CPU unless `TOYLENS_TEST_DEVICE` names another torch device:
+
+    TOYLENS_TEST_DEVICE=cuda python -m pytest -m device     # on a GPU machine (bench/gpu.py does this)
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -45,6 +52,7 @@ def tiny_model(
     act_fn: str = "gelu",
     seed: int = 0,
     n_ctx: int = 12,
+    device: str | torch.device = "cpu",
 ) -> Transformer:
     cfg = tiny_config(
         model={
@@ -65,7 +73,39 @@ def tiny_model(
         for name, p in model.named_parameters():
             if not name.rsplit(".", 1)[-1].startswith("W_"):
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return model
+    return model.to(device)  # built on the CPU, so every device starts from the same weights
+
+
+# Float32 tolerances for results compared across devices or computation orders. On CUDA the
+# kernels (cuBLAS with TF32 off, SDPA's memory-efficient attention) sum in other orders than the
+# CPU's, so values a few operations deep differ by more than the CPU's float rounding.
+TOLERANCE = {"cpu": 1e-5, "cuda": 1e-4}
+
+
+def tol(device: torch.device) -> float:
+    """The absolute (and relative) tolerance of float32 comparisons on `device`."""
+    return TOLERANCE.get(device.type, 1e-4)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that takes `device` as `device`, so `pytest -m device` runs just those."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device of the device-sensitive tests: TOYLENS_TEST_DEVICE (default cpu). Asking for
+    cuda on a machine without it fails the test run at once instead of testing the CPU again."""
+    name = os.environ.get("TOYLENS_TEST_DEVICE", "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        pytest.exit(f"TOYLENS_TEST_DEVICE={name!r}: {e}", returncode=4)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.exit(f"TOYLENS_TEST_DEVICE={name!r}, but torch {torch.__version__} sees no CUDA device", returncode=4)
+    return dev
 
 
 @pytest.fixture

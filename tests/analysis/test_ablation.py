@@ -5,17 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
+from conftest import tiny_model, tol
 
 from toylens.analysis.ablation import ablate
 from toylens.errors import ToylensError
 
 
 def naive_loss_change(model, tokens, targets, kind, activation, n_units):
+    device = next(model.parameters()).device
+    tokens, targets = tokens.to(device), targets.to(device)
     _, cache = model.run_with_cache(tokens)
     loss = lambda logits: F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)  # noqa: E731
     base = loss(model(tokens))
-    perm = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(0)).to(device)
     out = torch.zeros(model.cfg.n_layers, n_units)
     for layer in range(model.cfg.n_layers):
         name = f"blocks.{layer}.attn.hook_z" if activation == "z" else f"blocks.{layer}.mlp.hook_post"
@@ -38,8 +40,8 @@ def naive_loss_change(model, tokens, targets, kind, activation, n_units):
 
 
 @pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
-def test_ablation_equals_naive_loop(kind):
-    model = tiny_model(n_layers=2, normalization="LN")
+def test_ablation_equals_naive_loop(kind, device):
+    model = tiny_model(n_layers=2, normalization="LN", device=device)
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 11, (6, 8), generator=g)
     targets = torch.randint(0, 10, (6, 8), generator=g)
@@ -48,14 +50,14 @@ def test_ablation_equals_naive_loop(kind):
         result = ablate(model, tokens, targets, kind, max_rows=20)
         heads, base = naive_loss_change(model, tokens, targets, kind, "z", 3)
         neurons, _ = naive_loss_change(model, tokens, targets, kind, "post", 20)
-    assert abs(result.base_loss - base) < 1e-5
+    assert abs(result.base_loss - base) < tol(device)
     assert result.heads.shape == (2, 3) and result.neurons.shape == (2, 20)
-    assert (result.heads - heads).abs().max() <= 1e-5
-    assert (result.neurons - neurons).abs().max() <= 1e-5
+    assert (result.heads - heads).abs().max() <= tol(device)
+    assert (result.neurons - neurons).abs().max() <= tol(device)
 
 
-def test_attention_only_model_has_no_neurons():
-    model = tiny_model(n_layers=1, attn_only=True)
+def test_attention_only_model_has_no_neurons(device):
+    model = tiny_model(n_layers=1, attn_only=True, device=device)
     tokens = torch.randint(0, 11, (4, 8))
     result = ablate(model, tokens, tokens.clamp(max=9), "zero")
     assert result.neurons.shape == (1, 0) and result.heads.shape == (1, 3)

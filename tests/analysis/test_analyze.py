@@ -21,18 +21,21 @@ FINAL = "epoch-0002"  # the final checkpoint of the two-epoch tiny runs: results
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, device):
     out = tmp_path_factory.mktemp("runs")
-    mlp = train(tiny_config(name="mlp"), out, progress=False).run_dir
+    mlp = train(tiny_config(name="mlp"), out, progress=False, device=device).run_dir
     attn = train(
-        tiny_config(name="attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"}), out, progress=False
+        tiny_config(name="attn2", model={"n_layers": 2, "attn_only": True, "normalization": "LN"}),
+        out,
+        progress=False,
+        device=device,
     ).run_dir
     return mlp, attn
 
 
-def test_every_analysis_saved_and_loadable(runs):
+def test_every_analysis_saved_and_loadable(runs, device):
     mlp, _ = runs
-    written = analyze(mlp, "final", settings=SMALL, progress=False)
+    written = analyze(mlp, "final", settings=SMALL, progress=False, device=device)
     run = RunDir(mlp)
     names = {a.name.format(metric="logit_diff") for a in ANALYSES} - {
         "composition",  # one layer: nothing to compose
@@ -52,7 +55,7 @@ def test_every_analysis_saved_and_loadable(runs):
     summary = load_result(run, f"analysis/{FINAL}/summary")
     assert summary.epoch == 2 and summary.step > 0 and "circuits" in summary.results
     assert "head_scores/repeated/induction.max" in summary.scalars
-    assert analyze(mlp, "final", settings=SMALL, progress=False) == []  # all done: skipped
+    assert analyze(mlp, "final", settings=SMALL, progress=False, device=device) == []  # all done: skipped
 
 
 def test_neuron_ablations_can_be_left_out(tmp_path):
@@ -75,9 +78,11 @@ def test_neuron_ablations_can_be_left_out(tmp_path):
     assert torch.allclose(results[False].heads, results[True].heads)
 
 
-def test_all_checkpoints_and_trajectory(runs):
+def test_all_checkpoints_and_trajectory(runs, device):
     _, attn = runs
-    written = analyze(attn, "all", only=["head_scores/repeated", "composition"], settings=SMALL, progress=False)
+    written = analyze(
+        attn, "all", only=["head_scores/repeated", "composition"], settings=SMALL, progress=False, device=device
+    )
     assert len(written) == 2 * 3  # epochs 0, 1, 2; the final checkpoint is epoch 2, analysed once
     traj = load_result(RunDir(attn), "analysis/trajectory")
     assert traj.checkpoints == ["epoch-0000", "epoch-0001", FINAL]
@@ -92,26 +97,26 @@ def test_all_checkpoints_and_trajectory(runs):
     assert comp.k.shape == (2, 2, 2, 2) and comp.k[0, :, 1].isfinite().all() and comp.k[1].isnan().all()
 
 
-def test_tampered_result_is_refused(runs):
+def test_tampered_result_is_refused(runs, device):
     _, attn = runs
-    analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False)
+    analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False, device=device)
     path = attn / f"analysis/{FINAL}/weight_norms.json"
     path.write_text(path.read_text().replace("total_matrices", "total_matrixes"))
     with pytest.raises(ToylensError, match="SHA-256"):
         load_result(RunDir(attn), f"analysis/{FINAL}/weight_norms")
 
 
-def test_bad_requests_are_one_line_errors(runs, tmp_path):
+def test_bad_requests_are_one_line_errors(runs, tmp_path, device):
     mlp, _ = runs
     with pytest.raises(ToylensError, match="no such analysis"):
-        analyze(mlp, "final", only=["nope"], progress=False)
+        analyze(mlp, "final", only=["nope"], progress=False, device=device)
     with pytest.raises(ToylensError, match="no checkpoint 'epoch-0099'"):
-        analyze(mlp, 99, progress=False)
+        analyze(mlp, 99, progress=False, device=device)
     with pytest.raises(ToylensError, match="not found"):
-        analyze(tmp_path / "missing", progress=False)
+        analyze(tmp_path / "missing", progress=False, device=device)
 
 
-def test_cli_analyze_and_export(runs):
+def test_cli_analyze_and_export(runs, device):
     mlp, _ = runs
     run = lambda *a: CliRunner().invoke(app, list(a))  # noqa: E731  (in-process: no interpreter start-up)
     proc = run("analyze", str(mlp), "--checkpoint", "1", "--only", "attention", "--no-progress", "--examples", "8")

@@ -55,9 +55,12 @@ def rrr_lambda(M: int, H: int, N: int, r: int) -> float:
     return M * N / 2
 
 
-def fitted_rrr(M: int, H: int, N: int, rank: int, n: int = 1000, seed: int = 0) -> tuple[Linear2, tuple]:
+def fitted_rrr(
+    M: int, H: int, N: int, rank: int, n: int = 1000, seed: int = 0, device: torch.device | str = "cpu"
+) -> tuple[Linear2, tuple]:
     """Data y = T x + noise (T of the given rank) and the rank-H least-squares fit, balanced
-    between the two factors (B = U S^1/2, A = S^1/2 V^T)."""
+    between the two factors (B = U S^1/2, A = S^1/2 V^T); all computed on the CPU, then the model
+    moved to `device` (the data stays on the CPU: the objective moves each minibatch)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, M, generator=g, dtype=torch.float64)
     teacher = torch.zeros(N, M, dtype=torch.float64)
@@ -69,28 +72,28 @@ def fitted_rrr(M: int, H: int, N: int, rank: int, n: int = 1000, seed: int = 0) 
     ols = torch.linalg.lstsq(x, y).solution.T  # [N, M]
     top = torch.linalg.svd(x @ ols.T, full_matrices=False).Vh[:H].T  # best rank-H output subspace
     u, s, vh = torch.linalg.svd(top @ top.T @ ols)
-    return Linear2(s[:H].sqrt()[:, None] * vh[:H], u[:, :H] * s[:H].sqrt()), (x, y)
+    return Linear2(s[:H].sqrt()[:, None] * vh[:H], u[:, :H] * s[:H].sqrt()).to(device), (x, y)
 
 
 # ------------------------------------------------------------------------------ closed forms
 
 
 @pytest.mark.parametrize("gamma, expected", [(0.0, 5.013), (100.0, 2.513)])
-def test_quadratic_potential(gamma, expected):
+def test_quadratic_potential(gamma, expected, device):
     # nβ·K = (nβ/2)||w||², d = 10: discrete-time SGLD has variance 1/(a(1 - εa/4)), a = nβ + γ.
     d, nbeta, eps = 10, 100.0, 1e-4
     exact = (d / 2) * nbeta / ((nbeta + gamma) * (1 - eps * (nbeta + gamma) / 4))
     assert exact == pytest.approx(expected, abs=1e-3)
     s = LLCSettings(epsilon=eps, gamma=gamma, nbeta=nbeta, chains=1000, burnin=500, draws=500)
-    est = estimate_llc(Point(d), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
+    est = estimate_llc(Point(d).to(device), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
     assert est.llc == pytest.approx(exact, rel=0.03)
     assert est.llc_se < 0.01 * exact and est.nbeta == nbeta
 
 
-def test_polynomial_potential():
+def test_polynomial_potential(device):
     # nβ·K = w1^4 + w2^6 at γ = 0: λ = 1/4 + 1/6 (exactly E[U] under exp(-U) for these monomials).
     s = LLCSettings(epsilon=5e-3, gamma=0.0, nbeta=1.0, chains=1000, burnin=500, draws=1000)
-    est = estimate_llc(Point(2), lambda m, b: m()[0] ** 4 + m()[1] ** 6, None, s)
+    est = estimate_llc(Point(2).to(device), lambda m, b: m()[0] ** 4 + m()[1] ** 6, None, s)
     assert est.llc == pytest.approx(1 / 4 + 1 / 6, rel=0.10)
 
 
@@ -98,10 +101,10 @@ def least_squares_potential(model: Linear2, data: tuple) -> tuple:
     """The same full-batch MSE as `mse` on `data`, from sufficient statistics: with F = P^T the
     network's matrix, L = (tr(F^T Sxx F) - 2 tr(F^T Sxy) + tr Syy) / N. A fast loss_fn for many
     chains; `test_sufficient_statistics_path_is_the_data_path` checks the two agree."""
-    x, y = data
+    x, y = (t.to(model.A.device) for t in data)
     n, M = x.shape
     sxx, sxy, syy = x.T @ x / n, x.T @ y / n, (y * y).sum() / n
-    eye = torch.eye(M, dtype=x.dtype)
+    eye = torch.eye(M, dtype=x.dtype, device=x.device)
 
     def loss(call, batch):
         F = call(eye)  # [M, N]
@@ -116,8 +119,8 @@ LINEAR_SETTINGS = LLCSettings(
 )
 
 
-def test_sufficient_statistics_path_is_the_data_path():
-    model, data = fitted_rrr(5, 3, 5, rank=0)
+def test_sufficient_statistics_path_is_the_data_path(device):
+    model, data = fitted_rrr(5, 3, 5, rank=0, device=device)
     s = LINEAR_SETTINGS.model_copy(update={"chains": 3, "burnin": 5, "draws": 30, "nbeta": None, "batch_size": None})
     via_data = estimate_llc(model, mse, data, s)
     via_stats = estimate_llc(
@@ -129,9 +132,9 @@ def test_sufficient_statistics_path_is_the_data_path():
 
 
 @pytest.mark.parametrize("M, H, N, expected", [(5, 3, 5, 6.5), (4, 3, 8, 6.0)])
-def test_reduced_rank_regression(M, H, N, expected):
+def test_reduced_rank_regression(M, H, N, expected, device):
     assert rrr_lambda(M, H, N, 0) == expected
-    model, data = fitted_rrr(M, H, N, rank=0)
+    model, data = fitted_rrr(M, H, N, rank=0, device=device)
     est = estimate_llc(model, least_squares_potential(model, data), None, LINEAR_SETTINGS)
     assert est.llc == pytest.approx(expected, rel=0.20)
 
@@ -163,8 +166,8 @@ def test_rescaling_a_deep_linear_network():
 # ------------------------------------------------------------------------- sampler mechanics
 
 
-def test_same_seed_is_bit_identical_and_batching_keeps_random_streams():
-    model, data = fitted_rrr(4, 2, 3, rank=1, n=200)
+def test_same_seed_is_bit_identical_and_batching_keeps_random_streams(device):
+    model, data = fitted_rrr(4, 2, 3, rank=1, n=200, device=device)
     s = LLCSettings(epsilon=3e-4, gamma=10.0, batch_size=32, chains=3, burnin=5, draws=20, mala_every=3, seed=7)
     a = estimate_llc(model, mse, data, s)
     b = estimate_llc(model, mse, data, s)
@@ -193,18 +196,18 @@ def test_chains_draw_their_own_minibatches():
     assert MinibatchDraws(0, 1, 3, 1000, None).indices() is None  # full batch
 
 
-def test_batched_objective_matches_a_loop_over_models():
-    model, data = fitted_rrr(4, 2, 3, rank=1, n=100)
+def test_batched_objective_matches_a_loop_over_models(device):
+    model, data = fitted_rrr(4, 2, 3, rank=1, n=100, device=device)
     objective = Objective(model, mse, data)
     gen = torch.Generator().manual_seed(1)
     w = {
-        k: v.detach() + 0.1 * torch.randn(3, *v.shape, generator=gen, dtype=v.dtype)
+        k: v.detach() + 0.1 * torch.randn(3, *v.shape, generator=gen, dtype=v.dtype).to(device)
         for k, v in model.named_parameters()
     }
     idx = torch.randint(100, (3, 8), generator=gen)
-    got = objective(w, idx)
-    for r in range(3):
-        ref = Linear2(w["A"][r], w["B"][r])
+    got = objective(w, idx).cpu()
+    for r in range(3):  # the reference on the CPU, in float64
+        ref = Linear2(w["A"][r].cpu(), w["B"][r].cpu())
         x, y = data[0][idx[r]], data[1][idx[r]]
         assert float(got[r]) == pytest.approx(float(mse(ref, (x, y)).detach()), rel=1e-12)
 
@@ -254,12 +257,13 @@ def test_weight_decay_term_of_the_objective():
         Objective(model, mse, data, decay={"C": 1.0})
 
 
-def test_the_weight_decay_setting_is_sampled_and_settings_without_a_run_are_refused():
+def test_the_weight_decay_setting_is_sampled_and_settings_without_a_run_are_refused(device):
     # settings.weight_decay = c is the one way to add the decay: (c/2)·||w||² on every parameter
     # of a module, which moves L(w*) by exactly that (by hand, float64: ||w*||² = 5.25).
     model = Point(3)
     with torch.no_grad():
         model.w.copy_(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+    model.to(device)
     s = LLCSettings(epsilon=1e-4, gamma=100.0, nbeta=10.0, chains=2, burnin=2, draws=4, mala_every=0)
 
     def potential(m, b):
@@ -291,21 +295,21 @@ def test_optim_decays_moved_with_a_warning():
         assert optim.decays is regularisers.decays
 
 
-def test_rmsprop_variant_on_the_quadratic():
+def test_rmsprop_variant_on_the_quadratic(device):
     # Preconditioning rescales the step per weight; the estimate must still match the closed form
     # to within the discretisation error (a = nβ + γ is the same in every direction here).
     s = LLCSettings(
         epsilon=1e-3, gamma=0.0, nbeta=100.0, chains=500, burnin=1000, draws=1000, precondition="rmsprop", mala_every=10
     )
-    est = estimate_llc(Point(10), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
+    est = estimate_llc(Point(10).to(device), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
     assert est.llc == pytest.approx(5.0, rel=0.05)
     assert 0 < est.acceptance <= 1
 
 
-def test_warnings_for_unhealthy_chains():
+def test_warnings_for_unhealthy_chains(device):
     # A step far too large for the curvature diverges: the estimate says so instead of a number.
     s = LLCSettings(epsilon=0.5, gamma=0.0, nbeta=100.0, chains=2, burnin=2, draws=10, mala_every=1)
-    est = estimate_llc(Point(3), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
+    est = estimate_llc(Point(3).to(device), lambda m, b: 0.5 * m().pow(2).sum(), None, s)
     assert "nonfinite" in est.flags or "low_acceptance" in est.flags
     assert est.warnings and not est.healthy
 

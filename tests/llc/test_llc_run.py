@@ -32,18 +32,18 @@ FAST = LLCSettings(epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3,
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, device):
     cfg = tiny_config(
         train={"epochs": 2, "weight_decay": 0.1, "l1": {"hooks": ["blocks.0.mlp.hook_post"], "coef": 1e-3}}
     )
     out = tmp_path_factory.mktemp("runs")
-    return train(cfg, out, progress=False).run_dir
+    return train(cfg, out, progress=False, device=device).run_dir
 
 
 # The run's L1 hook, which the stacked forward serves, and one it does not (the vmapped path).
 @pytest.mark.parametrize("l1_hook,stacked", [("blocks.0.mlp.hook_post", True), ("blocks.0.attn.hook_z", False)])
-def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
-    loaded = load(run_dir, "final")
+def test_objective_is_the_training_objective(run_dir, l1_hook, stacked, device):
+    loaded = load(run_dir, "final", device=device)
     cfg, task, model = loaded.config, loaded.task, loaded.model
     cfg = cfg.model_copy(
         update={"train": cfg.train.model_copy(update={"l1": cfg.train.l1.model_copy(update={"hooks": [l1_hook]})})}
@@ -53,7 +53,7 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
     assert task.loss_positions().tolist() == [4, 5, 6, 7]  # sorting 4 values: the sorted half
     gen = torch.Generator().manual_seed(0)
     base = {k: v.detach() for k, v in model.named_parameters()}
-    w = {k: torch.stack([v, v + 0.01 * torch.randn(v.shape, generator=gen)]) for k, v in base.items()}
+    w = {k: torch.stack([v, v + 0.01 * torch.randn(v.shape, generator=gen).to(device)]) for k, v in base.items()}
     idx = torch.randint(len(task.splits["train"]), (2, 12), generator=gen)
     terms = objective.terms(w, idx)
     model.explicit_attention = False  # the reference takes the ordinary (SDPA) path
@@ -62,7 +62,7 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
         with torch.no_grad():
             for k, p in model.named_parameters():
                 p.copy_(w[k][r])
-            batch = task.splits["train"].batch(idx[r])
+            batch = task.splits["train"].batch(idx[r]).to(device)
             with model.hooks(penalty.fwd_hooks):
                 logits = model(batch.tokens)
             assert float(terms["loss"][r]) == pytest.approx(float(task.loss(logits, batch)), rel=1e-5)
@@ -78,7 +78,7 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
     with torch.no_grad():
         for k, p in model.named_parameters():
             p.copy_(w[k][0])
-    batch = task.splits["train"].batch(idx[0])
+    batch = task.splits["train"].batch(idx[0]).to(device)
     with model.hooks(penalty.fwd_hooks):
         logits = model(batch.tokens)
     total = task.loss(logits, batch) + penalty.take()
@@ -92,12 +92,12 @@ def test_objective_is_the_training_objective(run_dir, l1_hook, stacked):
     assert set(off) == {"loss"}
 
 
-def test_the_weight_decay_and_l1_settings_each_add_their_term(run_dir):
+def test_the_weight_decay_and_l1_settings_each_add_their_term(run_dir, device):
     # L(w*) on the whole training split, with each regulariser setting on alone: it moves from the
     # task loss by that term, computed here by hand in float64 from the weights and activations.
-    loaded = load(run_dir, "final")
+    loaded = load(run_dir, "final", device=device)
     model, task = loaded.model, loaded.task
-    batch = task.splits["train"].batch(torch.arange(len(task.splits["train"])))
+    batch = task.splits["train"].batch(torch.arange(len(task.splits["train"]))).to(device)
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.tokens)
     l1 = 1e-3 * float(cache["blocks.0.mlp.hook_post"].double().abs().sum(-1).mean())
@@ -120,7 +120,7 @@ def test_the_weight_decay_and_l1_settings_each_add_their_term(run_dir):
 
 
 def test_rows_in_chunks_and_on_worker_threads_give_each_row_its_own_result(run_dir):
-    loaded = load(run_dir, "final")
+    loaded = load(run_dir, "final", device="cpu")  # row chunks and worker threads are the CPU's
     objective = run_objective(loaded.model, loaded.config, loaded.task, LLCSettings())
     cfg = loaded.model.cfg  # sorting 4 values: 2·4 tokens; q, k and v together (3·2 heads·8) the widest
     assert (cfg.n_heads, cfg.d_head, cfg.d_mlp) == (2, 8, 32)
@@ -151,9 +151,9 @@ def test_rows_in_chunks_and_on_worker_threads_give_each_row_its_own_result(run_d
         torch.set_num_threads(threads)
 
 
-def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):
+def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch, device):
     run = RunDir(run_dir)
-    results = llc_over_checkpoints(run, settings=FAST, progress=False, group=2)
+    results = llc_over_checkpoints(run, settings=FAST, progress=False, group=2, device=device)
     names = [c.name for c in run.checkpoints()]
     assert list(results) == names == ["epoch-0000", "epoch-0001", "epoch-0002"]
     for name, r in results.items():
@@ -164,14 +164,14 @@ def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):
         assert isinstance(r["llc"], float) and r["train_loss"] > 0 and isinstance(r["warnings"], list)
     assert [r["checkpoint"] for r in read_llc(run)] == names
     # The same estimate in memory from a loaded checkpoint.
-    alone = estimate_loaded(load(run_dir, "epoch-0002"), FAST)
+    alone = estimate_loaded(load(run_dir, "epoch-0002", device=device), FAST)
     assert alone.llc == pytest.approx(results["epoch-0002"]["llc"], rel=1e-4)
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished checkpoint was estimated again")
 
     monkeypatch.setattr(llc_run, "estimate_many", fail)
-    assert llc_over_checkpoints(run, settings=FAST, progress=False) == results
+    assert llc_over_checkpoints(run, settings=FAST, progress=False, device=device) == results
     monkeypatch.undo()
 
     # Interrupted after the first of two groups: the first checkpoint's result survives.
@@ -187,13 +187,15 @@ def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch):
 
     monkeypatch.setattr(llc_run, "estimate_many", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        llc_over_checkpoints(run, settings=FAST, progress=False, group=1)
+        llc_over_checkpoints(run, settings=FAST, progress=False, group=1, device=device)
     assert run.has("llc/epoch-0001.json") and not run.has("llc/epoch-0002.json")
     monkeypatch.undo()
-    again = llc_over_checkpoints(run, settings=FAST, progress=False, group=1)
+    again = llc_over_checkpoints(run, settings=FAST, progress=False, group=1, device=device)
     assert again["epoch-0002"]["llc"] == pytest.approx(results["epoch-0002"]["llc"], rel=1e-4)
     # Other settings: estimated again.
-    changed = llc_over_checkpoints(run, "2", settings=FAST.model_copy(update={"chains": 3}), progress=False)
+    changed = llc_over_checkpoints(
+        run, "2", settings=FAST.model_copy(update={"chains": 3}), progress=False, device=device
+    )
     assert len(changed["epoch-0002"]["llc_chains"]) == 3
 
 
@@ -237,9 +239,11 @@ def test_choose_the_largest_step_on_the_plateau_at_the_smallest_gamma():
     assert choose([_fake(1e-4, 100.0, ["negative"])]) is None
 
 
-def test_calibrate_writes_the_sweep_and_the_pick(run_dir):
+def test_calibrate_writes_the_sweep_and_the_pick(run_dir, device):
     run = RunDir(run_dir)
-    cal = calibrate(run, "final", epsilons=[1e-5, 1e-4, 10.0], gammas=[100.0], settings=FAST, progress=False)
+    cal = calibrate(
+        run, "final", epsilons=[1e-5, 1e-4, 10.0], gammas=[100.0], settings=FAST, progress=False, device=device
+    )
     assert cal.chosen in (None, 0, 1)
     assert len(cal.estimates) == 3 and [e.epsilon for e in cal.estimates] == [1e-5, 1e-4, 10.0]
     stored = run.read_json("llc/calibration.json")

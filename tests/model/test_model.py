@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, tol
 
 from toylens.model import Transformer, act_name, hook_names
 
@@ -94,8 +94,8 @@ def test_parameter_names_and_shapes_pinned():
     assert model.W_Q.shape == (1, 3, 12, 5) and model.W_O.shape == (1, 3, 5, 12) and model.W_in.shape == (1, 12, 20)
 
 
-def test_hook_shapes(tokens):
-    model = tiny_model(n_layers=2)
+def test_hook_shapes(tokens, device):
+    model, tokens = tiny_model(n_layers=2, device=device), tokens.to(device)
     _, cache = model.run_with_cache(tokens, fwd_hooks=[("blocks.0.attn.hook_result", lambda x, hook: None)])
     b, p = tokens.shape
     expect = {
@@ -114,15 +114,16 @@ def test_hook_shapes(tokens):
     assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"]
     assert cache["resid_post", 1] is cache["blocks.1.hook_resid_post"]
     assert act_name("scale", 1, "ln2") == "blocks.1.ln2.hook_scale"
-    torch.testing.assert_close(cache["pattern", 1].sum(-1), torch.ones(b, 3, p))
+    torch.testing.assert_close(cache["pattern", 1].sum(-1), torch.ones(b, 3, p, device=device))
     assert torch.all(cache["pattern", 1].triu(1) == 0), "causal"
 
 
 @pytest.mark.parametrize("attn_only,norm,act", [(True, "none", "relu"), (False, "LN", "gelu"), (False, "none", "relu")])
-def test_logits_match_float64_reference(tokens, attn_only, norm, act):
+def test_logits_match_float64_reference(tokens, attn_only, norm, act, device):
     model = tiny_model(n_layers=2, attn_only=attn_only, normalization=norm, act_fn=act)
-    ref = reference_forward(model, tokens)
-    torch.testing.assert_close(model(tokens).double(), ref, atol=1e-5, rtol=1e-5)
+    ref = reference_forward(model, tokens)  # on the CPU, in float64
+    got = model.to(device)(tokens.to(device)).double().cpu()
+    torch.testing.assert_close(got, ref, atol=tol(device), rtol=tol(device))
 
 
 def reference_forward(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -167,20 +168,20 @@ def reference_forward(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("norm", ["none", "LN"])
-def test_sdpa_and_explicit_paths_agree(norm):
-    model = tiny_model(n_layers=2, normalization=norm, n_ctx=64)
-    tokens = torch.randint(0, 11, (16, 64), generator=torch.Generator().manual_seed(1))
+def test_sdpa_and_explicit_paths_agree(norm, device):
+    model = tiny_model(n_layers=2, normalization=norm, n_ctx=64, device=device)
+    tokens = torch.randint(0, 11, (16, 64), generator=torch.Generator().manual_seed(1)).to(device)
     fast = model(tokens)
     model.explicit_attention = True
     slow = model(tokens)
-    assert (fast - slow).abs().max() <= 1e-5
+    assert (fast - slow).abs().max() <= tol(device)
     model.explicit_attention = False
     _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_pattern")  # forces explicit
-    assert (cache.model(tokens) - slow).abs().max() <= 1e-5
+    assert (cache.model(tokens) - slow).abs().max() <= tol(device)
 
 
-def test_hooks_never_leak(tokens):
-    model = tiny_model()
+def test_hooks_never_leak(tokens, device):
+    model, tokens = tiny_model(device=device), tokens.to(device)
     clean = model(tokens)
 
     def zero(x, hook):
@@ -199,9 +200,9 @@ def test_hooks_never_leak(tokens):
     torch.testing.assert_close(model(tokens), clean, rtol=0, atol=0)
 
 
-def test_hook_replacement_equals_manual_ablation(tokens):
+def test_hook_replacement_equals_manual_ablation(tokens, device):
     """Zeroing head 1's z must equal removing its term from attn_out by hand."""
-    model = tiny_model(n_layers=1)
+    model, tokens = tiny_model(n_layers=1, device=device), tokens.to(device)
     _, cache = model.run_with_cache(tokens)
 
     def kill_head(z, hook):
@@ -212,7 +213,7 @@ def test_hook_replacement_equals_manual_ablation(tokens):
     logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", kill_head)])
     head1 = torch.einsum("bpe,ed->bpd", cache["z", 0][:, :, 1], model.W_O[0, 1])
     manual = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_attn_out", lambda x, hook: x - head1)])
-    torch.testing.assert_close(logits, manual, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, manual, atol=tol(device), rtol=tol(device))
 
 
 def test_names_filter_forms(tokens):
@@ -226,16 +227,16 @@ def test_names_filter_forms(tokens):
         model.run_with_cache(tokens, names_filter="hook_embedd")
 
 
-def test_start_and_stop_at_layer(tokens):
-    model = tiny_model(n_layers=2)
+def test_start_and_stop_at_layer(tokens, device):
+    model, tokens = tiny_model(n_layers=2, device=device), tokens.to(device)
     resid1 = model(tokens, stop_at_layer=1)
     _, cache = model.run_with_cache(tokens)
     torch.testing.assert_close(resid1, cache["resid_pre", 1])
     torch.testing.assert_close(model(residual=resid1, start_at_layer=1), model(tokens))
 
 
-def test_backward_hooks_see_gradients(tokens):
-    model = tiny_model()
+def test_backward_hooks_see_gradients(tokens, device):
+    model, tokens = tiny_model(device=device), tokens.to(device)
     grads = {}
     logits = model.run_with_hooks(
         tokens, bwd_hooks=[("blocks.0.hook_resid_post", lambda g, hook: grads.setdefault(hook.name, g))]
@@ -250,10 +251,10 @@ def test_init_is_deterministic_in_seed():
     assert not torch.equal(a.W_E, c.W_E)
 
 
-def test_empty_position_selections_run():
+def test_empty_position_selections_run(device):
     """A residual stream with no positions (a patching pass with nothing to read) gives empty
     logits of the right shape instead of failing to reshape."""
-    model = tiny_model()
-    resid = torch.zeros(3, 0, model.cfg.d_model)
+    model = tiny_model(device=device)
+    resid = torch.zeros(3, 0, model.cfg.d_model, device=device)
     assert model(residual=resid).shape == (3, 0, model.cfg.d_vocab_out)
     assert model.unembed(resid).shape == (3, 0, model.cfg.d_vocab_out)

@@ -30,9 +30,9 @@ def weights(run_dir, rel: str = "final.safetensors") -> dict[str, torch.Tensor]:
     return read_safetensors(run_dir / rel)[0]
 
 
-def test_a_run_stops_mid_epoch_at_max_steps_and_is_a_finished_run(tmp_path):
+def test_a_run_stops_mid_epoch_at_max_steps_and_is_a_finished_run(tmp_path, device):
     cfg = capped(13, log_checkpoints=4)
-    result = train(cfg, tmp_path, progress=False)
+    result = train(cfg, tmp_path, progress=False, device=device)
     run = RunDir(result.run_dir)
     checkpoints = [(c.name, c.epoch, c.step, c.resumable) for c in run.checkpoints()]
     epochs = [c for c in checkpoints if c[0].startswith("epoch-")]
@@ -47,14 +47,15 @@ def test_a_run_stops_mid_epoch_at_max_steps_and_is_a_finished_run(tmp_path):
     final, last = weights(run.path), weights(run.path, "checkpoints/epoch-0002.safetensors")
     assert all(torch.equal(final[k], last[k]) for k in final)
 
-    loaded = load(run.path)
+    loaded = load(run.path, device=device)
     assert (loaded.step, loaded.epoch) == (13, 2)
-    written = analyze(run.path, "final", settings=Settings(n_examples=8, n_patch=4, n_repeated=4), progress=False)
+    small = Settings(n_examples=8, n_patch=4, n_repeated=4)
+    written = analyze(run.path, "final", settings=small, progress=False, device=device)
     assert any(w.startswith("analysis/epoch-0002/circuits") for w in written)
 
     # --resume of the finished run trains no further; another limit is another config.
     before = [c.name for c in run.checkpoints()]
-    again = train(cfg, tmp_path, resume=True, progress=False)
+    again = train(cfg, tmp_path, resume=True, progress=False, device=device)
     assert again.metrics["step"] == 13 and [c.name for c in run.checkpoints()] == before
     assert all(torch.equal(final[k], weights(run.path)[k]) for k in final)
     with pytest.raises(ToylensError, match="config differs from the saved run in train.max_steps"):

@@ -19,9 +19,9 @@ from toylens.train.optim import build_optimizer, lr_at
 from toylens.train.regularisers import L1Penalty, decays
 
 
-def test_run_directory_contents(tmp_path):
+def test_run_directory_contents(tmp_path, device):
     cfg = tiny_config(train={"epochs": 2, "log_checkpoints": 5})
-    result = train(cfg, tmp_path, progress=False)
+    result = train(cfg, tmp_path, progress=False, device=device)
     run = RunDir(result.run_dir)
     names = [c.name for c in run.checkpoints()]
     assert names[0] == "epoch-0000" and "epoch-0001" in names and names[-1] == "epoch-0002"
@@ -43,8 +43,9 @@ def test_run_directory_contents(tmp_path):
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
     assert saved["model"]["d_vocab"] == 11 and saved["model"]["n_ctx"] == 8
     assert not list(run.path.rglob("*.tmp"))
-    loaded = load(run.path)
+    loaded = load(run.path, device=device)
     assert loaded.step == result.metrics["step"] and loaded.config.name == "tiny"
+    assert next(loaded.model.parameters()).device.type == device.type
     final, _ = read_safetensors(run.path / "final.safetensors")
     last, _ = read_safetensors(run.path / "checkpoints/epoch-0002.safetensors")
     assert all(torch.equal(final[k], last[k]) for k in final)
@@ -96,11 +97,11 @@ def test_weight_decay_groups():
     }
 
 
-def test_weight_decay_shrinks_weights(tmp_path):
+def test_weight_decay_shrinks_weights(tmp_path, device):
     norms = {}
     for wd in (0.0, 10.0):  # lr * wd = 3% shrink per step over 20 steps
-        res = train(tiny_config(name=f"wd{wd}", train={"epochs": 2, "weight_decay": wd}), tmp_path, progress=False)
-        w = load(res.run_dir).model
+        cfg = tiny_config(name=f"wd{wd}", train={"epochs": 2, "weight_decay": wd})
+        w = load(train(cfg, tmp_path, progress=False, device=device).run_dir, device="cpu").model
         norms[wd] = float(w.W_Q.detach().norm()), float(w.W_E.detach().norm())
     assert norms[10.0][0] < 0.8 * norms[0.0][0], "matrices decay"
     assert norms[10.0][1] > 0.9 * norms[0.0][1], "embeddings do not, by default"

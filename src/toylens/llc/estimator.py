@@ -152,7 +152,7 @@ def _sample(
         gamma=torch.tensor([g for _, g in points], dtype=torch.float64).repeat_interleave(chains),
         nbeta=torch.full((len(points) * chains,), nbeta, dtype=torch.float64),
     )
-    draws = MinibatchDraws(settings.seed, len(points), chains, objective.n_data, m)
+    draws = MinibatchDraws(settings.seed, len(points), chains, objective.n_data, m, objective.device)
     return run_sgld(
         objective,
         {k: v.repeat_interleave(chains, 0) for k, v in stacked.items()},
@@ -207,8 +207,9 @@ def initial_loss(
         parts = [p[0] for p in rows.map(terms, stacked, idx)]
         for name in parts[0]:
             value = torch.cat([p[name] for p in parts])
-            part = weight * value.double().cpu()
+            part = weight * value.double()  # summed on the device, copied to the CPU once below
             sums[name] = sums[name] + part if name in sums else part
+    sums = {name: value.cpu() for name, value in sums.items()}
     sums["total"] = reduce(add, sums.values())
     sums.setdefault("loss", sums["total"])
     return sums

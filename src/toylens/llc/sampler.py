@@ -6,7 +6,9 @@ calibration sweep), and each row has its own centre w*, its own step size, local
 inverse temperature. Rows are grouped in blocks of `chains` consecutive rows; each block has its
 own random generator (minibatches and noise), seeded from the same seed, so an estimate's random
 draws do not depend on which other estimates share the computation, and estimates compared
-side by side see the same minibatches and noise (common random numbers).
+side by side see the same minibatches and noise (common random numbers). On a GPU the noise comes
+from generators on the GPU (seeded alike), so no step draws millions of normals on the host and
+copies them over; a CUDA run is as reproducible as a CPU run, but its noise is another stream.
 
 The sampled density of row r is
 
@@ -70,10 +72,27 @@ class RowSettings:
 
 
 class MinibatchDraws:
-    """Per-block generators: minibatch indices [rows, m] and Gaussian noise, block by block."""
+    """Per-block generators: minibatch indices [rows, m] and Gaussian noise, block by block.
 
-    def __init__(self, seed: int, blocks: int, chains: int, n_data: int | None, batch_size: int | None):
+    Indices are drawn on the CPU (where the data is gathered). The noise is drawn on `device`:
+    on the CPU from the same generators as the indices, elsewhere from per-block generators on
+    that device, so the noise never crosses from host to device."""
+
+    def __init__(
+        self,
+        seed: int,
+        blocks: int,
+        chains: int,
+        n_data: int | None,
+        batch_size: int | None,
+        device: str | torch.device = "cpu",
+    ):
         self.gens = [torch.Generator().manual_seed(seed) for _ in range(blocks)]
+        device = torch.device(device)
+        self.noise_gens = (
+            self.gens if device.type == "cpu" else [torch.Generator(device).manual_seed(seed) for _ in range(blocks)]
+        )
+        self.device = device
         self.chains, self.n_data, self.m = chains, n_data, batch_size
 
     def indices(self) -> Int[Tensor, "rows m"] | None:
@@ -86,8 +105,13 @@ class MinibatchDraws:
         """N(0, 1) with the shapes of `like` ([rows, *shape] each); one draw per block."""
         sizes = [v[0].numel() for v in like.values()]
         first = next(iter(like.values()))
-        flat = torch.cat([torch.randn(self.chains, sum(sizes), generator=g, dtype=first.dtype) for g in self.gens])
-        flat = flat.to(first.device)
+        flat = torch.cat(
+            [
+                torch.randn(self.chains, sum(sizes), generator=g, dtype=first.dtype, device=g.device)
+                for g in self.noise_gens
+            ]
+        )
+        flat = flat.to(first.device)  # a no-op unless the parameters are not where the noise is drawn
         parts = flat.split(sizes, dim=1)
         return {k: p.reshape(v.shape) for (k, v), p in zip(like.items(), parts)}
 
@@ -159,14 +183,16 @@ def run_sgld(
     n_rows = next(iter(center.values())).shape[0]
     w = {k: v.detach().clone() for k, v in center.items()}
     v_sq = {k: torch.zeros_like(x) for k, x in w.items()} if precondition == "rmsprop" else None
-    loss_trace = torch.empty(n_rows, steps, dtype=torch.float64)
+    # Kept on the parameters' device and copied to the CPU once at the end: a copy per step would
+    # wait for the GPU every step.
+    loss_trace = torch.zeros(n_rows, steps, dtype=torch.float64, device=next(iter(center.values())).device)
     accepts: list[Tensor] = []
     for step in tqdm(
         range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5, leave=False
     ):
         idx = draws.indices()
         loss, grad = loss_and_grad(loss_fn, w, idx, chunks)
-        loss_trace[:, step] = loss.double().cpu()
+        loss_trace[:, step] = loss.double()
         drift = _drift(grad, w, center, rows)
         precond = _precondition(v_sq, drift, rmsprop_alpha, rmsprop_delta, step, adapt=step < max(adapt_steps, 1))
         noise = draws.noise(w)
@@ -178,8 +204,8 @@ def run_sgld(
         if mala_every and step % mala_every == 0:
             accepts.append(_mala_acceptance(loss_fn, idx, w, loss, drift, proposal, center, rows, precond, chunks))
         w = proposal
-    accept = torch.stack(accepts, 1) if accepts else torch.empty(n_rows, 0, dtype=torch.float64)
-    return SamplerRun(loss_trace, accept)
+    accept = torch.stack(accepts, 1).cpu() if accepts else torch.zeros(n_rows, 0, dtype=torch.float64)
+    return SamplerRun(loss_trace.cpu(), accept)
 
 
 def loss_and_grad(
@@ -265,4 +291,4 @@ def _mala_acceptance(
         log_back = log_back - (back.double().pow(2) / (2 * scale.double())).flatten(1).sum(1)
     log_alpha = _potential(loss, w, center, rows) - _potential(loss_new, proposal, center, rows) + log_back - log_fwd
     accept = log_alpha.clamp(max=0.0).exp()
-    return torch.where(torch.isfinite(log_alpha), accept, torch.zeros_like(accept)).cpu()
+    return torch.where(torch.isfinite(log_alpha), accept, torch.zeros_like(accept))

@@ -61,7 +61,7 @@ class ReviewSplit(Split):
         return len(self.rows)
 
     def batch(self, idx: Tensor) -> Batch:
-        rows = self.rows[idx.numpy()]
+        rows = self.rows[idx.cpu().numpy()]
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
         lengths = np.minimum(ends - starts, self.n_ctx)
         width = int(lengths.max()) if len(rows) else 1

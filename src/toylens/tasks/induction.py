@@ -58,7 +58,7 @@ class InductionSplit(Split):
         return self.size
 
     def batch(self, idx: Tensor) -> InductionBatch:
-        seq, copied = induction_sequences(self.cfg, self.key, idx.numpy().astype(np.uint64))
+        seq, copied = induction_sequences(self.cfg, self.key, idx.cpu().numpy().astype(np.uint64))
         tokens, targets = seq[:, :-1], seq[:, 1:].clone()
         if self.cfg.loss_on == "copied":
             targets[~copied] = IGNORE

@@ -53,7 +53,7 @@ class WindowSplit(Split):
         return self.n_windows
 
     def batch(self, idx: Tensor) -> Batch:
-        starts = self.start + idx.numpy().astype(np.int64) * self.n_ctx
+        starts = self.start + idx.cpu().numpy().astype(np.int64) * self.n_ctx
         rows = self.tokens[starts[:, None] + np.arange(self.n_ctx + 1)]  # [batch, n_ctx + 1], read from disk
         seq = torch.from_numpy(self.vocab.compact(rows) if self.vocab is not None else rows.astype(np.int64))
         return Batch(seq[:, :-1], seq[:, 1:])
