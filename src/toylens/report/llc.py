@@ -54,13 +54,31 @@ def llc_of(run: RunResults) -> LLCResults | None:
 
 
 def llc_summary_rows(runs: list[RunResults]) -> list[list[Any]]:
+    """λ̂ and its standard error at each run's last estimated checkpoint; an estimate with warnings
+    is not shown as a number (the LLC section says why), so that no unhealthy λ̂ reads as a result."""
     if not any(llc_of(r) for r in runs):
         return []
     values = [res.last if (res := llc_of(r)) else None for r in runs]
     return [
-        ["LLC λ̂ (last estimated checkpoint)", *[v.get("llc") if v else None for v in values]],
-        ["LLC standard error", *[v.get("llc_se") if v else None for v in values]],
+        ["LLC λ̂ (last estimated checkpoint)", *[_headline(v, "llc") for v in values]],
+        ["LLC standard error", *[_headline(v, "llc_se") for v in values]],
     ]
+
+
+def _headline(estimate: dict[str, Any] | None, key: str) -> Any:
+    if estimate is None:
+        return None
+    return "not healthy (see LLC section)" if estimate.get("warnings") else estimate.get(key)
+
+
+def unhealthy_note(have: list[tuple[int, RunResults, LLCResults]]) -> str:
+    """One sentence per run whose last estimate has warnings: at these settings it is no result."""
+    return " ".join(
+        f"{run.label}: no healthy LLC estimate at this size and these settings "
+        f"({res.last['checkpoint']}: {res.last['warnings'][0]}), so its λ̂ is shown for diagnosis only."
+        for _, run, res in have
+        if res.last.get("warnings")
+    )
 
 
 def llc_section(runs: list[RunResults]) -> Section | None:
@@ -96,7 +114,9 @@ def llc_section(runs: list[RunResults]) -> Section | None:
         "λ̂ of every checkpoint, estimated by localised SGLD around its weights with settings calibrated per "
         "run; compare runs only through estimates whose diagnostics are healthy."
     )
-    note = f"No LLC results for: {', '.join(missing)}." if missing else ""
+    note = " ".join(
+        filter(None, [f"No LLC results for: {', '.join(missing)}." if missing else "", unhealthy_note(have)])
+    )
     return Section("llc", "Local learning coefficient over training", guide, blocks, note)
 
 
