@@ -16,6 +16,8 @@ and heads, with or without MLPs and LayerNorm):
     regularisation.py  weight norms, MLP activation sparsity
     metrics.py      patching metrics: logit difference, -loss, accuracy
     patching.py     the batched patching engine and its named variants (Patcher)
+    attribution_patching.py  attribution patching (AtP): the same grids to first order, from
+                    one backward pass (AttributionPatcher)
     ablation.py     zero / mean / resample ablation of heads and neurons
     summary.py      headline scalars per checkpoint and over checkpoints
     driver.py       `analyze()`, the driver behind `toylens analyze`
@@ -51,6 +53,7 @@ labelled `L{layer}H{head}`. Every file is listed with its SHA-256 in RUN/manifes
 | logit_attribution                | LogitAttribution  | total [component], by_pos [component, pos]: direct logit attribution of each part (`labels`: embed, pos_embed, L0H0.., L0 b_O, MLP0.., bias) to logit(target) - mean logit |
 | logit_lens                       | LogitLens         | loss, accuracy, correct_logit [layer]: read out after each layer (`labels`: resid_pre 0.., final) |
 | patching/<variant>               | PatchGrid         | values, normalized [`grid_axes`]: resid_pre, attn_out, mlp_out [layer, pos]; head_out, head_pattern, head_values [layer, head]; head_out_by_pos, head_values_by_pos [layer, pos, head]; head_pattern_by_pos [layer, head, dest]. `metric` + `metric_description`, `clean`/`corrupted` metric values; normalized = (value - corrupted) / (clean - corrupted): 1 = patching this cell restores the clean behaviour, 0 = no effect. `labels` per axis (positions labelled with the first clean example's tokens) |
+| atp/<metric>/<variant>           | AttributionGrid   | the patching grids above, plus neurons [layer, neuron], estimated by attribution patching: values = corrupted + sum over the cell of (a_clean - a_corrupted) * d metric / d a at the corrupted run (denoising, as the exact grids), normalized as theirs. Not with the accuracy metric (no gradient) |
 | ablation/zero, /mean, /resample  | Ablation          | heads [layer, head], neurons [layer, neuron]: loss change in nats (ablated - base_loss) |
 | summary                          | CheckpointSummary | (JSON only) results present, epoch, step, and `scalars` such as "head_scores/repeated/induction.max" / ".argmax" |
 
@@ -80,6 +83,7 @@ from toylens.analysis.attribution import (
     logit_attribution,
     logit_lens,
 )
+from toylens.analysis.attribution_patching import AttributionGrid, AttributionPatcher
 from toylens.analysis.circuits import Circuits, circuits, copying_scores, full_ov, full_qk_positions, full_qk_tokens
 from toylens.analysis.composition import Composition, composition_scores
 from toylens.analysis.corrupt import corrupted_pair  # deprecated: task.corrupted_pair(n, seed)
@@ -97,6 +101,8 @@ __all__ = [
     "Ablation",
     "Accuracy",
     "AttentionPatterns",
+    "AttributionGrid",
+    "AttributionPatcher",
     "CheckpointSummary",
     "Circuits",
     "Composition",
