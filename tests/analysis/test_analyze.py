@@ -88,6 +88,25 @@ def test_all_checkpoints_and_trajectory(runs):
     assert comp.k.shape == (2, 2, 2, 2) and comp.k[0, :, 1].isfinite().all() and comp.k[1].isnan().all()
 
 
+def test_attribution_patching_lies_beside_exact_patching(runs):
+    """`--only atp` writes every attribution grid that applies (no MLP grids without MLPs), each
+    laid out as the exact grid of the same name; with the accuracy metric (no gradient) none."""
+    _, attn = runs
+    written = analyze(attn, "final", only=["atp", "patching/logit_diff/head_out"], settings=SMALL, progress=False)
+    base = f"analysis/{FINAL}"
+    atp = {w.removeprefix(f"{base}/atp/logit_diff/") for w in written if "/atp/" in w}
+    assert atp == {a.name.rsplit("/", 1)[-1] for a in ANALYSES if a.name.startswith("atp/")} - {"mlp_out", "neurons"}
+    run = RunDir(attn)
+    exact = load_result(run, f"{base}/patching/logit_diff/head_out")
+    estimate = load_result(run, f"{base}/atp/logit_diff/head_out")
+    assert type(estimate).__name__ == "AttributionGrid" and estimate.method == "atp"
+    assert estimate.values.shape == exact.values.shape == (2, 2)
+    assert (estimate.grid_axes, estimate.labels) == (exact.grid_axes, exact.labels)
+    assert (estimate.clean, estimate.corrupted, estimate.metric) == (exact.clean, exact.corrupted, exact.metric)
+    accuracy = Settings(n_examples=24, n_patch=6, patch_metric="accuracy")
+    assert analyze(attn, "final", only=["atp"], settings=accuracy, progress=False) == []
+
+
 def test_tampered_result_is_refused(runs):
     _, attn = runs
     analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False)

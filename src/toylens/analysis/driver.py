@@ -12,6 +12,7 @@ import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from toylens.analysis import attention as att
 from toylens.analysis.ablation import KINDS, ablate
 from toylens.analysis.attribution import logit_attribution, logit_lens
+from toylens.analysis.attribution_patching import AttributionPatcher
 from toylens.analysis.circuits import circuits
 from toylens.analysis.composition import composition_scores
 from toylens.analysis.metrics import METRICS, make_metric
@@ -35,6 +37,8 @@ from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.run import Loaded, RunDir, RunLike, as_rundir, load
 from toylens.tasks import Batch, Task, task_class
+
+P = TypeVar("P", bound=Patcher)
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,18 @@ class Subject:
 
     @functools.cached_property
     def patcher(self) -> Patcher:
+        return self._pair_analysis(Patcher)
+
+    @functools.cached_property
+    def attribution_patcher(self) -> AttributionPatcher:
+        return self._pair_analysis(AttributionPatcher)
+
+    def _pair_analysis(self, cls: type[P]) -> P:
+        """Exact or attribution patching of the task's corrupted pairs, with the patching metric."""
         pair = self.task.corrupted_pair(_fit(self.model, self.settings.n_patch), self.settings.seed)
         metric = make_metric(self.metric_name, pair.answers, pair.wrong)
         labels = self.task.token_labels(pair.clean[0])
-        return Patcher(self.model, pair.clean, pair.corrupted, metric, pos_labels=labels, description=pair.description)
+        return cls(self.model, pair.clean, pair.corrupted, metric, pos_labels=labels, description=pair.description)
 
 
 def _fit(model: Transformer, n: int) -> int:
@@ -194,6 +206,10 @@ def _patch(variant: str) -> Callable[[Subject], Result]:
     return lambda s: getattr(s.patcher, variant)()
 
 
+def _atp(variant: str) -> Callable[[Subject], Result]:
+    return lambda s: getattr(s.attribution_patcher, variant)()
+
+
 @dataclass(frozen=True)
 class Analysis:
     name: str
@@ -213,6 +229,11 @@ def _patchable(s: Subject) -> bool:
     return s.task_class.patch_metric is not None
 
 
+def _attributable(s: Subject) -> bool:
+    """Attribution patching needs a gradient: not with the (piecewise constant) accuracy metric."""
+    return _patchable(s) and s.metric_name != "accuracy"
+
+
 PATCH_VARIANTS = (
     "resid_pre",
     "attn_out",
@@ -224,6 +245,11 @@ PATCH_VARIANTS = (
     "head_values",
     "head_values_by_pos",
 )
+
+# Attribution patching: the same grids estimated from one backward pass (so MLP neurons too,
+# which exact patching would take a pass per neuron chunk for).
+ATP_VARIANTS = (*PATCH_VARIANTS, "neurons")
+MLP_VARIANTS = ("mlp_out", "neurons")
 
 ANALYSES: list[Analysis] = [
     Analysis("attention/task", _attention_task),
@@ -246,6 +272,14 @@ ANALYSES: list[Analysis] = [
         for v in PATCH_VARIANTS
     ],
     *[Analysis(f"ablation/{k}", _ablation(k)) for k in KINDS],
+    *[
+        Analysis(
+            f"atp/{{metric}}/{v}",
+            _atp(v),
+            (lambda s: _attributable(s) and _has_mlp(s)) if v in MLP_VARIANTS else _attributable,
+        )
+        for v in ATP_VARIANTS
+    ],
 ]
 
 
