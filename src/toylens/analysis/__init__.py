@@ -18,6 +18,8 @@ and heads, with or without MLPs and LayerNorm):
     patching.py     the batched patching engine and its named variants (Patcher)
     attribution_patching.py  attribution patching (AtP): the same grids to first order, from
                     one backward pass (AttributionPatcher)
+    edge_attribution.py  EAP and EAP-IG over the residual-stream graph (writers -> each head's
+                    q/k/v input, each MLP input, the logits)
     ablation.py     zero / mean / resample ablation of heads and neurons
     summary.py      headline scalars per checkpoint and over checkpoints
     driver.py       `analyze()`, the driver behind `toylens analyze`
@@ -88,6 +90,7 @@ from toylens.analysis.circuits import Circuits, circuits, copying_scores, full_o
 from toylens.analysis.composition import Composition, composition_scores
 from toylens.analysis.corrupt import corrupted_pair  # deprecated: task.corrupted_pair(n, seed)
 from toylens.analysis.driver import ANALYSES, Settings, analyze
+from toylens.analysis.edge_attribution import EdgeScores, edge_attribution
 from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
 from toylens.analysis.patching import Patcher, PatchGrid, patch_cells
 from toylens.analysis.regularisation import Sparsity, WeightNorms, activation_sparsity, weight_norms
@@ -107,6 +110,7 @@ __all__ = [
     "Circuits",
     "Composition",
     "CorruptedPair",
+    "EdgeScores",
     "HeadScores",
     "LogitAttribution",
     "LogitDiff",
@@ -131,6 +135,7 @@ __all__ = [
     "copying_scores",
     "corrupted_pair",
     "direct_logit_attribution",
+    "edge_attribution",
     "full_ov",
     "full_qk_positions",
     "full_qk_tokens",
