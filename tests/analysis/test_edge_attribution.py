@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model
 
 from toylens.analysis.attribution_patching import AttributionPatcher
-from toylens.analysis.edge_attribution import edge_attribution, edge_mask
+from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness
 from toylens.analysis.metrics import LogitDiff
 
 
@@ -157,3 +157,61 @@ def test_edge_scores_equal_transformer_lens(arch):
     scale = ours.scores.nan_to_num(0).abs().max()
     assert scale > 1e-3
     assert (ours.scores[mask] - got[mask]).abs().max() <= 1e-4 * scale
+
+
+# --- circuits: faithfulness by exact edge ablation -------------------------------------------
+@pytest.mark.parametrize("attn_only,norm", [(True, "none"), (False, "LN")])
+def test_faithfulness_of_the_whole_graph_and_of_no_edge(attn_only, norm):
+    """Keeping every edge is the clean run; keeping none (corrupted replacement) gives every
+    reader its corrupted input, so the corrupted run."""
+    model = tiny_model(n_layers=2, attn_only=attn_only, normalization=norm).double()
+    clean, corrupted, metric = pair(seed=4)
+    every = faithfulness(model, clean, corrupted, metric, edge_mask(model))
+    none = faithfulness(model, clean, corrupted, metric, torch.zeros_like(edge_mask(model)))
+    assert abs(every.recovered - 1) <= 1e-9 and abs(none.recovered) <= 1e-9
+    assert every.n_edges == every.total_edges == int(edge_mask(model).sum()) and none.n_edges == 0
+    assert not model.split_qkv_input  # restored
+
+
+def test_ablating_one_edge_equals_a_naive_patch():
+    """All edges but L0H1 -> L1H2.k: the same as giving L1H2's keys the clean stream with L0H1's
+    output swapped for its corrupted one (written here with plain hooks, no split inputs)."""
+    model = tiny_model(n_layers=2, normalization="LN").double()
+    clean, corrupted, metric = pair(seed=5)
+    eap = edge_attribution(model, clean, corrupted, metric)
+    keep = edge_mask(model).clone()
+    keep[eap.writers.index("L0H1"), eap.readers.index("L1H2.k")] = False
+    got = faithfulness(model, clean, corrupted, metric, keep)
+    W_O = model.blocks[0].attn.W_O[1].detach()
+    with torch.no_grad():
+        _, c = model.run_with_cache(clean)
+        _, k = model.run_with_cache(corrupted)
+        resid = c["resid_pre", 1] - (c["z", 0][:, :, 1] - k["z", 0][:, :, 1]) @ W_O
+        keys = model.blocks[1].attn.hook_k  # the key projection of that stream, through the model's own LayerNorm
+        ln = model.blocks[1].ln1(resid)
+        k_new = torch.einsum("bpd,de->bpe", ln, model.blocks[1].attn.W_K[2]) + model.blocks[1].attn.b_K[2]
+
+        def swap(x, hook):
+            x = x.clone()
+            x[:, :, 2] = k_new
+            return x
+
+        value = metric(model.run_with_hooks(clean, fwd_hooks=[(keys.name, swap)])).mean()
+    span = got.clean - got.corrupted
+    assert abs(got.metric_value - float(value)) <= 1e-10
+    assert abs(got.recovered - (float(value) - got.corrupted) / span) <= 1e-9
+    assert abs(got.recovered - 1) > 1e-6  # the edge matters
+
+
+def test_circuit_by_top_edges_and_threshold():
+    model = tiny_model(n_layers=2).double()
+    clean, corrupted, metric = pair(seed=6)
+    eap = edge_attribution(model, clean, corrupted, metric)
+    top = circuit(eap, top=5)
+    assert int(top.sum()) == 5
+    best = eap.top_edges(5)
+    assert {(w, r) for w, r, _ in best} == {(eap.writers[i], eap.readers[j]) for i, j in top.nonzero().tolist()}
+    cut = float(eap.normalized.nan_to_num(0).abs().flatten().sort(descending=True).values[9])
+    assert int(circuit(eap, threshold=cut).sum()) == 10
+    result = faithfulness(model, clean, corrupted, metric, top, ablation="mean")
+    assert result.n_edges == 5 and result.ablation == "mean" and result.circuit.equal(top)

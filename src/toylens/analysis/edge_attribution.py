@@ -184,3 +184,129 @@ def edge_attribution(
         ig_steps=ig_steps,
         corruption=description,
     )
+
+
+# --- circuits and their faithfulness ---------------------------------------------------------
+ABLATIONS = ("corrupted", "mean", "zero")
+
+
+def circuit(edges: EdgeScores, *, top: int | None = None, threshold: float | None = None) -> Tensor:
+    """The edges [writer, reader] kept: the `top` largest |score|, or every |normalized| >= threshold."""
+    if (top is None) == (threshold is None):
+        raise ToylensError("give a circuit either top (edges) or threshold (|normalized| score)")
+    score = edges.scores.nan_to_num(0).abs() if top is not None else edges.normalized.nan_to_num(0).abs()
+    if threshold is not None:
+        return score >= threshold
+    keep = torch.zeros(score.numel(), dtype=torch.bool)
+    keep[score.flatten().argsort(descending=True)[: int(top or 0)]] = True
+    return keep.view(score.shape) & ~edges.scores.isnan()
+
+
+@dataclass
+class Faithfulness(Result):
+    """How much of the clean - corrupted metric gap a circuit recovers when every edge outside
+    it is ablated: recovered = (metric - corrupted) / (clean - corrupted)."""
+
+    recovered: float
+    metric_value: float
+    clean: float
+    corrupted: float
+    n_edges: int
+    total_edges: int
+    ablation: str
+    circuit: Tensor
+
+    axes = {"circuit": ("writer", "reader")}
+
+
+def faithfulness(
+    model: Transformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    keep: Tensor,
+    ablation: str = "corrupted",
+) -> Faithfulness:
+    """Run the clean input with every edge outside `keep` ([writer, reader], e.g. `circuit(...)`)
+    ablated, exactly: each reader's own input (split q/k/v inputs, MLP input, the final stream)
+    has each excluded writer's live output replaced by its ablated value, the corrupted run's
+    ("corrupted"), its mean over the clean batch ("mean") or zero ("zero")."""
+    if ablation not in ABLATIONS:
+        raise ToylensError(f"ablation {ablation!r}: expected one of {', '.join(ABLATIONS)}")
+    weight = next(model.parameters())
+    device = weight.device
+    clean, corrupted, metric = clean_tokens.to(device), corrupted_tokens.to(device), metric.to(device)
+    edges = edge_mask(model).to(device)
+    drop = (edges & ~keep.to(device)).to(weight.dtype)  # [writer, reader]
+    with torch.no_grad():
+        replacement = {
+            "corrupted": lambda: _writer_outputs(model, corrupted),
+            "mean": lambda: _writer_outputs(model, clean).mean(1, keepdim=True),
+            "zero": lambda: torch.zeros(1, 1, 1, 1, device=device),
+        }[ablation]()
+        m_clean = float(metric(model(clean)).mean())
+        m_corrupted = float(metric(model(corrupted)).mean())
+        value = float(metric(_ablated_run(model, clean, replacement, drop)).mean())
+    span = m_clean - m_corrupted
+    return Faithfulness(
+        recovered=(value - m_corrupted) / span if span != 0 else float("nan"),
+        metric_value=value,
+        clean=m_clean,
+        corrupted=m_corrupted,
+        n_edges=int((edges & keep.to(device)).sum()),
+        total_edges=int(edges.sum()),
+        ablation=ablation,
+        circuit=(edges & keep.to(device)).cpu(),
+    )
+
+
+def _ablated_run(model: Transformer, tokens: Tensor, replacement: Tensor, drop: Tensor) -> Tensor:
+    """Logits of `tokens` with reader r's input less sum over writers w of drop[w, r] *
+    (out_w - replacement[w]). Writers come in forward order, so a reader's writers are those seen."""
+    cfg = model.cfg
+    live: list[Tensor] = []
+    columns = {name: i for i, (name, _) in enumerate(_readers(model))}
+
+    def removed(columns_: Tensor) -> Tensor:  # [batch, pos, n_columns, d_model]
+        n = len(live)
+        change = torch.stack(live) - replacement[:n].expand(n, *live[0].shape)
+        return torch.einsum("wbpd,wc->bpcd", change, drop[:n, columns_])
+
+    def embed(x: Tensor, hook: HookPoint) -> None:
+        live.append(x)
+
+    def heads(z: Tensor, hook: HookPoint) -> None:
+        layer = int(hook.name.split(".")[1])
+        live.extend(core.head_results(z, model.blocks[layer].attn.W_O).unbind(2))
+
+    def mlp(x: Tensor, hook: HookPoint) -> None:
+        live.append(x)
+
+    def split_input(x: Tensor, hook: HookPoint) -> Tensor:
+        layer, kind = int(hook.name.split(".")[1]), hook.name.rsplit("_", 2)[-2]
+        cols = torch.tensor([columns[f"L{layer}H{h}.{kind}"] for h in range(cfg.n_heads)], device=x.device)
+        return x - removed(cols)
+
+    def stream(x: Tensor, hook: HookPoint) -> Tensor:
+        name = "logits" if hook.name.endswith("resid_post") else f"MLP{hook.name.split('.')[1]}"
+        return x - removed(torch.tensor([columns[name]], device=x.device)).squeeze(2)
+
+    layers = range(cfg.n_layers)
+    hooks = [
+        ("blocks.0.hook_resid_pre", embed),
+        ([f"blocks.{l}.attn.hook_z" for l in layers], heads),
+        ([f"blocks.{l}.hook_{x}_input" for l in layers for x in "qkv"], split_input),
+        (f"blocks.{cfg.n_layers - 1}.hook_resid_post", stream),
+    ]
+    if not cfg.attn_only:  # the MLP reads before it writes: its input hook comes first
+        hooks += [
+            ([f"blocks.{l}.hook_mlp_in" for l in layers], stream),
+            ([f"blocks.{l}.hook_mlp_out" for l in layers], mlp),
+        ]
+    split = model.split_qkv_input
+    model.split_qkv_input = True
+    try:
+        with model.hooks(hooks):
+            return model(tokens)
+    finally:
+        model.split_qkv_input = split
