@@ -107,6 +107,22 @@ def test_attribution_patching_lies_beside_exact_patching(runs):
     assert analyze(attn, "final", only=["atp"], settings=accuracy, progress=False) == []
 
 
+def test_edge_attribution_and_faithfulness_saved(runs):
+    _, attn = runs
+    written = analyze(attn, "final", only=["eap"], settings=SMALL, progress=False)
+    base = f"analysis/{FINAL}/eap/logit_diff"
+    assert sorted(written) == [f"{base}/{n}" for n in ("edges", "edges_ig", "faithfulness")]
+    run = RunDir(attn)
+    edges, ig = load_result(run, f"{base}/edges"), load_result(run, f"{base}/edges_ig")
+    assert edges.scores.shape == ig.scores.shape == (1 + 4, 2 * 6 + 1)  # embed + 2x2 heads; 2x2 heads' q, k, v + logits
+    assert (edges.ig_steps, ig.ig_steps) == (1, 5) and edges.readers[-1] == "logits"
+    faithful = load_result(run, f"{base}/faithfulness")
+    assert faithful.total_edges == int(edges.scores.isfinite().sum()) and faithful.n_edges == round(
+        0.1 * faithful.total_edges
+    )
+    assert faithful.circuit.shape == edges.scores.shape
+
+
 def test_tampered_result_is_refused(runs):
     _, attn = runs
     analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False)
