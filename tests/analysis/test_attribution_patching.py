@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from toylens import load
 from toylens.analysis.attribution_patching import AttributionGrid, AttributionPatcher
-from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
+from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss, make_metric
 from toylens.analysis.patching import ACT_AXES, Patcher
 from toylens.errors import ToylensError
 from toylens.model import act_name
@@ -208,3 +209,21 @@ def test_node_scores_equal_transformer_lens(arch):
     for kind in ours:
         assert (ours[kind] - got[kind]).abs().max() <= 1e-4 * scale, kind
 
+
+# --- a trained model: the head grid ranks heads as exact patching does --------------------------
+@pytest.mark.slow
+def test_head_grid_ranks_heads_like_exact_patching_on_the_induction_model(induction_2l):
+    """configs/induction-2l.yaml trained (shared with tests/test_induction_heads.py), patched as
+    `toylens analyze` does (the task's 32 corrupted pairs, its metric, neg_loss): AtP's head_out
+    grid ranks the 8 heads like the exact one (Spearman >= 0.9) with the same top 3."""
+    run = load(induction_2l)
+    pair = run.task.corrupted_pair(32, 0)
+    metric = make_metric(run.task.patch_metric, pair.answers, pair.wrong)
+    exact = Patcher(run.model, pair.clean, pair.corrupted, metric).head_out().normalized.flatten()
+    atp = AttributionPatcher(run.model, pair.clean, pair.corrupted, metric).head_out().normalized.flatten()
+    rank = lambda x: x.argsort().argsort().double()  # noqa: E731  (no ties among these floats)
+    spearman = float(torch.corrcoef(torch.stack([rank(exact), rank(atp)]))[0, 1])
+    top = lambda x: x.argsort(descending=True)[:3].tolist()  # noqa: E731
+    print(f"exact {exact.tolist()}\natp {atp.tolist()}\nSpearman {spearman:.4f}, top 3 {top(exact)} / {top(atp)}")
+    assert spearman >= 0.9
+    assert top(atp) == top(exact)
