@@ -108,6 +108,16 @@ def device() -> torch.device:
     return dev
 
 
+@pytest.fixture(scope="session")
+def induction_2l(tmp_path_factory) -> Path:
+    """configs/induction-2l.yaml trained once per session (about 2 minutes on 2 CPU cores; it has
+    a copying induction head), shared by the slow tests that need one."""
+    from toylens.train import train
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    return train(configs / "induction-2l.yaml", tmp_path_factory.mktemp("induction"), progress=False).run_dir
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Every connection attempt fails at once, as on a machine with no route out."""

@@ -23,9 +23,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, induction_2l):
     out = tmp_path_factory.mktemp("induction")
-    return {n: train(CONFIGS / f"induction-{n}.yaml", out, progress=False).run_dir for n in ("2l", "1l")}
+    return {"2l": induction_2l, "1l": train(CONFIGS / "induction-1l.yaml", out, progress=False).run_dir}
 
 
 def scores(run_dir: Path):

@@ -97,6 +97,43 @@ def test_all_checkpoints_and_trajectory(runs, device):
     assert comp.k.shape == (2, 2, 2, 2) and comp.k[0, :, 1].isfinite().all() and comp.k[1].isnan().all()
 
 
+def test_attribution_patching_lies_beside_exact_patching(runs, device):
+    """`--only atp` writes every attribution grid that applies (no MLP grids without MLPs), each
+    laid out as the exact grid of the same name; with the accuracy metric (no gradient) none."""
+    _, attn = runs
+    written = analyze(
+        attn, "final", only=["atp", "patching/logit_diff/head_out"], settings=SMALL, progress=False, device=device
+    )
+    base = f"analysis/{FINAL}"
+    atp = {w.removeprefix(f"{base}/atp/logit_diff/") for w in written if "/atp/" in w}
+    assert atp == {a.name.rsplit("/", 1)[-1] for a in ANALYSES if a.name.startswith("atp/")} - {"mlp_out", "neurons"}
+    run = RunDir(attn)
+    exact = load_result(run, f"{base}/patching/logit_diff/head_out")
+    estimate = load_result(run, f"{base}/atp/logit_diff/head_out")
+    assert type(estimate).__name__ == "AttributionGrid" and estimate.method == "atp"
+    assert estimate.values.shape == exact.values.shape == (2, 2)
+    assert (estimate.grid_axes, estimate.labels) == (exact.grid_axes, exact.labels)
+    assert (estimate.clean, estimate.corrupted, estimate.metric) == (exact.clean, exact.corrupted, exact.metric)
+    accuracy = Settings(n_examples=24, n_patch=6, patch_metric="accuracy")
+    assert analyze(attn, "final", only=["atp"], settings=accuracy, progress=False, device=device) == []
+
+
+def test_edge_attribution_and_faithfulness_saved(runs, device):
+    _, attn = runs
+    written = analyze(attn, "final", only=["eap"], settings=SMALL, progress=False, device=device)
+    base = f"analysis/{FINAL}/eap/logit_diff"
+    assert sorted(written) == [f"{base}/{n}" for n in ("edges", "edges_ig", "faithfulness")]
+    run = RunDir(attn)
+    edges, ig = load_result(run, f"{base}/edges"), load_result(run, f"{base}/edges_ig")
+    assert edges.scores.shape == ig.scores.shape == (1 + 4, 2 * 6 + 1)  # embed + 2x2 heads; 2x2 heads' q, k, v + logits
+    assert (edges.ig_steps, ig.ig_steps) == (1, 5) and edges.readers[-1] == "logits"
+    faithful = load_result(run, f"{base}/faithfulness")
+    assert faithful.total_edges == int(edges.scores.isfinite().sum()) and faithful.n_edges == round(
+        0.1 * faithful.total_edges
+    )
+    assert faithful.circuit.shape == edges.scores.shape
+
+
 def test_tampered_result_is_refused(runs, device):
     _, attn = runs
     analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False, device=device)

@@ -19,6 +19,9 @@ EXPECTED_HOOKS_2L_LN = [
         for l in range(2)
         for h in (
             "hook_resid_pre",
+            "hook_q_input",
+            "hook_k_input",
+            "hook_v_input",
             "ln1.hook_scale",
             "ln1.hook_normalized",
             "attn.hook_q",
@@ -30,6 +33,7 @@ EXPECTED_HOOKS_2L_LN = [
             "attn.hook_result",
             "hook_attn_out",
             "hook_resid_mid",
+            "hook_mlp_in",
             "ln2.hook_scale",
             "ln2.hook_normalized",
             "mlp.hook_pre",
@@ -55,6 +59,7 @@ def test_hook_names_pinned():
             "hook_embed",
             "hook_pos_embed",
             "blocks.0.hook_resid_pre",
+            *[f"blocks.0.hook_{x}_input" for x in "qkv"],
             *[f"blocks.0.attn.hook_{h}" for h in ("q", "k", "v", "attn_scores", "pattern", "z", "result")],
             "blocks.0.hook_attn_out",
             "blocks.0.hook_resid_post",
@@ -178,6 +183,36 @@ def test_sdpa_and_explicit_paths_agree(norm, device):
     model.explicit_attention = False
     _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_pattern")  # forces explicit
     assert (cache.model(tokens) - slow).abs().max() <= tol(device)
+
+
+@pytest.mark.parametrize("norm", ["none", "LN"])
+def test_split_qkv_inputs_change_nothing_and_separate_each_head(tokens, norm):
+    """split_qkv_input gives each head's query (key, value) a copy of resid_pre of its own, at
+    hook_q_input (k, v): the same logits, and a patch there changes that head's queries only."""
+    model = tiny_model(n_layers=2, normalization=norm)
+    plain = model(tokens)
+    _, cache = model.run_with_cache(tokens)
+    assert "blocks.1.hook_q_input" not in cache  # off by default: those hooks do not fire
+    model.split_qkv_input = True
+    names = ["blocks.1.hook_q_input", "blocks.1.hook_mlp_in", "blocks.1.attn.hook_q", "blocks.1.attn.hook_k"]
+    logits, cache = model.run_with_cache(
+        tokens, names_filter=names + ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid"]
+    )
+    assert (logits - plain).abs().max() <= 1e-5
+    b, p = tokens.shape
+    assert cache["q_input", 1].shape == (b, p, 3, 12)
+    assert all(torch.equal(cache["q_input", 1][:, :, h], cache["resid_pre", 1]) for h in range(3))
+    assert torch.equal(cache["mlp_in", 1], cache["resid_mid", 1])
+
+    def zero_head_1(x, hook):
+        x = x.clone()
+        x[:, :, 1] = 0
+        return x
+
+    _, patched = model.run_with_cache(tokens, fwd_hooks=[("blocks.1.hook_q_input", zero_head_1)], names_filter=names)
+    changed = (patched["q", 1] - cache["q", 1]).abs().amax((0, 1, 3)) > 1e-4
+    assert changed.tolist() == [False, True, False]
+    assert (patched["k", 1] - cache["k", 1]).abs().max() <= 1e-6
 
 
 def test_hooks_never_leak(tokens, device):

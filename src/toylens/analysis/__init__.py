@@ -19,6 +19,10 @@ and heads, with or without MLPs and LayerNorm):
     regularisation.py  weight norms, MLP activation sparsity
     metrics.py      patching metrics: logit difference, -loss, accuracy
     patching.py     the batched patching engine and its named variants (Patcher)
+    attribution_patching.py  attribution patching (AtP): the same grids to first order, from
+                    one backward pass (AttributionPatcher)
+    edge_attribution.py  EAP and EAP-IG over the residual-stream graph (writers -> each head's
+                    q/k/v input, each MLP input, the logits)
     ablation.py     zero / mean / resample ablation of heads and neurons
     summary.py      headline scalars per checkpoint and over checkpoints
     driver.py       `analyze()`, the driver behind `toylens analyze`
@@ -56,6 +60,9 @@ labelled `L{layer}H{head}`. Every file is listed with its SHA-256 in RUN/manifes
 | logit_attribution                | LogitAttribution  | total [component], by_pos [component, pos]: direct logit attribution of each part (`labels`: embed, pos_embed, L0H0.., L0 b_O, MLP0.., bias) to logit(target) - mean logit |
 | logit_lens                       | LogitLens         | loss, accuracy, correct_logit [layer]: read out after each layer (`labels`: resid_pre 0.., final) |
 | patching/<variant>               | PatchGrid         | values, normalized [`grid_axes`]: resid_pre, attn_out, mlp_out [layer, pos]; head_out, head_pattern, head_values [layer, head]; head_out_by_pos, head_values_by_pos [layer, pos, head]; head_pattern_by_pos [layer, head, dest]. `metric` + `metric_description`, `clean`/`corrupted` metric values; normalized = (value - corrupted) / (clean - corrupted): 1 = patching this cell restores the clean behaviour, 0 = no effect. `labels` per axis (positions labelled with the first clean example's tokens) |
+| atp/<metric>/<variant>           | AttributionGrid   | the patching grids above, plus neurons [layer, neuron], estimated by attribution patching: values = corrupted + sum over the cell of (a_clean - a_corrupted) * d metric / d a at the corrupted run (denoising, as the exact grids), normalized as theirs. Not with the accuracy metric (no gradient) |
+| eap/<metric>/edges, /edges_ig    | EdgeScores        | scores, normalized [writer, reader]: edge attribution patching (EAP; edges_ig: EAP-IG with `ig_steps`) from writers (embed, L{l}H{h}, MLP{l}) to readers (L{l}H{h}.q/.k/.v, MLP{l}, logits); NaN where no edge. Not with accuracy |
+| eap/<metric>/faithfulness        | Faithfulness      | circuit [writer, reader]: the top `circuit_fraction` of edges by EAP-IG; `recovered` = (metric with every other edge ablated to the corrupted run - corrupted) / (clean - corrupted) |
 | ablation/zero, /mean, /resample  | Ablation          | heads [layer, head], neurons [layer, neuron]: loss change in nats (ablated - base_loss) |
 | summary                          | CheckpointSummary | (JSON only) results present, epoch, step, and `scalars` such as "head_scores/repeated/induction.max" / ".argmax" |
 
@@ -85,10 +92,12 @@ from toylens.analysis.attribution import (
     logit_attribution,
     logit_lens,
 )
+from toylens.analysis.attribution_patching import AttributionGrid, AttributionPatcher
 from toylens.analysis.circuits import Circuits, circuits, copying_scores, full_ov, full_qk_positions, full_qk_tokens
 from toylens.analysis.composition import Composition, composition_scores
 from toylens.analysis.corrupt import corrupted_pair  # deprecated: task.corrupted_pair(n, seed)
 from toylens.analysis.driver import ANALYSES, Settings, analyze
+from toylens.analysis.edge_attribution import EdgeScores, edge_attribution
 from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
 from toylens.analysis.patching import Patcher, PatchGrid, patch_cells
 from toylens.analysis.regularisation import Sparsity, WeightNorms, activation_sparsity, weight_norms
@@ -104,10 +113,13 @@ __all__ = [
     "Ablation",
     "Accuracy",
     "AttentionPatterns",
+    "AttributionGrid",
+    "AttributionPatcher",
     "CheckpointSummary",
     "Circuits",
     "Composition",
     "CorruptedPair",
+    "EdgeScores",
     "HeadScores",
     "LogitAttribution",
     "LogitDiff",
@@ -134,6 +146,7 @@ __all__ = [
     "copying_scores",
     "corrupted_pair",
     "direct_logit_attribution",
+    "edge_attribution",
     "full_ov",
     "full_qk_positions",
     "full_qk_tokens",

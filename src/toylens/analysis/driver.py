@@ -15,6 +15,7 @@ import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -22,9 +23,11 @@ from tqdm.auto import tqdm
 from toylens.analysis import attention as att
 from toylens.analysis.ablation import KINDS, ablate
 from toylens.analysis.attribution import logit_attribution, logit_lens
+from toylens.analysis.attribution_patching import AttributionPatcher
 from toylens.analysis.circuits import circuits
 from toylens.analysis.composition import composition_scores
-from toylens.analysis.metrics import METRICS, make_metric
+from toylens.analysis.edge_attribution import EdgeScores, circuit, edge_attribution, edge_mask, faithfulness
+from toylens.analysis.metrics import METRICS, Metric, make_metric
 from toylens.analysis.patching import Patcher, rows_per_pass
 from toylens.analysis.regularisation import activation_sparsity, weight_norms
 from toylens.analysis.results import Result, has_result
@@ -39,7 +42,9 @@ from toylens.lock import run_lock
 from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.run import Loaded, RunDir, RunLike, as_rundir, load
-from toylens.tasks import Batch, Task, task_class
+from toylens.tasks import Batch, CorruptedPair, Task, task_class
+
+P = TypeVar("P", bound=Patcher)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class Settings:
     """Also ablate every MLP neuron (one stacked pass per neuron chunk: slow with a 50K vocabulary)."""
     patch_metric: str | None = None
     """Patching metric: logit_diff, neg_loss or accuracy (default: the task's `patch_metric`)."""
+    ig_steps: int = 5
+    """Interpolation steps of EAP-IG (edge attribution with integrated gradients)."""
+    circuit_fraction: float = 0.1
+    """Faithfulness: the circuit is this fraction of the graph's edges, those with the largest EAP-IG scores."""
     seed: int = 0
 
 
@@ -113,10 +122,29 @@ class Subject:
 
     @functools.cached_property
     def patcher(self) -> Patcher:
-        pair = self.task.corrupted_pair(_fit(self.model, self.settings.n_patch), self.settings.seed)
-        metric = make_metric(self.metric_name, pair.answers, pair.wrong)
+        return self._pair_analysis(Patcher)
+
+    @functools.cached_property
+    def attribution_patcher(self) -> AttributionPatcher:
+        return self._pair_analysis(AttributionPatcher)
+
+    def _pair_analysis(self, cls: type[P]) -> P:
+        """Exact or attribution patching of the task's corrupted pairs, with the patching metric."""
+        pair, metric = self.pair
         labels = self.task.token_labels(pair.clean[0])
-        return Patcher(self.model, pair.clean, pair.corrupted, metric, pos_labels=labels, description=pair.description)
+        return cls(self.model, pair.clean, pair.corrupted, metric, pos_labels=labels, description=pair.description)
+
+    @functools.cached_property
+    def pair(self) -> tuple[CorruptedPair, Metric]:
+        """The task's corrupted pairs for patching, and the patching metric."""
+        pair = self.task.corrupted_pair(_fit(self.model, self.settings.n_patch), self.settings.seed)
+        return pair, make_metric(self.metric_name, pair.answers, pair.wrong)
+
+    def edges(self, ig_steps: int) -> EdgeScores:
+        pair, metric = self.pair
+        return edge_attribution(
+            self.model, pair.clean, pair.corrupted, metric, ig_steps=ig_steps, description=pair.description
+        )
 
 
 def _fit(model: Transformer, n: int) -> int:
@@ -235,6 +263,18 @@ def _patch(variant: str) -> Callable[[Subject], Result]:
     return lambda s: getattr(s.patcher, variant)()
 
 
+def _atp(variant: str) -> Callable[[Subject], Result]:
+    return lambda s: getattr(s.attribution_patcher, variant)()
+
+
+def _faithfulness(s: Subject) -> Result:
+    """The top circuit_fraction of the edges by EAP-IG, everything else ablated to the corrupted run."""
+    edges = s.edges(s.settings.ig_steps)
+    n = max(1, round(s.settings.circuit_fraction * int(edge_mask(s.model).sum())))
+    pair, metric = s.pair
+    return faithfulness(s.model, pair.clean, pair.corrupted, metric, circuit(edges, top=n))
+
+
 @dataclass(frozen=True)
 class Analysis:
     name: str
@@ -258,6 +298,11 @@ def _patchable(s: Subject) -> bool:
     return s.task_class.patch_metric is not None
 
 
+def _attributable(s: Subject) -> bool:
+    """Attribution patching needs a gradient: not with the (piecewise constant) accuracy metric."""
+    return _patchable(s) and s.metric_name != "accuracy"
+
+
 PATCH_VARIANTS = (
     "resid_pre",
     "attn_out",
@@ -269,6 +314,11 @@ PATCH_VARIANTS = (
     "head_values",
     "head_values_by_pos",
 )
+
+# Attribution patching: the same grids estimated from one backward pass (so MLP neurons too,
+# which exact patching would take a pass per neuron chunk for).
+ATP_VARIANTS = (*PATCH_VARIANTS, "neurons")
+MLP_VARIANTS = ("mlp_out", "neurons")
 
 ANALYSES: list[Analysis] = [
     Analysis("attention/task", _attention_task),
@@ -293,6 +343,17 @@ ANALYSES: list[Analysis] = [
         for v in PATCH_VARIANTS
     ],
     *[Analysis(f"ablation/{k}", _ablation(k)) for k in KINDS],
+    *[
+        Analysis(
+            f"atp/{{metric}}/{v}",
+            _atp(v),
+            (lambda s: _attributable(s) and _has_mlp(s)) if v in MLP_VARIANTS else _attributable,
+        )
+        for v in ATP_VARIANTS
+    ],
+    Analysis("eap/{metric}/edges", lambda s: s.edges(1), _attributable),
+    Analysis("eap/{metric}/edges_ig", lambda s: s.edges(s.settings.ig_steps), _attributable),
+    Analysis("eap/{metric}/faithfulness", _faithfulness, _attributable),
 ]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from jaxtyping import Float, Int
@@ -50,6 +51,13 @@ ACT_AXES: dict[str, tuple[str, ...]] = {
     "pre": ("pos", "neuron"),
     "post": ("pos", "neuron"),
 }
+
+
+def patchable(name: str) -> bool:
+    """Whether a hook name holds an activation the patcher can patch (one of ACT_AXES)."""
+    return name.rsplit(".", 1)[-1].removeprefix("hook_") in ACT_AXES
+
+
 # Elements (float32) one stacked forward pass may hold in its widest activation: ~256 MiB.
 DEFAULT_BUDGET = 1 << 26
 
@@ -341,6 +349,9 @@ class PatchGrid(Result):
         return {"values": tuple(self.grid_axes), "normalized": tuple(self.grid_axes)}
 
 
+G = TypeVar("G", bound=PatchGrid)
+
+
 class Patcher:
     """A clean/corrupted pair and a metric, both runs cached once; each grid is one method call."""
 
@@ -362,22 +373,28 @@ class Patcher:
             )
         device = next(model.parameters()).device
         self.model, self.metric, self.max_rows = model, metric.to(device), max_rows
-        patchable = lambda name: name.rsplit(".", 1)[-1].removeprefix("hook_") in ACT_AXES  # noqa: E731
-        with torch.no_grad():
-            clean_logits, self.clean_cache = model.run_with_cache(clean_tokens.to(device), names_filter=patchable)
-            corrupted_logits, self.corrupted_cache = model.run_with_cache(
-                corrupted_tokens.to(device), names_filter=patchable
-            )
+        clean_logits, corrupted_logits = self._run(clean_tokens.to(device), corrupted_tokens.to(device))
         self.corrupted_logits = corrupted_logits
         self.clean = float(self.metric(clean_logits).mean())
         self.corrupted = float(self.metric(corrupted_logits).mean())
         self.pos_labels = pos_labels or [str(i) for i in range(clean_tokens.shape[1])]
         self.description = description
 
-    def grid(self, activation: str, index_axes: tuple[str, ...]) -> PatchGrid:
-        """Patch every (layer, *index_axes) cell of `activation` from the clean run."""
+    def _run(self, clean_tokens: Tensor, corrupted_tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Both forward passes: sets `clean_cache` and `corrupted_cache` (every patchable
+        activation) and returns the clean and corrupted logits."""
+        with torch.no_grad():
+            clean_logits, self.clean_cache = self.model.run_with_cache(clean_tokens, names_filter=patchable)
+            corrupted_logits, self.corrupted_cache = self.model.run_with_cache(corrupted_tokens, names_filter=patchable)
+        return clean_logits, corrupted_logits
+
+    def _check(self, activation: str) -> None:
         if activation in ("mlp_out", "resid_mid", "pre", "post") and self.model.cfg.attn_only:
             raise ToylensError(f"cannot patch {activation!r}: the model has no MLPs (attn_only)")
+
+    def grid(self, activation: str, index_axes: tuple[str, ...]) -> PatchGrid:
+        """Patch every (layer, *index_axes) cell of `activation` from the clean run."""
+        self._check(activation)
         values = patch_cells(
             self.model,
             self.corrupted_cache,
@@ -388,9 +405,18 @@ class Patcher:
             index_axes,
             max_rows=self.max_rows,
         )
+        return self._result(PatchGrid, activation, index_axes, values, self.normalize(values - self.corrupted))
+
+    def normalize(self, change: Tensor) -> Tensor:
+        """A change of the metric from the corrupted run in units of the clean - corrupted gap
+        (NaN where there is no gap): what `normalized` holds."""
         span = self.clean - self.corrupted
-        normalized = (values - self.corrupted) / span if span != 0 else torch.full_like(values, float("nan"))
-        return PatchGrid(
+        return change / span if span != 0 else torch.full_like(change, float("nan"))
+
+    def _result(
+        self, cls: type[G], activation: str, index_axes: tuple[str, ...], values: Tensor, normalized: Tensor
+    ) -> G:
+        return cls(
             activation=activation,
             grid_axes=["layer", *index_axes],
             values=values.cpu(),
@@ -463,3 +489,11 @@ class Patcher:
     def head_keys_by_pos(self) -> PatchGrid:
         """Each head's keys (hook_k) at one position: [layer, pos, head]."""
         return self.grid("k", ("pos", "head"))
+
+    def neurons(self) -> PatchGrid:
+        """Each MLP neuron's activation (hook_post) at every position at once: [layer, neuron]."""
+        return self.grid("post", ("neuron",))
+
+    def neurons_by_pos(self) -> PatchGrid:
+        """Each MLP neuron's activation (hook_post) at one position: [layer, pos, neuron]."""
+        return self.grid("post", ("pos", "neuron"))

@@ -49,7 +49,7 @@ class LayerNorm(nn.Module):
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         return self.hook_normalized(core.layer_norm(x, self.w, self.b, eps=self.eps, hook_scale=self.hook_scale))
 
 
@@ -81,14 +81,24 @@ class Attention(nn.Module):
         self.hook_result = HookPoint()
 
     def forward(
-        self, x: Float[Tensor, "batch pos d_model"], past: tuple[Tensor, Tensor] | None = None
+        self,
+        x: Float[Tensor, "batch pos d_model"] | tuple[Tensor, Tensor, Tensor],
+        past: tuple[Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Attention output for the positions of `x`. With `past` (keys and values
         [batch, p0, n_heads, d_head] of the p0 positions before them), `x` holds positions p0..
-        and attends to those too; hook_q/k/v see only the new positions."""
-        q = self.hook_q(core.project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(core.project(x, self.W_K, self.b_K))
-        v = self.hook_v(core.project(x, self.W_V, self.b_V))
+        and attends to those too; hook_q/k/v see only the new positions.
+
+        `x` is the (normalised) residual stream, or split inputs: a tuple of every head's own
+        query, key and value input, each [batch, pos, n_heads, d_model] (see TransformerBlock)."""
+        if isinstance(x, tuple):
+            q = self.hook_q(core.project_split(x[0], self.W_Q, self.b_Q))
+            k = self.hook_k(core.project_split(x[1], self.W_K, self.b_K))
+            v = self.hook_v(core.project_split(x[2], self.W_V, self.b_V))
+        else:
+            q = self.hook_q(core.project(x, self.W_Q, self.b_Q))
+            k = self.hook_k(core.project(x, self.W_K, self.b_K))
+            v = self.hook_v(core.project(x, self.W_V, self.b_V))
         explicit = self.explicit or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
         z = self.hook_z(
             core.attention(
@@ -138,13 +148,18 @@ class TransformerBlock(nn.Module):
         super().__init__()
         ln = cfg.normalization == "LN"
         self.attn_only = cfg.attn_only
+        self.split_qkv_input = False  # see _attention_input
         # Registered in forward order, so hook_dict (and every cache) lists names in that order.
         self.hook_resid_pre = HookPoint()
+        self.hook_q_input = HookPoint()
+        self.hook_k_input = HookPoint()
+        self.hook_v_input = HookPoint()
         self.ln1: LayerNorm | nn.Identity = LayerNorm(cfg) if ln else nn.Identity()
         self.attn = Attention(cfg)
         self.hook_attn_out = HookPoint()
         if not cfg.attn_only:
             self.hook_resid_mid = HookPoint()
+            self.hook_mlp_in = HookPoint()
             self.ln2: LayerNorm | nn.Identity = LayerNorm(cfg) if ln else nn.Identity()
             self.mlp = MLP(cfg)
             self.hook_mlp_out = HookPoint()
@@ -162,11 +177,24 @@ class TransformerBlock(nn.Module):
         block's resid_mid, or resid_pre + attn_out without MLPs), so only the MLP half runs."""
         if not after_attention:
             resid = self.hook_resid_pre(resid)
-            resid = resid + self.hook_attn_out(self.attn(self.ln1(resid), past))
+            resid = resid + self.hook_attn_out(self.attn(self._attention_input(resid), past))
         if not self.attn_only:
             resid = self.hook_resid_mid(resid)
-            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid))))
         return self.hook_resid_post(resid)
+
+    def _attention_input(self, resid: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """ln1(resid); or, with `split_qkv_input` (TransformerLens's use_split_qkv_input), split
+        inputs: each head's query, key and value reads a copy of resid of its own,
+        [batch, pos, n_heads, d_model], through hook_q_input / hook_k_input / hook_v_input and
+        ln1, so one head's one input can be patched or differentiated alone. Same output, n_heads
+        times the LayerNorm and projection work; ln1's hooks then see [batch, pos, n_heads, ...]."""
+        if not self.split_qkv_input:
+            return self.ln1(resid)
+        shape = (*resid.shape[:-1], self.attn.W_Q.shape[0], resid.shape[-1])
+        split = (self.hook_q_input, self.hook_k_input, self.hook_v_input)
+        q, k, v = (self.ln1(hook(resid.unsqueeze(-2).expand(shape))) for hook in split)  # a copy each
+        return q, k, v
 
 
 class Blocks(nn.ModuleList):

@@ -118,6 +118,16 @@ def project(
     return linear(x, W, b.flatten(-2)).view(*x.shape[:-1], h, e)
 
 
+def project_split(
+    x: Float[Tensor, "... n_heads d_model"],
+    W: Float[Tensor, "n_heads d_model d_head"],
+    b: Float[Tensor, "n_heads d_head"],
+) -> Float[Tensor, "... n_heads d_head"]:
+    """x[h] @ W[h] + b[h] for every head h, each head from its own input (split inputs: one
+    head's query, key or value input can then be patched or differentiated alone)."""
+    return torch.einsum("...hd,hde->...he", x, W) + b
+
+
 def attention(
     q: Float[Tensor, "batch n_q n_heads d_head"],
     k: Float[Tensor, "batch n_k n_heads d_head"],

@@ -7,6 +7,7 @@ Shapes use b = batch, p = query position, k = key position, h = head.
 | hook_embed                         | [b, p, d_model]          | token embedding W_E[tokens]           |
 | hook_pos_embed                     | [b, p, d_model]          | positional embedding W_pos[:p]        |
 | blocks.{l}.hook_resid_pre          | [b, p, d_model]          | residual stream entering block l      |
+| blocks.{l}.hook_q_input / _k_input / _v_input | [b, p, h, d_model] | each head's own copy of resid_pre (*) |
 | blocks.{l}.ln1.hook_scale          | [b, p, 1]                | LayerNorm scale (normalization: LN)   |
 | blocks.{l}.ln1.hook_normalized     | [b, p, d_model]          | LayerNorm output (normalization: LN)  |
 | blocks.{l}.attn.hook_q / hook_k / hook_v | [b, p, h, d_head]  | queries, keys, values (with biases)   |
@@ -16,12 +17,16 @@ Shapes use b = batch, p = query position, k = key position, h = head.
 | blocks.{l}.attn.hook_result        | [b, p, h, d_model]       | per-head output z @ W_O (when hooked) |
 | blocks.{l}.hook_attn_out           | [b, p, d_model]          | attention output (sum of heads + b_O) |
 | blocks.{l}.hook_resid_mid          | [b, p, d_model]          | resid_pre + attn_out (not attn_only)  |
+| blocks.{l}.hook_mlp_in             | [b, p, d_model]          | the MLP's input, before ln2 (= resid_mid) |
 | blocks.{l}.ln2.hook_scale / hook_normalized |                 | LayerNorm before the MLP              |
 | blocks.{l}.mlp.hook_pre            | [b, p, d_mlp]            | x @ W_in + b_in                       |
 | blocks.{l}.mlp.hook_post           | [b, p, d_mlp]            | act_fn(hook_pre)                      |
 | blocks.{l}.hook_mlp_out            | [b, p, d_model]          | MLP output                            |
 | blocks.{l}.hook_resid_post         | [b, p, d_model]          | residual stream leaving block l       |
 | ln_final.hook_scale / hook_normalized |                       | final LayerNorm (LN) / input to W_U   |
+
+(*) for its queries, keys and values, before ln1: they fire only with `model.split_qkv_input = True`
+(TransformerLens's use_split_qkv_input), which attribution over edges sets while it runs.
 
 `ln_final.hook_normalized` exists with `normalization: none` too (as an identity), so the input
 to the unembedding always has a name.
@@ -59,12 +64,13 @@ def hook_names(cfg: ModelConfig) -> list[str]:
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         names.append(f"{b}.hook_resid_pre")
+        names += [f"{b}.hook_{x}_input" for x in "qkv"]
         if ln:
             names += [f"{b}.ln1.{h}" for h in LN_HOOKS]
         names += [f"{b}.attn.{h}" for h in ATTN_HOOKS]
         names.append(f"{b}.hook_attn_out")
         if not cfg.attn_only:
-            names.append(f"{b}.hook_resid_mid")
+            names += [f"{b}.hook_resid_mid", f"{b}.hook_mlp_in"]
             if ln:
                 names += [f"{b}.ln2.{h}" for h in LN_HOOKS]
             names += [f"{b}.mlp.{h}" for h in MLP_HOOKS]
@@ -80,7 +86,8 @@ _SHORT = {
     **{n: f"attn.hook_{n}" for n in ("q", "k", "v", "z", "attn_scores", "pattern", "result")},
     "scores": "attn.hook_attn_scores",
     "attn": "attn.hook_pattern",
-    **{n: f"hook_{n}" for n in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")},
+    **{n: f"hook_{n}" for n in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in")},
+    **{f"{n}_input": f"hook_{n}_input" for n in "qkv"},
     "pre": "mlp.hook_pre",
     "post": "mlp.hook_post",
 }

@@ -111,6 +111,17 @@ class Transformer(HookedRootModule):
         for b in self.blocks:
             b.attn.explicit = value
 
+    @property
+    def split_qkv_input(self) -> bool:
+        return all(b.split_qkv_input for b in self.blocks)
+
+    @split_qkv_input.setter
+    def split_qkv_input(self, value: bool) -> None:
+        """Give every head's query, key and value its own copy of the residual stream, at
+        blocks.{l}.hook_q_input / hook_k_input / hook_v_input (which fire only then)."""
+        for b in self.blocks:
+            b.split_qkv_input = value
+
     # Weights stacked over layers, TransformerLens style.
     def _stack(self, module: str, name: str) -> Tensor:
         return torch.stack([getattr(getattr(b, module), name) for b in self.blocks])

@@ -1,0 +1,164 @@
+"""Attribution patching (node level): TransformerLens 4.3's `attribution_patch` against toylens's
+`AttributionPatcher`; and toylens's edge scores (EAP, EAP-IG) and circuit faithfulness.
+
+Same weights (the toylens model exported with toylens.export), same clean/corrupted inputs, same
+metric (a logit difference with the same answers in every row, because TransformerLens scores the
+pairs one at a time with one metric function). Both sides score the embedding (toylens:
+resid_pre of layer 0), every head at every position and every MLP output at every position, in
+the same convention: (a_clean - a_corrupted) . d metric / d a at the corrupted run, averaged over
+the pairs. Prints the best of --repeats wall times of each, the ratio, and the largest difference
+of the scores relative to the largest score.
+
+    OMP_NUM_THREADS=2 python bench/attribution.py                   # sorting-sized model, CPU
+    python bench/attribution.py --arch induction --device cuda      # 2-layer attention-only, n_ctx 128
+                                                                    # (toylens only: TL needs MLPs)
+    python bench/attribution.py --run runs/sort-no-decay            # a trained run instead of random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+from transformer_lens.tools.analysis.attribution_patching import (  # noqa: E402
+    EdgeAttributionConfig,
+    attribution_patch,
+)
+
+from toylens import load  # noqa: E402
+from toylens.analysis.attribution_patching import AttributionPatcher  # noqa: E402
+from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness  # noqa: E402
+from toylens.analysis.metrics import LogitDiff  # noqa: E402
+from toylens.config import ModelConfig  # noqa: E402
+from toylens.device import resolve_device  # noqa: E402
+from toylens.export import to_transformer_lens  # noqa: E402
+from toylens.memory import reuse_freed_memory  # noqa: E402
+from toylens.model import Transformer  # noqa: E402
+
+ARCHS = {
+    # configs/sort-*.yaml: 1 layer, attention + MLP, sequences of 20
+    "sort": dict(n_layers=1, n_heads=2, d_model=64, d_head=32, d_mlp=256, d_vocab=51, d_vocab_out=50, n_ctx=20),
+    # 2 layers with MLPs, sequences of 64
+    "mlp2": dict(n_layers=2, n_heads=4, d_model=128, d_mlp=512, d_vocab=65, d_vocab_out=64, n_ctx=64),
+    # the induction study: 2 layers, attention only, sequences of 128
+    "induction": dict(n_layers=2, n_heads=4, d_model=128, attn_only=True, d_vocab=65, d_vocab_out=64, n_ctx=128),
+}
+
+
+def make_model(args: argparse.Namespace) -> Transformer:
+    if args.run:
+        return load(args.run).model
+    cfg = ModelConfig(**ARCHS[args.arch])
+    return Transformer(cfg.resolved(cfg.d_vocab, cfg.d_vocab_out, cfg.n_ctx), seed=0)
+
+
+def timed(fn, repeats: int, sync) -> tuple[float, object]:  # noqa: ANN001
+    out, times = None, []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return min(times), out  # the least disturbed repeat: the machine may be shared
+
+
+def tl_scores(result, cfg, pos: int) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """TransformerLens's node scores as toylens's grids: embed [pos], heads [layer, pos, head], mlp [layer, pos]."""
+    out = {"embed": torch.zeros(pos), "heads": torch.zeros(cfg.n_layers, pos, cfg.n_heads)}
+    if not cfg.attn_only:
+        out["mlp_out"] = torch.zeros(cfg.n_layers, pos)
+    for node, score in result.node_scores.items():
+        if node.kind == "embed":
+            out["embed"][node.position] = score
+        elif node.kind == "attn_head_out":
+            out["heads"][node.layer, node.position, node.head] = score
+        else:
+            out["mlp_out"][node.layer, node.position] = score
+    return out
+
+
+def edges(model, tl, clean, corrupted, metric, one, repeats: int, sync) -> None:  # noqa: ANN001
+    """Edge scores (EAP, EAP-IG with 5 steps) and the faithfulness of their top 10% edges: toylens's
+    times; TransformerLens's edge granularity where it runs (not on an exported model in 4.3)."""
+    for k in (1, 5):
+        t, scores = timed(lambda k=k: edge_attribution(model, clean, corrupted, metric, ig_steps=k), repeats, sync)
+        print(f"edge scores {tuple(scores.scores.shape)} (writer x reader), ig_steps {k}: toylens {t:7.3f} s")
+    n = max(1, round(0.1 * int(edge_mask(model).sum())))
+    keep = circuit(scores, top=n)
+    t, f = timed(lambda: faithfulness(model, clean, corrupted, metric, keep), repeats, sync)
+    print(f"faithfulness of the top {n} edges by EAP-IG: toylens {t:7.3f} s (recovered {f.recovered:.3f})")
+    try:
+        config = EdgeAttributionConfig(granularity="edge")
+        t_tl, _ = timed(lambda: attribution_patch(tl, clean, corrupted, lambda x: one(x).mean(), config), 1, sync)
+        print(f"edge scores: TransformerLens {t_tl:8.3f} s")
+    except NotImplementedError as e:
+        print(f"edge scores: TransformerLens 4.3 cannot run them on the exported model ({str(e)[:90]}...)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=list(ARCHS), default="sort")
+    ap.add_argument("--run", default=None, help="use this trained run's final model instead of random weights")
+    ap.add_argument("--batch", type=int, default=32, help="clean/corrupted pairs")
+    ap.add_argument("--pos", type=int, default=None, help="sequence length (default: n_ctx)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # as `toylens analyze` does; process-wide, so both sides alike
+    model = make_model(args).to(device).eval()
+    tl = to_transformer_lens(model, device=device).eval()
+    cfg = model.cfg
+    pos = args.pos or cfg.n_ctx
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, cfg.d_vocab_out, (args.batch, pos), generator=g).to(device)
+    corrupted = clean.clone()
+    corrupted[:, pos // 3] = (clean[:, pos // 3] + 1) % cfg.d_vocab_out
+    answers = torch.randint(0, cfg.d_vocab_out, (2, 1, pos), generator=g).to(device)
+    metric = LogitDiff(answers[0].expand(args.batch, pos), answers[1].expand(args.batch, pos))
+    one = LogitDiff(answers[0], answers[1])  # TransformerLens calls the metric on one pair's logits
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    print(
+        f"model: {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, attn_only {cfg.attn_only}; "
+        f"batch {args.batch} x {pos} positions; device {device} ({platform.processor() or platform.machine()}, "
+        f"torch threads {torch.get_num_threads()}); torch {torch.__version__}"
+    )
+
+    def run_tl() -> dict[str, torch.Tensor]:
+        return tl_scores(attribution_patch(tl, clean, corrupted, lambda logits: one(logits).mean()), cfg, pos)
+
+    def run_ours() -> dict[str, torch.Tensor]:
+        atp = AttributionPatcher(model, clean, corrupted, metric)
+        out = {"embed": atp.resid_pre().values[0], "heads": atp.head_out_by_pos().values}
+        if not cfg.attn_only:
+            out["mlp_out"] = atp.mlp_out().values
+        return {k: v - atp.corrupted for k, v in out.items()}
+
+    edges(model, tl, clean, corrupted, metric, one, args.repeats, sync)
+    t_ours, got = timed(run_ours, args.repeats, sync)
+    if cfg.attn_only:  # TransformerLens 4.3's node graph needs every layer's hook_mlp_out
+        n = sum(v.numel() for v in got.values())
+        print(f"node scores ({n}): toylens {t_ours:7.3f} s; TransformerLens 4.3 refuses attention-only models")
+        return
+    t_tl, ref = timed(run_tl, args.repeats, sync)
+    scale = max(v.abs().max().item() for v in ref.values())
+    diff = max((got[k].cpu() - ref[k]).abs().max().item() for k in ref)
+    n = sum(v.numel() for v in ref.values())
+    print(
+        f"node scores ({n}: embed, heads and MLPs by position): TransformerLens {t_tl:8.3f} s   "
+        f"toylens {t_ours:7.3f} s   ratio {t_tl / t_ours:6.1f}x   max |diff| {diff:.1e} "
+        f"({diff / scale:.1e} of the largest score)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Edge attribution patching (EAP, EAP-IG): every edge of the residual-stream graph from one backward.
+
+The residual stream is a sum of what its writers wrote: the embeddings (token + position), every
+head's output (z_h @ W_O[h]) and every MLP's output. Its readers are every head's query, key and
+value inputs (separately, through the model's split inputs: `Transformer.split_qkv_input`), every
+MLP's input and the logits. An edge w -> r exists when w writes before r reads (an earlier layer;
+for an MLP also its own layer's heads). Its EAP score is the first-order estimate of patching the
+edge alone from the clean run into the corrupted one (denoising, as `attribution_patching`):
+
+    score(w -> r) = sum over batch and positions of (out_w(clean) - out_w(corrupted)) . d metric / d in_r
+
+with d metric / d in_r the gradient of the batch-mean metric at reader r's own input (which no
+other reader shares), at the corrupted run. A writer's edges add up to its node AtP estimate
+(every reader after it reads the stream it wrote to). EAP-IG (Hanna et al. 2024) averages the
+reader gradients over k points on the straight line from the corrupted to the clean embeddings,
+alpha = 0, 1/k, ..., (k-1)/k (a left Riemann sum of the integrated gradient, so k = 1 is EAP),
+with the k points stacked along the batch of one forward and one backward pass.
+
+    eap = edge_attribution(model, clean_tokens, corrupted_tokens, metric, ig_steps=5)
+    eap.top_edges(10)                       # [(writer, reader, score)], largest |score| first
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from toylens.analysis.metrics import Accuracy, Metric
+from toylens.analysis.results import Result
+from toylens.errors import ToylensError
+from toylens.model import HookPoint, Transformer
+from toylens.model import functional as core
+
+
+@dataclass
+class EdgeScores(Result):
+    """Scores [writer, reader] of every edge (NaN where the writer comes after the reader)."""
+
+    scores: Tensor
+    normalized: Tensor
+    writers: list[str]
+    readers: list[str]
+    clean: float
+    corrupted: float
+    metric: str
+    metric_description: str
+    ig_steps: int
+    corruption: str = ""
+
+    axes = {"scores": ("writer", "reader"), "normalized": ("writer", "reader")}
+
+    def top_edges(self, k: int = 10) -> list[tuple[str, str, float]]:
+        """The k edges with the largest |score|, largest first."""
+        flat = self.scores.nan_to_num(0).abs().flatten()
+        order = flat.argsort(descending=True)[:k]
+        n = len(self.readers)
+        return [(self.writers[i // n], self.readers[i % n], float(self.scores.flatten()[i])) for i in order.tolist()]
+
+
+def _writers(model: Transformer) -> list[tuple[str, int]]:
+    """(label, stage) of every writer: embed, then per layer its heads L{l}H{h} and MLP{l}. Stage
+    2l is layer l's attention, 2l + 1 its MLP; a writer feeds the readers of later stages."""
+    cfg, out = model.cfg, [("embed", -1)]
+    for layer in range(cfg.n_layers):
+        out += [(f"L{layer}H{h}", 2 * layer) for h in range(cfg.n_heads)]
+        out += [] if cfg.attn_only else [(f"MLP{layer}", 2 * layer + 1)]
+    return out
+
+
+def _readers(model: Transformer) -> list[tuple[str, int]]:
+    """(label, stage) of every reader: per layer each head's L{l}H{h}.q, then all .k, all .v, then
+    MLP{l}; last the logits."""
+    cfg, out = model.cfg, []
+    for layer in range(cfg.n_layers):
+        out += [(f"L{layer}H{h}.{x}", 2 * layer) for x in "qkv" for h in range(cfg.n_heads)]
+        out += [] if cfg.attn_only else [(f"MLP{layer}", 2 * layer + 1)]
+    return [*out, ("logits", 2 * cfg.n_layers)]
+
+
+def edge_mask(model: Transformer) -> Tensor:
+    """[writer, reader]: True where the writer writes before the reader reads."""
+    readers = torch.tensor([s for _, s in _readers(model)])
+    return torch.tensor([s for _, s in _writers(model)]).unsqueeze(1) < readers
+
+
+def _writer_outputs(model: Transformer, tokens: Tensor) -> Tensor:
+    """What every writer wrote [writer, batch, pos, d_model], in `_writers` order."""
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    if not model.cfg.attn_only:
+        names += [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+    out = [cache["resid_pre", 0].unsqueeze(0)]
+    for layer in range(model.cfg.n_layers):
+        heads = core.head_results(cache["z", layer], model.blocks[layer].attn.W_O)  # [batch, pos, head, d_model]
+        out.append(heads.permute(2, 0, 1, 3))
+        if not model.cfg.attn_only:
+            out.append(cache["mlp_out", layer].unsqueeze(0))
+    return torch.cat(out)
+
+
+def _reader_gradients(
+    model: Transformer, clean: Tensor, corrupted: Tensor, metric: Metric, ig_steps: int
+) -> tuple[Tensor, Tensor]:
+    """The gradient of the metric at every reader's input [reader, batch, pos, d_model] (summed
+    over the ig_steps points, each weighted 1/ig_steps) and the corrupted logits."""
+    cfg, batch = model.cfg, clean.shape[0]
+    with torch.no_grad():
+        _, ends = model.run_with_cache(torch.cat([clean, corrupted]), names_filter="hook_embed")
+    clean_embed, corrupted_embed = ends["hook_embed"].split(batch)
+    alpha = (torch.arange(ig_steps, dtype=clean_embed.dtype, device=clean.device) / ig_steps).view(-1, 1, 1, 1)
+    embed = (corrupted_embed + alpha * (clean_embed - corrupted_embed)).flatten(0, 1)  # [steps * batch, pos, d]
+    live: dict[str, Tensor] = {}
+
+    def interpolate(x: Tensor, hook: HookPoint) -> Tensor:
+        return embed.detach().requires_grad_()
+
+    def keep(x: Tensor, hook: HookPoint) -> Tensor:
+        live[hook.name] = x = x.view_as(x)  # its own node: the gradient of this reader alone
+        return x
+
+    readers = [f"blocks.{l}.hook_{x}_input" for l in range(cfg.n_layers) for x in "qkv"]
+    if not cfg.attn_only:
+        readers += [f"blocks.{l}.hook_mlp_in" for l in range(cfg.n_layers)]
+    readers.append(f"blocks.{cfg.n_layers - 1}.hook_resid_post")
+    split = model.split_qkv_input
+    model.split_qkv_input = True
+    try:
+        with torch.enable_grad(), model.hooks([("hook_embed", interpolate), (readers, keep)]):
+            logits = model(corrupted.repeat(ig_steps, 1))
+            value = metric(logits.view(ig_steps, batch, *logits.shape[1:])).mean()
+            grads = dict(zip(live, torch.autograd.grad(value, list(live.values())), strict=True))
+    finally:
+        model.split_qkv_input = split
+    out = []
+    for layer in range(cfg.n_layers):
+        for x in "qkv":  # [steps * batch, pos, head, d] -> [head, batch, pos, d]
+            g = grads[f"blocks.{layer}.hook_{x}_input"]
+            out.append(g.view(ig_steps, batch, *g.shape[1:]).sum(0).permute(2, 0, 1, 3))
+        if not cfg.attn_only:
+            g = grads[f"blocks.{layer}.hook_mlp_in"]
+            out.append(g.view(ig_steps, batch, *g.shape[1:]).sum(0).unsqueeze(0))
+    g = grads[readers[-1]]
+    out.append(g.view(ig_steps, batch, *g.shape[1:]).sum(0).unsqueeze(0))
+    return torch.cat(out), logits.detach()[:batch]
+
+
+def edge_attribution(
+    model: Transformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    *,
+    ig_steps: int = 1,
+    description: str = "",
+) -> EdgeScores:
+    """EAP (ig_steps=1) or EAP-IG scores of every edge; see the module docstring."""
+    if isinstance(metric, Accuracy):
+        raise ToylensError("edge attribution needs a differentiable metric: use logit_diff or neg_loss, not accuracy")
+    if ig_steps < 1:
+        raise ToylensError(f"ig_steps must be at least 1, not {ig_steps}")
+    device = next(model.parameters()).device
+    clean, corrupted, metric = clean_tokens.to(device), corrupted_tokens.to(device), metric.to(device)
+    grads, corrupted_logits = _reader_gradients(model, clean, corrupted, metric, ig_steps)
+    with torch.no_grad():
+        delta = _writer_outputs(model, clean) - _writer_outputs(model, corrupted)  # [writer, batch, pos, d]
+        scores = delta.flatten(1) @ grads.flatten(1).T  # [writer, reader]
+        scores = scores.masked_fill(~edge_mask(model).to(device), float("nan"))
+        m_clean = float(metric(model(clean)).mean())
+    m_corrupted = float(metric(corrupted_logits).mean())
+    span = m_clean - m_corrupted
+    return EdgeScores(
+        scores=scores.cpu(),
+        normalized=(scores / span if span != 0 else torch.full_like(scores, float("nan"))).cpu(),
+        writers=[w for w, _ in _writers(model)],
+        readers=[r for r, _ in _readers(model)],
+        clean=m_clean,
+        corrupted=m_corrupted,
+        metric=metric.name,
+        metric_description=metric.description,
+        ig_steps=ig_steps,
+        corruption=description,
+    )
+
+
+# --- circuits and their faithfulness ---------------------------------------------------------
+ABLATIONS = ("corrupted", "mean", "zero")
+
+
+def circuit(edges: EdgeScores, *, top: int | None = None, threshold: float | None = None) -> Tensor:
+    """The edges [writer, reader] kept: the `top` largest |score|, or every |normalized| >= threshold."""
+    if (top is None) == (threshold is None):
+        raise ToylensError("give a circuit either top (edges) or threshold (|normalized| score)")
+    score = edges.scores.nan_to_num(0).abs() if top is not None else edges.normalized.nan_to_num(0).abs()
+    if threshold is not None:
+        return score >= threshold
+    keep = torch.zeros(score.numel(), dtype=torch.bool)
+    keep[score.flatten().argsort(descending=True)[: int(top or 0)]] = True
+    return keep.view(score.shape) & ~edges.scores.isnan()
+
+
+@dataclass
+class Faithfulness(Result):
+    """How much of the clean - corrupted metric gap a circuit recovers when every edge outside
+    it is ablated: recovered = (metric - corrupted) / (clean - corrupted)."""
+
+    recovered: float
+    metric_value: float
+    clean: float
+    corrupted: float
+    n_edges: int
+    total_edges: int
+    ablation: str
+    circuit: Tensor
+
+    axes = {"circuit": ("writer", "reader")}
+
+
+def faithfulness(
+    model: Transformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    keep: Tensor,
+    ablation: str = "corrupted",
+) -> Faithfulness:
+    """Run the clean input with every edge outside `keep` ([writer, reader], e.g. `circuit(...)`)
+    ablated, exactly: each reader's own input (split q/k/v inputs, MLP input, the final stream)
+    has each excluded writer's live output replaced by its ablated value, the corrupted run's
+    ("corrupted"), its mean over the clean batch ("mean") or zero ("zero")."""
+    if ablation not in ABLATIONS:
+        raise ToylensError(f"ablation {ablation!r}: expected one of {', '.join(ABLATIONS)}")
+    weight = next(model.parameters())
+    device = weight.device
+    clean, corrupted, metric = clean_tokens.to(device), corrupted_tokens.to(device), metric.to(device)
+    edges = edge_mask(model).to(device)
+    drop = (edges & ~keep.to(device)).to(weight.dtype)  # [writer, reader]
+    with torch.no_grad():
+        replacement = {
+            "corrupted": lambda: _writer_outputs(model, corrupted),
+            "mean": lambda: _writer_outputs(model, clean).mean(1, keepdim=True),
+            "zero": lambda: torch.zeros(1, 1, 1, 1, device=device),
+        }[ablation]()
+        m_clean = float(metric(model(clean)).mean())
+        m_corrupted = float(metric(model(corrupted)).mean())
+        value = float(metric(_ablated_run(model, clean, replacement, drop)).mean())
+    span = m_clean - m_corrupted
+    return Faithfulness(
+        recovered=(value - m_corrupted) / span if span != 0 else float("nan"),
+        metric_value=value,
+        clean=m_clean,
+        corrupted=m_corrupted,
+        n_edges=int((edges & keep.to(device)).sum()),
+        total_edges=int(edges.sum()),
+        ablation=ablation,
+        circuit=(edges & keep.to(device)).cpu(),
+    )
+
+
+def _ablated_run(model: Transformer, tokens: Tensor, replacement: Tensor, drop: Tensor) -> Tensor:
+    """Logits of `tokens` with reader r's input less sum over writers w of drop[w, r] *
+    (out_w - replacement[w]). Writers come in forward order, so a reader's writers are those seen."""
+    cfg = model.cfg
+    live: list[Tensor] = []
+    columns = {name: i for i, (name, _) in enumerate(_readers(model))}
+
+    def removed(columns_: Tensor) -> Tensor:  # [batch, pos, n_columns, d_model]
+        n = len(live)
+        change = torch.stack(live) - replacement[:n].expand(n, *live[0].shape)
+        return torch.einsum("wbpd,wc->bpcd", change, drop[:n, columns_])
+
+    def embed(x: Tensor, hook: HookPoint) -> None:
+        live.append(x)
+
+    def heads(z: Tensor, hook: HookPoint) -> None:
+        layer = int(hook.name.split(".")[1])
+        live.extend(core.head_results(z, model.blocks[layer].attn.W_O).unbind(2))
+
+    def mlp(x: Tensor, hook: HookPoint) -> None:
+        live.append(x)
+
+    def split_input(x: Tensor, hook: HookPoint) -> Tensor:
+        layer, kind = int(hook.name.split(".")[1]), hook.name.rsplit("_", 2)[-2]
+        cols = torch.tensor([columns[f"L{layer}H{h}.{kind}"] for h in range(cfg.n_heads)], device=x.device)
+        return x - removed(cols)
+
+    def stream(x: Tensor, hook: HookPoint) -> Tensor:
+        name = "logits" if hook.name.endswith("resid_post") else f"MLP{hook.name.split('.')[1]}"
+        return x - removed(torch.tensor([columns[name]], device=x.device)).squeeze(2)
+
+    layers = range(cfg.n_layers)
+    hooks = [
+        ("blocks.0.hook_resid_pre", embed),
+        ([f"blocks.{l}.attn.hook_z" for l in layers], heads),
+        ([f"blocks.{l}.hook_{x}_input" for l in layers for x in "qkv"], split_input),
+        (f"blocks.{cfg.n_layers - 1}.hook_resid_post", stream),
+    ]
+    if not cfg.attn_only:  # the MLP reads before it writes: its input hook comes first
+        hooks += [
+            ([f"blocks.{l}.hook_mlp_in" for l in layers], stream),
+            ([f"blocks.{l}.hook_mlp_out" for l in layers], mlp),
+        ]
+    split = model.split_qkv_input
+    model.split_qkv_input = True
+    try:
+        with model.hooks(hooks):
+            return model(tokens)
+    finally:
+        model.split_qkv_input = split

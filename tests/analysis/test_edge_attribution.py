@@ -1,0 +1,217 @@
+"""Edge attribution (EAP, EAP-IG): a writer's edges add up to its node AtP estimate, the scores
+equal TransformerLens 4.3's edge attribution on the exported model, and EAP-IG converges to a
+float64 brute-force integrated gradient (one forward and backward per step, written here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from toylens.analysis.attribution_patching import AttributionPatcher
+from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness
+from toylens.analysis.metrics import LogitDiff
+
+
+def pair(seed=0, batch=5, pos=8, same_answers=False):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, 10, (batch, pos), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = (clean[:, 2] + 1 + torch.randint(0, 8, (batch,), generator=g)) % 10
+    rows = 1 if same_answers else batch
+    correct = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
+    wrong = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
+    return clean, corrupted, LogitDiff(correct, wrong)
+
+
+@pytest.mark.parametrize("attn_only,norm", [(True, "none"), (False, "LN")])
+def test_a_writers_edges_add_up_to_its_node_estimate(attn_only, norm):
+    model = tiny_model(n_layers=2, attn_only=attn_only, normalization=norm).double()
+    clean, corrupted, metric = pair()
+    eap = edge_attribution(model, clean, corrupted, metric)
+    assert eap.scores.isnan().equal(~edge_mask(model))
+    total = eap.scores.nan_to_num(0).sum(1)  # [writer]
+    atp = AttributionPatcher(model, clean, corrupted, metric)
+    heads = atp.head_out().values.flatten() - atp.corrupted
+    nodes = {"embed": atp.resid_pre().values[0].sum() - 8 * atp.corrupted}
+    nodes.update({f"L{i // 3}H{i % 3}": heads[i] for i in range(6)})
+    if not attn_only:
+        nodes.update({f"MLP{l}": v for l, v in enumerate((atp.mlp_out().values - atp.corrupted).sum(1))})
+    assert set(nodes) == set(eap.writers)
+    scale = max(abs(float(v)) for v in nodes.values())
+    for writer, value in nodes.items():
+        assert abs(float(total[eap.writers.index(writer)]) - float(value)) <= 1e-12 * scale, writer
+
+
+def brute_force_ig(model, clean, corrupted, metric, steps):
+    """Midpoint-rule integrated gradients of every edge, one forward and backward per step."""
+    cfg = model.cfg
+    with torch.no_grad():
+        _, c = model.run_with_cache(clean)
+        _, k = model.run_with_cache(corrupted)
+    deltas = {"embed": c["embed"] - k["embed"]}
+    for l in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            deltas[f"L{l}H{h}"] = (c["z", l][:, :, h] - k["z", l][:, :, h]) @ model.blocks[l].attn.W_O[h].detach()
+        if not cfg.attn_only:
+            deltas[f"MLP{l}"] = c["mlp_out", l] - k["mlp_out", l]
+    readers = [f"blocks.{l}.hook_{x}_input" for l in range(cfg.n_layers) for x in "qkv"]
+    readers += [] if cfg.attn_only else [f"blocks.{l}.hook_mlp_in" for l in range(cfg.n_layers)]
+    readers.append(f"blocks.{cfg.n_layers - 1}.hook_resid_post")
+    total = {}
+    model.split_qkv_input = True
+    for i in range(steps):
+        alpha = (i + 0.5) / steps
+        seen = {}
+
+        def embed(x, hook, alpha=alpha):
+            return (k["embed"] + alpha * (c["embed"] - k["embed"])).requires_grad_()
+
+        def read(x, hook, seen=seen):
+            seen[hook.name] = x = x.view_as(x)
+            return x
+
+        with torch.enable_grad(), model.hooks([("hook_embed", embed), (readers, read)]):
+            value = metric(model(corrupted)).mean()
+            grads = torch.autograd.grad(value, list(seen.values()))
+        for name, g in zip(seen, grads):
+            total[name] = total.get(name, 0) + g / steps
+    model.split_qkv_input = False
+    out = {}
+    for name, g in total.items():
+        layer = int(name.split(".")[1])
+        kind = name.rsplit("_", 2)[-2] if name.endswith("_input") else name.rsplit(".", 1)[-1]
+        if kind in "qkv":
+            for h in range(cfg.n_heads):
+                out[f"L{layer}H{h}.{kind}"] = g[:, :, h]
+        else:
+            out[f"MLP{layer}" if kind == "hook_mlp_in" else "logits"] = g
+    return deltas, out
+
+
+def test_eap_ig_converges_to_the_integrated_gradient():
+    model = tiny_model(n_layers=2, normalization="LN").double()
+    clean, corrupted, metric = pair(seed=1, batch=3, pos=6)
+    deltas, grads = brute_force_ig(model, clean, corrupted, metric, steps=400)
+    eap = {k: edge_attribution(model, clean, corrupted, metric, ig_steps=k) for k in (1, 4, 16, 64)}
+    mask = edge_mask(model)
+    brute = torch.full(mask.shape, float("nan"), dtype=torch.float64)
+    for i, w in enumerate(eap[1].writers):
+        for j, r in enumerate(eap[1].readers):
+            if mask[i, j]:
+                brute[i, j] = (deltas[w] * grads[r]).sum()
+    errors = {k: float((e.scores - brute).nan_to_num(0).abs().max()) for k, e in eap.items()}
+    scale = float(brute.nan_to_num(0).abs().max())
+    print({k: f"{v / scale:.2e}" for k, v in errors.items()})
+    assert errors[1] > errors[4] > errors[16] > errors[64]
+    assert errors[64] <= 0.02 * scale
+    atp = edge_attribution(model, clean, corrupted, metric)
+    assert atp.scores.nan_to_num(0).equal(eap[1].scores.nan_to_num(0))  # k = 1 is EAP: the gradient at alpha 0
+
+
+ARCHS = [
+    dict(n_layers=2, attn_only=False, normalization="LN", act_fn="gelu"),
+    dict(n_layers=2, attn_only=False, normalization="none", act_fn="relu"),
+]
+
+
+@pytest.mark.xfail(
+    raises=NotImplementedError,
+    strict=True,
+    reason="TransformerLens 4.3's edge granularity needs per-head results (use_attn_result), which its "
+    "bridge supports only for JointQKV/PositionEmbeddings attention, not the AttentionBridge an export builds",
+)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_edge_scores_equal_transformer_lens(arch):
+    """TransformerLens scores an edge per position (writer and reader at the same position); ours
+    is their sum over positions."""
+    from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
+
+    from toylens.export import to_transformer_lens
+
+    model = tiny_model(**arch)
+    clean, corrupted, metric = pair(seed=3, batch=4, same_answers=True)
+    ours = edge_attribution(model, clean, corrupted, metric)
+    one = LogitDiff(metric.correct[:1], metric.wrong[:1])
+    tl = to_transformer_lens(model).eval()
+    theirs = attribution_patch(
+        tl, clean, corrupted, lambda logits: one(logits).mean(), EdgeAttributionConfig(granularity="edge")
+    ).edge_scores
+
+    def label(node):
+        if node.kind == "embed":
+            return "embed"
+        if node.kind == "attn_head_out":
+            return f"L{node.layer}H{node.head}"
+        if node.kind in ("mlp_out", "mlp_in"):
+            return f"MLP{node.layer}"
+        if node.kind == "logits":
+            return "logits"
+        return f"L{node.layer}H{node.head}.{node.kind[0]}"
+
+    got = torch.zeros_like(ours.scores)
+    for (w, r), score in theirs.items():
+        got[ours.writers.index(label(w)), ours.readers.index(label(r))] += score
+    mask = edge_mask(model)
+    assert (got[~mask] == 0).all()
+    scale = ours.scores.nan_to_num(0).abs().max()
+    assert scale > 1e-3
+    assert (ours.scores[mask] - got[mask]).abs().max() <= 1e-4 * scale
+
+
+# --- circuits: faithfulness by exact edge ablation -------------------------------------------
+@pytest.mark.parametrize("attn_only,norm", [(True, "none"), (False, "LN")])
+def test_faithfulness_of_the_whole_graph_and_of_no_edge(attn_only, norm):
+    """Keeping every edge is the clean run; keeping none (corrupted replacement) gives every
+    reader its corrupted input, so the corrupted run."""
+    model = tiny_model(n_layers=2, attn_only=attn_only, normalization=norm).double()
+    clean, corrupted, metric = pair(seed=4)
+    every = faithfulness(model, clean, corrupted, metric, edge_mask(model))
+    none = faithfulness(model, clean, corrupted, metric, torch.zeros_like(edge_mask(model)))
+    assert abs(every.recovered - 1) <= 1e-9 and abs(none.recovered) <= 1e-9
+    assert every.n_edges == every.total_edges == int(edge_mask(model).sum()) and none.n_edges == 0
+    assert not model.split_qkv_input  # restored
+
+
+def test_ablating_one_edge_equals_a_naive_patch():
+    """All edges but L0H1 -> L1H2.k: the same as giving L1H2's keys the clean stream with L0H1's
+    output swapped for its corrupted one (written here with plain hooks, no split inputs)."""
+    model = tiny_model(n_layers=2, normalization="LN").double()
+    clean, corrupted, metric = pair(seed=5)
+    eap = edge_attribution(model, clean, corrupted, metric)
+    keep = edge_mask(model).clone()
+    keep[eap.writers.index("L0H1"), eap.readers.index("L1H2.k")] = False
+    got = faithfulness(model, clean, corrupted, metric, keep)
+    W_O = model.blocks[0].attn.W_O[1].detach()
+    with torch.no_grad():
+        _, c = model.run_with_cache(clean)
+        _, k = model.run_with_cache(corrupted)
+        resid = c["resid_pre", 1] - (c["z", 0][:, :, 1] - k["z", 0][:, :, 1]) @ W_O
+        keys = model.blocks[1].attn.hook_k  # the key projection of that stream, through the model's own LayerNorm
+        ln = model.blocks[1].ln1(resid)
+        k_new = torch.einsum("bpd,de->bpe", ln, model.blocks[1].attn.W_K[2]) + model.blocks[1].attn.b_K[2]
+
+        def swap(x, hook):
+            x = x.clone()
+            x[:, :, 2] = k_new
+            return x
+
+        value = metric(model.run_with_hooks(clean, fwd_hooks=[(keys.name, swap)])).mean()
+    span = got.clean - got.corrupted
+    assert abs(got.metric_value - float(value)) <= 1e-10
+    assert abs(got.recovered - (float(value) - got.corrupted) / span) <= 1e-9
+    assert abs(got.recovered - 1) > 1e-6  # the edge matters
+
+
+def test_circuit_by_top_edges_and_threshold():
+    model = tiny_model(n_layers=2).double()
+    clean, corrupted, metric = pair(seed=6)
+    eap = edge_attribution(model, clean, corrupted, metric)
+    top = circuit(eap, top=5)
+    assert int(top.sum()) == 5
+    best = eap.top_edges(5)
+    assert {(w, r) for w, r, _ in best} == {(eap.writers[i], eap.readers[j]) for i, j in top.nonzero().tolist()}
+    cut = float(eap.normalized.nan_to_num(0).abs().flatten().sort(descending=True).values[9])
+    assert int(circuit(eap, threshold=cut).sum()) == 10
+    result = faithfulness(model, clean, corrupted, metric, top, ablation="mean")
+    assert result.n_edges == 5 and result.ablation == "mean" and result.circuit.equal(top)
