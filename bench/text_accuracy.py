@@ -4,9 +4,11 @@
 
 For each IMDB classify quick config: test accuracy on the 2,000 bundled test reviews at the
 checkpoint with the best validation accuracy (validation = 10% of the bundled training reviews;
-the test split is used for nothing else). For the WikiText lm quick config: test loss at the
-best-validation checkpoint against a unigram model fitted to the same training tokens
-(add-one smoothing over the whole GPT-2 vocabulary). Prints one line per run with wall times.
+the test split is used for nothing else). For every IMDB and WikiText lm quick config of Study 1:
+test loss at the best-validation checkpoint against a unigram model fitted to the same training
+tokens over the run's own vocabulary (add-one smoothing; with a compact vocabulary the <other> id
+is one class in both), and the share of test tokens in <other>. Prints one line per run with wall
+times.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from toylens.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFY = ["imdb-1l-attn-bert-classify.quick", "imdb-1l-attn-gpt2-classify.quick"]
-LM = ["wikitext-2l-attn-lm.quick"]
+LM = [
+    "imdb-1l-attn-gpt2-lm.quick",
+    "imdb-2l-attn-gpt2-lm.quick",
+    "imdb-2l-mlp-gpt2-lm.quick",
+    "imdb-1l-attn-bert-lm.quick",
+    "wikitext-1l-attn-600k-lm.quick",
+    "wikitext-1l-attn-lm.quick",
+    "wikitext-2l-attn-lm.quick",
+]
 
 
 def train_best(name: str, out: Path, cache: str) -> tuple[toylens.Loaded, float]:
@@ -50,7 +60,8 @@ def main() -> None:
             gap = unigram - metrics["test/loss"]
             print(
                 f"{name}: test loss {metrics['test/loss']:.4f} vs unigram {unigram:.4f}: {gap:.3f} nat better "
-                f"(val loss {val['val/loss']:.4f}; {where})",
+                f"(val loss {val['val/loss']:.4f}; <other> {metrics.get('test/other_frac', 0.0):.1%} of test "
+                f"tokens; d_vocab {best.config.model.d_vocab}; {where})",
                 flush=True,
             )
 
