@@ -10,6 +10,7 @@ from torch import nn
 
 from toylens.errors import ToylensError
 from toylens.llc import LLCSettings, Restriction, estimate_many, module_objective, restrictions
+from toylens.llc import run as llc_run
 from toylens.llc.sampler import MinibatchDraws, RowSettings, run_sgld
 from toylens.run import RunDir
 from toylens.train import train
@@ -146,7 +147,18 @@ def attention_run(tmp_path_factory):
     return train(cfg, tmp_path_factory.mktemp("runs"), progress=False).run_dir
 
 
-def test_cli_restrict_heads_writes_one_result_per_head_and_checkpoint_and_skips_them(attention_run, toylens_main):
+def test_cli_restrict_heads_writes_one_result_per_head_and_checkpoint_and_skips_them(
+    attention_run, toylens_main, monkeypatch
+):
+    calls: list[int] = []  # estimates per batched computation
+    real = llc_run.estimate_many
+
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr(llc_run, "estimate_many", counted)
     fast = ["--set", "chains=2", "--set", "draws=4", "--set", "burnin=2", "--set", "batch_size=8"]
     args = ["llc", attention_run, "--restrict", "heads", "--checkpoint", "0,2", *fast, "--set", "init_batches=1"]
     first = toylens_main(*args, "--no-progress")
@@ -163,7 +175,9 @@ def test_cli_restrict_heads_writes_one_result_per_head_and_checkpoint_and_skips_
             assert run.has(f"llc/restricted/{head}/{ckpt}.safetensors")
             assert "llc" in summary and "flags" in summary
     assert not run.has("llc/epoch-0000.json")  # the whole-model estimate is another command
+    assert calls == [2 * 4]  # 4 heads x 2 checkpoints: one batched computation, not a loop
     before = {h: run.read_json(f"llc/restricted/{h}/epoch-0002.json")["wall_s"] for h in heads}
     again = toylens_main(*args, "--no-progress")
     assert again.exit_code == 0 and all(h in again.stdout for h in heads)
     assert {h: run.read_json(f"llc/restricted/{h}/epoch-0002.json")["wall_s"] for h in heads} == before
+    assert calls == [2 * 4]  # the rerun sampled nothing
