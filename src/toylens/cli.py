@@ -409,10 +409,19 @@ def llc_estimate(
     set_: list[str] | None = LLCSetOption,
     device: str = DeviceOption,
     group: int = typer.Option(16, "--group", min=1, help="Checkpoints sampled together in one batched computation."),
+    restrict: list[str] | None = typer.Option(
+        None,
+        "--restrict",
+        help="Refined LLC: sample only this part of the weights, the rest frozen (repeatable): heads (one "
+        "per head, l0h0 ...), layers (l0.attn, l0.mlp ...), embed, unembed, one name (l1h2, l0.attn) or "
+        "comma-separated parameter-name globs (blocks.0.attn.W_*); options after colons give its own nβ "
+        "and γ (heads:gamma=1000:nbeta=20). Writes RUN/llc/restricted/<restriction>/<checkpoint>.json "
+        "instead of the whole-model estimates.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Estimate the LLC of RUN's checkpoints (--checkpoint; all by default) into RUN/llc/<checkpoint name>.json
-    (+ traces); skips those done."""
+    (+ traces); skips those done. With --restrict, the refined LLC of each restriction instead."""
     from toylens.llc import llc_over_checkpoints
     from toylens.run import as_rundir
 
@@ -426,6 +435,9 @@ def llc_estimate(
         )
     rundir = as_rundir(run)
     settings = _llc_settings(rundir, set_)
+    if restrict:
+        _llc_restricted(rundir, restrict, checkpoint or old_checkpoints or "all", settings, device, group, progress)
+        return
     results = llc_over_checkpoints(
         rundir, checkpoint or old_checkpoints or "all", settings=settings, device=device, group=group, progress=progress
     )
@@ -436,6 +448,27 @@ def llc_estimate(
             f"{name:14s} {r['train_loss']:10.4g} {r['llc']:9.3f} {se if se is not None else float('nan'):7.3f} "
             f"{r['acceptance'] if r['acceptance'] is not None else float('nan'):6.3f}  {', '.join(r['flags']) or '-'}"
         )
+
+
+def _llc_restricted(
+    run: RunDir, restrict: list[str], checkpoint: str, settings: LLCSettings, device: str, group: int, progress: bool
+) -> None:
+    from toylens.llc import restricted_llc
+
+    results = restricted_llc(
+        run, restrict, checkpoint, settings=settings, device=device, group=group, progress=progress
+    )
+    typer.echo(
+        f"{'restriction':14s} {'checkpoint':14s} {'params':>7s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings"
+    )
+    for name, per_ckpt in results.items():
+        for ckpt, r in per_ckpt.items():
+            se, acc = r.get("llc_se"), r.get("acceptance")
+            typer.echo(
+                f"{name:14s} {ckpt:14s} {sum(r['params'].values()):7d} {r['llc']:9.3f} "
+                f"{se if se is not None else float('nan'):7.3f} {acc if acc is not None else float('nan'):6.3f}  "
+                f"{', '.join(r['flags']) or '-'}"
+            )
 
 
 @llc_app.command("calibrate")

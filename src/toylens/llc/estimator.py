@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import reduce
 from operator import add
 
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from toylens.errors import ToylensError
 from toylens.llc.diagnostics import LLCEstimate, summarise
 from toylens.llc.objective import Data, LossFn, Objective, module_objective
+from toylens.llc.restrict import Restriction
 from toylens.llc.sampler import MinibatchDraws, RowChunks, RowSettings, SamplerRun, row_chunks, run_sgld
 from toylens.llc.settings import LLCSettings, resolve_nbeta
 
@@ -92,70 +94,114 @@ def estimate_many(
     *,
     grid: Sequence[tuple[float, float]] | None = None,
     labels: Sequence[str] | None = None,
+    restrict: Sequence[Restriction] | None = None,
     progress: bool = False,
 ) -> list[LLCEstimate]:
     """One estimate per centre (checkpoint weights), all chains advancing together.
 
     With `grid` [(epsilon, gamma), ...] there is one centre and one estimate per grid point
     (a calibration sweep); otherwise every estimate uses `settings.epsilon` and `settings.gamma`.
+    With `restrict` (see `restrict.restrictions`) there is one estimate per centre and restriction,
+    centre by centre ([c0 r0, c0 r1, ..., c1 r0, ...]; `labels` then name those), each sampling only
+    its restricted weights with its own nβ and γ (default: the settings').
     """
-    if grid is not None:
-        if len(centers) != 1:
-            raise ValueError("a grid sweep takes exactly one centre")
-        centers = list(centers) * len(grid)
-    points = list(grid) if grid is not None else [(settings.epsilon, settings.gamma)] * len(centers)
+    if grid is not None and restrict is not None:
+        raise ValueError("a grid sweep and restrictions do not combine")
+    if grid is not None and len(centers) != 1:
+        raise ValueError("a grid sweep takes exactly one centre")
     nbeta, m = resolve_nbeta(settings, objective.n_data)
+    plan = _plan(len(centers), settings, nbeta, grid, restrict)
     start = time.perf_counter()
     stacked = {k: torch.stack([c[k] for c in centers]).to(objective.device) for k in centers[0]}
     chains = settings.chains
-    with row_chunks(objective.rows_per_chunk(m), len(points) * chains) as chunks:
-        init = initial_loss(objective, stacked, settings, m, chunks)
-        run = _sample(objective, stacked, points, settings, nbeta, m, chunks, progress)
-    wall = (time.perf_counter() - start) / len(points)
+    with row_chunks(objective.rows_per_chunk(m), len(plan) * chains) as chunks:
+        init = initial_loss(objective, stacked, settings, m, chunks)  # once per centre
+        run = _sample(objective, stacked, plan, settings, m, chunks, progress)
+    wall = (time.perf_counter() - start) / len(plan)
     out = []
-    for i, (eps, gamma) in enumerate(points):
+    for i, p in enumerate(plan):
         block = slice(i * chains, (i + 1) * chains)
         est = summarise(
             run.loss[block],
             run.accept[block],
-            init_loss=float(init["total"][i]),
-            train_loss=float(init["loss"][i]),
-            nbeta=nbeta,
+            init_loss=float(init["total"][p.centre]),
+            train_loss=float(init["loss"][p.centre]),
+            nbeta=p.nbeta,
             burnin=settings.burnin,
             thin=settings.thin,
-            epsilon=eps,
-            gamma=gamma,
+            epsilon=p.epsilon,
+            gamma=p.gamma,
             label=labels[i] if labels else "",
         )
         est.settings = settings.model_copy(
-            update={"epsilon": eps, "gamma": gamma, "nbeta": nbeta, "batch_size": m}
+            update={"epsilon": p.epsilon, "gamma": p.gamma, "nbeta": p.nbeta, "batch_size": m}
         ).model_dump(mode="json")
         est.wall_s = wall
         out.append(est)
     return out
 
 
+@dataclass
+class _Point:
+    """One estimate of a batched computation: its centre, hyperparameters and restriction."""
+
+    centre: int
+    epsilon: float
+    gamma: float
+    nbeta: float
+    restriction: Restriction | None = None
+
+
+def _plan(
+    n_centres: int,
+    settings: LLCSettings,
+    nbeta: float,
+    grid: Sequence[tuple[float, float]] | None,
+    restrict: Sequence[Restriction] | None,
+) -> list[_Point]:
+    if grid is not None:
+        return [_Point(0, e, g, nbeta) for e, g in grid]
+    if restrict is None:
+        return [_Point(c, settings.epsilon, settings.gamma, nbeta) for c in range(n_centres)]
+    return [
+        _Point(
+            c,
+            settings.epsilon,
+            settings.gamma if r.gamma is None else r.gamma,
+            nbeta if r.nbeta is None else r.nbeta,
+            r,
+        )
+        for c in range(n_centres)
+        for r in restrict
+    ]
+
+
 def _sample(
     objective: Objective,
     stacked: dict[str, Tensor],
-    points: list[tuple[float, float]],
+    plan: list[_Point],
     settings: LLCSettings,
-    nbeta: float,
     m: int | None,
     chunks: RowChunks,
     progress: bool,
 ) -> SamplerRun:
     """The SGLD run of every chain of every estimate (rows grouped by estimate)."""
     chains = settings.chains
+
+    def per_row(values: list[float]) -> Tensor:
+        return torch.tensor(values, dtype=torch.float64).repeat_interleave(chains)
+
     rows = RowSettings(
-        epsilon=torch.tensor([e for e, _ in points], dtype=torch.float64).repeat_interleave(chains),
-        gamma=torch.tensor([g for _, g in points], dtype=torch.float64).repeat_interleave(chains),
-        nbeta=torch.full((len(points) * chains,), nbeta, dtype=torch.float64),
+        epsilon=per_row([p.epsilon for p in plan]),
+        gamma=per_row([p.gamma for p in plan]),
+        nbeta=per_row([p.nbeta for p in plan]),
+        mask=_row_masks(stacked, plan, chains),
     )
-    draws = MinibatchDraws(settings.seed, len(points), chains, objective.n_data, m, objective.device)
+    centre = torch.tensor([p.centre for p in plan], device=next(iter(stacked.values())).device)
+    draws = MinibatchDraws(settings.seed, len(plan), chains, objective.n_data, m, objective.device)
     return run_sgld(
         objective,
-        {k: v.repeat_interleave(chains, 0) for k, v in stacked.items()},
+        {k: v[centre].repeat_interleave(chains, 0) for k, v in stacked.items()},
         rows,
         draws,
         steps=settings.steps,
@@ -167,6 +213,21 @@ def _sample(
         chunks=chunks,
         progress=progress,
     )
+
+
+def _row_masks(stacked: dict[str, Tensor], plan: list[_Point], chains: int) -> dict[str, Tensor] | None:
+    """{name: bool [rows, *shape]} when any estimate is restricted (None: every weight sampled)."""
+    if all(p.restriction is None for p in plan):
+        return None
+    shapes = {k: v.shape[1:] for k, v in stacked.items()}
+    device = next(iter(stacked.values())).device
+    per_point = [
+        p.restriction.full(shapes, device)
+        if p.restriction is not None
+        else {k: torch.ones(s, dtype=torch.bool, device=device) for k, s in shapes.items()}
+        for p in plan
+    ]
+    return {k: torch.stack([mk[k] for mk in per_point]).repeat_interleave(chains, 0) for k in shapes}
 
 
 def initial_loss(

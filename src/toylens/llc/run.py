@@ -30,6 +30,11 @@ manifest); a report reads only these:
                               burn-in included (draws are steps burnin, burnin+thin, ...);
                               "accept" [chains, checks]: MALA acceptance every mala_every steps
 
+    restricted/<restriction>/<checkpoint>.json (+ .safetensors)
+                              the refined LLC with only a part of the weights sampled
+                              (`restricted_llc`, `toylens llc RUN --restrict ...`): the same keys
+                              plus "restriction" and "params" {parameter: weights sampled}
+
 A checkpoint whose <checkpoint>.json exists with the same settings is skipped; its traces are
 written before its summary, so an interrupted run leaves no summary without traces.
 """
@@ -51,6 +56,7 @@ from toylens.errors import ToylensError
 from toylens.llc.diagnostics import LLCEstimate
 from toylens.llc.estimator import estimate_many
 from toylens.llc.objective import Objective, run_objective, sampled_weight_decay
+from toylens.llc.restrict import Restriction, restrictions
 from toylens.llc.settings import LLCSettings, resolve_nbeta
 from toylens.lock import run_lock
 from toylens.memory import reuse_freed_memory
@@ -156,6 +162,103 @@ def llc_over_checkpoints(
                     results[ckpt.name] = _write_estimate(run, ckpt, est)
                     bar.update()
         return {c.name: results[c.name] for c in chosen}
+
+
+def restricted_llc(
+    run: RunLike,
+    restrict: Sequence[str | Restriction],
+    checkpoint: Spec = "all",
+    *,
+    settings: LLCSettings | None = None,
+    device: str | torch.device = "auto",
+    group: int = 16,
+    progress: bool = True,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The refined LLC: for every restriction `restrict` expands (heads, layers, embed, unembed,
+    l0h1, parameter-name globs; see `restrict.restrictions`) and every checkpoint, the LLC with
+    only the restricted weights sampled, the rest frozen at the checkpoint's. All restrictions x
+    `group` checkpoints x chains advance as one batched computation; done ones are skipped.
+
+    Results go to RUN/llc/restricted/<restriction>/<checkpoint>.json (+ .safetensors), with the
+    whole-model keys plus "restriction" and "params" ({parameter: weights sampled}). Returns
+    {restriction name: {checkpoint name: summary}}.
+    """
+    reuse_freed_memory()
+    run = as_rundir(run)
+    with run_lock(run.path, "llc"):
+        settings = settings or load_settings(run)
+        chosen = resolve(run, checkpoint)
+        loaded = load(run.path, chosen[0].name if chosen else "final", device=device)
+        rs = restrictions(loaded.model, restrict)
+        if not chosen:
+            return {r.name: {} for r in rs}
+        objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
+        base = _resolved(settings, objective, loaded.config)
+        keys = {r.name: _restricted_key(base, r) for r in rs}
+        results: dict[str, dict[str, dict[str, Any]]] = {r.name: {} for r in rs}
+        todo: dict[str, list[Restriction]] = {}  # checkpoint -> its restrictions still to do
+        for ckpt in chosen:
+            for r in rs:
+                path = f"llc/restricted/{r.name}/{ckpt.name}.json"
+                done = run.read_json(path) if run.has(path) else None
+                if done is not None and done.get("settings") == keys[r.name]:
+                    results[r.name][ckpt.name] = done
+                else:
+                    todo.setdefault(ckpt.name, []).append(r)
+        # Checkpoints that miss the same restrictions are sampled together (all of them, usually).
+        batches: dict[tuple[str, ...], list[CheckpointInfo]] = {}
+        for ckpt in chosen:
+            if ckpt.name in todo:
+                batches.setdefault(tuple(r.name for r in todo[ckpt.name]), []).append(ckpt)
+        by_name = {r.name: r for r in rs}
+        total = len(chosen) * len(rs)
+        done_n = sum(len(v) for v in results.values())
+        bar = tqdm(
+            total=total, initial=done_n, desc=f"llc {run.path.name} restricted", unit="est", disable=not progress
+        )
+        with bar:
+            for names, ckpts in batches.items():
+                part_rs = [by_name[n] for n in names]
+                for start in range(0, len(ckpts), group):
+                    part = ckpts[start : start + group]
+                    centers = [_weights(run, c, objective) for c in part]
+                    labels = [f"{run.path.name}/{c.name}/{r.name}" for c in part for r in part_rs]
+                    estimates = estimate_many(
+                        objective, centers, settings, labels=labels, restrict=part_rs, progress=progress
+                    )
+                    pairs = [(c, r) for c in part for r in part_rs]
+                    for (ckpt, r), est in zip(pairs, estimates):
+                        est.settings = keys[r.name]
+                        extra = {"restriction": r.name, "params": r.describe()}
+                        results[r.name][ckpt.name] = _write_estimate(run, ckpt, est, f"restricted/{r.name}/", extra)
+                        bar.update()
+        return {r.name: {c.name: results[r.name][c.name] for c in chosen} for r in rs}
+
+
+def _restricted_key(base: dict[str, Any], r: Restriction) -> dict[str, Any]:
+    """The stored settings of a restricted estimate: its own nβ and γ, and what it samples."""
+    key = dict(base, restriction=r.describe())
+    if r.nbeta is not None:
+        key["nbeta"] = r.nbeta
+    if r.gamma is not None:
+        key["gamma"] = r.gamma
+    return key
+
+
+def read_restricted(run: RunLike) -> dict[str, list[dict[str, Any]]]:
+    """Every stored restricted summary of a run: {restriction: [summary per checkpoint, in training order]}."""
+    run = as_rundir(run)
+    root = run.path / "llc" / "restricted"
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    ckpts = run.checkpoints()
+    return {
+        n: [
+            run.read_json(f"llc/restricted/{n}/{c.name}.json")
+            for c in ckpts
+            if run.has(f"llc/restricted/{n}/{c.name}.json")
+        ]
+        for n in names
+    }
 
 
 @dataclass
@@ -273,8 +376,18 @@ def _resolved(settings: LLCSettings, objective: Objective, cfg: RunConfig) -> di
     return settings.model_copy(update={"nbeta": nbeta, "batch_size": m, "weight_decay": wd}).model_dump(mode="json")
 
 
-def _write_estimate(run: RunDir, ckpt: CheckpointInfo, est: LLCEstimate) -> dict[str, Any]:
-    summary = {"format": FORMAT, "checkpoint": ckpt.name, "epoch": ckpt.epoch, "step": ckpt.step, **est.summary()}
-    run.write_tensors(f"llc/{ckpt.name}.safetensors", est.traces(), {"format": FORMAT, "checkpoint": ckpt.name})
-    run.write_json(f"llc/{ckpt.name}.json", summary)
+def _write_estimate(
+    run: RunDir, ckpt: CheckpointInfo, est: LLCEstimate, under: str = "", extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    summary = {
+        "format": FORMAT,
+        "checkpoint": ckpt.name,
+        "epoch": ckpt.epoch,
+        "step": ckpt.step,
+        **(extra or {}),
+        **est.summary(),
+    }
+    meta = {"format": FORMAT, "checkpoint": ckpt.name}
+    run.write_tensors(f"llc/{under}{ckpt.name}.safetensors", est.traces(), meta)
+    run.write_json(f"llc/{under}{ckpt.name}.json", summary)
     return summary

@@ -21,6 +21,9 @@ first `adapt_steps` steps, then frozen:
 
     w' = w - (ε/2)·P·∇U(w) + sqrt(ε·P)·ξ,   ξ ~ N(0, I)
 
+on the weights a row samples; a row with a weight restriction (`RowSettings.mask`, see `restrict`)
+keeps the others exactly at w*, so its drift, noise and localisation act on the sampled part only.
+
 On a CPU, rows run in chunks of a few rows (`RowChunks`), spread over worker threads with one
 intra-op thread each: the small products of a few rows stay in cache and the cores work on
 different chunks, instead of every op of one big stacked computation being split across them
@@ -69,6 +72,9 @@ class RowSettings:
     epsilon: Tensor
     gamma: Tensor
     nbeta: Tensor
+    mask: Params | None = None
+    """Per-row weight restrictions {name: bool [rows, *shape]} (True: sampled; see `restrict`);
+    None: every weight of every row is sampled."""
 
 
 class MinibatchDraws:
@@ -201,6 +207,9 @@ def run_sgld(
             eps = _col(rows.epsilon, w[k])
             scale = eps if precond is None else eps * precond[k]
             proposal[k] = w[k] - 0.5 * scale * drift[k] + scale.sqrt() * noise[k]
+            if rows.mask is not None:  # frozen weights keep their exact values (the noise is drawn
+                # for every weight all the same, so a row's stream does not depend on its restriction)
+                proposal[k] = torch.where(rows.mask[k], proposal[k], w[k])
         if mala_every and step % mala_every == 0:
             accepts.append(_mala_acceptance(loss_fn, idx, w, loss, drift, proposal, center, rows, precond, chunks))
         w = proposal
@@ -287,6 +296,8 @@ def _mala_acceptance(
         scale = eps if precond is None else eps * precond[k]
         fwd = proposal[k] - w[k] + 0.5 * scale * drift[k]
         back = w[k] - proposal[k] + 0.5 * scale * drift_new[k]
+        if rows.mask is not None:  # the proposal density is over the sampled weights only
+            fwd, back = fwd * rows.mask[k], back * rows.mask[k]
         log_fwd = log_fwd - (fwd.double().pow(2) / (2 * scale.double())).flatten(1).sum(1)
         log_back = log_back - (back.double().pow(2) / (2 * scale.double())).flatten(1).sum(1)
     log_alpha = _potential(loss, w, center, rows) - _potential(loss_new, proposal, center, rows) + log_back - log_fwd

@@ -1,0 +1,183 @@
+"""Weight-restricted (refined) LLC: frozen weights never move, a closed form, restricting to every
+weight is the whole-model estimate, a batch of restrictions is each restriction alone, the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+from torch import nn
+
+from toylens.errors import ToylensError
+from toylens.llc import LLCSettings, Restriction, estimate_many, module_objective, restrictions
+from toylens.llc import run as llc_run
+from toylens.llc.sampler import MinibatchDraws, RowSettings, run_sgld
+from toylens.run import RunDir
+from toylens.train import train
+
+
+class Point(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d, dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return self.w
+
+
+def only(d: int, k: int, name: str = "") -> Restriction:
+    """The first k of d coordinates of Point.w."""
+    mask = torch.zeros(d, dtype=torch.bool)
+    mask[:k] = True
+    return Restriction(name or f"first{k}", {"w": mask})
+
+
+def attention_shapes(layers: int = 2, heads: int = 4) -> dict[str, torch.Size]:
+    shapes = {"embed.W_E": torch.Size([7, 6]), "unembed.W_U": torch.Size([6, 7])}
+    for l in range(layers):
+        for p, s in {"W_Q": [heads, 6, 3], "W_O": [heads, 3, 6], "b_Q": [heads, 3], "b_O": [6]}.items():
+            shapes[f"blocks.{l}.attn.{p}"] = torch.Size(s)
+    return shapes
+
+
+def test_specs_expand_to_head_slices_layers_and_globs():
+    shapes = attention_shapes()
+    heads = restrictions(shapes, ["heads"])
+    assert [r.name for r in heads] == [f"l{l}h{h}" for l in range(2) for h in range(4)]
+    l1h2 = heads[6].masks
+    assert set(l1h2) == {"blocks.1.attn.W_Q", "blocks.1.attn.W_O", "blocks.1.attn.b_Q"}  # b_O is shared
+    assert l1h2["blocks.1.attn.W_Q"][2].all() and l1h2["blocks.1.attn.W_Q"].sum() == 18
+    assert [r.name for r in restrictions(shapes, ["layers", "embed", "unembed"])] == [
+        "l0.attn",
+        "l1.attn",
+        "embed",
+        "unembed",
+    ]
+    glob = restrictions(shapes, ["blocks.*.attn.b_*:gamma=1000:nbeta=20"])[0]
+    assert glob.name == "blocks.STAR.attn.b_STAR" and (glob.gamma, glob.nbeta) == (1000.0, 20.0)
+    assert set(glob.masks) == {"blocks.0.attn.b_Q", "blocks.0.attn.b_O", "blocks.1.attn.b_Q", "blocks.1.attn.b_O"}
+    for bad in (["nothing.*"], ["l0h9"], ["heads", "l0h1"], ["embed:beta=2"]):
+        with pytest.raises(ToylensError):
+            restrictions(shapes, bad)
+
+
+def test_frozen_weights_never_move():
+    shapes = attention_shapes(layers=1, heads=3)
+    gen = torch.Generator().manual_seed(0)
+    centre = {k: torch.randn(2, *s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}  # 2 rows
+    r = restrictions(shapes, ["l0h1"])[0]
+    masks = {k: torch.stack([m, m]) for k, m in r.full(shapes).items()}
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def loss(params, idx):  # a coupled objective, so every weight has a nonzero gradient
+        seen.append({k: v.detach().clone() for k, v in params.items()})
+        total = sum(v.flatten(1).sum(1) for v in params.values())
+        return total.pow(2) + sum(v.pow(2).flatten(1).sum(1) for v in params.values())
+
+    rows = RowSettings(
+        epsilon=torch.full((2,), 1e-3, dtype=torch.float64),
+        gamma=torch.full((2,), 10.0, dtype=torch.float64),
+        nbeta=torch.full((2,), 5.0, dtype=torch.float64),
+        mask=masks,
+    )
+    run_sgld(loss, centre, rows, MinibatchDraws(0, 1, 2, None, None), steps=20, mala_every=3)
+    assert len(seen) > 20  # every step, and the MALA proposals
+    for w in seen[1:]:
+        for k in shapes:
+            frozen = ~masks[k]
+            assert torch.equal(w[k][frozen], centre[k][frozen]), k
+    last = seen[-1]["blocks.0.attn.W_Q"]
+    assert not torch.equal(last[:, 1], centre["blocks.0.attn.W_Q"][:, 1])  # the head itself moved
+
+
+def test_restricted_quadratic_is_k_over_2():
+    # nβ·L = (nβ/2)·wᵀHw on d = 6 weights, H coupled (SPD), γ = 0: restricted to k weights, the others
+    # at w* = 0, the sampled potential is (nβ/2)·uᵀH_kk u, a nondegenerate quadratic in k
+    # dimensions, so λ = k/2 whatever H_kk. Discrete-time SGLD with step ε has variance 1/(a(1 - εa/4))
+    # along an eigenvector of nβ·H_kk with eigenvalue a, so E[nβ·L] = Σ_a 1/(2(1 - εa/4)) exactly.
+    d, nbeta, eps = 6, 1.0, 0.02
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    h = a @ a.T / d + torch.eye(d, dtype=torch.float64)
+    objective = module_objective(Point(d), lambda m, b: 0.5 * m() @ h @ m(), None, LLCSettings())
+    s = LLCSettings(epsilon=eps, gamma=0.0, nbeta=nbeta, chains=500, burnin=500, draws=1000, mala_every=0)
+    centre = {"w": torch.zeros(d, dtype=torch.float64)}
+    ests = estimate_many(objective, [centre], s, restrict=[only(d, 1), only(d, 2), only(d, 4), only(d, 6)])
+    for k, est in zip((1, 2, 4, 6), ests):
+        a = torch.linalg.eigvalsh(nbeta * h[:k, :k])
+        exact = float((0.5 / (1 - eps * a / 4)).sum())
+        assert exact == pytest.approx(k / 2, rel=0.03)
+        assert est.llc == pytest.approx(exact, rel=0.03), (k, est.llc, exact)
+        print(f"k={k}: λ̂ = {est.llc:.3f} ± {est.llc_se:.3f}, exact {exact:.3f}, k/2 = {k / 2}")
+
+
+def test_restricting_to_every_weight_is_the_whole_model_estimate():
+    d = 4
+    objective = module_objective(Point(d), lambda m, b: 0.5 * m().pow(2).sum(), None, LLCSettings())
+    s = LLCSettings(epsilon=1e-3, gamma=10.0, nbeta=10.0, chains=3, burnin=5, draws=10, mala_every=2)
+    centre = {"w": torch.linspace(-1, 1, d, dtype=torch.float64)}
+    whole = estimate_many(objective, [centre], s)[0]
+    restricted = estimate_many(objective, [centre], s, restrict=[only(d, d, "all")])[0]
+    assert torch.equal(whole.loss_trace, restricted.loss_trace)
+    assert torch.equal(whole.accept_trace, restricted.accept_trace)
+    assert whole.llc == restricted.llc
+
+
+def test_a_batch_of_restrictions_is_each_restriction_alone():
+    d = 5
+    objective = module_objective(Point(d), lambda m, b: m().sum() ** 2 + m().pow(4).sum(), None, LLCSettings())
+    s = LLCSettings(epsilon=1e-3, gamma=10.0, nbeta=10.0, chains=2, burnin=5, draws=10, mala_every=2)
+    centres = [{"w": torch.full((d,), v, dtype=torch.float64)} for v in (0.1, -0.3)]
+    rs = [
+        only(d, 1),
+        only(d, 3),
+        Restriction("own", {"w": torch.tensor([0, 1, 0, 1, 1]).bool()}, nbeta=3.0, gamma=50.0),
+    ]
+    batched = estimate_many(objective, centres, s, restrict=rs)
+    for i, (c, r) in enumerate((c, r) for c in centres for r in rs):
+        alone = estimate_many(objective, [c], s, restrict=[r])[0]
+        torch.testing.assert_close(batched[i].loss_trace, alone.loss_trace, rtol=1e-12, atol=1e-12)
+        assert batched[i].llc == pytest.approx(alone.llc, rel=1e-10)
+        assert (batched[i].nbeta, batched[i].gamma) == ((3.0, 50.0) if r.name == "own" else (10.0, 10.0))
+
+
+@pytest.fixture(scope="module")
+def attention_run(tmp_path_factory):
+    cfg = tiny_config(model={"n_layers": 2, "n_heads": 2, "d_model": 8, "attn_only": True}, train={"epochs": 2})
+    return train(cfg, tmp_path_factory.mktemp("runs"), progress=False).run_dir
+
+
+def test_cli_restrict_heads_writes_one_result_per_head_and_checkpoint_and_skips_them(
+    attention_run, toylens_main, monkeypatch
+):
+    calls: list[int] = []  # estimates per batched computation
+    real = llc_run.estimate_many
+
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr(llc_run, "estimate_many", counted)
+    fast = ["--set", "chains=2", "--set", "draws=4", "--set", "burnin=2", "--set", "batch_size=8"]
+    args = ["llc", attention_run, "--restrict", "heads", "--checkpoint", "0,2", *fast, "--set", "init_batches=1"]
+    first = toylens_main(*args, "--no-progress")
+    assert first.exit_code == 0, first.stderr
+    run = RunDir(attention_run)
+    heads = [f"l{l}h{h}" for l in range(2) for h in range(2)]
+    for head in heads:
+        for ckpt in ("epoch-0000", "epoch-0002"):
+            summary = run.read_json(f"llc/restricted/{head}/{ckpt}.json")
+            assert (
+                summary["restriction"] == head
+                and summary["params"]["blocks.0.attn.W_Q" if head[1] == "0" else "blocks.1.attn.W_Q"] == 8 * 4
+            )
+            assert run.has(f"llc/restricted/{head}/{ckpt}.safetensors")
+            assert "llc" in summary and "flags" in summary
+    assert not run.has("llc/epoch-0000.json")  # the whole-model estimate is another command
+    assert calls == [2 * 4]  # 4 heads x 2 checkpoints: one batched computation, not a loop
+    before = {h: run.read_json(f"llc/restricted/{h}/epoch-0002.json")["wall_s"] for h in heads}
+    again = toylens_main(*args, "--no-progress")
+    assert again.exit_code == 0 and all(h in again.stdout for h in heads)
+    assert {h: run.read_json(f"llc/restricted/{h}/epoch-0002.json")["wall_s"] for h in heads} == before
+    assert calls == [2 * 4]  # the rerun sampled nothing
