@@ -41,7 +41,9 @@ def matplotlib_available() -> bool:
 
 
 def write_pngs(sections: list[Section], folder: Path) -> list[Path]:
-    """One PNG per figure (tables have none) in `folder`; returns the files written."""
+    """One PNG per figure (tables have none) in `folder`; returns the files written. A
+    `CircuitGraph` has none either: it is SVG in the page already (`report.svg`), which matplotlib
+    cannot draw from; its numbers are in the tables beside it."""
     if not matplotlib_available():
         log.warning(
             "report: matplotlib is not installed, so no PNG figures were written (pip install 'toylens[report]')"
