@@ -129,3 +129,11 @@ def test_spearman_against_a_known_value():
     assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([4.0, 3, 2, 1])) == pytest.approx(-1)
     assert spearman(torch.tensor([1.0, 2, 3, float("nan")]), torch.tensor([1.0, 3, 2, 0])) == pytest.approx(0.5)
     assert math.isnan(spearman(torch.tensor([1.0]), torch.tensor([1.0])))
+
+
+def test_png_writer_leaves_the_graph_out(runs, tmp_path):
+    """The circuit graph is SVG in the page only; the AtP pairs and edge charts still become PNGs."""
+    result = toylens.report([runs["attn2"]], tmp_path / "r.html")
+    names = {p.stem for p in result.pngs}
+    assert "atp-0-logit_diff-head_out" in names and "edges-over-training-0-eap-logit_diff-edges_ig" in names
+    assert not any(n.startswith("circuit-graph") for n in names)

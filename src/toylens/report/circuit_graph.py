@@ -73,7 +73,7 @@ def _edges(a: AnalysisResults, metric: str) -> Any:
 
 def _circuit_blocks(i: int, run: RunResults, a: AnalysisResults, metric: str) -> list[Any]:
     edges, faith = _edges(a, metric), a.at_focus(f"eap/{metric}/faithfulness")
-    method = f"EAP-IG, {edges.ig_steps} steps" if edges.ig_steps > 1 else "EAP"
+    method = f"EAP-IG ({edges.ig_steps} steps)" if edges.ig_steps > 1 else "EAP"
     blocks: list[Any] = []
     if faith is not None:
         blocks.append(
@@ -89,7 +89,7 @@ def _circuit_blocks(i: int, run: RunResults, a: AnalysisResults, metric: str) ->
                     ["clean / corrupted metric", f"{faith.clean:.4g} / {faith.corrupted:.4g}"],
                     ["edge scores", method],
                 ],
-                guide=f"Each edge of the circuit, width by |{method} score| (red: patching it in raises "
+                guide=f"Each edge of the circuit, width by its absolute {method} score (red: patching it in raises "
                 f"{metric}, blue: lowers it); an edge into a head ends at its q, k or v input. Hover for the score.",
             )
         )
@@ -106,8 +106,8 @@ def _circuit_blocks(i: int, run: RunResults, a: AnalysisResults, metric: str) ->
             ["edge", f"{method} score", "normalised (1 = gap)", "EAP score", "in circuit"],
             rows,
             title=f"{run.label}: strongest edges ({metric}, {a.focus.name})",
-            guide=f"The {len(rows)} edges with the largest |{method} score| ({edges.metric_description}); corruption: "
-            f"{edges.corruption or 'the task default'}.",
+            guide=f"The {len(rows)} edges with the largest absolute {method} score ({edges.metric_description}); "
+            f"corruption: {edges.corruption or 'the task default'}.",
         )
     )
     return blocks
