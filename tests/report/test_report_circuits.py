@@ -131,9 +131,13 @@ def test_spearman_against_a_known_value():
     assert math.isnan(spearman(torch.tensor([1.0]), torch.tensor([1.0])))
 
 
-def test_png_writer_leaves_the_graph_out(runs, tmp_path):
-    """The circuit graph is SVG in the page only; the AtP pairs and edge charts still become PNGs."""
+def test_every_circuits_figure_is_a_png(runs, tmp_path):
     result = toylens.report([runs["attn2"]], tmp_path / "r.html")
     names = {p.stem for p in result.pngs}
-    assert "atp-0-logit_diff-head_out" in names and "edges-over-training-0-eap-logit_diff-edges_ig" in names
-    assert not any(n.startswith("circuit-graph") for n in names)
+    for name in (
+        "circuit-graph-0-logit_diff",
+        "atp-0-logit_diff-head_out",
+        "edges-over-training-0-eap-logit_diff-edges_ig",
+    ):
+        assert name in names
+        assert (tmp_path / "r_figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

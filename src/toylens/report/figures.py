@@ -162,8 +162,8 @@ class GraphEdge:
 
 @dataclass
 class CircuitGraph:
-    """A circuit as a layered graph, drawn as inline SVG by the page itself (`report.svg`): no
-    script needed, and the PNG writer leaves it out. `facts` are shown beside it."""
+    """A circuit as a layered graph, written into the page as inline SVG (`report.svg`: no
+    script needed) and drawn alike by `png.py`. `facts` are shown beside it."""
 
     id: str
     title: str

@@ -6,13 +6,14 @@ the bottom (embeddings) to the top (logits); each edge a curve from the top of i
 bottom of its reader, at the reader's named input (a head's q, k or v) when it has one; width by
 |score| relative to the graph's largest, red for a positive score and blue for a negative one
 (the heatmaps' colours); hovering an edge or node shows its <title>. Every text is escaped.
+`png.py` draws the same layout and curves (`layout`, `edge_curves`) with matplotlib.
 """
 
 from __future__ import annotations
 
 import html
 
-from toylens.report.figures import CircuitGraph, GraphNode, fmt
+from toylens.report.figures import CircuitGraph, GraphEdge, GraphNode, fmt
 
 COLUMN = 92  # px between node centres in a row
 ROW = 96  # px between rows
@@ -52,11 +53,27 @@ def _port_x(node: GraphNode, x: float, port: str) -> float:
     return x - NODE_W / 2 + NODE_W * (k + 0.5) / n
 
 
+def edge_curves(graph: CircuitGraph) -> list[tuple[GraphEdge, tuple[float, float, float, float, float], str, float]]:
+    """Each edge, weakest first (so the strongest lie on top): its curve (x1, y1, x2, y2, bend)
+    from the top of its writer to its reader's input, bending `bend` px vertically at both ends;
+    its colour and stroke width."""
+    centre, _, _ = layout(graph)
+    nodes = {n.id: n for n in graph.nodes}
+    strongest = max((abs(e.score) for e in graph.edges), default=0.0) or 1.0
+    out = []
+    for e in sorted(graph.edges, key=lambda e: abs(e.score)):
+        (x1, y1), (x2, y2) = centre[e.source], centre[e.target]
+        x2 = _port_x(nodes[e.target], x2, e.port)
+        y1, y2 = y1 - NODE_H / 2, y2 + NODE_H / 2
+        bend = max(24.0, (y1 - y2) / 2)
+        colour = POSITIVE if e.score >= 0 else NEGATIVE
+        out.append((e, (x1, y1, x2, y2, bend), colour, 0.8 + (MAX_WIDTH - 0.8) * abs(e.score) / strongest))
+    return out
+
+
 def graph_svg(graph: CircuitGraph) -> str:
     """The <svg> element of the graph."""
     centre, width, height = layout(graph)
-    nodes = {n.id: n for n in graph.nodes}
-    strongest = max((abs(e.score) for e in graph.edges), default=0.0) or 1.0
     parts = [
         f'<svg class="circuit-graph" width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
         f'role="img" aria-label="{_esc(graph.title)}">'
@@ -65,13 +82,7 @@ def graph_svg(graph: CircuitGraph) -> str:
         y = height - ROW / 2 - row * ROW
         parts.append(f'<text x="4" y="{y + 4:.1f}">{_esc(label)}</text>')
     parts.append('<g class="edges" fill="none">')
-    for e in sorted(graph.edges, key=lambda e: abs(e.score)):  # strongest drawn last, on top
-        (x1, y1), (x2, y2) = centre[e.source], centre[e.target]
-        x2 = _port_x(nodes[e.target], x2, e.port)
-        y1, y2 = y1 - NODE_H / 2, y2 + NODE_H / 2
-        bend = max(24.0, (y1 - y2) / 2)
-        colour = POSITIVE if e.score >= 0 else NEGATIVE
-        w = 0.8 + (MAX_WIDTH - 0.8) * abs(e.score) / strongest
+    for e, (x1, y1, x2, y2, bend), colour, w in edge_curves(graph):
         into = f"{e.target}.{e.port}" if e.port else e.target
         parts.append(
             f'<path class="edge" d="M{x1:.1f},{y1:.1f} C{x1:.1f},{y1 - bend:.1f} {x2:.1f},{y2 + bend:.1f} '
