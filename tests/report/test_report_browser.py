@@ -113,6 +113,7 @@ def test_every_section_and_figure_is_drawn(report_page):
         "composition",
         "attribution",
         "patching",
+        "edge-circuits",
         "ablation",
         "analysis-over-training",
     ]

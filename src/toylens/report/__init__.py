@@ -13,8 +13,8 @@ some runs only says which runs lack it. The page needs no network: its styles, s
 are inline, and its Content-Security-Policy forbids loading anything else.
 
 Modules: `collect` (run directories -> `RunResults`), `sections` (results -> figures and tables),
-`figures` (the figure specifications), `html` (the page), `png` (the same figures as PNG files),
-`assets/` (template, stylesheet, script).
+`figures` (the figure specifications), `html` (the page), `svg` (circuit graphs as inline SVG),
+`png` (the same figures as PNG files), `assets/` (template, stylesheet, script).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from toylens.checkpoints import Spec
 from toylens.config import config_to_yaml, validate_config
 from toylens.errors import ToylensError
 from toylens.report.analysis import analysis_summary_rows, read_analysis
+from toylens.report.circuit_graph import circuit_graph_section
 from toylens.report.collect import Reader, RunResults, collect_runs
 from toylens.report.dynamics import head_scores_section, sparsity_section, trajectory_section
 from toylens.report.figures import Code, Section
@@ -117,6 +118,7 @@ BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
     composition_section,
     attribution_section,
     patching_section,
+    circuit_graph_section,
     ablation_section,
     trajectory_section,
 ]

@@ -164,7 +164,7 @@ def trajectory_section(runs: list[RunResults]) -> Section | None:
     for i, run, t in have:
         keep = _deduplicated(t.checkpoints, t.steps)
         for name, values in t.scalars.items():
-            if name.startswith(SHOWN_ELSEWHERE) or name.endswith(".argmax"):
+            if name.startswith(SHOWN_ELSEWHERE) or name.endswith(".argmax") or "->" in name:  # edges: Circuits
                 continue
             points = [(t.steps[j], values[j]) for j in keep if isinstance(values[j], (int, float))]
             if points:

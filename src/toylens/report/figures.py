@@ -138,7 +138,46 @@ class Code:
     kind: str = "code"
 
 
-Block = LineFigure | HeatmapFigure | Table | AttentionViewer | Code
+@dataclass
+class GraphNode:
+    """A node of a circuit graph: `row` counts from the bottom (0: the embeddings), `column` is
+    its place in the row (0, 1, ...)."""
+
+    id: str
+    label: str
+    row: int
+    column: int
+    ports: list[str] = field(default_factory=list)
+    """Named inputs an edge can end at (a head's q, k, v), left to right; none: the node's centre."""
+
+
+@dataclass
+class GraphEdge:
+    source: str
+    target: str
+    port: str
+    """The target's input the edge ends at ("" for a node without ports)."""
+    score: float
+
+
+@dataclass
+class CircuitGraph:
+    """A circuit as a layered graph, written into the page as inline SVG (`report.svg`: no
+    script needed) and drawn alike by `png.py`. `facts` are shown beside it."""
+
+    id: str
+    title: str
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    row_labels: list[str]
+    """Bottom to top."""
+    facts: list[list[Any]] = field(default_factory=list)
+    """[label, value] rows of a small table beside the graph."""
+    guide: str = ""
+    kind: str = "graph"
+
+
+Block = LineFigure | HeatmapFigure | Table | AttentionViewer | Code | CircuitGraph
 
 
 @dataclass

@@ -13,7 +13,8 @@ import re
 from importlib import resources
 from typing import Any
 
-from toylens.report.figures import AttentionViewer, Block, Code, Section, Table, fmt, to_json
+from toylens.report.figures import AttentionViewer, Block, CircuitGraph, Code, Section, Table, fmt, to_json
+from toylens.report.svg import graph_html
 from toylens.version import __version__
 
 ASSETS = resources.files("toylens.report") / "assets"
@@ -63,6 +64,8 @@ def _section_html(section: Section, figures: dict[str, Any]) -> str:
 def _block_html(block: Block, figures: dict[str, Any]) -> str:
     if isinstance(block, Table):
         return table_html(block)
+    if isinstance(block, CircuitGraph):
+        return graph_html(block)
     if isinstance(block, Code):
         return (
             f'<details class="config block wide" id="code-{html.escape(block.id)}"><summary>'

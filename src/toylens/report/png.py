@@ -16,7 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toylens.report.figures import AttentionRun, AttentionViewer, Block, Heatmap, HeatmapFigure, LineFigure, Section
+from toylens.report.figures import (
+    AttentionRun,
+    AttentionViewer,
+    Block,
+    CircuitGraph,
+    Heatmap,
+    HeatmapFigure,
+    LineFigure,
+    Section,
+    fmt,
+)
 from toylens.storage import atomic_write
 
 if TYPE_CHECKING:  # matplotlib is optional (toylens[report]): imported where a figure is drawn
@@ -75,6 +85,8 @@ def _figures(block: Block) -> list[tuple[str, Figure]]:
             )
             for k in chunks
         ]
+    if isinstance(block, CircuitGraph):
+        return [(block.id, draw_graph(block))]
     if isinstance(block, AttentionViewer):
         return [(f"{block.id}-{i}-{_safe(run.label)}", draw_attention(run)) for i, run in enumerate(block.runs)]
     return []
@@ -156,6 +168,42 @@ def draw_attention(run: AttentionRun) -> Figure:
             axes[layer][head].imshow(z, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
             _label_axes(axes[layer][head], panel, fontsize=5)
     fig.suptitle(f"Attention, {run.label} ({run.checkpoint}), example 0", fontsize=11)
+    return fig
+
+
+def draw_graph(spec: CircuitGraph) -> Figure:
+    """The circuit graph as the page draws it (`report.svg`: same layout, curves, colours and
+    widths, in the SVG's pixel coordinates), its facts to the right."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import PathPatch, Rectangle
+    from matplotlib.path import Path as CurvePath
+
+    from toylens.report.svg import NODE_H, NODE_W, ROW, edge_curves, layout
+
+    centre, width, height = layout(spec)
+    fig = Figure(figsize=(width / 100 + 3.6, height / 100 + 0.5), dpi=110, layout="constrained")
+    ax, side = fig.subplots(1, 2, width_ratios=[width, 330])
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)  # y down, as in SVG
+    ax.set_aspect("equal")
+    ax.axis("off")
+    for row, label in enumerate(spec.row_labels):
+        ax.text(4, height - ROW / 2 - row * ROW, label, fontsize=7, va="center", color="#5b6475")
+    for _, (x1, y1, x2, y2, bend), colour, w in edge_curves(spec):
+        curve = CurvePath(
+            [(x1, y1), (x1, y1 - bend), (x2, y2 + bend), (x2, y2)], [CurvePath.MOVETO] + [CurvePath.CURVE4] * 3
+        )
+        ax.add_patch(PathPatch(curve, fill=False, edgecolor=colour, linewidth=w * 0.75, alpha=0.75))
+    for n in spec.nodes:
+        x, y = centre[n.id]
+        ax.add_patch(
+            Rectangle((x - NODE_W / 2, y - NODE_H / 2), NODE_W, NODE_H, facecolor="white", edgecolor="#1d2330")
+        )
+        ax.text(x, y, n.label + ("\n" + "  ".join(n.ports) if n.ports else ""), fontsize=6, ha="center", va="center")
+    facts = "\n".join(f"{label}: {fmt(value)}" for label, value in spec.facts)
+    side.axis("off")
+    side.text(0, 0.5, facts, fontsize=7, ha="left", va="center", linespacing=1.6)
+    fig.suptitle(spec.title, fontsize=10)
     return fig
 
 
