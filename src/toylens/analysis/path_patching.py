@@ -1,0 +1,186 @@
+"""Exact direct path patching: the effect of one sender on one receiver along the direct path alone.
+
+Senders are the writers of the residual stream (the embeddings, every head's output z_h @ W_O[h],
+every MLP's output); receivers are its readers (every head's query, key and value inputs
+separately, every MLP's input, and the logits: the final residual stream, before ln_final) —
+the graph of `edge_attribution`, in the same [writer, reader] layout, so the exact effects sit
+beside their EAP estimates. For a sender s and a later receiver r (Wang et al. 2022; TransformerLens's
+`get_act_patch_direct_path`, which covers head -> head q/k/v):
+
+    the corrupted run, with r's own input replaced by  in_r(corrupted) + out_s(clean) - out_s(corrupted)
+
+and nothing else touched: every other reader still sees the sender's corrupted output, the
+receiver's changed output then flows on through everything after it (recomputed), and the metric
+is read at the output. This is denoising, as `Patcher`: clean activations into the corrupted run,
+`normalized` = (metric - corrupted) / (clean - corrupted). Where no path exists (the receiver
+reads before the sender writes: an earlier layer, or a head of the sender's own layer) the grid
+holds NaN (TransformerLens writes 0.0 placeholders there).
+
+The sender's change is added at every position. Batched like the exact patcher: every
+(sender, receiver) pair of one receiving layer is one copy of the corrupted batch in a stacked
+pass that starts at that layer from the corrupted run's cached residual stream
+(`model(residual=..., start_at_layer=l)`), with only that block's split q/k/v inputs on; an MLP
+receiver's stack starts after its block's attention, and the logits need only the unembedding.
+
+    grid = path_patching(Patcher(model, clean_tokens, corrupted_tokens, metric))
+    grid.value("L0H1", "L1H2.k")        # normalized effect of the path L0H1 -> L1H2's keys
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from toylens.analysis.edge_attribution import _readers, _writers, edge_mask, writer_outputs
+from toylens.analysis.metrics import Metric
+from toylens.analysis.patching import DEFAULT_BUDGET, Patcher, _base_stage, read_positions, rows_per_pass
+from toylens.analysis.results import Result
+from toylens.model import ActivationCache, HookPoint, Transformer
+
+
+@dataclass
+class PathPatchGrid(Result):
+    """The metric with each sender -> receiver direct path patched clean -> corrupted run:
+    `values` and `normalized` [sender, receiver], NaN where no path exists."""
+
+    values: Tensor
+    normalized: Tensor
+    senders: list[str]
+    receivers: list[str]
+    clean: float
+    corrupted: float
+    metric: str
+    metric_description: str
+    corruption: str = ""
+
+    axes = {"values": ("sender", "receiver"), "normalized": ("sender", "receiver")}
+
+    def value(self, sender: str, receiver: str) -> float:
+        """The normalized effect of one path, e.g. value("L0H1", "L1H2.k")."""
+        return float(self.normalized[self.senders.index(sender), self.receivers.index(receiver)])
+
+    def top_paths(self, k: int = 10) -> list[tuple[str, str, float]]:
+        """The k paths with the largest |normalized| effect, largest first."""
+        flat = self.normalized.nan_to_num(0).abs().flatten()
+        n = len(self.receivers)
+        return [
+            (self.senders[i // n], self.receivers[i % n], float(self.normalized.flatten()[i]))
+            for i in flat.argsort(descending=True)[:k].tolist()
+        ]
+
+
+@torch.no_grad()
+def path_patching(patcher: Patcher) -> PathPatchGrid:
+    """Every direct path sender -> receiver of the patcher's model, patched exactly (see the
+    module docstring); the patcher gives the clean/corrupted pair, the metric and both caches."""
+    model, base = patcher.model, patcher.corrupted_cache
+    cfg = model.cfg
+    read = read_positions(patcher.metric)
+    metric = patcher.metric.at(read)
+    delta = writer_outputs(model, patcher.clean_cache) - writer_outputs(model, base)  # [sender, batch, pos, d]
+    mask = edge_mask(model).to(delta.device)
+    values = torch.full(mask.shape, float("nan"), dtype=delta.dtype, device=delta.device)
+    values[mask] = patcher.corrupted
+    readers = [name for name, _ in _readers(model)]
+    batch, pos = delta.shape[1:3]
+    # The widest tensor of a pass: the receiving block's split inputs, 3 * n_heads copies of the stream.
+    rows = min(rows_per_pass(model, pos), DEFAULT_BUDGET // (pos * 3 * cfg.n_heads * cfg.d_model))
+    per_pass = max(1, (patcher.max_rows or rows) // batch)
+    if len(read):  # else no path changes a logit the metric reads
+        stack = _Stack(values, mask, delta, per_pass)
+        for layer in range(cfg.n_layers):
+            heads = [readers.index(f"L{layer}H{h}.{x}") for x in "qkv" for h in range(cfg.n_heads)]
+            stack.fill(heads, partial(_head_pass, model, base, layer, metric, read))
+            if not cfg.attn_only:
+                mlp = [readers.index(f"MLP{layer}")]
+                stack.fill(mlp, partial(_mlp_pass, model, base, layer, metric, read))
+        final = _base_stage(model, base, "post", cfg.n_layers - 1)
+        stack.fill([readers.index("logits")], partial(_logits_pass, model, final, metric, read))
+    return PathPatchGrid(
+        values=values.cpu(),
+        normalized=patcher.normalize(values - patcher.corrupted).cpu(),
+        senders=[w for w, _ in _writers(model)],
+        receivers=readers,
+        clean=patcher.clean,
+        corrupted=patcher.corrupted,
+        metric=patcher.metric.name,
+        metric_description=patcher.metric.description,
+        corruption=patcher.description,
+    )
+
+
+Run = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class _Stack:
+    """Fills `values` [sender, receiver] in stacked passes of at most `per_pass` pairs."""
+
+    values: Tensor
+    mask: Tensor
+    delta: Tensor
+    per_pass: int
+
+    def fill(self, columns: list[int], run: Run) -> None:
+        """values[s, r] for every path into the receivers `columns`: `run(d, which)` takes the
+        senders' changes d [n, batch, pos, d_model] and their receivers (indices into `columns`)
+        [n], and returns the metric of each pair [n]."""
+        pairs = self.mask[:, columns].nonzero()  # [(sender, index into columns)]
+        cols = torch.tensor(columns, device=self.values.device)
+        for chunk in pairs.split(self.per_pass) if len(pairs) else ():
+            senders, which = chunk[:, 0], chunk[:, 1]
+            self.values[senders, cols[which]] = run(self.delta[senders], which)
+
+
+def _head_pass(
+    model: Transformer, base: ActivationCache, layer: int, metric: Metric, read: Tensor, delta: Tensor, which: Tensor
+) -> Tensor:
+    """n (sender, head input) pairs of one layer: copy c of the corrupted batch adds delta[c] to
+    its block's split input `which[c]` (= kind * n_heads + head, kinds q, k, v)."""
+    n, batch = delta.shape[:2]
+    n_heads = model.cfg.n_heads
+    kind, head = which // n_heads, which % n_heads
+    onehot = torch.nn.functional.one_hot(head, n_heads).to(delta.dtype)  # [n, n_heads]
+
+    def add(x: Tensor, hook: HookPoint) -> Tensor:  # x [n * batch, pos, n_heads, d_model]
+        scale = onehot * (kind == "qkv".index(hook.name.rsplit("_", 2)[-2])).unsqueeze(1)  # [n, n_heads]
+        change = delta.unsqueeze(3) * scale.view(n, 1, 1, n_heads, 1)  # [n, batch, pos, n_heads, d_model]
+        return x + change.flatten(0, 1)
+
+    block = model.blocks[layer]
+    split, block.split_qkv_input = block.split_qkv_input, True  # this block only: the others run unsplit
+    try:
+        with model.hooks([([f"blocks.{layer}.hook_{x}_input" for x in "qkv"], add)]):
+            logits = model(residual=base["resid_pre", layer].repeat(n, 1, 1), start_at_layer=layer, positions=read)
+    finally:
+        block.split_qkv_input = split
+    return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
+
+
+def _mlp_pass(
+    model: Transformer, base: ActivationCache, layer: int, metric: Metric, read: Tensor, delta: Tensor, _: Tensor
+) -> Tensor:
+    """n senders into one layer's MLP: copy c adds delta[c] to hook_mlp_in (the MLP's input
+    alone), starting from the corrupted resid_mid, so only the MLP half of the block runs."""
+    n, batch = delta.shape[:2]
+
+    def add(x: Tensor, hook: HookPoint) -> Tensor:
+        return x + delta.flatten(0, 1)
+
+    with model.hooks([(f"blocks.{layer}.hook_mlp_in", add)]):
+        resid = base["resid_mid", layer].repeat(n, 1, 1)
+        logits = model(residual=resid, start_at_layer=layer, after_attention=True, positions=read)
+    return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
+
+
+def _logits_pass(model: Transformer, final: Tensor, metric: Metric, read: Tensor, delta: Tensor, _: Tensor) -> Tensor:
+    """n senders into the logits: the corrupted final residual stream plus delta[c], unembedded
+    (through ln_final) at the positions the metric reads."""
+    n, batch = delta.shape[:2]
+    resid = (final[:, read] + delta[:, :, read]).flatten(0, 1)
+    logits = model(residual=resid, start_at_layer=model.cfg.n_layers)
+    return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
