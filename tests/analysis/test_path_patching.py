@@ -125,7 +125,7 @@ def test_paths_to_the_logits_add_up_to_the_gap(attn_only):
     assert abs(float(total) - 1) <= 1e-10
 
 
-def test_no_read_position_and_saving(tmp_path):
+def test_no_read_position_no_change_and_saving(tmp_path):
     model = tiny_model(n_layers=2).double()
     clean, corrupted, metric = pair(seed=3, pos=6)
     grid = path_patching(Patcher(model, clean, corrupted, metric))
@@ -140,6 +140,9 @@ def test_no_read_position_and_saving(tmp_path):
     flat = path_patching(Patcher(model, clean, corrupted, nothing))
     expected = torch.full_like(flat.values, flat.corrupted).masked_fill(~edge_mask(model), float("nan"))
     torch.testing.assert_close(flat.values, expected, equal_nan=True)
+    same = path_patching(Patcher(model, clean, clean, metric))  # no sender's output changes
+    expected = torch.full_like(same.values, same.corrupted).masked_fill(~edge_mask(model), float("nan"))
+    torch.testing.assert_close(same.values, expected, equal_nan=True)
 
 
 @pytest.mark.xfail(

@@ -37,7 +37,14 @@ from torch import Tensor
 
 from toylens.analysis.edge_attribution import _readers, _writers, edge_mask, writer_outputs
 from toylens.analysis.metrics import Metric
-from toylens.analysis.patching import DEFAULT_BUDGET, Patcher, _base_stage, read_positions, rows_per_pass
+from toylens.analysis.patching import (
+    DEFAULT_BUDGET,
+    Patcher,
+    _base_past,
+    _base_stage,
+    read_positions,
+    rows_per_pass,
+)
 from toylens.analysis.results import Result
 from toylens.model import ActivationCache, HookPoint, Transformer
 
@@ -77,11 +84,12 @@ class PathPatchGrid(Result):
 def path_patching(patcher: Patcher) -> PathPatchGrid:
     """Every direct path sender -> receiver of the patcher's model, patched exactly (see the
     module docstring); the patcher gives the clean/corrupted pair, the metric and both caches."""
-    model, base = patcher.model, patcher.corrupted_cache
+    model, cache = patcher.model, patcher.corrupted_cache
     cfg = model.cfg
     read = read_positions(patcher.metric)
     metric = patcher.metric.at(read)
-    delta = writer_outputs(model, patcher.clean_cache) - writer_outputs(model, base)  # [sender, batch, pos, d]
+    delta = writer_outputs(model, patcher.clean_cache) - writer_outputs(model, cache)  # [sender, batch, pos, d]
+    changed = delta.ne(0).any(-1).flatten(0, 1).any(0).nonzero()  # positions where a sender's output changes
     mask = edge_mask(model).to(delta.device)
     values = torch.full(mask.shape, float("nan"), dtype=delta.dtype, device=delta.device)
     values[mask] = patcher.corrupted
@@ -90,7 +98,8 @@ def path_patching(patcher: Patcher) -> PathPatchGrid:
     # The widest tensor of a pass: the receiving block's split inputs, 3 * n_heads copies of the stream.
     rows = min(rows_per_pass(model, pos), DEFAULT_BUDGET // (pos * 3 * cfg.n_heads * cfg.d_model))
     per_pass = max(1, (patcher.max_rows or rows) // batch)
-    if len(read):  # else no path changes a logit the metric reads
+    if len(read) and len(changed):  # else no path changes a logit the metric reads
+        base = _Base(cache, patcher.corrupted_logits[:, read], int(changed[0]))
         stack = _Stack(values, mask, delta, per_pass)
         for layer in range(cfg.n_layers):
             heads = [readers.index(f"L{layer}H{h}.{x}") for x in "qkv" for h in range(cfg.n_heads)]
@@ -98,7 +107,7 @@ def path_patching(patcher: Patcher) -> PathPatchGrid:
             if not cfg.attn_only:
                 mlp = [readers.index(f"MLP{layer}")]
                 stack.fill(mlp, partial(_mlp_pass, model, base, layer, metric, read))
-        final = _base_stage(model, base, "post", cfg.n_layers - 1)
+        final = _base_stage(model, cache, "post", cfg.n_layers - 1)
         stack.fill([readers.index("logits")], partial(_logits_pass, model, final, metric, read))
     return PathPatchGrid(
         values=values.cpu(),
@@ -137,7 +146,7 @@ class _Stack:
 
 
 def _head_pass(
-    model: Transformer, base: ActivationCache, layer: int, metric: Metric, read: Tensor, delta: Tensor, which: Tensor
+    model: Transformer, base: _Base, layer: int, metric: Metric, read: Tensor, delta: Tensor, which: Tensor
 ) -> Tensor:
     """n (sender, head input) pairs of one layer: copy c of the corrupted batch adds delta[c] to
     its block's split input `which[c]` (= kind * n_heads + head, kinds q, k, v)."""
@@ -145,36 +154,62 @@ def _head_pass(
     n_heads = model.cfg.n_heads
     kind, head = which // n_heads, which % n_heads
     onehot = torch.nn.functional.one_hot(head, n_heads).to(delta.dtype)  # [n, n_heads]
+    change = delta[:, :, base.start :]
 
     def add(x: Tensor, hook: HookPoint) -> Tensor:  # x [n * batch, pos, n_heads, d_model]
         scale = onehot * (kind == "qkv".index(hook.name.rsplit("_", 2)[-2])).unsqueeze(1)  # [n, n_heads]
-        change = delta.unsqueeze(3) * scale.view(n, 1, 1, n_heads, 1)  # [n, batch, pos, n_heads, d_model]
-        return x + change.flatten(0, 1)
+        return x + (change.unsqueeze(3) * scale.view(n, 1, 1, n_heads, 1)).flatten(0, 1)
 
     block = model.blocks[layer]
     split, block.split_qkv_input = block.split_qkv_input, True  # this block only: the others run unsplit
     try:
         with model.hooks([([f"blocks.{layer}.hook_{x}_input" for x in "qkv"], add)]):
-            logits = model(residual=base["resid_pre", layer].repeat(n, 1, 1), start_at_layer=layer, positions=read)
+            return base.run(model, "pre", layer, n, metric, read)
     finally:
         block.split_qkv_input = split
-    return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
 
 
 def _mlp_pass(
-    model: Transformer, base: ActivationCache, layer: int, metric: Metric, read: Tensor, delta: Tensor, _: Tensor
+    model: Transformer, base: _Base, layer: int, metric: Metric, read: Tensor, delta: Tensor, _: Tensor
 ) -> Tensor:
     """n senders into one layer's MLP: copy c adds delta[c] to hook_mlp_in (the MLP's input
     alone), starting from the corrupted resid_mid, so only the MLP half of the block runs."""
-    n, batch = delta.shape[:2]
+    change = delta[:, :, base.start :].flatten(0, 1)
 
     def add(x: Tensor, hook: HookPoint) -> Tensor:
-        return x + delta.flatten(0, 1)
+        return x + change
 
     with model.hooks([(f"blocks.{layer}.hook_mlp_in", add)]):
-        resid = base["resid_mid", layer].repeat(n, 1, 1)
-        logits = model(residual=resid, start_at_layer=layer, after_attention=True, positions=read)
-    return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
+        return base.run(model, "mid", layer, len(delta), metric, read)
+
+
+@dataclass
+class _Base:
+    """The corrupted run, from which each stacked pass starts: its cache and logits at the read
+    positions. Every sender's change is zero before position `start` (the first one where clean
+    and corrupted differ), so, attention being causal, a pass starts there, with the corrupted
+    run's keys and values of the positions before."""
+
+    cache: ActivationCache
+    logits: Tensor  # [batch, read, d_vocab_out]
+    start: int
+
+    def run(self, model: Transformer, stage: str, layer: int, n: int, metric: Metric, read: Tensor) -> Tensor:
+        """The metric [n] of n copies of the corrupted batch run from `stage` ("pre": resid_pre,
+        "mid": after the attention) of `layer`, through whatever hooks are on."""
+        later = read >= self.start
+        resid = _base_stage(model, self.cache, stage, layer)[:, self.start :].repeat(n, 1, 1)
+        past = _base_past(model, self.cache, layer, self.start, n)
+        new = model(
+            residual=resid,
+            start_at_layer=layer,
+            after_attention=stage == "mid",
+            past=past,
+            positions=read[later] - self.start,
+        )
+        logits = self.logits.expand(n, *self.logits.shape).clone()  # [n, batch, read, vocab]
+        logits[:, :, later] = new.view(n, -1, *new.shape[1:])
+        return metric(logits).mean(-1)
 
 
 def _logits_pass(model: Transformer, final: Tensor, metric: Metric, read: Tensor, delta: Tensor, _: Tensor) -> Tensor:
