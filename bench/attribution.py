@@ -34,7 +34,13 @@ from transformer_lens.tools.analysis.attribution_patching import (  # noqa: E402
 
 from toylens import load  # noqa: E402
 from toylens.analysis.attribution_patching import AttributionPatcher  # noqa: E402
-from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness  # noqa: E402
+from toylens.analysis.edge_attribution import (  # noqa: E402
+    circuit,
+    edge_attribution,
+    edge_mask,
+    faithfulness,
+    writer_outputs,
+)
 from toylens.analysis.metrics import LogitDiff  # noqa: E402
 from toylens.analysis.patching import Patcher  # noqa: E402
 from toylens.analysis.path_patching import path_patching  # noqa: E402
@@ -112,6 +118,12 @@ def paths(model, tl, clean, corrupted, metric, repeats: int, sync) -> None:  # n
     t, grid = timed(lambda: path_patching(Patcher(model, clean, corrupted, metric)), repeats, sync)
     n = int(grid.values.isfinite().sum())
     print(f"path patching, {n} paths (sender x receiver): toylens {t:7.3f} s ({1e3 * t / n:.2f} ms a path)")
+    t_loop, loop = timed(lambda: one_forward_per_path(model, clean, corrupted, metric, grid), 1, sync)
+    diff = float((loop - grid.values).nan_to_num(0).abs().max())
+    print(
+        f"path patching, one full forward per path (TransformerLens's algorithm, toylens model): {t_loop:7.3f} s   "
+        f"ratio {t_loop / t:5.1f}x   max |diff| {diff:.1e}"
+    )
     try:
         with torch.no_grad():
             _, clean_cache = tl.run_with_cache(clean)
@@ -127,6 +139,40 @@ def paths(model, tl, clean, corrupted, metric, repeats: int, sync) -> None:  # n
         print(f"path patching, heads -> q/k/v only: TransformerLens {t_tl:8.3f} s")
     except NotImplementedError as e:
         print(f"path patching: TransformerLens 4.3 cannot run it on the exported model ({str(e)[:90]}...)")
+
+
+def one_forward_per_path(model, clean, corrupted, metric, grid) -> torch.Tensor:  # noqa: ANN001
+    """Every path of `grid` as get_act_patch_direct_path runs it: the whole corrupted forward pass
+    with the sender's clean - corrupted output added to the receiver's own input by a hook."""
+    cfg = model.cfg
+    with torch.no_grad():
+        _, c = model.run_with_cache(clean)
+        _, k = model.run_with_cache(corrupted)
+    delta = writer_outputs(model, c) - writer_outputs(model, k)
+    out = torch.full_like(grid.values, float("nan"))
+    model.split_qkv_input = True
+    for i, j in grid.values.isfinite().nonzero().tolist():
+        receiver, head = grid.receivers[j], None
+        if receiver == "logits":
+            name = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+        elif receiver.startswith("MLP"):
+            name = f"blocks.{receiver[3:]}.hook_mlp_in"
+        else:
+            layer, head = (int(x) for x in receiver.split(".")[0][1:].split("H"))
+            name = f"blocks.{layer}.hook_{receiver[-1]}_input"
+
+        def add(x, hook, i=i, head=head):  # noqa: ANN001, ANN202
+            x = x.clone()
+            if head is None:
+                x += delta[i]
+            else:
+                x[:, :, head] += delta[i]
+            return x
+
+        with torch.no_grad():
+            out[i, j] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, add)])).mean()
+    model.split_qkv_input = False
+    return out
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ The sender's change is added at every position. Batched like the exact patcher: 
 pass that starts at that layer from the corrupted run's cached residual stream
 (`model(residual=..., start_at_layer=l)`), with only that block's split q/k/v inputs on; an MLP
 receiver's stack starts after its block's attention, and the logits need only the unembedding.
+Every pass also starts at the first position where some sender's output changes (before it the
+run is the corrupted one, attention being causal), with the corrupted keys and values there.
 
     grid = path_patching(Patcher(model, clean_tokens, corrupted_tokens, metric))
     grid.value("L0H1", "L1H2.k")        # normalized effect of the path L0H1 -> L1H2's keys
