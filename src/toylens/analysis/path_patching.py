@@ -19,7 +19,7 @@ holds NaN (TransformerLens writes 0.0 placeholders there).
 The sender's change is added at every position. Batched like the exact patcher: every
 (sender, receiver) pair of one receiving layer is one copy of the corrupted batch in a stacked
 pass that starts at that layer from the corrupted run's cached residual stream
-(`model(residual=..., start_at_layer=l)`), with only that block's split q/k/v inputs on; an MLP
+(`model(residual=..., start_at_layer=l)`), each copy's one changed head input projected once; an MLP
 receiver's stack starts after its block's attention, and the logits need only the unembedding.
 Every pass also starts at the first position where some sender's output changes (before it the
 run is the corrupted one, attention being causal), with the corrupted keys and values there.
@@ -40,7 +40,6 @@ from torch import Tensor
 from toylens.analysis.edge_attribution import _readers, _writers, edge_mask, writer_outputs
 from toylens.analysis.metrics import Metric
 from toylens.analysis.patching import (
-    DEFAULT_BUDGET,
     Patcher,
     _base_past,
     _base_stage,
@@ -97,9 +96,7 @@ def path_patching(patcher: Patcher) -> PathPatchGrid:
     values[mask] = patcher.corrupted
     readers = [name for name, _ in _readers(model)]
     batch, pos = delta.shape[1:3]
-    # The widest tensor of a pass: the receiving block's split inputs, 3 * n_heads copies of the stream.
-    rows = min(rows_per_pass(model, pos), DEFAULT_BUDGET // (pos * 3 * cfg.n_heads * cfg.d_model))
-    per_pass = max(1, (patcher.max_rows or rows) // batch)
+    per_pass = max(1, (patcher.max_rows or rows_per_pass(model, pos)) // batch)
     if len(read) and len(changed):  # else no path changes a logit the metric reads
         base = _Base(cache, patcher.corrupted_logits[:, read], int(changed[0]))
         stack = _Stack(values, mask, delta, per_pass)
@@ -151,24 +148,32 @@ def _head_pass(
     model: Transformer, base: _Base, layer: int, metric: Metric, read: Tensor, delta: Tensor, which: Tensor
 ) -> Tensor:
     """n (sender, head input) pairs of one layer: copy c of the corrupted batch adds delta[c] to
-    its block's split input `which[c]` (= kind * n_heads + head, kinds q, k, v)."""
+    the input `which[c]` (= kind * n_heads + head, kinds q, k, v) of one head alone.
+
+    The same as adding it to that head's split input (`Transformer.split_qkv_input`), without
+    running every head's q, k and v from a copy of its own: the block runs unsplit, and at its
+    hook_q / hook_k / hook_v each copy's one changed head is replaced by its projection of
+    ln1(resid_pre + delta[c])."""
     n, batch = delta.shape[:2]
     n_heads = model.cfg.n_heads
     kind, head = which // n_heads, which % n_heads
-    onehot = torch.nn.functional.one_hot(head, n_heads).to(delta.dtype)  # [n, n_heads]
-    change = delta[:, :, base.start :]
-
-    def add(x: Tensor, hook: HookPoint) -> Tensor:  # x [n * batch, pos, n_heads, d_model]
-        scale = onehot * (kind == "qkv".index(hook.name.rsplit("_", 2)[-2])).unsqueeze(1)  # [n, n_heads]
-        return x + (change.unsqueeze(3) * scale.view(n, 1, 1, n_heads, 1)).flatten(0, 1)
-
     block = model.blocks[layer]
-    split, block.split_qkv_input = block.split_qkv_input, True  # this block only: the others run unsplit
-    try:
-        with model.hooks([([f"blocks.{layer}.hook_{x}_input" for x in "qkv"], add)]):
-            return base.run(model, "pre", layer, n, metric, read)
-    finally:
-        block.split_qkv_input = split
+    attn = block.attn
+    resid = _base_stage(model, base.cache, "pre", layer)[:, base.start :]
+    inputs = block.ln1((resid + delta[:, :, base.start :]).flatten(0, 1))  # [n * batch, pos, d_model]
+    W = torch.stack([attn.W_Q, attn.W_K, attn.W_V])[kind, head]  # [n, d_model, d_head]
+    b = torch.stack([attn.b_Q, attn.b_K, attn.b_V])[kind, head]  # [n, d_head]
+    new = torch.baddbmm(b.unsqueeze(1), inputs.view(n, -1, inputs.shape[-1]), W)  # [n, batch * pos, d_head]
+    new = new.view(n, batch, -1, new.shape[-1])
+
+    def replace(x: Tensor, hook: HookPoint) -> Tensor:  # x [n * batch, pos, n_heads, d_head]
+        mine = (kind == "qkv".index(hook.name[-1])).nonzero().squeeze(-1)  # the copies changing this kind
+        x = x.clone()
+        x.view(n, batch, *x.shape[1:])[mine, :, :, head[mine]] = new[mine]
+        return x
+
+    with model.hooks([([f"blocks.{layer}.attn.hook_{x}" for x in "qkv"], replace)]):
+        return base.run(model, "pre", layer, n, metric, read)
 
 
 def _mlp_pass(
