@@ -48,6 +48,8 @@ from toylens.analysis.patching import (
 )
 from toylens.analysis.results import Result
 from toylens.model import ActivationCache, HookPoint, Transformer
+from toylens.model import functional as core
+from toylens.model.components import LayerNorm
 
 
 @dataclass
@@ -160,11 +162,12 @@ def _head_pass(
     block = model.blocks[layer]
     attn = block.attn
     resid = _base_stage(model, base.cache, "pre", layer)[:, base.start :]
-    inputs = block.ln1((resid + delta[:, :, base.start :]).flatten(0, 1))  # [n * batch, pos, d_model]
+    inputs = resid + delta[:, :, base.start :]  # [n, batch, pos, d_model]
+    if isinstance(block.ln1, LayerNorm):
+        inputs = core.layer_norm(inputs, block.ln1.w, block.ln1.b, eps=block.ln1.eps)
     W = torch.stack([attn.W_Q, attn.W_K, attn.W_V])[kind, head]  # [n, d_model, d_head]
     b = torch.stack([attn.b_Q, attn.b_K, attn.b_V])[kind, head]  # [n, d_head]
-    new = torch.baddbmm(b.unsqueeze(1), inputs.view(n, -1, inputs.shape[-1]), W)  # [n, batch * pos, d_head]
-    new = new.view(n, batch, -1, new.shape[-1])
+    new = core.linear(inputs, W, b)  # [n, batch, pos, d_head]: copy c through its own head's weights
 
     def replace(x: Tensor, hook: HookPoint) -> Tensor:  # x [n * batch, pos, n_heads, d_head]
         mine = (kind == "qkv".index(hook.name[-1])).nonzero().squeeze(-1)  # the copies changing this kind
