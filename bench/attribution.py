@@ -1,5 +1,6 @@
 """Attribution patching (node level): TransformerLens 4.3's `attribution_patch` against toylens's
-`AttributionPatcher`; and toylens's edge scores (EAP, EAP-IG) and circuit faithfulness.
+`AttributionPatcher`; and toylens's edge scores (EAP, EAP-IG), circuit faithfulness and exact
+direct path patching.
 
 Same weights (the toylens model exported with toylens.export), same clean/corrupted inputs, same
 metric (a logit difference with the same answers in every row, because TransformerLens scores the
@@ -25,6 +26,7 @@ import time
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
+from transformer_lens.patching import get_act_patch_direct_path_all_sources  # noqa: E402
 from transformer_lens.tools.analysis.attribution_patching import (  # noqa: E402
     EdgeAttributionConfig,
     attribution_patch,
@@ -32,8 +34,16 @@ from transformer_lens.tools.analysis.attribution_patching import (  # noqa: E402
 
 from toylens import load  # noqa: E402
 from toylens.analysis.attribution_patching import AttributionPatcher  # noqa: E402
-from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness  # noqa: E402
+from toylens.analysis.edge_attribution import (  # noqa: E402
+    circuit,
+    edge_attribution,
+    edge_mask,
+    faithfulness,
+    writer_outputs,
+)
 from toylens.analysis.metrics import LogitDiff  # noqa: E402
+from toylens.analysis.patching import Patcher  # noqa: E402
+from toylens.analysis.path_patching import path_patching  # noqa: E402
 from toylens.config import ModelConfig  # noqa: E402
 from toylens.device import resolve_device  # noqa: E402
 from toylens.export import to_transformer_lens  # noqa: E402
@@ -101,6 +111,70 @@ def edges(model, tl, clean, corrupted, metric, one, repeats: int, sync) -> None:
         print(f"edge scores: TransformerLens 4.3 cannot run them on the exported model ({str(e)[:90]}...)")
 
 
+def paths(model, tl, clean, corrupted, metric, repeats: int, sync) -> None:  # noqa: ANN001
+    """Exact direct path patching of every sender -> receiver pair: toylens's stacked passes;
+    TransformerLens's get_act_patch_direct_path_all_sources (one forward per path, heads -> q/k/v
+    only) where it runs (not on an exported model in 4.3: it needs split q/k/v inputs)."""
+    t, grid = timed(lambda: path_patching(Patcher(model, clean, corrupted, metric)), repeats, sync)
+    n = int(grid.values.isfinite().sum())
+    print(f"path patching, {n} paths (sender x receiver): toylens {t:7.3f} s ({1e3 * t / n:.2f} ms a path)")
+    t_loop, loop = timed(lambda: one_forward_per_path(model, clean, corrupted, metric, grid), 1, sync)
+    diff = float((loop - grid.values).nan_to_num(0).abs().max())
+    print(
+        f"path patching, one full forward per path (TransformerLens's algorithm, toylens model): {t_loop:7.3f} s   "
+        f"ratio {t_loop / t:5.1f}x   max |diff| {diff:.1e}"
+    )
+    try:
+        with torch.no_grad():
+            _, clean_cache = tl.run_with_cache(clean)
+            _, corrupted_cache = tl.run_with_cache(corrupted)
+
+        def run_tl() -> None:
+            for kind in "qkv":
+                get_act_patch_direct_path_all_sources(
+                    tl, corrupted, clean_cache, corrupted_cache, lambda x: metric(x).mean(), kind, verbose=False
+                )
+
+        t_tl, _ = timed(run_tl, 1, sync)
+        print(f"path patching, heads -> q/k/v only: TransformerLens {t_tl:8.3f} s")
+    except NotImplementedError as e:
+        print(f"path patching: TransformerLens 4.3 cannot run it on the exported model ({str(e)[:90]}...)")
+
+
+def one_forward_per_path(model, clean, corrupted, metric, grid) -> torch.Tensor:  # noqa: ANN001
+    """Every path of `grid` as get_act_patch_direct_path runs it: the whole corrupted forward pass
+    with the sender's clean - corrupted output added to the receiver's own input by a hook."""
+    cfg = model.cfg
+    with torch.no_grad():
+        _, c = model.run_with_cache(clean)
+        _, k = model.run_with_cache(corrupted)
+    delta = writer_outputs(model, c) - writer_outputs(model, k)
+    out = torch.full_like(grid.values, float("nan"))
+    model.split_qkv_input = True
+    for i, j in grid.values.isfinite().nonzero().tolist():
+        receiver, head = grid.receivers[j], None
+        if receiver == "logits":
+            name = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+        elif receiver.startswith("MLP"):
+            name = f"blocks.{receiver[3:]}.hook_mlp_in"
+        else:
+            layer, head = (int(x) for x in receiver.split(".")[0][1:].split("H"))
+            name = f"blocks.{layer}.hook_{receiver[-1]}_input"
+
+        def add(x, hook, i=i, head=head):  # noqa: ANN001, ANN202
+            x = x.clone()
+            if head is None:
+                x += delta[i]
+            else:
+                x[:, :, head] += delta[i]
+            return x
+
+        with torch.no_grad():
+            out[i, j] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, add)])).mean()
+    model.split_qkv_input = False
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=list(ARCHS), default="sort")
@@ -144,6 +218,7 @@ def main() -> None:
         return {k: v - atp.corrupted for k, v in out.items()}
 
     edges(model, tl, clean, corrupted, metric, one, args.repeats, sync)
+    paths(model, tl, clean, corrupted, metric, args.repeats, sync)
     t_ours, got = timed(run_ours, args.repeats, sync)
     if cfg.attn_only:  # TransformerLens 4.3's node graph needs every layer's hook_mlp_out
         n = sum(v.numel() for v in got.values())

@@ -134,6 +134,23 @@ def test_edge_attribution_and_faithfulness_saved(runs, device):
     assert faithful.circuit.shape == edges.scores.shape
 
 
+def test_path_patching_saved_beside_the_edge_scores(runs, device):
+    """`--only path_patching` writes the exact direct path grid, in EdgeScores's layout."""
+    _, attn = runs
+    only = ["path_patching", "eap/logit_diff/edges"]
+    written = analyze(attn, "final", only=only, settings=SMALL, progress=False, device=device)
+    base = f"analysis/{FINAL}"
+    assert f"{base}/path_patching/logit_diff/direct" in written  # (the edges may be written already)
+    run = RunDir(attn)
+    paths, edges = (
+        load_result(run, f"{base}/path_patching/logit_diff/direct"),
+        load_result(run, f"{base}/eap/logit_diff/edges"),
+    )
+    assert (paths.senders, paths.receivers) == (edges.writers, edges.readers)
+    assert paths.values.isnan().equal(edges.scores.isnan()) and paths.values.shape == (5, 13)
+    assert (paths.clean, paths.corrupted) == pytest.approx((edges.clean, edges.corrupted), rel=1e-5)
+
+
 def test_tampered_result_is_refused(runs, device):
     _, attn = runs
     analyze(attn, "final", only=["weight_norms"], settings=SMALL, progress=False, device=device)

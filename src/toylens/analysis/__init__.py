@@ -23,6 +23,7 @@ and heads, with or without MLPs and LayerNorm):
                     one backward pass (AttributionPatcher)
     edge_attribution.py  EAP and EAP-IG over the residual-stream graph (writers -> each head's
                     q/k/v input, each MLP input, the logits)
+    path_patching.py  exact direct path patching over the same graph (sender -> receiver)
     ablation.py     zero / mean / resample ablation of heads and neurons
     summary.py      headline scalars per checkpoint and over checkpoints
     driver.py       `analyze()`, the driver behind `toylens analyze`
@@ -63,6 +64,7 @@ labelled `L{layer}H{head}`. Every file is listed with its SHA-256 in RUN/manifes
 | atp/<metric>/<variant>           | AttributionGrid   | the patching grids above, plus neurons [layer, neuron], estimated by attribution patching: values = corrupted + sum over the cell of (a_clean - a_corrupted) * d metric / d a at the corrupted run (denoising, as the exact grids), normalized as theirs. Not with the accuracy metric (no gradient) |
 | eap/<metric>/edges, /edges_ig    | EdgeScores        | scores, normalized [writer, reader]: edge attribution patching (EAP; edges_ig: EAP-IG with `ig_steps`) from writers (embed, L{l}H{h}, MLP{l}) to readers (L{l}H{h}.q/.k/.v, MLP{l}, logits); NaN where no edge. Not with accuracy |
 | eap/<metric>/faithfulness        | Faithfulness      | circuit [writer, reader]: the top `circuit_fraction` of edges by EAP-IG; `recovered` = (metric with every other edge ablated to the corrupted run - corrupted) / (clean - corrupted) |
+| path_patching/<metric>/direct    | PathPatchGrid     | values, normalized [sender, receiver] (the senders and receivers of EdgeScores): the corrupted run with one receiver's own input changed by one sender's clean - corrupted output (no other reader sees it; what the receiver then writes flows on to the logits); exact, also with accuracy; normalized as the patching grids; NaN where no path |
 | ablation/zero, /mean, /resample  | Ablation          | heads [layer, head], neurons [layer, neuron]: loss change in nats (ablated - base_loss) |
 | summary                          | CheckpointSummary | (JSON only) results present, epoch, step, and `scalars` such as "head_scores/repeated/induction.max" / ".argmax" |
 
@@ -100,6 +102,7 @@ from toylens.analysis.driver import ANALYSES, Settings, analyze
 from toylens.analysis.edge_attribution import EdgeScores, edge_attribution
 from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
 from toylens.analysis.patching import Patcher, PatchGrid, patch_cells
+from toylens.analysis.path_patching import PathPatchGrid, path_patching
 from toylens.analysis.regularisation import Sparsity, WeightNorms, activation_sparsity, weight_norms
 from toylens.analysis.residual import accumulated_resid, apply_ln_final, residual_components
 from toylens.analysis.results import Result, load_result
@@ -126,6 +129,7 @@ __all__ = [
     "LogitLens",
     "NegLoss",
     "PatchGrid",
+    "PathPatchGrid",
     "Patcher",
     "PositionScores",
     "Result",
@@ -155,6 +159,7 @@ __all__ = [
     "logit_attribution",
     "logit_lens",
     "patch_cells",
+    "path_patching",
     "repeated_token_scores",
     "repeated_tokens",
     "residual_components",

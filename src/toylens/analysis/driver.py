@@ -29,6 +29,7 @@ from toylens.analysis.composition import composition_scores
 from toylens.analysis.edge_attribution import EdgeScores, circuit, edge_attribution, edge_mask, faithfulness
 from toylens.analysis.metrics import METRICS, Metric, make_metric
 from toylens.analysis.patching import Patcher, rows_per_pass
+from toylens.analysis.path_patching import path_patching
 from toylens.analysis.regularisation import activation_sparsity, weight_norms
 from toylens.analysis.results import Result, has_result
 from toylens.analysis.skip_trigrams import frequent_tokens, skip_trigrams
@@ -354,6 +355,7 @@ ANALYSES: list[Analysis] = [
     Analysis("eap/{metric}/edges", lambda s: s.edges(1), _attributable),
     Analysis("eap/{metric}/edges_ig", lambda s: s.edges(s.settings.ig_steps), _attributable),
     Analysis("eap/{metric}/faithfulness", _faithfulness, _attributable),
+    Analysis("path_patching/{metric}/direct", lambda s: path_patching(s.patcher), _patchable),
 ]
 
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from toylens.analysis.metrics import Accuracy, Metric
 from toylens.analysis.results import Result
 from toylens.errors import ToylensError
-from toylens.model import HookPoint, Transformer
+from toylens.model import ActivationCache, HookPoint, Transformer
 from toylens.model import functional as core
 
 
@@ -93,6 +93,12 @@ def _writer_outputs(model: Transformer, tokens: Tensor) -> Tensor:
         names += [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names)
+    return writer_outputs(model, cache)
+
+
+def writer_outputs(model: Transformer, cache: ActivationCache) -> Tensor:
+    """What every writer wrote [writer, batch, pos, d_model], in `_writers` order, from a cache
+    holding resid_pre of block 0 (the embeddings), every hook_z and (with MLPs) hook_mlp_out."""
     out = [cache["resid_pre", 0].unsqueeze(0)]
     for layer in range(model.cfg.n_layers):
         heads = core.head_results(cache["z", layer], model.blocks[layer].attn.W_O)  # [batch, pos, head, d_model]
