@@ -82,6 +82,20 @@ def tiny_model(
 TOLERANCE = {"cpu": 1e-5, "cuda": 1e-4}
 
 
+def patch_pair(seed: int = 0, batch: int = 5, pos: int = 8, same_answers: bool = False):
+    """Clean tokens over a 10-token vocabulary, the same with position 2 changed, and correct and
+    wrong answers at every position (one row for all examples when `same_answers`), for the
+    patching, attribution and path-patching tests."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, 10, (batch, pos), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = (clean[:, 2] + 1 + torch.randint(0, 8, (batch,), generator=g)) % 10
+    rows = 1 if same_answers else batch
+    correct = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
+    wrong = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
+    return clean, corrupted, correct, wrong
+
+
 def tol(device: torch.device) -> float:
     """The absolute (and relative) tolerance of float32 comparisons on `device`."""
     return TOLERANCE.get(device.type, 1e-4)

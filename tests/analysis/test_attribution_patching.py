@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import patch_pair, tiny_model
 
 from toylens import load
 from toylens.analysis.attribution_patching import AttributionGrid, AttributionPatcher
@@ -35,15 +35,7 @@ MLP_ONLY = {"mlp_out", "neurons", "neurons_by_pos"}
 
 
 def pair(seed=0, batch=5, pos=8, same_answers=False):
-    """Clean tokens, the same with position 2 changed, and answers to score them by."""
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, 10, (batch, pos), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2] = (clean[:, 2] + 1 + torch.randint(0, 8, (batch,), generator=g)) % 10
-    rows = 1 if same_answers else batch
-    correct = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
-    wrong = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
-    return clean, corrupted, correct, wrong
+    return patch_pair(seed, batch, pos, same_answers)
 
 
 # Where the metric (logit difference) is linear in the patched activation, the first-order

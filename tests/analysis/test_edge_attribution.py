@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import patch_pair, tiny_model
 
 from toylens.analysis.attribution_patching import AttributionPatcher
 from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness
@@ -14,13 +14,7 @@ from toylens.analysis.metrics import LogitDiff
 
 
 def pair(seed=0, batch=5, pos=8, same_answers=False):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, 10, (batch, pos), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2] = (clean[:, 2] + 1 + torch.randint(0, 8, (batch,), generator=g)) % 10
-    rows = 1 if same_answers else batch
-    correct = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
-    wrong = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
+    clean, corrupted, correct, wrong = patch_pair(seed, batch, pos, same_answers)
     return clean, corrupted, LogitDiff(correct, wrong)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import patch_pair, tiny_model
 
 from toylens.analysis.edge_attribution import edge_mask
 from toylens.analysis.metrics import LogitDiff
@@ -18,13 +18,7 @@ from toylens.tasks import IGNORE
 
 
 def pair(seed=0, batch=4, pos=8, same_answers=False):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, 10, (batch, pos), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2] = (clean[:, 2] + 1 + torch.randint(0, 8, (batch,), generator=g)) % 10
-    rows = 1 if same_answers else batch
-    correct = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
-    wrong = torch.randint(0, 10, (rows, pos), generator=g).expand(batch, pos)
+    clean, corrupted, correct, wrong = patch_pair(seed, batch, pos, same_answers)
     return clean, corrupted, LogitDiff(correct, wrong)
 
 
