@@ -397,6 +397,12 @@ class TrainConfig(Section):
     """Cosine schedule floor, as a fraction of lr."""
     grad_clip: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this value (null = no clipping)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32: all of training in float32. bf16: the training forward pass (matrix products,
+    attention) under torch.autocast with bfloat16 on the run's device; the logits are cast back
+    and the loss, weights, gradients and AdamW stay float32, with no loss scaling (bfloat16 keeps
+    float32's exponent range). Evaluation, analysis and the LLC stay float32. A GPU speed path
+    (bf16 tensor cores); on a CPU it runs, seldom faster."""
     l1: L1Config = L1Config()
     """L1 penalty on activations."""
     eval_batch_size: int = Field(1024, ge=1)

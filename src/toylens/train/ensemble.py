@@ -60,6 +60,7 @@ from toylens.train.loop import (
     start_or_resume,
 )
 from toylens.train.optim import build_optimizer, lr_at, set_lr
+from toylens.train.precision import forward_autocast
 from toylens.train.regularisers import L1Penalty, Regularisers
 
 log = logging.getLogger("toylens")
@@ -271,8 +272,12 @@ class EnsembleTrainer:
         self, params: dict[str, Tensor], buffers: dict[str, Tensor], tokens: Tensor, targets: Tensor
     ) -> tuple[Tensor, Tensor]:
         """One member's task loss and unscaled L1 penalty (run under vmap)."""
-        with self.base.hooks(self.penalty.fwd_hooks):
+        with (
+            self.base.hooks(self.penalty.fwd_hooks),
+            forward_autocast(self.device, self.members[0].cfg.train.precision),
+        ):
             logits = functional_call(self.base, (params, buffers), (tokens,))
+        logits = logits.float()
         return self.task.loss(logits, Batch(tokens, targets)), self.penalty.take().to(logits.device)
 
     @torch.no_grad()
