@@ -60,7 +60,7 @@ from toylens.train.loop import (
     start_or_resume,
 )
 from toylens.train.optim import build_optimizer, lr_at, set_lr
-from toylens.train.precision import forward_autocast
+from toylens.train.precision import forward_autocast, loss_logits
 from toylens.train.regularisers import L1Penalty, Regularisers
 
 log = logging.getLogger("toylens")
@@ -277,7 +277,7 @@ class EnsembleTrainer:
             forward_autocast(self.device, self.members[0].cfg.train.precision),
         ):
             logits = functional_call(self.base, (params, buffers), (tokens,))
-        logits = logits.float()
+        logits = loss_logits(logits, self.members[0].cfg.train.precision)
         return self.task.loss(logits, Batch(tokens, targets)), self.penalty.take().to(logits.device)
 
     @torch.no_grad()

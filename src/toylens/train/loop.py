@@ -46,7 +46,7 @@ from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkp
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import SingleProcess, process_group
 from toylens.train.optim import build_optimizer, lr_at, set_lr
-from toylens.train.precision import forward_autocast
+from toylens.train.precision import forward_autocast, loss_logits
 from toylens.train.regularisers import Regularisers
 
 log = logging.getLogger("toylens")
@@ -278,7 +278,7 @@ class Trainer:
         set_lr(self.opt, lr_at(self.state.step, self.total_steps, self.cfg.train))
         with self.model.hooks(self.penalty.fwd_hooks), forward_autocast(self.device, self.cfg.train.precision):
             logits = self.net(batch.tokens)
-        logits = logits.float()  # a no-op in fp32; under bf16 the loss is taken in float32
+        logits = loss_logits(logits, self.cfg.train.precision)
         # A shard without targets still joins DDP's gradient all-reduce, with zero gradients.
         loss = self.task.loss(logits, batch) * loss_weight if loss_weight else logits.sum() * 0.0
         l1 = self.penalty.take().to(self.device)

@@ -15,3 +15,9 @@ Precision = str  # "fp32" | "bf16", validated by TrainConfig.precision
 def forward_autocast(device: torch.device, precision: Precision) -> torch.autocast:
     """The context for one training forward pass: bfloat16 autocast for "bf16", a no-op otherwise."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def loss_logits(logits: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """The logits the loss is taken on: float32 after a bf16 forward; untouched otherwise (a
+    float64 model keeps float64 logits)."""
+    return logits.float() if precision == "bf16" else logits
