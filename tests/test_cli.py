@@ -37,6 +37,13 @@ def test_help(cmd):
     assert proc.returncode == 0 and "Usage:" in proc.stdout and len(proc.stdout.splitlines()) > 4
 
 
+def test_python_dash_m_toylens_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "toylens", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "reproduce" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "toylens", "train", "missing.yaml"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "missing.yaml" in bad.stderr
+
+
 def test_train_help_documents_options():
     out = cli("train", "--help").stdout
     for option in ("--set", "--out", "--resume", "--overwrite", "--device"):
