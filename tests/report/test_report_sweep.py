@@ -14,9 +14,10 @@ import yaml
 from conftest import TINY
 
 import toylens
-from toylens.report.sweep import expand_sweeps, ranking, sweep_section
+from toylens.report.sweep import expand_sweeps, sweep_section
 from toylens.run import RunDir
 from toylens.sweep import run_sweep
+from toylens.sweep.rank import ranking
 
 
 def member(

@@ -11,14 +11,13 @@ Reads `SWEEP/sweep.json`, which `toylens sweep` writes beside the member run dir
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from toylens.errors import ToylensError
 from toylens.report.figures import Section, Table
+from toylens.sweep.rank import Ranking, failed_last, ranking
 
 # Bookkeeping columns of sweep.json rows that the table leaves out (the run directory says them).
 HIDDEN = {"action", "log", "run_dir", "error"}
@@ -75,39 +74,6 @@ def sweep_section(sweeps: list[SweepSummary]) -> Section | None:
     return Section("sweep", "Sweep members", guide, [sweep_table(s) for s in sweeps])
 
 
-@dataclass(frozen=True)
-class Ranking:
-    """How a sweep's members are ordered: the selection metric, its goal, and each member's rank
-    (None for a member without a best value)."""
-
-    metric: str
-    goal: str
-    ranks: list[int | None]
-    order: list[int]
-    """Member indices, best first, then the unranked (failed ones last)."""
-
-
-def ranking(members: list[dict[str, Any]]) -> Ranking | None:
-    """The members ranked by best_value in the direction of best_goal, ties sharing a rank (1, 2, 2,
-    4); None when the finished members do not share one metric and goal (or record none), since
-    values of different metrics cannot be ranked together."""
-    scored = [i for i, m in enumerate(members) if _finite(m.get("best_value"))]
-    metrics = {(members[i].get("best_metric"), members[i].get("best_goal")) for i in scored}
-    if len(metrics) != 1:
-        return None
-    ((metric, goal),) = metrics
-    if not isinstance(metric, str) or goal not in ("min", "max"):
-        return None
-    sign = 1.0 if goal == "min" else -1.0
-    scored.sort(key=lambda i: sign * members[i]["best_value"])  # stable: ties keep sweep order
-    ranks: list[int | None] = [None] * len(members)
-    for place, i in enumerate(scored):
-        prev = scored[place - 1]
-        tied = place > 0 and members[prev]["best_value"] == members[i]["best_value"]
-        ranks[i] = ranks[prev] if tied else place + 1
-    return Ranking(metric, goal, ranks, scored + _failed_last(members, (i for i, r in enumerate(ranks) if r is None)))
-
-
 def sweep_table(sweep: SweepSummary) -> Table:
     """The members as rows: rank, name, varied values, status, best checkpoint and value, the rest."""
     members, rank = sweep.members, ranking(sweep.members)
@@ -116,7 +82,7 @@ def sweep_table(sweep: SweepSummary) -> Table:
     varied = [k for k in keys if k in sweep.varied]
     first = [c for c in ["name", *varied, "seed", "status", "best_checkpoint", "best_value"] if c in keys]
     columns = first + [c for c in keys if c not in hidden and c not in first]
-    order = rank.order if rank else _failed_last(members, range(len(members)))
+    order = rank.order if rank else failed_last(members, range(len(members)))
     rows = [
         [rank.ranks[i] if rank else None, *[members[i].get(c) for c in columns], members[i].get("error") or ""]
         for i in order
@@ -135,17 +101,9 @@ def sweep_table(sweep: SweepSummary) -> Table:
     return Table(f"sweep-{sweep.name}", ["rank", *shown, "error"], rows, guide=guide, title=title)
 
 
-def _failed_last(members: list[dict[str, Any]], indices: Iterable[int]) -> list[int]:
-    return sorted(indices, key=lambda i: members[i].get("status") == "failed")  # stable: else in the given order
-
-
 def _order_words(rank: Ranking | None) -> str:
     return f"{rank.metric}, {_direction(rank)}" if rank else "not ranked"
 
 
 def _direction(rank: Ranking) -> str:
     return "lowest first" if rank.goal == "min" else "highest first"
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -31,6 +31,7 @@ from toylens.device import resolve_device
 from toylens.errors import ToylensError
 from toylens.run import RunDir
 from toylens.storage import atomic_write_json, atomic_write_text
+from toylens.sweep.rank import ranking
 from toylens.sweep.spec import Member, SweepSpec, expand, load_sweep
 from toylens.sweep.worker import Job, status_path
 from toylens.tasks.registry import task_class
@@ -263,14 +264,27 @@ def write_summary(
 
 
 def format_table(rows: list[dict[str, Any]], metric: str | None = None, varied: list[str] | None = None) -> str:
-    """A plain-text table: name, status, the varied values, one metric, and the error if any."""
+    """A plain-text table: rank, name, status, the varied values, one metric, and the error if any.
+
+    Ranked like the report (`toylens.sweep.rank`): by the selection metric at each member's best
+    checkpoint, in the task's direction, best first, with that value as the metric column; the
+    unranked (failed, interrupted, pending) last. Where the members share no selection metric, in
+    sweep order with `metric` (default: the first */loss column)."""
     varied = varied or []
-    metric = metric or next((k for r in rows for k in r if k.endswith("/loss")), None)
-    header = ["member", "status", *varied, *([metric] if metric else []), "error / log"]
+    rank = ranking(rows)
+    if rank:
+        metric, order = f"best {rank.metric}", rank.order
+    else:
+        metric, order = (
+            metric or next((k for r in rows for k in r if k.endswith("/loss")), None),
+            list(range(len(rows))),
+        )
+    header = ["rank", "member", "status", *varied, *([metric] if metric else []), "error / log"]
     lines = [header]
-    for r in rows:
-        value = r.get(metric) if metric else None
-        cells = [r["name"], r["status"], *[_cell(r.get(k)) for k in varied]]
+    for i in order:
+        r = rows[i]
+        value = r.get("best_value") if rank else r.get(metric) if metric else None
+        cells = [_cell(rank.ranks[i] if rank else None), r["name"], r["status"], *[_cell(r.get(k)) for k in varied]]
         cells += [_cell(value)] if metric else []
         cells.append(f"{r['error']} (log: {r['log']})" if r.get("error") else "")
         lines.append(cells)
