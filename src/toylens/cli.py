@@ -418,10 +418,19 @@ def llc_estimate(
         "and γ (heads:gamma=1000:nbeta=20). Writes RUN/llc/restricted/<restriction>/<checkpoint>.json "
         "instead of the whole-model estimates.",
     ),
+    data_restrict: str | None = typer.Option(
+        None,
+        "--data-restrict",
+        help="Data-restricted LLC: the sampled loss is taken on one subset of the targets only (induction: "
+        "copied, uncopied; sort: output0, output1, ...; lm: punctuation, other). Alone it restricts the "
+        "whole model (--restrict all); with --restrict, each restriction. Writes "
+        "RUN/llc/restricted/<restriction>@<subset>/<checkpoint>.json.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Estimate the LLC of RUN's checkpoints (--checkpoint; all by default) into RUN/llc/<checkpoint name>.json
-    (+ traces); skips those done. With --restrict, the refined LLC of each restriction instead."""
+    (+ traces); skips those done. With --restrict and/or --data-restrict, the refined LLC of each
+    restriction instead."""
     from toylens.llc import llc_over_checkpoints
     from toylens.run import as_rundir
 
@@ -435,8 +444,9 @@ def llc_estimate(
         )
     rundir = as_rundir(run)
     settings = _llc_settings(rundir, set_)
-    if restrict:
-        _llc_restricted(rundir, restrict, checkpoint or old_checkpoints or "all", settings, device, group, progress)
+    if restrict or data_restrict:
+        chosen = checkpoint or old_checkpoints or "all"
+        _llc_restricted(rundir, restrict or ["all"], data_restrict, chosen, settings, device, group, progress)
         return
     results = llc_over_checkpoints(
         rundir, checkpoint or old_checkpoints or "all", settings=settings, device=device, group=group, progress=progress
@@ -451,21 +461,28 @@ def llc_estimate(
 
 
 def _llc_restricted(
-    run: RunDir, restrict: list[str], checkpoint: str, settings: LLCSettings, device: str, group: int, progress: bool
+    run: RunDir,
+    restrict: list[str],
+    data: str | None,
+    checkpoint: str,
+    settings: LLCSettings,
+    device: str,
+    group: int,
+    progress: bool,
 ) -> None:
     from toylens.llc import restricted_llc
 
     results = restricted_llc(
-        run, restrict, checkpoint, settings=settings, device=device, group=group, progress=progress
+        run, restrict, checkpoint, settings=settings, data=data, device=device, group=group, progress=progress
     )
     typer.echo(
-        f"{'restriction':14s} {'checkpoint':14s} {'params':>7s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings"
+        f"{'restriction':16s} {'checkpoint':14s} {'params':>7s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings"
     )
     for name, per_ckpt in results.items():
         for ckpt, r in per_ckpt.items():
             se, acc = r.get("llc_se"), r.get("acceptance")
             typer.echo(
-                f"{name:14s} {ckpt:14s} {sum(r['params'].values()):7d} {r['llc']:9.3f} "
+                f"{name:16s} {ckpt:14s} {sum(r['params'].values()):7d} {r['llc']:9.3f} "
                 f"{se if se is not None else float('nan'):7.3f} {acc if acc is not None else float('nan'):6.3f}  "
                 f"{', '.join(r['flags']) or '-'}"
             )

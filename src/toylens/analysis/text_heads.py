@@ -44,8 +44,6 @@ queries divided by their number `n_queries` is a share of the head's attention.
 from __future__ import annotations
 
 import functools
-import string
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -57,6 +55,7 @@ from toylens.analysis import attention as att
 from toylens.analysis.results import Result
 from toylens.model import Transformer
 from toylens.tasks.base import IGNORE
+from toylens.tasks.text import is_punctuation
 
 THRESHOLDS = {
     "induction": 0.4,
@@ -139,14 +138,6 @@ class TextHeads(Result):
 
 
 # ----------------------------------------------------------------------------------- token facts
-
-
-def is_punctuation(label: str) -> bool:
-    """Whether a token's label is punctuation: after stripping whitespace (GPT-2's leading space,
-    decoded), GPT-2's raw space marker Ġ and WordPiece's ##, it is non-empty and every character is
-    ASCII punctuation or a Unicode punctuation character (category P*)."""
-    text = label.strip().removeprefix("Ġ").removeprefix("##").strip()
-    return bool(text) and all(c in string.punctuation or unicodedata.category(c).startswith("P") for c in text)
 
 
 def input_positions(targets: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:

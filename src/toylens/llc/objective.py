@@ -34,7 +34,7 @@ from toylens.llc.settings import LLCSettings
 from toylens.model import Transformer
 from toylens.model.stacked import STACKED_HOOKS, stacked_forward
 from toylens.tasks import Batch, Task
-from toylens.tasks.base import Split
+from toylens.tasks.base import RestrictedSplit, Split
 from toylens.train.regularisers import L1Penalty, Regularisers
 
 LossFn = Callable[[Callable[..., Any], tuple], Tensor | dict[str, Tensor]]
@@ -162,20 +162,28 @@ def sampled_weight_decay(settings: LLCSettings, cfg: RunConfig) -> float:
     return cfg.train.weight_decay if settings.weight_decay is None else settings.weight_decay
 
 
-def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCSettings) -> Objective:
+def run_objective(
+    model: Transformer, cfg: RunConfig, task: Task, settings: LLCSettings, data_restrict: str | None = None
+) -> Objective:
     """The run's training objective on its train split: the task loss and the run's regularisers
     (`Regularisers`, as the trainer has them), the L1 penalty if settings.l1, the decay as
     (c/2)·||w||² if `sampled_weight_decay` > 0. Every row runs through `stacked_forward` when it
     can record the L1 penalty's hooks; otherwise through vmap, for which `model` is switched to the
-    explicit attention path (same outputs)."""
+    explicit attention path (same outputs).
+
+    With `data_restrict` (one of `task.data_restrictions()`: induction copied/uncopied, sort
+    output<i>, lm punctuation/other) the task loss is the mean over that restriction's targets of
+    each minibatch only (`RestrictedSplit`); n, and so the default nβ, stays the number of
+    training sequences."""
+    split = task.splits[task.train_split]
+    if data_restrict is not None:
+        split = RestrictedSplit(task, split, data_restrict)
     reg = Regularisers.of(model, cfg.train, cfg.model.act_fn)
     decay = reg.decay_coefficients(sampled_weight_decay(settings, cfg))
     penalty = reg.l1 if settings.l1 else None
     hooks = [name for name, _ in penalty.fwd_hooks] if penalty else []
     if all(STACKED_HOOKS.fullmatch(name) for name in hooks):
-        return Objective(
-            model, None, task.splits[task.train_split], decay, stacked_fn=_stacked_objective(model, task, penalty)
-        )
+        return Objective(model, None, split, decay, stacked_fn=_stacked_objective(model, task, penalty))
     model.explicit_attention = True  # vmap has no batching rule for CPU scaled_dot_product_attention
 
     def loss_fn(call: Any, batch: tuple) -> dict[str, torch.Tensor]:
@@ -186,7 +194,7 @@ def run_objective(model: Transformer, cfg: RunConfig, task: Task, settings: LLCS
             logits = call(tokens)
         return {"loss": task.loss(logits, Batch(tokens, targets)), "l1": penalty.take()}
 
-    return Objective(model, loss_fn, task.splits[task.train_split], decay)
+    return Objective(model, loss_fn, split, decay)
 
 
 def _stacked_objective(model: Transformer, task: Task, penalty: L1Penalty | None) -> Any:

@@ -16,6 +16,8 @@ The specs `restrictions` expands:
     heads        one restriction per head: l{layer}h{head}
     layers       per layer, its attention (l{layer}.attn: blocks.{layer}.attn.*) and, if it has one,
                  its MLP (l{layer}.mlp: blocks.{layer}.mlp.*)
+    all          every parameter (the whole model, under a restriction's name and storage: with a
+                 data restriction, the data-restricted LLC of the whole model)
     embed        the token and position embeddings (embed.*, pos_embed.*)
     unembed      the unembedding (unembed.*)
     PATTERN      the parameters whose names match any of the comma-separated globs
@@ -42,7 +44,7 @@ from torch import Tensor
 from toylens.errors import ToylensError
 
 HEAD_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
-KEYWORDS = ("heads", "layers", "embed", "unembed")
+KEYWORDS = ("all", "heads", "layers", "embed", "unembed")
 _HEAD = re.compile(r"l(\d+)h(\d+)")
 _SUBLAYER = re.compile(r"l(\d+)\.(attn|mlp)")
 _BLOCK = re.compile(r"blocks\.(\d+)\.(attn|mlp)\.")
@@ -130,6 +132,8 @@ def _expand(shapes: Mapping[str, torch.Size], spec: str) -> list[tuple[str, dict
             (l, s) for l in layers for s in ("attn", "mlp") if any(n.startswith(f"blocks.{l}.{s}.") for n in shapes)
         ]
         return [(f"l{l}.{s}", _globs(shapes, [f"blocks.{l}.{s}.*"])) for l, s in subs]
+    if spec == "all":
+        return [("all", _globs(shapes, ["*"]))]
     if spec == "embed":
         return [("embed", _globs(shapes, ["embed.*", "pos_embed.*"]))]
     if spec == "unembed":

@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -170,18 +170,23 @@ def restricted_llc(
     checkpoint: Spec = "all",
     *,
     settings: LLCSettings | None = None,
+    data: str | None = None,
     device: str | torch.device = "auto",
     group: int = 16,
     progress: bool = True,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """The refined LLC: for every restriction `restrict` expands (heads, layers, embed, unembed,
-    l0h1, parameter-name globs; see `restrict.restrictions`) and every checkpoint, the LLC with
-    only the restricted weights sampled, the rest frozen at the checkpoint's. All restrictions x
-    `group` checkpoints x chains advance as one batched computation; done ones are skipped.
+    """The refined LLC: for every restriction `restrict` expands (all, heads, layers, embed,
+    unembed, l0h1, parameter-name globs; see `restrict.restrictions`) and every checkpoint, the LLC
+    with only the restricted weights sampled, the rest frozen at the checkpoint's. All restrictions
+    x `group` checkpoints x chains advance as one batched computation; done ones are skipped.
 
-    Results go to RUN/llc/restricted/<restriction>/<checkpoint>.json (+ .safetensors), with the
-    whole-model keys plus "restriction" and "params" ({parameter: weights sampled}). Returns
-    {restriction name: {checkpoint name: summary}}.
+    With `data` (one of the task's `data_restrictions()`: induction copied/uncopied, sort
+    output<i>, lm punctuation/other), the sampled loss is the task loss on that subset of the
+    targets only (see `run_objective`), and each restriction is stored as "<restriction>@<data>".
+
+    Results go to RUN/llc/restricted/<name>/<checkpoint>.json (+ .safetensors), with the
+    whole-model keys plus "restriction", "data" (None or the subset) and "params" ({parameter:
+    weights sampled}). Returns {name: {checkpoint name: summary}}.
     """
     reuse_freed_memory()
     run = as_rundir(run)
@@ -190,10 +195,12 @@ def restricted_llc(
         chosen = resolve(run, checkpoint)
         loaded = load(run.path, chosen[0].name if chosen else "final", device=device)
         rs = restrictions(loaded.model, restrict)
+        if data is not None:
+            rs = [replace(r, name=f"{r.name}@{data}") for r in rs]
+        objective = run_objective(loaded.model, loaded.config, loaded.task, settings, data)
         if not chosen:
             return {r.name: {} for r in rs}
-        objective = run_objective(loaded.model, loaded.config, loaded.task, settings)
-        base = _resolved(settings, objective, loaded.config)
+        base = dict(_resolved(settings, objective, loaded.config), **({"data": data} if data else {}))
         keys = {r.name: _restricted_key(base, r) for r in rs}
         results: dict[str, dict[str, dict[str, Any]]] = {r.name: {} for r in rs}
         todo: dict[str, list[Restriction]] = {}  # checkpoint -> its restrictions still to do
@@ -229,7 +236,7 @@ def restricted_llc(
                     pairs = [(c, r) for c in part for r in part_rs]
                     for (ckpt, r), est in zip(pairs, estimates):
                         est.settings = keys[r.name]
-                        extra = {"restriction": r.name, "params": r.describe()}
+                        extra = {"restriction": r.name, "data": data, "params": r.describe()}
                         results[r.name][ckpt.name] = _write_estimate(run, ckpt, est, f"restricted/{r.name}/", extra)
                         bar.update()
         return {r.name: {c.name: results[r.name][c.name] for c in chosen} for r in rs}

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from toylens.config import TaskConfig
@@ -65,6 +65,22 @@ class TensorSplit(Split):
 
     def batch(self, idx: Tensor) -> Batch:
         return Batch(self.tokens[idx], self.targets[idx])
+
+
+class RestrictedSplit(Split):
+    """A split whose batches keep only the targets of one of its task's data restrictions
+    (`Task.restrict_targets`); every other target is IGNORE, so the masked loss is the mean over
+    the kept targets of each batch (NaN for a batch that keeps none)."""
+
+    def __init__(self, task: Task, split: Split, name: str):
+        task.restrict_targets(name, split.batch(torch.arange(min(1, len(split)))))  # unknown name: error now
+        self.task, self.split, self.name = task, split, name
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batch(self, idx: Tensor) -> Batch:
+        return self.task.restrict_targets(self.name, self.split.batch(idx))
 
 
 @dataclass(frozen=True)
@@ -199,6 +215,24 @@ class Task(ABC):
             return None
         used = (split.targets != IGNORE).any(0)
         return None if bool(used.all()) else used.nonzero().flatten()
+
+    def data_restrictions(self) -> dict[str, str]:
+        """The named subsets of the loss's targets that a data-restricted LLC can sample the loss on
+        ({name: what it keeps}); a task that has some overrides this and `keep_targets`."""
+        return {}
+
+    def keep_targets(self, name: str, batch: Batch) -> Bool[Tensor, "batch pos"]:
+        """Where the data restriction `name` (one of `data_restrictions`) keeps a target of `batch`."""
+        raise NotImplementedError(f"{type(self).__name__} names data restrictions but does not apply them")
+
+    def restrict_targets(self, name: str, batch: Batch) -> Batch:
+        """`batch` with every target outside the data restriction `name` set to IGNORE."""
+        known = self.data_restrictions()
+        if name not in known:
+            has = f"has {', '.join(known)}" if known else "has none"
+            raise ToylensError(f"--data-restrict {name}: no such data restriction (the {self.name} task {has})")
+        keep = self.keep_targets(name, batch)
+        return Batch(batch.tokens, torch.where(keep, batch.targets, torch.full_like(batch.targets, IGNORE)))
 
     def token_labels(self, tokens: Tensor) -> list[str]:
         """Readable labels for a 1-D sequence of token ids (for attention views)."""

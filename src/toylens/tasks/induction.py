@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from toylens.config import InductionTaskConfig
+from toylens.errors import ToylensError
 from toylens.tasks.base import IGNORE, Batch, CorruptedPair, Split, Task, TaskSpec
 from toylens.tasks.registry import register_task
 from toylens.tasks.repeated import repeated_pair
@@ -73,6 +74,17 @@ class InductionTask(Task):
     metric_goals = {**Task.metric_goals, "copy_loss": "min", "copy_acc": "max"}
     outputs_are_tokens = True
     patch_metric = "neg_loss"
+
+    def data_restrictions(self) -> dict[str, str]:
+        return {
+            "copied": "the positions whose next token the repeat makes predictable (inside the copy)",
+            "uncopied": "every other position (its next token is random)",
+        }
+
+    def keep_targets(self, name: str, batch: Batch) -> Tensor:
+        if not isinstance(batch, InductionBatch):
+            raise ToylensError(f"--data-restrict {name}: needs the induction task's own batches")
+        return batch.copied if name == "copied" else ~batch.copied
 
     def __init__(self, cfg: InductionTaskConfig):
         self.cfg = cfg

@@ -138,6 +138,18 @@ class LmTask(TextTask):
             len(self.splits["test"]),
         )
 
+    def data_restrictions(self) -> dict[str, str]:
+        known = {"punctuation": "the targets that are punctuation tokens"}
+        if self.vocab is not None:
+            known["other"] = "the targets that are the compact vocabulary's <other> id"
+        return known
+
+    def keep_targets(self, name: str, batch: Batch) -> Tensor:
+        if name == "other":
+            assert self.vocab is not None  # data_restrictions names "other" only then
+            return batch.targets == self.vocab.other_id
+        return torch.isin(batch.targets, self.punctuation_ids().to(batch.targets.device))
+
     def unigram_loss(self, split: str = "test", smoothing: float = 1.0) -> float:
         """Loss (nats per token) on `split` of a unigram model fitted to the training windows'
         targets with add-`smoothing` counts over the whole output vocabulary: the baseline to beat.

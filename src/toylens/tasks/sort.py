@@ -56,6 +56,17 @@ class SortTask(Task):
         sums["list_acc"] = (float((~wrong.any(-1)).sum()), len(batch))
         return sums
 
+    def data_restrictions(self) -> dict[str, str]:
+        return {
+            f"output{i}": f"sorted output {i} only (rank {i}, 0 the smallest; predicted at position {self.n + i})"
+            for i in range(self.n)
+        }
+
+    def keep_targets(self, name: str, batch: Batch) -> Tensor:
+        keep = torch.zeros_like(batch.targets, dtype=torch.bool)
+        keep[:, self.n + int(name.removeprefix("output"))] = True
+        return keep
+
     def token_labels(self, tokens: Tensor) -> list[str]:
         return ["SEP" if int(t) == self.sep else str(int(t)) for t in tokens]
 

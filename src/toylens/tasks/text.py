@@ -10,10 +10,13 @@ training split, saved with the run as `task/vocab.json` (`saved_files`) and read
 from __future__ import annotations
 
 import logging
+import string
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from toylens.config import TaskConfig, TextTaskConfig
@@ -96,6 +99,13 @@ class TextTask(Task):
         ids = super().random_token_ids()
         return ids if self.vocab is None else ids[ids != self.vocab.other_id]
 
+    def punctuation_ids(self) -> Tensor:
+        """The model ids whose token is punctuation (`is_punctuation`), computed once."""
+        if getattr(self, "_punctuation", None) is None:
+            ids = torch.arange(self.spec.d_vocab)
+            self._punctuation = ids[[is_punctuation(label) for label in self.token_labels(ids)]]
+        return self._punctuation
+
     def saved_files(self) -> dict[str, Any]:
         return {VOCAB_FILE: self.vocab.to_json()} if self.vocab is not None else {}
 
@@ -109,6 +119,14 @@ class TextTask(Task):
         if self.vocab is None:
             return {}
         return {"other_frac": (float(((tokens == self.vocab.other_id) & where).sum()), int(where.sum()))}
+
+
+def is_punctuation(label: str) -> bool:
+    """Whether a token's label is punctuation: after stripping whitespace (GPT-2's leading space,
+    decoded), GPT-2's raw space marker Ġ and WordPiece's ##, it is non-empty and every character is
+    ASCII punctuation or a Unicode punctuation character (category P*)."""
+    text = label.strip().removeprefix("Ġ").removeprefix("##").strip()
+    return bool(text) and all(c in string.punctuation or unicodedata.category(c).startswith("P") for c in text)
 
 
 def token_counts(tokens: np.ndarray, size: int) -> np.ndarray:
