@@ -22,7 +22,7 @@ from toylens import checkpoints
 from toylens.errors import ToylensError
 
 if TYPE_CHECKING:
-    from toylens.llc import LLCSettings
+    from toylens.llc import Calibration, LLCSettings
     from toylens.run import RunDir
 
 app = typer.Typer(
@@ -497,20 +497,29 @@ def llc_calibrate(
     gammas: str = typer.Option("300,1000", "--gammas", help="Localisation strengths to try (comma-separated)."),
     set_: list[str] | None = LLCSetOption,
     device: str = DeviceOption,
+    restrict: list[str] | None = typer.Option(
+        None,
+        "--restrict",
+        help="Calibrate each weight restriction (as `toylens llc --restrict`: heads, layers, l1h0, globs) on "
+        "its own: one pick per restriction into RUN/llc/restricted/calibration.json, which `toylens llc "
+        "--restrict` then uses.",
+    ),
+    data_restrict: str | None = typer.Option(
+        None, "--data-restrict", help="As `toylens llc --data-restrict`: calibrate <restriction>@<subset>."
+    ),
     write: bool = typer.Option(
         True, "--write/--no-write", help="Write the sweep and the chosen settings into RUN/llc/."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Sweep epsilon x gamma on one checkpoint (--checkpoint), show which give flat healthy traces, save the pick."""
-    from toylens.llc import calibrate
+    """Sweep epsilon x gamma on one checkpoint (--checkpoint), show which give flat healthy traces, save the
+    pick; with --restrict (and/or --data-restrict), one sweep and pick per restriction."""
+    from toylens.llc import calibrate, calibrate_restricted
     from toylens.run import as_rundir
 
     rundir = as_rundir(run)
     settings = _llc_settings(rundir, set_)
-    cal = calibrate(
-        rundir,
-        checkpoint,
+    common: dict[str, Any] = dict(
         epsilons=_floats(epsilons, "--epsilons"),
         gammas=_floats(gammas, "--gammas"),
         settings=settings,
@@ -518,6 +527,29 @@ def llc_calibrate(
         write=write,
         progress=progress,
     )
+    if restrict or data_restrict:
+        cals = calibrate_restricted(rundir, restrict or ["all"], checkpoint, data=data_restrict, **common)
+        for name, cal in cals.items():
+            typer.echo(f"{name}:")
+            _show_calibration(cal)
+        missing = [name for name, cal in cals.items() if cal.chosen is None]
+        where = f" -> {rundir.path / 'llc/restricted/calibration.json'}" if write else ""
+        typer.echo(f"chosen for {len(cals) - len(missing)} of {len(cals)} restrictions{where}")
+        if missing:
+            typer.echo(f"no setting gave usable traces for {', '.join(missing)}; they keep the run's", err=True)
+            raise typer.Exit(1)
+        return
+    cal = calibrate(rundir, checkpoint, **common)
+    _show_calibration(cal)
+    if cal.chosen is None:
+        typer.echo("no setting gave usable traces; try smaller epsilons or larger gammas", err=True)
+        raise typer.Exit(1)
+    pick = cal.estimates[cal.chosen]
+    where = f" -> {rundir.path / 'llc/settings.json'}" if write else ""
+    typer.echo(f"chosen: epsilon={pick.epsilon:g} gamma={pick.gamma:g}{where}")
+
+
+def _show_calibration(cal: Calibration) -> None:
     typer.echo(f"calibration on {cal.checkpoint} (nbeta={cal.estimates[0].nbeta:.4g}):")
     typer.echo(
         f"  {'epsilon':>8s} {'gamma':>7s} {'llc':>9s} {'± se':>7s} {'half':>9s} {'accept':>6s} {'below':>5s}  flags"
@@ -528,12 +560,6 @@ def llc_calibrate(
             f"{mark} {e.epsilon:8.2g} {e.gamma:7.4g} {e.llc:9.3f} {e.llc_se:7.3f} {e.llc_half:9.3f} "
             f"{e.acceptance:6.3f} {e.frac_below_init:5.2f}  {', '.join(e.flags) or 'healthy'}"
         )
-    if cal.chosen is None:
-        typer.echo("no setting gave usable traces; try smaller epsilons or larger gammas", err=True)
-        raise typer.Exit(1)
-    pick = cal.estimates[cal.chosen]
-    where = f" -> {rundir.path / 'llc/settings.json'}" if write else ""
-    typer.echo(f"chosen: epsilon={pick.epsilon:g} gamma={pick.gamma:g}{where}")
 
 
 def _llc_settings(run: RunDir, items: list[str] | None) -> LLCSettings:

@@ -3,13 +3,23 @@ weight is the whole-model estimate, a batch of restrictions is each restriction 
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import tiny_config
 from torch import nn
 
 from toylens.errors import ToylensError
-from toylens.llc import LLCSettings, Restriction, estimate_many, module_objective, restrictions
+from toylens.llc import (
+    LLCSettings,
+    Restriction,
+    calibrate_restricted,
+    estimate_many,
+    module_objective,
+    restrictions,
+)
 from toylens.llc import run as llc_run
 from toylens.llc.sampler import MinibatchDraws, RowSettings, run_sgld
 from toylens.run import RunDir
@@ -56,7 +66,13 @@ def test_specs_expand_to_head_slices_layers_and_globs():
     glob = restrictions(shapes, ["blocks.*.attn.b_*:gamma=1000:nbeta=20"])[0]
     assert glob.name == "blocks.STAR.attn.b_STAR" and (glob.gamma, glob.nbeta) == (1000.0, 20.0)
     assert set(glob.masks) == {"blocks.0.attn.b_Q", "blocks.0.attn.b_O", "blocks.1.attn.b_Q", "blocks.1.attn.b_O"}
-    for bad in (["nothing.*"], ["l0h9"], ["heads", "l0h1"], ["embed:beta=2"]):
+    own = restrictions(shapes, ["l0h1:epsilon=1e-4:gamma=0"])[0]
+    assert (own.epsilon, own.gamma, own.nbeta) == (1e-4, 0.0, None)
+    assert [r.name for r in restrictions(shapes, ["all"])] == ["all"] and set(
+        restrictions(shapes, ["all"])[0].masks
+    ) == set(shapes)
+    bad_specs = (["nothing.*"], ["l0h9"], ["heads", "l0h1"], ["embed:beta=2"], ["l0h1:epsilon=0"], ["l0h1:gamma=-1"])
+    for bad in bad_specs:
         with pytest.raises(ToylensError):
             restrictions(shapes, bad)
 
@@ -141,6 +157,21 @@ def test_a_batch_of_restrictions_is_each_restriction_alone():
         assert (batched[i].nbeta, batched[i].gamma) == ((3.0, 50.0) if r.name == "own" else (10.0, 10.0))
 
 
+def test_a_calibration_sweep_over_restrictions_is_each_restriction_at_each_grid_point():
+    d = 4
+    objective = module_objective(Point(d), lambda m, b: m().sum() ** 2 + m().pow(4).sum(), None, LLCSettings())
+    s = LLCSettings(epsilon=1e-3, gamma=10.0, nbeta=10.0, chains=2, burnin=5, draws=10, mala_every=2)
+    centre = {"w": torch.full((d,), 0.2, dtype=torch.float64)}
+    rs = [only(d, 1), Restriction("own", {"w": torch.tensor([0, 1, 1, 0]).bool()}, nbeta=3.0)]
+    grid = [(1e-4, 10.0), (1e-3, 10.0), (1e-3, 100.0)]
+    swept = estimate_many(objective, [centre], s, grid=grid, restrict=rs)
+    assert len(swept) == len(rs) * len(grid)
+    for i, (r, (e, g)) in enumerate((r, p) for r in rs for p in grid):
+        alone = estimate_many(objective, [centre], s, restrict=[replace(r, epsilon=e, gamma=g)])[0]
+        torch.testing.assert_close(swept[i].loss_trace, alone.loss_trace, rtol=1e-12, atol=1e-12)
+        assert (swept[i].epsilon, swept[i].gamma, swept[i].nbeta) == (e, g, 3.0 if r.name == "own" else 10.0)
+
+
 @pytest.fixture(scope="module")
 def attention_run(tmp_path_factory):
     cfg = tiny_config(model={"n_layers": 2, "n_heads": 2, "d_model": 8, "attn_only": True}, train={"epochs": 2})
@@ -181,3 +212,51 @@ def test_cli_restrict_heads_writes_one_result_per_head_and_checkpoint_and_skips_
     assert again.exit_code == 0 and all(h in again.stdout for h in heads)
     assert {h: run.read_json(f"llc/restricted/{h}/epoch-0002.json")["wall_s"] for h in heads} == before
     assert calls == [2 * 4]  # the rerun sampled nothing
+
+
+def test_calibrate_per_restriction_then_estimates_use_each_pick(attention_run, toylens_main, monkeypatch):
+    """The wiring: a pick per restriction is stored and used, a restriction without one keeps the
+    run's settings. (The tiny run is not trained to a minimum, so `choose`, tested on its own,
+    would reject every setting; here it picks the larger ε for l0h0 and nothing for l1h1.)"""
+    picks = itertools.cycle([1, None])  # choose is asked restriction by restriction: l0h0, then l1h1
+    monkeypatch.setattr(llc_run, "choose", lambda part: next(picks))
+    fast = LLCSettings(chains=2, draws=20, burnin=5, batch_size=8, init_batches=1)
+    cals = calibrate_restricted(
+        attention_run, ["l0h0", "l1h1"], "final", epsilons=[1e-5, 1e-4], gammas=[100.0], settings=fast, progress=False
+    )
+    run = RunDir(attention_run)
+    stored = run.read_json("llc/restricted/calibration.json")["restrictions"]
+    assert set(cals) == set(stored) == {"l0h0", "l1h1"}
+    for name, cal in cals.items():
+        assert [(e.epsilon, e.gamma) for e in cal.estimates] == [(1e-5, 100.0), (1e-4, 100.0)]
+        assert len(stored[name]["grid"]) == 2 and stored[name]["checkpoint"] == cal.checkpoint
+    picked = {n: c.estimates[c.chosen] for n, c in cals.items() if c.chosen is not None}
+    assert set(picked) == {"l0h0"} and stored["l0h0"]["chosen"] == {"epsilon": 1e-4, "gamma": 100.0}
+    assert stored["l1h1"]["chosen"] is None
+    results = llc_run.restricted_llc(attention_run, ["l0h0", "l1h1", "l0h1"], "final", settings=fast, progress=False)
+    for name, per_ckpt in results.items():
+        (summary,) = per_ckpt.values()
+        expected = (picked[name].epsilon, picked[name].gamma) if name in picked else (fast.epsilon, fast.gamma)
+        assert (summary["settings"]["epsilon"], summary["settings"]["gamma"]) == expected, name
+    shown = toylens_main(
+        "llc",
+        "calibrate",
+        attention_run,
+        "--restrict",
+        "l0h0",
+        "--epsilons",
+        "1e-5,1e-4",
+        "--gammas",
+        "100",
+        "--set",
+        "draws=20",
+        "--set",
+        "chains=2",
+        "--set",
+        "init_batches=1",
+        "--set",
+        "batch_size=8",
+        "--no-write",
+        "--no-progress",
+    )
+    assert shown.exit_code in (0, 1) and "l0h0:" in shown.stdout and "calibration on" in shown.stdout

@@ -4,6 +4,7 @@
     est = estimate_llc(model, loss_fn, (x, y), LLCSettings(epsilon=1e-4, gamma=100))   # any nn.Module
     cal = calibrate("runs/sort-no-decay")                  # pick epsilon, gamma on a run's final checkpoint
     results = llc_over_checkpoints("runs/sort-no-decay")   # every checkpoint -> RUN/llc/
+    calibrate_restricted("runs/induction-2l", ["heads"])       # pick epsilon, gamma per head
     refined = restricted_llc("runs/induction-2l", ["heads"])   # per head -> RUN/llc/restricted/
 
 or `toylens llc calibrate RUN` then `toylens llc RUN`. The modules, in the order the estimate runs:
@@ -25,6 +26,7 @@ from toylens.llc.restrict import Restriction, restrictions
 from toylens.llc.run import (
     Calibration,
     calibrate,
+    calibrate_restricted,
     choose,
     estimate_loaded,
     llc_over_checkpoints,
@@ -42,6 +44,7 @@ __all__ = [
     "Restriction",
     "Objective",
     "calibrate",
+    "calibrate_restricted",
     "choose",
     "estimate_llc",
     "estimate_loaded",

@@ -103,10 +103,10 @@ def estimate_many(
     (a calibration sweep); otherwise every estimate uses `settings.epsilon` and `settings.gamma`.
     With `restrict` (see `restrict.restrictions`) there is one estimate per centre and restriction,
     centre by centre ([c0 r0, c0 r1, ..., c1 r0, ...]; `labels` then name those), each sampling only
-    its restricted weights with its own nβ and γ (default: the settings').
+    its restricted weights with its own ε, nβ and γ (default: the settings'). With both, a
+    per-restriction calibration sweep: one centre, restriction by restriction, every grid point
+    ([r0 g0, r0 g1, ..., r1 g0, ...]), the grid's ε and γ over the restrictions' own.
     """
-    if grid is not None and restrict is not None:
-        raise ValueError("a grid sweep and restrictions do not combine")
     if grid is not None and len(centers) != 1:
         raise ValueError("a grid sweep takes exactly one centre")
     nbeta, m = resolve_nbeta(settings, objective.n_data)
@@ -160,13 +160,15 @@ def _plan(
     restrict: Sequence[Restriction] | None,
 ) -> list[_Point]:
     if grid is not None:
-        return [_Point(0, e, g, nbeta) for e, g in grid]
+        if restrict is None:
+            return [_Point(0, e, g, nbeta) for e, g in grid]
+        return [_Point(0, e, g, nbeta if r.nbeta is None else r.nbeta, r) for r in restrict for e, g in grid]
     if restrict is None:
         return [_Point(c, settings.epsilon, settings.gamma, nbeta) for c in range(n_centres)]
     return [
         _Point(
             c,
-            settings.epsilon,
+            settings.epsilon if r.epsilon is None else r.epsilon,
             settings.gamma if r.gamma is None else r.gamma,
             nbeta if r.nbeta is None else r.nbeta,
             r,

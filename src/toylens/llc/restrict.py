@@ -24,9 +24,10 @@ The specs `restrictions` expands:
                  (fnmatch: "blocks.0.attn.W_*,blocks.0.attn.b_*"); also any one name above
                  (l0h1, l1.attn, l0.mlp)
 
-Each restriction may state its own nβ and γ (`Restriction.nbeta`, `.gamma`; None: the whole-model
-settings'), in a spec as options after colons: "heads:gamma=1000:nbeta=20". Calibration per
-restriction is not automatic yet: the whole-model ε (and, unless stated, γ and nβ) are used.
+Each restriction may state its own ε, nβ and γ (`Restriction.epsilon`, `.nbeta`, `.gamma`; None:
+the whole-model settings'), in a spec as options after colons: "heads:gamma=1000:nbeta=20:epsilon=1e-4".
+`toylens.llc.calibrate_restricted` (`toylens llc calibrate RUN --restrict ...`) picks ε and γ per
+restriction; `restricted_llc` then uses each restriction's pick unless the spec states its own.
 The restricted λ̂ is nβ·(E[L(w)] - L(w*)) with w sampled on the restricted set only: the learning
 coefficient of L as a function of those weights, the others held at w* (Wang et al. 2024).
 """
@@ -62,6 +63,8 @@ class Restriction:
     """Inverse temperature of this restriction (None: the whole-model nβ)."""
     gamma: float | None = None
     """Localisation γ of this restriction (None: the whole-model γ)."""
+    epsilon: float | None = None
+    """Step size ε of this restriction (None: the whole-model ε; `calibrate_restricted` picks one)."""
 
     @property
     def n_params(self) -> int:
@@ -108,17 +111,20 @@ def restrictions(
 
 
 def _options(spec: str, nbeta: float | None, gamma: float | None) -> tuple[str, dict[str, float | None]]:
-    """'heads:gamma=1000:nbeta=20' -> ('heads', {"nbeta": 20.0, "gamma": 1000.0})."""
+    """'heads:gamma=1000:nbeta=20' -> ('heads', {"nbeta": 20.0, "gamma": 1000.0, "epsilon": None})."""
     body, *opts = spec.strip().split(":")
-    own: dict[str, float | None] = {"nbeta": nbeta, "gamma": gamma}
+    own: dict[str, float | None] = {"nbeta": nbeta, "gamma": gamma, "epsilon": None}
     for opt in opts:
         key, _, value = opt.partition("=")
         if key.strip() not in own:
-            raise ToylensError(f"--restrict {spec}: unknown option {key!r} (nbeta=..., gamma=...)")
+            raise ToylensError(f"--restrict {spec}: unknown option {key!r} (nbeta=..., gamma=..., epsilon=...)")
         try:
-            own[key.strip()] = float(value)
+            number = float(value)
         except ValueError:
             raise ToylensError(f"--restrict {spec}: {key} must be a number, not {value!r}") from None
+        if not (number >= 0 if key.strip() == "gamma" else number > 0) or number == float("inf"):
+            raise ToylensError(f"--restrict {spec}: {key} must be {'>= 0' if key.strip() == 'gamma' else '> 0'}")
+        own[key.strip()] = number
     return body.strip(), own
 
 

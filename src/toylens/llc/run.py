@@ -197,6 +197,7 @@ def restricted_llc(
         rs = restrictions(loaded.model, restrict)
         if data is not None:
             rs = [replace(r, name=f"{r.name}@{data}") for r in rs]
+        rs = _calibrated(run, rs)
         objective = run_objective(loaded.model, loaded.config, loaded.task, settings, data)
         if not chosen:
             return {r.name: {} for r in rs}
@@ -243,13 +244,105 @@ def restricted_llc(
 
 
 def _restricted_key(base: dict[str, Any], r: Restriction) -> dict[str, Any]:
-    """The stored settings of a restricted estimate: its own nβ and γ, and what it samples."""
+    """The stored settings of a restricted estimate: its own ε, nβ and γ, and what it samples."""
     key = dict(base, restriction=r.describe())
     if r.nbeta is not None:
         key["nbeta"] = r.nbeta
     if r.gamma is not None:
         key["gamma"] = r.gamma
+    if r.epsilon is not None:
+        key["epsilon"] = r.epsilon
     return key
+
+
+RESTRICTED_CALIBRATION = "llc/restricted/calibration.json"
+
+
+def _calibrated(run: RunDir, rs: list[Restriction]) -> list[Restriction]:
+    """The restrictions with the ε and γ that `calibrate_restricted` picked for them (stored in
+    RUN/llc/restricted/calibration.json), where their spec states none; the others unchanged."""
+    if not run.has(RESTRICTED_CALIBRATION):
+        return rs
+    picks = run.read_json(RESTRICTED_CALIBRATION)["restrictions"]
+    out = []
+    for r in rs:
+        pick = (picks.get(r.name) or {}).get("chosen")
+        if pick is not None and r.epsilon is None and r.gamma is None:
+            r = replace(r, epsilon=pick["epsilon"], gamma=pick["gamma"])
+        out.append(r)
+    return out
+
+
+def calibrate_restricted(
+    run: RunLike,
+    restrict: Sequence[str | Restriction],
+    checkpoint: Spec = "final",
+    *,
+    data: str | None = None,
+    epsilons: Sequence[float] = DEFAULT_EPSILONS,
+    gammas: Sequence[float] = DEFAULT_GAMMAS,
+    settings: LLCSettings | None = None,
+    device: str | torch.device = "auto",
+    write: bool = True,
+    progress: bool = True,
+) -> dict[str, Calibration]:
+    """`calibrate` per restriction: every restriction x (ε, γ) of the grid on one checkpoint, all
+    sampled together, and a pick per restriction by the whole-model rule (`choose`). A restriction's
+    own nβ (from its spec) is kept; its own ε and γ are what the sweep varies. With `write`, the
+    sweeps and picks go to RUN/llc/restricted/calibration.json (+ .safetensors traces), and
+    `restricted_llc` uses each restriction's pick from then on (a restriction without a usable
+    setting keeps the whole-model ε and γ, with a warning). `data` as in `restricted_llc`.
+    Returns {restriction name: Calibration}."""
+    reuse_freed_memory()
+    run = as_rundir(run)
+    with run_lock(run.path, "llc calibrate"):
+        base = settings or load_settings(run)
+        ckpt = resolve_one(run, checkpoint, "llc calibrate")
+        loaded = load(run.path, ckpt.name, device=device)
+        rs = restrictions(loaded.model, restrict)
+        if data is not None:
+            rs = [replace(r, name=f"{r.name}@{data}") for r in rs]
+        objective = run_objective(loaded.model, loaded.config, loaded.task, base, data)
+        grid = [(float(e), float(g)) for g in gammas for e in epsilons]
+        estimates = estimate_many(
+            objective,
+            [_weights(run, ckpt, objective)],
+            base,
+            grid=grid,
+            restrict=rs,
+            labels=[f"{r.name} ε={e:g} γ={g:g}" for r in rs for e, g in grid],
+            progress=progress,
+        )
+        out: dict[str, Calibration] = {}
+        for i, r in enumerate(rs):
+            part = estimates[i * len(grid) : (i + 1) * len(grid)]
+            out[r.name] = Calibration(ckpt.name, part, choose(part))
+        if write:
+            stored = (
+                dict(run.read_json(RESTRICTED_CALIBRATION)["restrictions"]) if run.has(RESTRICTED_CALIBRATION) else {}
+            )
+            for name, cal in out.items():
+                pick = None if cal.chosen is None else cal.estimates[cal.chosen]
+                chosen = None if pick is None else {"epsilon": pick.epsilon, "gamma": pick.gamma}
+                stored[name] = {"checkpoint": ckpt.name, "grid": cal.rows(), "chosen": chosen}
+                if pick is None:
+                    log.warning(
+                        "%s: %s: no (ε, γ) in the calibration grid gave healthy, converged traces; its "
+                        "estimates keep ε=%g γ=%g: widen the grid or raise draws",
+                        run.path,
+                        name,
+                        base.epsilon,
+                        base.gamma,
+                    )
+            traces = {
+                f"{name}.{kind}.{j}": t
+                for name, cal in out.items()
+                for j, e in enumerate(cal.estimates)
+                for kind, t in e.traces().items()
+            }
+            run.write_tensors("llc/restricted/calibration.safetensors", traces, {"format": FORMAT})
+            run.write_json(RESTRICTED_CALIBRATION, {"format": FORMAT, "restrictions": stored})
+        return out
 
 
 def read_restricted(run: RunLike) -> dict[str, list[dict[str, Any]]]:
