@@ -210,8 +210,10 @@ def circuit(edges: EdgeScores, *, top: int | None = None, threshold: float | Non
 
 @dataclass
 class Faithfulness(Result):
-    """How much of the clean - corrupted metric gap a circuit recovers when every edge outside
-    it is ablated: recovered = (metric - corrupted) / (clean - corrupted)."""
+    """How much of the metric gap between the whole graph (the clean run) and the empty circuit
+    (every edge ablated) a circuit recovers when every edge outside it is ablated:
+    recovered = (metric - ablated) / (clean - ablated). With the corrupted ablation the empty
+    circuit is the corrupted run (ablated = corrupted); with the mean or zero ablation it is not."""
 
     recovered: float
     metric_value: float
@@ -221,6 +223,8 @@ class Faithfulness(Result):
     total_edges: int
     ablation: str
     circuit: Tensor
+    ablated: float = float("nan")
+    """The metric with every edge ablated (the empty circuit); NaN in results saved before it was."""
 
     axes = {"circuit": ("writer", "reader")}
 
@@ -236,7 +240,10 @@ def faithfulness(
     """Run the clean input with every edge outside `keep` ([writer, reader], e.g. `circuit(...)`)
     ablated, exactly: each reader's own input (split q/k/v inputs, MLP input, the final stream)
     has each excluded writer's live output replaced by its ablated value, the corrupted run's
-    ("corrupted"), its mean over the clean batch ("mean") or zero ("zero")."""
+    ("corrupted"), its mean over the clean batch at each position ("mean") or zero ("zero").
+    Every edge counts, those from the embeddings and those into the logits too; what no writer
+    wrote (the attention biases b_O) is never ablated, and every LayerNorm normalises the reader's
+    input as assembled. The gap is normalised by the empty circuit's run (one more forward)."""
     if ablation not in ABLATIONS:
         raise ToylensError(f"ablation {ablation!r}: expected one of {', '.join(ABLATIONS)}")
     weight = next(model.parameters())
@@ -253,9 +260,10 @@ def faithfulness(
         m_clean = float(metric(model(clean)).mean())
         m_corrupted = float(metric(model(corrupted)).mean())
         value = float(metric(_ablated_run(model, clean, replacement, drop)).mean())
-    span = m_clean - m_corrupted
+        m_ablated = float(metric(_ablated_run(model, clean, replacement, edges.to(weight.dtype))).mean())
+    span = m_clean - m_ablated
     return Faithfulness(
-        recovered=(value - m_corrupted) / span if span != 0 else float("nan"),
+        recovered=(value - m_ablated) / span if span != 0 else float("nan"),
         metric_value=value,
         clean=m_clean,
         corrupted=m_corrupted,
@@ -263,6 +271,7 @@ def faithfulness(
         total_edges=int(edges.sum()),
         ablation=ablation,
         circuit=(edges & keep.to(device)).cpu(),
+        ablated=m_ablated,
     )
 
 

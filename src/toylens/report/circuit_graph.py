@@ -53,7 +53,8 @@ def circuit_graph_section(runs: list[RunResults]) -> Section | None:
         "Edge attribution patching (EAP; EAP-IG integrates the gradient from the corrupted to the clean input) scores "
         "every edge writer -> reader of the residual stream: embeddings, heads and MLPs write; each head's query, "
         "key and value inputs, each MLP and the logits read. The circuit keeps the strongest edges; its faithfulness "
-        "is the fraction of the clean - corrupted metric gap it recovers with every other edge ablated (exactly)."
+        "is the fraction it recovers, with every other edge ablated (exactly), of the metric gap between the whole "
+        "graph (the clean run) and the empty circuit (every edge ablated: the corrupted run, under that ablation)."
     )
     notes = [missing_note(runs, eap, "edge attribution (toylens analyze RUN --only eap)")]
     return Section("edge-circuits", "Circuits", guide, blocks, " ".join(n for n in notes if n))
@@ -87,6 +88,7 @@ def _circuit_blocks(i: int, run: RunResults, a: AnalysisResults, metric: str) ->
                     ["ablation outside the circuit", faith.ablation],
                     ["metric with the circuit alone", faith.metric_value],
                     ["clean / corrupted metric", f"{faith.clean:.4g} / {faith.corrupted:.4g}"],
+                    ["metric with no edge kept (0 recovered)", faith.ablated],
                     ["edge scores", method],
                 ],
                 guide=f"Each edge of the circuit, width by its absolute {method} score (red: patching it in raises "
