@@ -9,7 +9,7 @@ import torch
 from conftest import patch_pair, tiny_model
 
 from toylens.analysis.attribution_patching import AttributionPatcher
-from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness
+from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness, smallest_circuit
 from toylens.analysis.metrics import LogitDiff
 
 
@@ -279,3 +279,25 @@ def test_faithfulness_equals_a_brute_force_edge_ablation(arch, ablation):
         assert abs(got.recovered - (want - empty) / (got.clean - empty)) <= 1e-9
     if ablation != "corrupted":  # the empty circuit is not the corrupted run: the gap is the empty circuit's
         assert abs(empty - got.corrupted) > 1e-6
+
+
+def test_smallest_circuit_is_the_first_size_that_reaches_the_target():
+    """Every size's recovered fraction is `faithfulness` of that many strongest edges, the sizes
+    grow ~1.4x from 1 to every edge, and the circuit is the first size at the target."""
+    model = tiny_model(n_layers=2, normalization="LN").double()
+    clean, corrupted, metric = pair(seed=8)
+    eap = edge_attribution(model, clean, corrupted, metric, ig_steps=3)
+    total = int(edge_mask(model).sum())
+    found = smallest_circuit(model, clean, corrupted, metric, eap, target=0.8)
+    assert found.sizes[0] == 1 and found.sizes[-1] == total and found.sizes == sorted(set(found.sizes))
+    assert all(b <= 1.5 * a + 1 for a, b in zip(found.sizes, found.sizes[1:]))
+    for n, recovered in zip(found.sizes, found.curve):
+        got = faithfulness(model, clean, corrupted, metric, circuit(eap, top=n)).recovered
+        assert abs(got - recovered) <= 1e-9, n
+    first = next(n for n, r in zip(found.sizes, found.curve) if r >= 0.8)
+    print(dict(zip(found.sizes, found.curve)), first)
+    assert 1 < first < total, "a target this model meets part-way (else the test says nothing)"
+    assert found.n_edges == first and found.circuit.equal(circuit(eap, top=first)) and found.target == 0.8
+    assert found.recovered == found.curve[found.sizes.index(first)]
+    never = smallest_circuit(model, clean, corrupted, metric, eap, target=2.0)
+    assert never.n_edges == total and abs(never.recovered - 1) <= 1e-9  # no size reaches it: every edge

@@ -85,6 +85,7 @@ def _circuit_blocks(i: int, run: RunResults, a: AnalysisResults, metric: str) ->
                 facts=[
                     ["recovered fraction of the gap", faith.recovered],
                     ["edges kept", f"{faith.n_edges} of {faith.total_edges}"],
+                    *_chosen(faith),
                     ["ablation outside the circuit", faith.ablation],
                     ["metric with the circuit alone", faith.metric_value],
                     ["clean / corrupted metric", f"{faith.clean:.4g} / {faith.corrupted:.4g}"],
@@ -113,6 +114,17 @@ def _circuit_blocks(i: int, run: RunResults, a: AnalysisResults, metric: str) ->
         )
     )
     return blocks
+
+
+def _chosen(faith: Any) -> list[list[Any]]:
+    """How the circuit was chosen, and the recovered fraction of every size tried (`smallest_circuit`)."""
+    if not faith.sizes:
+        return []
+    curve = ", ".join(f"{n}: {r:.2f}" for n, r in zip(faith.sizes, faith.curve, strict=True))
+    return [
+        ["circuit", f"the fewest strongest edges recovering {faith.target:.0%} of the gap"],
+        ["recovered by the strongest n edges", curve],
+    ]
 
 
 def _graph(edges: Any, keep: torch.Tensor) -> tuple[list[GraphNode], list[GraphEdge], list[str]]:
