@@ -9,7 +9,7 @@ import torch
 from conftest import patch_pair, tiny_model
 
 from toylens.analysis.attribution_patching import AttributionPatcher
-from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness
+from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness, smallest_circuit
 from toylens.analysis.metrics import LogitDiff
 
 
@@ -209,3 +209,95 @@ def test_circuit_by_top_edges_and_threshold():
     assert int(circuit(eap, threshold=cut).sum()) == 10
     result = faithfulness(model, clean, corrupted, metric, top, ablation="mean")
     assert result.n_edges == 5 and result.ablation == "mean" and result.circuit.equal(top)
+
+
+def brute_ablated_run(model, tokens, keep, replacement):
+    """Logits of `tokens` (float64, one head at a time, no hooks) where reader r's input is the sum
+    over the writers w before it of (w's live output if keep[(w, r)] else replacement[w]), plus
+    the attention biases b_O written before it; every LayerNorm normalises that sum. With
+    `keep=None` every edge is kept. Also returns every writer's live output."""
+    sd, cfg = {k: v.detach().double() for k, v in model.state_dict().items()}, model.cfg
+    batch, pos = tokens.shape
+
+    def norm(x, name):  # LayerNorm written out (or none)
+        if cfg.normalization != "LN":
+            return x
+        x = x - x.mean(-1, keepdim=True)
+        return x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * sd[f"{name}.w"] + sd[f"{name}.b"]
+
+    outs, bias = {"embed": sd["embed.W_E"][tokens] + sd["pos_embed.W_pos"][:pos]}, torch.zeros(cfg.d_model).double()
+
+    def read(r):
+        kept = lambda w: keep is None or keep[(w, r)]  # noqa: E731
+        start = bias.expand(batch, pos, -1)  # (an all-replaced sum of means would lose the batch)
+        return sum((out if kept(w) else replacement[w] for w, out in outs.items()), start)
+
+    causal = torch.ones(pos, pos, dtype=torch.bool).tril()
+    for l in range(cfg.n_layers):
+        p, new = f"blocks.{l}.", {}
+        for h in range(cfg.n_heads):
+            q, k, v = (norm(read(f"L{l}H{h}.{x}"), p + "ln1") @ sd[f"{p}attn.W_{x.upper()}"][h] for x in "qkv")
+            q, k, v = q + sd[p + "attn.b_Q"][h], k + sd[p + "attn.b_K"][h], v + sd[p + "attn.b_V"][h]
+            scores = (q @ k.transpose(1, 2) / q.shape[-1] ** 0.5).masked_fill(~causal, float("-inf"))
+            new[f"L{l}H{h}"] = scores.softmax(-1) @ v @ sd[p + "attn.W_O"][h]
+        outs.update(new)
+        bias = bias + sd[p + "attn.b_O"]
+        if not cfg.attn_only:
+            pre = norm(read(f"MLP{l}"), p + "ln2") @ sd[p + "mlp.W_in"] + sd[p + "mlp.b_in"]
+            act = torch.relu(pre) if cfg.act_fn == "relu" else torch.nn.functional.gelu(pre)
+            outs[f"MLP{l}"] = act @ sd[p + "mlp.W_out"] + sd[p + "mlp.b_out"]
+    return norm(read("logits"), "ln_final") @ sd["unembed.W_U"] + sd["unembed.b_U"], outs
+
+
+@pytest.mark.parametrize("arch", [*ARCHS, dict(n_layers=2, attn_only=True, normalization="LN")])
+@pytest.mark.parametrize("ablation", ["corrupted", "mean", "zero"])
+def test_faithfulness_equals_a_brute_force_edge_ablation(arch, ablation):
+    """Random circuits, every ablation: the metric, clean, corrupted and empty-circuit values and
+    the recovered fraction (metric - empty) / (clean - empty) equal a float64 brute force that
+    builds each reader's input writer by writer (written above, without the model's code)."""
+    model = tiny_model(**arch).double()
+    clean, corrupted, metric = pair(seed=7)
+    mask = edge_mask(model)
+    eap = edge_attribution(model, clean, corrupted, metric)
+    _, live = brute_ablated_run(model, clean, None, None)
+    replacement = {
+        "corrupted": lambda: brute_ablated_run(model, corrupted, None, None)[1],
+        "mean": lambda: {w: out.mean(0, keepdim=True) for w, out in live.items()},
+        "zero": lambda: dict.fromkeys(live, 0.0),
+    }[ablation]()
+    value = lambda keep: float(metric(brute_ablated_run(model, clean, keep, replacement)[0]).mean())  # noqa: E731
+    empty = value(dict.fromkeys(((w, r) for w in eap.writers for r in eap.readers), False))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        keep = mask & (torch.rand(mask.shape, generator=gen) < 0.5)
+        got = faithfulness(model, clean, corrupted, metric, keep, ablation=ablation)
+        kept = {(w, r): bool(keep[i, j]) for i, w in enumerate(eap.writers) for j, r in enumerate(eap.readers)}
+        want = value(kept)
+        assert abs(got.metric_value - want) <= 1e-12 and abs(got.ablated - empty) <= 1e-12
+        assert abs(got.clean - float(metric(brute_ablated_run(model, clean, None, None)[0]).mean())) <= 1e-12
+        assert abs(got.corrupted - float(metric(brute_ablated_run(model, corrupted, None, None)[0]).mean())) <= 1e-12
+        assert abs(got.recovered - (want - empty) / (got.clean - empty)) <= 1e-9
+    if ablation != "corrupted":  # the empty circuit is not the corrupted run: the gap is the empty circuit's
+        assert abs(empty - got.corrupted) > 1e-6
+
+
+def test_smallest_circuit_is_the_first_size_that_reaches_the_target():
+    """Every size's recovered fraction is `faithfulness` of that many strongest edges, the sizes
+    grow ~1.4x from 1 to every edge, and the circuit is the first size at the target."""
+    model = tiny_model(n_layers=2, normalization="LN").double()
+    clean, corrupted, metric = pair(seed=8)
+    eap = edge_attribution(model, clean, corrupted, metric, ig_steps=3)
+    total = int(edge_mask(model).sum())
+    found = smallest_circuit(model, clean, corrupted, metric, eap, target=0.8)
+    assert found.sizes[0] == 1 and found.sizes[-1] == total and found.sizes == sorted(set(found.sizes))
+    assert all(b <= 1.5 * a + 1 for a, b in zip(found.sizes, found.sizes[1:]))
+    for n, recovered in zip(found.sizes, found.curve):
+        got = faithfulness(model, clean, corrupted, metric, circuit(eap, top=n)).recovered
+        assert abs(got - recovered) <= 1e-9, n
+    first = next(n for n, r in zip(found.sizes, found.curve) if r >= 0.8)
+    print(dict(zip(found.sizes, found.curve)), first)
+    assert 1 < first < total, "a target this model meets part-way (else the test says nothing)"
+    assert found.n_edges == first and found.circuit.equal(circuit(eap, top=first)) and found.target == 0.8
+    assert found.recovered == found.curve[found.sizes.index(first)]
+    never = smallest_circuit(model, clean, corrupted, metric, eap, target=2.0)
+    assert never.n_edges == total and abs(never.recovered - 1) <= 1e-9  # no size reaches it: every edge

@@ -10,7 +10,7 @@ import torch
 from conftest import patch_pair, tiny_model
 
 from toylens.analysis.edge_attribution import edge_mask
-from toylens.analysis.metrics import LogitDiff
+from toylens.analysis.metrics import LogitDiff, NegLoss
 from toylens.analysis.patching import Patcher
 from toylens.analysis.path_patching import PathPatchGrid, path_patching
 from toylens.run import RunDir
@@ -66,10 +66,12 @@ def one_path(model, corrupted, metric, delta, receiver):
         model.split_qkv_input = False
 
 
-@pytest.mark.parametrize("attn_only,norm", [(True, "none"), (False, "LN")])
-def test_equals_a_brute_force_loop_per_path(attn_only, norm):
+@pytest.mark.parametrize("attn_only,norm,neg_loss", [(True, "none", False), (False, "LN", False), (False, "LN", True)])
+def test_equals_a_brute_force_loop_per_path(attn_only, norm, neg_loss):
+    """In float64 throughout, neg_loss too (it once cast the logits to float32)."""
     model = tiny_model(n_layers=2, attn_only=attn_only, normalization=norm).double()
     clean, corrupted, metric = pair()
+    metric = NegLoss(metric.correct) if neg_loss else metric
     grid = path_patching(Patcher(model, clean, corrupted, metric, max_rows=16))  # several chunks per layer
     mask = edge_mask(model)
     assert grid.values.isnan().equal(~mask)

@@ -73,7 +73,15 @@ def test_faithfulness_beside_the_graph_equals_the_saved_one(runs, page):
     facts = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", section(page)))
     assert float(facts["recovered fraction of the gap"]) == pytest.approx(faith.recovered, rel=1e-3)
     assert facts["edges kept"] == f"{faith.n_edges} of {faith.total_edges}"
+    assert facts["circuit"] == "the fewest strongest edges recovering 80% of the gap"
+    curve = dict(item.split(": ") for item in facts["recovered by the strongest n edges"].split(", "))
+    assert [int(n) for n in curve] == faith.sizes and [float(r) for r in curve.values()] == pytest.approx(
+        faith.curve, abs=0.005
+    )
     assert facts["ablation outside the circuit"] == faith.ablation == "corrupted"
+    # the empty circuit under the corrupted ablation is the corrupted run
+    assert float(facts["metric with no edge kept (0 recovered)"]) == pytest.approx(faith.ablated, rel=1e-3)
+    assert faith.ablated == pytest.approx(faith.corrupted, rel=1e-5, abs=1e-6)
 
 
 def test_atp_beside_exact_on_one_scale(runs, page):

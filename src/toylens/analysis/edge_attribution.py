@@ -18,11 +18,18 @@ with the k points stacked along the batch of one forward and one backward pass.
 
     eap = edge_attribution(model, clean_tokens, corrupted_tokens, metric, ig_steps=5)
     eap.top_edges(10)                       # [(writer, reader, score)], largest |score| first
+
+A circuit is a set of edges; its faithfulness is the fraction of the metric gap between the whole
+graph and the empty circuit it recovers with every other edge ablated, exactly (one forward):
+
+    f = faithfulness(model, clean_tokens, corrupted_tokens, metric, circuit(eap, top=20))
+    f = smallest_circuit(model, clean_tokens, corrupted_tokens, metric, eap, target=0.8)
+    f.n_edges, f.recovered, dict(zip(f.sizes, f.curve))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Int
@@ -210,8 +217,10 @@ def circuit(edges: EdgeScores, *, top: int | None = None, threshold: float | Non
 
 @dataclass
 class Faithfulness(Result):
-    """How much of the clean - corrupted metric gap a circuit recovers when every edge outside
-    it is ablated: recovered = (metric - corrupted) / (clean - corrupted)."""
+    """How much of the metric gap between the whole graph (the clean run) and the empty circuit
+    (every edge ablated) a circuit recovers when every edge outside it is ablated:
+    recovered = (metric - ablated) / (clean - ablated). With the corrupted ablation the empty
+    circuit is the corrupted run (ablated = corrupted); with the mean or zero ablation it is not."""
 
     recovered: float
     metric_value: float
@@ -221,6 +230,14 @@ class Faithfulness(Result):
     total_edges: int
     ablation: str
     circuit: Tensor
+    ablated: float = float("nan")
+    """The metric with every edge ablated (the empty circuit); NaN in results saved before it was."""
+    target: float = float("nan")
+    """`smallest_circuit`: the fraction of the gap the circuit was chosen to recover (else NaN)."""
+    sizes: list[int] = field(default_factory=list)
+    """`smallest_circuit`: the circuit sizes tried (the strongest n edges)..."""
+    curve: list[float] = field(default_factory=list)
+    """...and the fraction of the gap each recovered."""
 
     axes = {"circuit": ("writer", "reader")}
 
@@ -236,34 +253,82 @@ def faithfulness(
     """Run the clean input with every edge outside `keep` ([writer, reader], e.g. `circuit(...)`)
     ablated, exactly: each reader's own input (split q/k/v inputs, MLP input, the final stream)
     has each excluded writer's live output replaced by its ablated value, the corrupted run's
-    ("corrupted"), its mean over the clean batch ("mean") or zero ("zero")."""
-    if ablation not in ABLATIONS:
-        raise ToylensError(f"ablation {ablation!r}: expected one of {', '.join(ABLATIONS)}")
-    weight = next(model.parameters())
-    device = weight.device
-    clean, corrupted, metric = clean_tokens.to(device), corrupted_tokens.to(device), metric.to(device)
-    edges = edge_mask(model).to(device)
-    drop = (edges & ~keep.to(device)).to(weight.dtype)  # [writer, reader]
-    with torch.no_grad():
-        replacement = {
-            "corrupted": lambda: _writer_outputs(model, corrupted),
-            "mean": lambda: _writer_outputs(model, clean).mean(1, keepdim=True),
-            "zero": lambda: torch.zeros(1, 1, 1, 1, device=device),
-        }[ablation]()
-        m_clean = float(metric(model(clean)).mean())
-        m_corrupted = float(metric(model(corrupted)).mean())
-        value = float(metric(_ablated_run(model, clean, replacement, drop)).mean())
-    span = m_clean - m_corrupted
-    return Faithfulness(
-        recovered=(value - m_corrupted) / span if span != 0 else float("nan"),
-        metric_value=value,
-        clean=m_clean,
-        corrupted=m_corrupted,
-        n_edges=int((edges & keep.to(device)).sum()),
-        total_edges=int(edges.sum()),
-        ablation=ablation,
-        circuit=(edges & keep.to(device)).cpu(),
-    )
+    ("corrupted"), its mean over the clean batch at each position ("mean") or zero ("zero").
+    Every edge counts, those from the embeddings and those into the logits too; what no writer
+    wrote (the attention biases b_O) is never ablated, and every LayerNorm normalises the reader's
+    input as assembled. The gap is normalised by the empty circuit's run (one more forward)."""
+    return _EdgeAblation(model, clean_tokens, corrupted_tokens, metric, ablation).result(keep)
+
+
+def smallest_circuit(
+    model: Transformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    edges: EdgeScores,
+    target: float = 0.8,
+    ablation: str = "corrupted",
+) -> Faithfulness:
+    """The fewest strongest edges (by |score|, `circuit(edges, top=n)`) that recover `target` of
+    the gap, as `faithfulness` measures it. Sizes n on a grid growing ~1.4x (1, 2, 3, 4, 6, 8, 11,
+    16, ... and every edge) are all tried, one forward each; the circuit is the first n that
+    reaches the target (every edge when none does: recovery need not grow with n), and the
+    result carries every size's recovered fraction (`sizes`, `curve`)."""
+    run = _EdgeAblation(model, clean_tokens, corrupted_tokens, metric, ablation)
+    total = int(run.edges.sum())
+    sizes = sorted({min(total, round(1.4142**i)) for i in range(2 * total.bit_length() + 2)} | {total})
+    curve = [run.recovered(run.value(circuit(edges, top=n))) for n in sizes]
+    n = next((n for n, r in zip(sizes, curve, strict=True) if r >= target), total)
+    result = run.result(circuit(edges, top=n))
+    result.target, result.sizes, result.curve = target, sizes, curve
+    return result
+
+
+class _EdgeAblation:
+    """The clean input with chosen edges ablated: the replacement outputs and the whole-graph,
+    corrupted and empty-circuit metrics are computed once, then one forward per circuit."""
+
+    def __init__(self, model: Transformer, clean: Tensor, corrupted: Tensor, metric: Metric, ablation: str):
+        if ablation not in ABLATIONS:
+            raise ToylensError(f"ablation {ablation!r}: expected one of {', '.join(ABLATIONS)}")
+        weight = next(model.parameters())
+        self.model, self.ablation, self.dtype, device = model, ablation, weight.dtype, weight.device
+        self.clean, corrupted, self.metric = clean.to(device), corrupted.to(device), metric.to(device)
+        self.edges = edge_mask(model).to(device)
+        with torch.no_grad():
+            self.replacement = {
+                "corrupted": lambda: _writer_outputs(model, corrupted),
+                "mean": lambda: _writer_outputs(model, self.clean).mean(1, keepdim=True),
+                "zero": lambda: torch.zeros(1, 1, 1, 1, device=device),
+            }[ablation]()
+            self.m_clean = float(self.metric(model(self.clean)).mean())
+            self.m_corrupted = float(self.metric(model(corrupted)).mean())
+        self.m_ablated = self.value(torch.zeros_like(self.edges))
+
+    def value(self, keep: Tensor) -> float:
+        """The metric with every edge outside `keep` [writer, reader] ablated."""
+        drop = (self.edges & ~keep.to(self.edges.device)).to(self.dtype)
+        with torch.no_grad():
+            return float(self.metric(_ablated_run(self.model, self.clean, self.replacement, drop)).mean())
+
+    def recovered(self, value: float) -> float:
+        span = self.m_clean - self.m_ablated
+        return (value - self.m_ablated) / span if span != 0 else float("nan")
+
+    def result(self, keep: Tensor) -> Faithfulness:
+        kept = self.edges & keep.to(self.edges.device)
+        value = self.value(kept)
+        return Faithfulness(
+            recovered=self.recovered(value),
+            metric_value=value,
+            clean=self.m_clean,
+            corrupted=self.m_corrupted,
+            n_edges=int(kept.sum()),
+            total_edges=int(self.edges.sum()),
+            ablation=self.ablation,
+            circuit=kept.cpu(),
+            ablated=self.m_ablated,
+        )
 
 
 def _ablated_run(model: Transformer, tokens: Tensor, replacement: Tensor, drop: Tensor) -> Tensor:

@@ -74,7 +74,9 @@ class NegLoss:
     description = "minus the cross-entropy (nats) of the clean targets, mean over target positions"
 
     def __call__(self, logits: Float[Tensor, "... batch pos vocab"]) -> Float[Tensor, "... batch"]:
-        return _masked_mean(_take(logits.float().log_softmax(-1), self.targets), self.targets != IGNORE)
+        # at least float32 (a bf16 run's logits), float64 kept (a float64 reference stays one)
+        logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+        return _masked_mean(_take(logp, self.targets), self.targets != IGNORE)
 
     def to(self, device: torch.device) -> NegLoss:
         return NegLoss(self.targets.to(device))

@@ -53,7 +53,8 @@ def circuit_graph_section(runs: list[RunResults]) -> Section | None:
         "Edge attribution patching (EAP; EAP-IG integrates the gradient from the corrupted to the clean input) scores "
         "every edge writer -> reader of the residual stream: embeddings, heads and MLPs write; each head's query, "
         "key and value inputs, each MLP and the logits read. The circuit keeps the strongest edges; its faithfulness "
-        "is the fraction of the clean - corrupted metric gap it recovers with every other edge ablated (exactly)."
+        "is the fraction it recovers, with every other edge ablated (exactly), of the metric gap between the whole "
+        "graph (the clean run) and the empty circuit (every edge ablated: the corrupted run, under that ablation)."
     )
     notes = [missing_note(runs, eap, "edge attribution (toylens analyze RUN --only eap)")]
     return Section("edge-circuits", "Circuits", guide, blocks, " ".join(n for n in notes if n))
@@ -84,9 +85,11 @@ def _circuit_blocks(i: int, run: RunResults, a: AnalysisResults, metric: str) ->
                 facts=[
                     ["recovered fraction of the gap", faith.recovered],
                     ["edges kept", f"{faith.n_edges} of {faith.total_edges}"],
+                    *_chosen(faith),
                     ["ablation outside the circuit", faith.ablation],
                     ["metric with the circuit alone", faith.metric_value],
                     ["clean / corrupted metric", f"{faith.clean:.4g} / {faith.corrupted:.4g}"],
+                    ["metric with no edge kept (0 recovered)", faith.ablated],
                     ["edge scores", method],
                 ],
                 guide=f"Each edge of the circuit, width by its absolute {method} score (red: patching it in raises "
@@ -111,6 +114,17 @@ def _circuit_blocks(i: int, run: RunResults, a: AnalysisResults, metric: str) ->
         )
     )
     return blocks
+
+
+def _chosen(faith: Any) -> list[list[Any]]:
+    """How the circuit was chosen, and the recovered fraction of every size tried (`smallest_circuit`)."""
+    if not faith.sizes:
+        return []
+    curve = ", ".join(f"{n}: {r:.2f}" for n, r in zip(faith.sizes, faith.curve, strict=True))
+    return [
+        ["circuit", f"the fewest strongest edges recovering {faith.target:.0%} of the gap"],
+        ["recovered by the strongest n edges", curve],
+    ]
 
 
 def _graph(edges: Any, keep: torch.Tensor) -> tuple[list[GraphNode], list[GraphEdge], list[str]]:
