@@ -68,7 +68,20 @@ def sequences(task) -> torch.Tensor:
     return torch.cat([tokens, targets[:, -1:]], 1)
 
 
-def devinterp_llc(run: RunDir, ckpt, name: str, s: LLCSettings, nbeta: float, seqs: torch.Tensor, device) -> dict:
+def same_masks(ours, theirs: dict, name: str) -> None:
+    """devinterp's masks ({param: bool mask, or None for the whole tensor}) sample exactly the
+    weights toylens's restriction does."""
+    ours_full = {k: m for k, m in ours.masks.items() if bool(m.any())}
+    if set(ours_full) != set(theirs):
+        raise SystemExit(f"{name}: devinterp samples {sorted(theirs)}, toylens {sorted(ours_full)}")
+    for k, m in theirs.items():
+        if m is not None and not torch.equal(m.cpu().bool().expand_as(ours_full[k]), ours_full[k]):
+            raise SystemExit(f"{name}: devinterp's mask of {k} differs from toylens's")
+        if m is None and not bool(ours_full[k].all()):
+            raise SystemExit(f"{name}: devinterp samples all of {k}, toylens part of it")
+
+
+def devinterp_llc(run: RunDir, ckpt, r, s: LLCSettings, nbeta: float, seqs: torch.Tensor, device) -> dict:
     import devinterp.slt.sampler
     from datasets import Dataset
     from devinterp.slt.llc import llc
@@ -88,6 +101,8 @@ def devinterp_llc(run: RunDir, ckpt, name: str, s: LLCSettings, nbeta: float, se
         logits = m(ids[:, :-1])
         return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
 
+    masks = create_param_masks(model, r.name)
+    same_masks(r, masks, r.name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = llc(
@@ -97,7 +112,7 @@ def devinterp_llc(run: RunDir, ckpt, name: str, s: LLCSettings, nbeta: float, se
             lr=s.epsilon,
             n_beta=nbeta,
             localization=s.gamma,
-            param_masks=create_param_masks(model, name),
+            param_masks=masks,
             loss_fn=per_token_loss,
             num_chains=s.chains,
             num_draws=s.draws,
@@ -173,7 +188,7 @@ def main() -> None:
         return
 
     start, cpu = time.perf_counter(), time.process_time()
-    theirs = [devinterp_llc(run, c, r.name, s, e.nbeta, seqs, device) for (c, r), e in zip(pairs, ours)]
+    theirs = [devinterp_llc(run, c, r, s, e.nbeta, seqs, device) for (c, r), e in zip(pairs, ours)]
     t_theirs, c_theirs = time.perf_counter() - start, time.process_time() - cpu
 
     agree = 0
