@@ -49,6 +49,7 @@ from toylens.model import Transformer
 from toylens.tasks import Batch, build_task
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import save_checkpoint
+from toylens.train.compiled import compile_forward
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.loop import (
     Trainer,
@@ -182,6 +183,7 @@ class EnsembleTrainer:
         self.alive = torch.ones(len(members), dtype=torch.bool, device=self.device)
         self.epoch_steps = lead.steps_per_epoch  # steps in the current epoch (fewer in one cut by max_steps)
         self.errors: dict[str, str] = {}
+        self.member_losses = compile_forward(vmap(self._member_loss), self._compiles(), self.device)
         self.opt = StackedAdamW(
             self.params, self._decay_rates(), lead.cfg.train.betas, foreach=self.device.type == "cuda"
         )
@@ -196,6 +198,16 @@ class EnsembleTrainer:
             dynamic_ncols=True,
             mininterval=0.5,
         )
+
+    def _compiles(self) -> bool:
+        """Whether every member's forward and loss run as one compiled graph (train.compile). Not
+        with an L1 penalty: its hooks record into a Python list, a side effect torch.compile cannot
+        trace inside vmap, so those ensembles train uncompiled (the same results, eager speed)."""
+        lead = self.members[0].cfg.train
+        if lead.compile and self.penalty.fwd_hooks:
+            log.warning("train.compile: an ensemble with an L1 penalty (train.l1.coef > 0) trains uncompiled")
+            return False
+        return lead.compile
 
     def _decay_rates(self) -> dict[str, Tensor]:
         lead = self.members[0]  # members share train.weight_decay_on, so the decayed parameters
@@ -256,7 +268,8 @@ class EnsembleTrainer:
         targets = data.targets.view(n_members, batch, -1)
         lead = self.members[0].cfg.train
         lr = self.base_lr * (lr_at(self.members[0].state.step, self.total_steps, lead) / lead.lr)
-        loss, l1_raw = vmap(self._member_loss)(self.params, self.buffers, tokens, targets)
+        with self.base.hooks(self.penalty.fwd_hooks):  # outside the vmapped (and compiled) function
+            loss, l1_raw = self.member_losses(self.params, self.buffers, tokens, targets)
         l1 = l1_raw * self.l1_coef
         # Members are independent, so the gradient of the sum is each member's own gradient.
         total = torch.where(self.alive, loss + l1, torch.zeros_like(loss)).sum()
@@ -273,11 +286,8 @@ class EnsembleTrainer:
     def _member_loss(
         self, params: dict[str, Tensor], buffers: dict[str, Tensor], tokens: Tensor, targets: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """One member's task loss and unscaled L1 penalty (run under vmap)."""
-        with (
-            self.base.hooks(self.penalty.fwd_hooks),
-            forward_autocast(self.device, self.members[0].cfg.train.precision),
-        ):
+        """One member's task loss and unscaled L1 penalty (run under vmap, with the penalty's hooks on)."""
+        with forward_autocast(self.device, self.members[0].cfg.train.precision):
             logits = functional_call(self.base, (params, buffers), (tokens,))
         logits = loss_logits(logits, self.members[0].cfg.train.precision)
         return self.task.loss(logits, Batch(tokens, targets)), self.penalty.take().to(logits.device)

@@ -43,6 +43,7 @@ from toylens.tasks import Task, build_task
 from toylens.tasks.base import Goal
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
+from toylens.train.compiled import compile_forward
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import SingleProcess, process_group
 from toylens.train.optim import build_optimizer, lr_at, set_lr
@@ -154,6 +155,7 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.group = group or SingleProcess(self.device)
         self.net = self.group.wrap(model)  # DistributedDataParallel under torchrun; saved unwrapped
+        self.net = compile_forward(self.net, cfg.train.compile, self.device)  # train.compile; never saved
         self.callbacks = list(callbacks) if self.group.is_main else []
         self.data = task.splits[task.train_split]
         self.steps_per_epoch = math.ceil(len(self.data) / cfg.train.batch_size)
