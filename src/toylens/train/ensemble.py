@@ -47,6 +47,7 @@ from toylens.lock import run_lock
 from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.tasks import Batch, build_task
+from toylens.train.batches import device_batches
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import save_checkpoint
 from toylens.train.compiled import compile_forward
@@ -246,8 +247,10 @@ class EnsembleTrainer:
         sums = torch.zeros(len(self.members), 2, device=self.device)
         tokens, t0 = 0, time.perf_counter()
         self.epoch_steps = self.members[0].epoch_steps()
-        for i, idx in enumerate(orders.split(self.batch_size, dim=1)[: self.epoch_steps]):
-            sums += self.step(idx)
+        indices = orders.split(self.batch_size, dim=1)[: self.epoch_steps]
+        batches = device_batches(indices, lambda idx: self.data.batch(idx.flatten()), self.device)
+        for i, (idx, data) in enumerate(zip(indices, batches)):
+            sums += self.step(idx, data)
             tokens += idx.numel() * self.members[0].cfg.model.n_ctx
             step = self.members[0].state.step
             if step in self.members[0].log_steps:
@@ -260,10 +263,10 @@ class EnsembleTrainer:
         self._check_finite(sums)
         return sums
 
-    def step(self, idx: Int[Tensor, "member batch"]) -> Float[Tensor, "member 2"]:
-        """One AdamW step of every member on its own batch; returns [task loss, L1 penalty] per member."""
+    def step(self, idx: Int[Tensor, "member batch"], data: Batch) -> Float[Tensor, "member 2"]:
+        """One AdamW step of every member on its own batch (`data`: the examples `idx` names, member
+        by member, on the device); returns [task loss, L1 penalty] per member."""
         n_members, batch = idx.shape
-        data = self.data.batch(idx.flatten()).to(self.device)
         tokens = data.tokens.view(n_members, batch, -1)
         targets = data.targets.view(n_members, batch, -1)
         lead = self.members[0].cfg.train

@@ -41,6 +41,7 @@ from toylens.model import Transformer
 from toylens.run import RunDir
 from toylens.tasks import Task, build_task
 from toylens.tasks.base import Goal
+from toylens.train.batches import device_batches
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
 from toylens.train.compiled import compile_forward
@@ -247,9 +248,10 @@ class Trainer:
         sums = torch.zeros(2, device=self.device)  # task loss, L1 penalty
         tokens, t0 = 0, time.perf_counter()
         steps = self.epoch_steps()
-        for i, idx in enumerate(order.split(self.cfg.train.batch_size)[:steps]):
-            batch, loss_weight, l1_weight = self.group.shard(self.data.batch(idx))
-            sums += self.step(batch.to(self.device), loss_weight, l1_weight)
+        indices = order.split(self.cfg.train.batch_size)[:steps]
+        shards = device_batches(indices, lambda idx: self.group.shard(self.data.batch(idx)), self.device)
+        for i, (idx, (batch, loss_weight, l1_weight)) in enumerate(zip(indices, shards)):
+            sums += self.step(batch, loss_weight, l1_weight)
             tokens += idx.numel() * self.cfg.model.n_ctx
             if self.state.step in self.log_steps:
                 self.check_finite(self.group.mean(sums))
