@@ -110,6 +110,18 @@ def test_an_ensemble_with_an_l1_penalty_trains_uncompiled(tmp_path, device, back
     assert _rows(tmp_path / "m0")[1]["train/l1"] > 0
 
 
+def test_no_cpp_compiler_stops_training_before_it_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(compiled, "BACKEND", "inductor")
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    cfg = tiny_config(name="no-compiler")
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})})
+    with pytest.raises(ToylensError, match=r"^train\.compile: "):
+        train(cfg, tmp_path, progress=False, device="cpu")
+    with pytest.raises(ToylensError, match=r"^train\.compile: "):
+        train_ensemble([cfg], tmp_path, progress=False, device="cpu")
+    assert not (tmp_path / "no-compiler").exists()
+
+
 def test_no_cpp_compiler_is_one_line_naming_the_field(monkeypatch):
     monkeypatch.setattr(compiled, "BACKEND", "inductor")
     monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)

@@ -38,12 +38,18 @@ def compile_forward(fn: F, enabled: bool, device: torch.device) -> F:
     """`fn` under torch.compile when `enabled` (train.compile), else `fn` itself."""
     if not enabled:
         return fn
-    if BACKEND == "inductor" and device.type == "cpu" and not _cpp_compiler():
+    check_compiler(enabled, device)
+    return torch.compile(fn, backend=BACKEND)  # type: ignore[return-value]
+
+
+def check_compiler(enabled: bool, device: torch.device) -> None:
+    """Raise a one-line ToylensError when train.compile is on for a CPU without the C++ compiler
+    inductor needs; `train` calls it before it writes anything."""
+    if enabled and BACKEND == "inductor" and device.type == "cpu" and not _cpp_compiler():
         raise ToylensError(
             "train.compile: torch.compile's inductor needs a C++ compiler on the CPU and none was found "
             "(set CXX, or install g++); set train.compile=false to train without compiling"
         )
-    return torch.compile(fn, backend=BACKEND)  # type: ignore[return-value]
 
 
 def _cpp_compiler() -> str | None:

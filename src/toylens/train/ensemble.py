@@ -50,7 +50,7 @@ from toylens.tasks import Batch, build_task
 from toylens.train.batches import device_batches
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import save_checkpoint
-from toylens.train.compiled import compile_forward
+from toylens.train.compiled import check_compiler, compile_forward
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.loop import (
     Trainer,
@@ -112,6 +112,7 @@ def train_ensemble(
     task = build_task(cfgs[0].task)
     cfgs = [c.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx) for c in cfgs]
     dev = resolve_device(device)
+    check_compiler(cfgs[0].train.compile, dev)
     if dev.type == "cpu":
         reuse_freed_memory()  # every step rebuilds the same large tensors; see toylens.memory
     outcomes: dict[str, MemberOutcome] = {}

@@ -44,7 +44,7 @@ from toylens.tasks.base import Goal
 from toylens.train.batches import device_batches
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
-from toylens.train.compiled import compile_forward
+from toylens.train.compiled import check_compiler, compile_forward
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import SingleProcess, process_group
 from toylens.train.optim import build_optimizer, lr_at, set_lr
@@ -83,6 +83,7 @@ def train(
     task = build_task(cfg.task)
     cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)
     group = process_group(device)  # joins the torchrun process group when WORLD_SIZE > 1
+    check_compiler(cfg.train.compile, group.device)
     if group.device.type == "cpu":
         reuse_freed_memory()  # every step rebuilds the same large tensors; see toylens.memory
     path = Path(out) / cfg.name
