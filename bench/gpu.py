@@ -125,7 +125,8 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
             "fulltext": ["--steps", "100"],
             "speedpaths": ["--steps", "50"],  # inductor compiles in the warm-up steps
         }
-        limits = {"tests": 180, "ensemble": 60, "train": 60, "patching": 60, "llc": 120, "fulltext": 60}
+        # tests: 240 s, since tests/train/test_compiled.py compiles two graphs with inductor on the GPU
+        limits = {"tests": 240, "ensemble": 60, "train": 60, "patching": 60, "llc": 120, "fulltext": 60}
         limits["speedpaths"] = 150
     dev = ["--device", device]
     llc = [py, str(ROOT / "bench/llc.py"), str(run_dir), "--checkpoint", "all", *dev, *sizes["llc"]]
