@@ -81,7 +81,8 @@ def time_ensemble(ens: EnsembleTrainer, steps: int, device: torch.device) -> flo
     sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        ens.step(orders[:, i * bs : (i + 1) * bs])
+        idx = orders[:, i * bs : (i + 1) * bs]
+        ens.step(idx, ens.data.batch(idx.flatten()).to(device))
     sync(device)
     return time.perf_counter() - t0
 

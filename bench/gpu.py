@@ -15,6 +15,8 @@ next part runs):
   llc       trains configs/sort-no-decay.yaml (13 checkpoints), then bench/llc.py on all of them
             (toylens alone when devinterp is missing)
   fulltext  bench/fulltext.py: tokens/s and peak memory of configs/wikitext-1l-attn-lm.full.yaml
+  speedpaths bench/speedpaths.py: the fused AdamW, bf16 and compile paths on that model: tokens/s
+            with and without each, and their agreement with the plain run's losses
 
 Writes gpu.json (environment, and per part: command, status, seconds, figures, output tail) and
 gpu.md (the same as a table) to $OUT when set, else to --out. Exit status 0 when every part that
@@ -97,6 +99,8 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
     run_dir = work / "runs" / "sort-no-decay"
     sort_train = [py, "-m", "toylens.cli", "train", str(ROOT / "configs/sort-no-decay.yaml")]
     sort_train += ["--out", str(work / "runs"), "--device", device, "--no-progress", "--overwrite"]
+    small_text = ["--set", "task.source=bundled", "--set", "task.subset=wikitext-103-v1"]
+    small_text += ["--set", "task.max_examples=150", "--set", "train.batch_size=2", "--set", "task.n_ctx=32"]
     if smoke:
         tests = ["tests/model/test_stacked.py"]
         sizes = {
@@ -104,11 +108,13 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
             "train": ["--steps", "3", "--repeats", "1"],
             "patching": ["--arch", "sort", "--batch", "4", "--repeats", "1"],
             "llc": ["--chains", "2", "--draws", "4", "--burnin", "2", "--batch-size", "32", "--mala-every", "2"],
-            "fulltext": ["--steps", "2", "--set", "task.source=bundled", "--set", "task.subset=wikitext-103-v1"]
-            + ["--set", "task.max_examples=150", "--set", "train.batch_size=2", "--set", "task.n_ctx=32"],
+            "fulltext": ["--steps", "2", *small_text],
+            # compile left out: tracing adds ~6 s (tests/train/test_compiled.py covers it on the device)
+            "speedpaths": [str(ROOT / "configs/sort-no-decay.yaml"), "--steps", "2", "--only", "fused,bf16"],
         }
         sort_train += ["--set", "task.n_train=512", "--set", "task.n_test=64", "--set", "train.epochs=2"]
         limits = {"tests": 120, "ensemble": 120, "train": 120, "patching": 120, "llc": 180, "fulltext": 120}
+        limits["speedpaths"] = 120
     else:
         tests = []
         sizes = {
@@ -117,8 +123,11 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
             "patching": ["--arch", "induction", "--batch", "64", "--repeats", "3"],
             "llc": [],  # the run's settings: 13 checkpoints of the study-2 model
             "fulltext": ["--steps", "100"],
+            "speedpaths": ["--steps", "50"],  # inductor compiles in the warm-up steps
         }
-        limits = {"tests": 180, "ensemble": 60, "train": 60, "patching": 60, "llc": 120, "fulltext": 60}
+        # tests: 240 s, since tests/train/test_compiled.py compiles two graphs with inductor on the GPU
+        limits = {"tests": 240, "ensemble": 60, "train": 60, "patching": 60, "llc": 120, "fulltext": 60}
+        limits["speedpaths"] = 150
     dev = ["--device", device]
     llc = [py, str(ROOT / "bench/llc.py"), str(run_dir), "--checkpoint", "all", *dev, *sizes["llc"]]
     return [
@@ -128,6 +137,7 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
         Part("patching", [py, str(ROOT / "bench/patching.py"), *dev, *sizes["patching"]], limits["patching"]),
         Part("llc", [*sort_train, "&&", *llc], limits["llc"]),
         Part("fulltext", [py, str(ROOT / "bench/fulltext.py"), *dev, *sizes["fulltext"]], limits["fulltext"]),
+        Part("speedpaths", [py, str(ROOT / "bench/speedpaths.py"), *dev, *sizes["speedpaths"]], limits["speedpaths"]),
     ]
 
 
@@ -229,6 +239,17 @@ def _fulltext(text: str) -> dict:
         return {}
 
 
+def _speedpaths(text: str) -> dict:
+    """bench/speedpaths.py's JSON line, flattened: plain_tok_s, and per path its tok_s, speedup,
+    loss_rel and first_rel (e.g. bf16_speedup)."""
+    line = next((ln for ln in reversed(text.splitlines()) if ln.startswith("{")), "")
+    try:
+        result = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return {f"{path}_{k}": v for path, figs in result.items() if isinstance(figs, dict) for k, v in figs.items()}
+
+
 FIGURES = {
     "tests": _tests,
     "ensemble": _ensemble,
@@ -236,6 +257,7 @@ FIGURES = {
     "patching": _patching,
     "llc": _llc,
     "fulltext": _fulltext,
+    "speedpaths": _speedpaths,
 }
 
 

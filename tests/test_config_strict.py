@@ -55,6 +55,8 @@ def error_of(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:
         ("train: {lr: '0.1'}", "train.lr: Input should be a valid number (got '0.1')"),
         ("model: {d_model: '64'}", "model.d_model: Input should be a valid integer (got '64')"),
         ("model: {attn_only: 1}", "model.attn_only: Input should be a valid boolean (got 1)"),
+        ("train: {compile: 1}", "train.compile: Input should be a valid boolean (got 1)"),
+        ("train: {compile: 'yes'}", "train.compile: Input should be a valid boolean (got 'yes')"),
         ("name: 123", "name: Input should be a valid string (got 123)"),
         ("train: {select_metric: 0.5}", "train.select_metric: Input should be a valid string (got 0.5)"),
         ("model: {d_model: 1.5}", "model.d_model: Input should be a valid integer (got 1.5)"),
@@ -445,6 +447,8 @@ COMMON = {
     "train.eval_batch_size": Leaf("int", low=1),
     "train.log_checkpoints": Leaf("int", low=0, high=10_000),
     "train.select_metric": Leaf("text", True),
+    "train.precision": Leaf("choice", choices=("fp32", "bf16")),
+    "train.compile": Leaf("bool"),
     "train.l1.hooks": Leaf("hooks"),
     "train.l1.coef": Leaf("float", low=0),
 }

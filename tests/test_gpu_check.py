@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["tests", "ensemble", "train", "patching", "llc", "fulltext"]
+PARTS = ["tests", "ensemble", "train", "patching", "llc", "fulltext", "speedpaths"]
 
 
 @pytest.mark.slow
@@ -33,5 +33,8 @@ def test_smoke_check_on_the_cpu_writes_every_part(tmp_path):
     assert parts["patching"]["figures"]["head_out_by_pos_toylens_s"] > 0
     assert parts["llc"]["figures"]["checkpoints"] == 3 and parts["llc"]["figures"]["toylens_s"] > 0
     assert parts["fulltext"]["figures"]["tokens_per_s"] > 0 and parts["fulltext"]["figures"]["steps"] == 2
+    speed = parts["speedpaths"]["figures"]
+    assert speed["plain_tok_s"] > 0 and all(speed[f"{p}_speedup"] > 0 for p in ("fused", "bf16"))
+    assert speed["bf16_loss_rel"] <= 0.1 and speed["fused_first_rel"] <= 1e-3
     table = (tmp_path / "gpu.md").read_text()
     assert all(f"| {name} | ok |" in table for name in PARTS)

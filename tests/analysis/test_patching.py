@@ -240,3 +240,41 @@ def test_windows_without_read_positions(activation, axes, device):
     grid = assert_equals_naive(model, clean, corrupted, NegLoss(nothing), activation, axes, max_rows=5)
     assert (grid.values == 0).all() and grid.clean == grid.corrupted == 0
     assert grid.normalized.isnan().all()  # no span to normalise by
+
+
+# ------------------------------------------------------------------ chunk sizes from free memory
+
+
+def test_rows_within_a_share_of_free_memory():
+    gib, mib = 2**30, 2**20
+    assert patching.rows_within(8 * gib, mib) == 1024  # 1/8 of 8 GiB in rows of 1 MiB
+    assert patching.rows_within(8 * gib, mib, share=0.5) == 4096
+    assert patching.rows_within(8 * gib, 3 * mib) == 341  # whole rows only
+    assert patching.rows_within(100, mib) == 1  # never fewer than one row
+    assert patching.rows_within(0, mib) == 1
+
+
+def test_rows_per_pass_from_the_devices_memory(device, monkeypatch):
+    """CPU: DEFAULT_BUDGET elements of the widest activation. CUDA: FREE_MEMORY_SHARE of the free
+    memory (mem_get_info, fixed here to 8 GiB) over a row's bytes."""
+    model = tiny_model(device=device)
+    pos, width = 8, 12 * 4  # the tiny model's widest activation: 4 x d_model (d_vocab_out is 10)
+    if device.type == "cuda":
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (8 * 2**30, 16 * 2**30))
+        assert patching.rows_per_pass(model, pos) == patching.rows_within(8 * 2**30, pos * width * 4)
+    else:
+        assert patching.rows_per_pass(model, pos) == patching.DEFAULT_BUDGET // (pos * width)
+    assert patching.rows_per_pass(model, pos, budget=10 * pos * width) == 10  # an explicit budget wins
+
+
+@pytest.mark.parametrize("variant", ["resid_pre", "head_out_by_pos", "head_pattern"])
+def test_chunked_grids_equal_one_pass_grids(variant, device):
+    """Passes of 3 rows (many chunks per layer) give the grid of the device's own chunk size (here one
+    pass per layer); tolerance tol(device): the same arithmetic, stacked differently."""
+    model = tiny_model(n_layers=2, device=device)
+    clean, corrupted, correct, wrong = pair()
+    metric = LogitDiff(correct, wrong)
+    chunked = getattr(Patcher(model, clean, corrupted, metric, max_rows=3), variant)().values
+    whole = getattr(Patcher(model, clean, corrupted, metric), variant)().values
+    assert patching.rows_per_pass(model, 8) >= 5 * 8 * 3  # the default pass holds every cell of a layer
+    torch.testing.assert_close(chunked, whole, rtol=tol(device), atol=tol(device))

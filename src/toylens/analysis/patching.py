@@ -58,8 +58,12 @@ def patchable(name: str) -> bool:
     return name.rsplit(".", 1)[-1].removeprefix("hook_") in ACT_AXES
 
 
-# Elements (float32) one stacked forward pass may hold in its widest activation: ~256 MiB.
+# Elements (float32) one stacked forward pass may hold in its widest activation on a CPU: ~256 MiB.
 DEFAULT_BUDGET = 1 << 26
+# On CUDA the widest activation may take this share of the device's free memory: a pass holds a
+# few tensors of about that size at once (the activation, its successor, softmax or LayerNorm
+# temporaries), and the caching allocator needs room to spare.
+FREE_MEMORY_SHARE = 1 / 8
 
 
 def cell_masks(act_shape: torch.Size, dims: list[int], cells: Tensor) -> Tensor:
@@ -79,11 +83,25 @@ def cell_masks(act_shape: torch.Size, dims: list[int], cells: Tensor) -> Tensor:
     return mask
 
 
-def rows_per_pass(model: Transformer, pos: int, budget: int = DEFAULT_BUDGET) -> int:
-    """How many sequences one forward pass may stack within `budget` elements of its widest tensor."""
+def rows_per_pass(model: Transformer, pos: int, budget: int | None = None) -> int:
+    """How many sequences one forward pass may stack within `budget` elements of its widest tensor;
+    by default `DEFAULT_BUDGET` on a CPU and, on CUDA, what `FREE_MEMORY_SHARE` of the device's free
+    memory holds (`rows_within`)."""
     cfg = model.cfg
     width = max(derived(cfg.d_vocab_out, "d_vocab_out"), 4 * cfg.d_model, cfg.d_mlp or 0, cfg.n_heads * pos)
-    return max(1, budget // (pos * width))
+    if budget is not None:
+        return max(1, budget // (pos * width))
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return max(1, DEFAULT_BUDGET // (pos * width))
+    free, _ = torch.cuda.mem_get_info(param.device)
+    return rows_within(free, pos * width * param.element_size())
+
+
+def rows_within(free_bytes: int, row_bytes: int, share: float = FREE_MEMORY_SHARE) -> int:
+    """Rows (stacked sequences) whose widest activation, `row_bytes` each, fits in `share` of
+    `free_bytes`; at least 1."""
+    return max(1, int(free_bytes * share) // row_bytes)
 
 
 def read_positions(metric: Metric) -> Tensor:

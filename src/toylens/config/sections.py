@@ -403,6 +403,14 @@ class TrainConfig(Section):
     and the loss, weights, gradients and AdamW stay float32, with no loss scaling (bfloat16 keeps
     float32's exponent range). Evaluation, analysis and the LLC stay float32. A GPU speed path
     (bf16 tensor cores); on a CPU it runs, seldom faster."""
+    compile: bool = False
+    """Run the training forward pass (an ensemble's: its vmapped forward and loss) under
+    torch.compile with the inductor backend. The first step of each batch shape compiles (seconds
+    to a minute on a GPU, tens of seconds on a CPU, where it needs a C++ compiler); later steps
+    run fused kernels. Losses match the uncompiled run up to float rounding. A GPU speed path:
+    it pays for long runs of small models, whose steps are dominated by kernel launches. An
+    ensemble with an L1 penalty trains uncompiled (torch.compile cannot trace the penalty's hooks
+    inside vmap)."""
     l1: L1Config = L1Config()
     """L1 penalty on activations."""
     eval_batch_size: int = Field(1024, ge=1)

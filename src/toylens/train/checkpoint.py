@@ -15,6 +15,7 @@ from toylens.checkpoints import state_file, weights_file
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
 from toylens.run import RunDir
+from toylens.train.optim import KERNEL_FLAGS
 
 FORMAT = "toylens-checkpoint/1"
 
@@ -66,8 +67,11 @@ def restore_checkpoint(run: RunDir, name: str, model: nn.Module, opt: torch.opti
     for key, value in tensors.items():
         _, idx, slot = key.split(".", 2)
         state[int(idx)][slot] = value
+    # The saved groups carry the saving process's kernel choice (fused on CUDA); keep this one's.
+    kernel = [{k: g[k] for k in KERNEL_FLAGS if k in g} for g in opt.param_groups]
+    groups = [{**saved, **mine} for saved, mine in zip(meta["param_groups"], kernel)]
     try:  # load_state_dict moves the moments to each parameter's device
-        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as e:
         raise ToylensError(f"{run.path}/{state_file(name)}: optimizer state does not fit ({e})") from None
     return TrainState(**meta["trainer"])

@@ -47,8 +47,10 @@ from toylens.lock import run_lock
 from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.tasks import Batch, build_task
+from toylens.train.batches import device_batches
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import save_checkpoint
+from toylens.train.compiled import check_compiler, compile_forward
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.loop import (
     Trainer,
@@ -110,6 +112,7 @@ def train_ensemble(
     task = build_task(cfgs[0].task)
     cfgs = [c.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx) for c in cfgs]
     dev = resolve_device(device)
+    check_compiler(cfgs[0].train.compile, dev)
     if dev.type == "cpu":
         reuse_freed_memory()  # every step rebuilds the same large tensors; see toylens.memory
     outcomes: dict[str, MemberOutcome] = {}
@@ -182,7 +185,10 @@ class EnsembleTrainer:
         self.alive = torch.ones(len(members), dtype=torch.bool, device=self.device)
         self.epoch_steps = lead.steps_per_epoch  # steps in the current epoch (fewer in one cut by max_steps)
         self.errors: dict[str, str] = {}
-        self.opt = StackedAdamW(self.params, self._decay_rates(), lead.cfg.train.betas)
+        self.member_losses = compile_forward(vmap(self._member_loss), self._compiles(), self.device)
+        self.opt = StackedAdamW(
+            self.params, self._decay_rates(), lead.cfg.train.betas, foreach=self.device.type == "cuda"
+        )
         for k, m in enumerate(members):
             self.opt.load_member(k, m.opt, m.model)
         self.bar = tqdm(
@@ -194,6 +200,16 @@ class EnsembleTrainer:
             dynamic_ncols=True,
             mininterval=0.5,
         )
+
+    def _compiles(self) -> bool:
+        """Whether every member's forward and loss run as one compiled graph (train.compile). Not
+        with an L1 penalty: its hooks record into a Python list, a side effect torch.compile cannot
+        trace inside vmap, so those ensembles train uncompiled (the same results, eager speed)."""
+        lead = self.members[0].cfg.train
+        if lead.compile and self.penalty.fwd_hooks:
+            log.warning("train.compile: an ensemble with an L1 penalty (train.l1.coef > 0) trains uncompiled")
+            return False
+        return lead.compile
 
     def _decay_rates(self) -> dict[str, Tensor]:
         lead = self.members[0]  # members share train.weight_decay_on, so the decayed parameters
@@ -232,8 +248,10 @@ class EnsembleTrainer:
         sums = torch.zeros(len(self.members), 2, device=self.device)
         tokens, t0 = 0, time.perf_counter()
         self.epoch_steps = self.members[0].epoch_steps()
-        for i, idx in enumerate(orders.split(self.batch_size, dim=1)[: self.epoch_steps]):
-            sums += self.step(idx)
+        indices = orders.split(self.batch_size, dim=1)[: self.epoch_steps]
+        batches = device_batches(indices, lambda idx: self.data.batch(idx.flatten()), self.device)
+        for i, (idx, data) in enumerate(zip(indices, batches)):
+            sums += self.step(idx, data)
             tokens += idx.numel() * self.members[0].cfg.model.n_ctx
             step = self.members[0].state.step
             if step in self.members[0].log_steps:
@@ -246,15 +264,16 @@ class EnsembleTrainer:
         self._check_finite(sums)
         return sums
 
-    def step(self, idx: Int[Tensor, "member batch"]) -> Float[Tensor, "member 2"]:
-        """One AdamW step of every member on its own batch; returns [task loss, L1 penalty] per member."""
+    def step(self, idx: Int[Tensor, "member batch"], data: Batch) -> Float[Tensor, "member 2"]:
+        """One AdamW step of every member on its own batch (`data`: the examples `idx` names, member
+        by member, on the device); returns [task loss, L1 penalty] per member."""
         n_members, batch = idx.shape
-        data = self.data.batch(idx.flatten()).to(self.device)
         tokens = data.tokens.view(n_members, batch, -1)
         targets = data.targets.view(n_members, batch, -1)
         lead = self.members[0].cfg.train
         lr = self.base_lr * (lr_at(self.members[0].state.step, self.total_steps, lead) / lead.lr)
-        loss, l1_raw = vmap(self._member_loss)(self.params, self.buffers, tokens, targets)
+        with self.base.hooks(self.penalty.fwd_hooks):  # outside the vmapped (and compiled) function
+            loss, l1_raw = self.member_losses(self.params, self.buffers, tokens, targets)
         l1 = l1_raw * self.l1_coef
         # Members are independent, so the gradient of the sum is each member's own gradient.
         total = torch.where(self.alive, loss + l1, torch.zeros_like(loss)).sum()
@@ -271,11 +290,8 @@ class EnsembleTrainer:
     def _member_loss(
         self, params: dict[str, Tensor], buffers: dict[str, Tensor], tokens: Tensor, targets: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """One member's task loss and unscaled L1 penalty (run under vmap)."""
-        with (
-            self.base.hooks(self.penalty.fwd_hooks),
-            forward_autocast(self.device, self.members[0].cfg.train.precision),
-        ):
+        """One member's task loss and unscaled L1 penalty (run under vmap, with the penalty's hooks on)."""
+        with forward_autocast(self.device, self.members[0].cfg.train.precision):
             logits = functional_call(self.base, (params, buffers), (tokens,))
         logits = loss_logits(logits, self.members[0].cfg.train.precision)
         return self.task.loss(logits, Batch(tokens, targets)), self.penalty.take().to(logits.device)
@@ -336,21 +352,41 @@ class EnsembleTrainer:
 
 class StackedAdamW:
     """AdamW (decoupled weight decay, as `torch.optim.AdamW`) over parameters stacked on a
-    leading member dimension, with a learning rate and weight decay per member."""
+    leading member dimension, with a learning rate and weight decay per member.
+
+    `foreach=True` (the ensemble's choice on CUDA) runs each elementwise stage as one
+    multi-tensor kernel over every parameter instead of one kernel per parameter; it does the
+    same operations in the same order, so it is bit-identical to the loop on the CPU and equal up to
+    float rounding on CUDA (tests/train/test_optim_kernels.py). The CPU keeps the loop: it has no
+    multi-tensor kernels to gain from.
+    """
 
     def __init__(
-        self, params: dict[str, Tensor], weight_decay: dict[str, Tensor], betas: tuple[float, float], eps: float = 1e-8
+        self,
+        params: dict[str, Tensor],
+        weight_decay: dict[str, Tensor],
+        betas: tuple[float, float],
+        eps: float = 1e-8,
+        foreach: bool = False,
     ):
         self.params, self.weight_decay, self.betas, self.eps = params, weight_decay, betas, eps
+        self.foreach = foreach
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
         self.steps = 0
 
     @torch.no_grad()
     def step(self, lr: Float[Tensor, " member"]) -> None:
-        beta1, beta2 = self.betas
         self.steps += 1
-        bias1, bias2_sqrt = 1 - beta1**self.steps, (1 - beta2**self.steps) ** 0.5
+        (self._step_foreach if self.foreach else self._step_loop)(lr)
+
+    def _bias_corrections(self) -> tuple[float, float]:
+        beta1, beta2 = self.betas
+        return 1 - beta1**self.steps, (1 - beta2**self.steps) ** 0.5
+
+    def _step_loop(self, lr: Float[Tensor, " member"]) -> None:
+        beta1, beta2 = self.betas
+        bias1, bias2_sqrt = self._bias_corrections()
         for name, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
             p.mul_((1 - lr * self.weight_decay[name]).to(p.dtype).view(shape))
@@ -359,6 +395,28 @@ class StackedAdamW:
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
             p.sub_((lr / bias1).to(p.dtype).view(shape) * m / denom)
+
+    def _step_foreach(self, lr: Float[Tensor, " member"]) -> None:
+        """`_step_loop`, stage by stage over all parameters; only the per-member factors (decay,
+        step size) broadcast and so run per parameter."""
+        beta1, beta2 = self.betas
+        bias1, bias2_sqrt = self._bias_corrections()
+        names = list(self.params)
+        params = [self.params[n] for n in names]
+        grads = [_grad(p) for p in params]
+        m, v = [self.exp_avg[n] for n in names], [self.exp_avg_sq[n] for n in names]
+        shapes = [(-1,) + (1,) * (p.dim() - 1) for p in params]
+        for n, p, shape in zip(names, params, shapes):
+            p.mul_((1 - lr * self.weight_decay[n]).to(p.dtype).view(shape))
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        update = [(lr / bias1).to(p.dtype).view(shape) * m_p for p, shape, m_p in zip(params, shapes, m)]
+        torch._foreach_div_(update, denom)
+        torch._foreach_sub_(params, update)
 
     @torch.no_grad()
     def load_member(self, k: int, opt: torch.optim.Optimizer, model: torch.nn.Module) -> None:

@@ -41,8 +41,10 @@ from toylens.model import Transformer
 from toylens.run import RunDir
 from toylens.tasks import Task, build_task
 from toylens.tasks.base import Goal
+from toylens.train.batches import device_batches
 from toylens.train.callbacks import TrainCallback
 from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
+from toylens.train.compiled import check_compiler, compile_forward
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import SingleProcess, process_group
 from toylens.train.optim import build_optimizer, lr_at, set_lr
@@ -81,6 +83,7 @@ def train(
     task = build_task(cfg.task)
     cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)
     group = process_group(device)  # joins the torchrun process group when WORLD_SIZE > 1
+    check_compiler(cfg.train.compile, group.device)
     if group.device.type == "cpu":
         reuse_freed_memory()  # every step rebuilds the same large tensors; see toylens.memory
     path = Path(out) / cfg.name
@@ -154,6 +157,7 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.group = group or SingleProcess(self.device)
         self.net = self.group.wrap(model)  # DistributedDataParallel under torchrun; saved unwrapped
+        self.net = compile_forward(self.net, cfg.train.compile, self.device)  # train.compile; never saved
         self.callbacks = list(callbacks) if self.group.is_main else []
         self.data = task.splits[task.train_split]
         self.steps_per_epoch = math.ceil(len(self.data) / cfg.train.batch_size)
@@ -245,9 +249,10 @@ class Trainer:
         sums = torch.zeros(2, device=self.device)  # task loss, L1 penalty
         tokens, t0 = 0, time.perf_counter()
         steps = self.epoch_steps()
-        for i, idx in enumerate(order.split(self.cfg.train.batch_size)[:steps]):
-            batch, loss_weight, l1_weight = self.group.shard(self.data.batch(idx))
-            sums += self.step(batch.to(self.device), loss_weight, l1_weight)
+        indices = order.split(self.cfg.train.batch_size)[:steps]
+        shards = device_batches(indices, lambda idx: self.group.shard(self.data.batch(idx)), self.device)
+        for i, (idx, (batch, loss_weight, l1_weight)) in enumerate(zip(indices, shards)):
+            sums += self.step(batch, loss_weight, l1_weight)
             tokens += idx.numel() * self.cfg.model.n_ctx
             if self.state.step in self.log_steps:
                 self.check_finite(self.group.mean(sums))
