@@ -286,10 +286,15 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             wanted = opts.llc.get("checkpoint", "all")
             expected = len(run.checkpoints()) if wanted == "all" else len(wanted)
             assert len(estimates) == expected, f"{name}/{cfg.name}: LLC of {estimates}, expected {expected}"
+            if "development" in study.steps:
+                assert run.has("analysis/stages.json") and run.has("analysis/essential_dynamics.json")
+            for spec in opts.llc.get("restrict", []):
+                assert spec != "heads" or run.has(f"llc/restricted/l0h0/{resolve_one(run, 0).name}.json")
         assert (folder / "report_figures").is_dir() == (png == "--png")
         html = (folder / "report.html").read_text()
         for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
             assert section in html, f"{name}: report without {section}"
+        assert ('id="sec-development"' in html) == ("development" in study.steps), name
 
 
 @pytest.mark.parametrize(
@@ -315,6 +320,12 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             "quick.analyze.0.checkpoint 'all,3': all already names every checkpoint",
         ),
         ({"llc": {"checkpoint": "all", "checkpoints": "all"}}, "checkpoints is the old spelling of checkpoint"),
+        (
+            {"llc": {"restrict": "heads"}},
+            "quick.llc.restrict: expected a list of restrictions such as [heads] (got 'heads')",
+        ),
+        ({"development": {"n_probes": 8}}, "quick.development.n_probes: unknown key (did you mean 'n_probe'?)"),
+        ({"development": {"bandwidth": "wide"}}, "quick.development.bandwidth: expected float (got 'wide')"),
     ],
 )
 def test_step_options_are_checked_before_anything_runs(tmp_path, quick, message):

@@ -80,3 +80,13 @@ def test_development_saves_trajectory_and_stages(tiny_run):
     before = tiny_run.read_bytes(f"{ED_PATH}.json")
     development(tiny_run, n_probe=8, device="cpu")
     assert tiny_run.read_bytes(f"{ED_PATH}.json") == before
+
+
+def test_cli_development(tiny_run, toylens_main):
+    result = toylens_main("development", tiny_run.path, "--probe", "8", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    n = len(tiny_run.checkpoints())
+    assert f"essential dynamics of {n} checkpoints (PC1-3 explain" in result.stdout
+    assert "stages (Gaussian kernel average in u = log10(1 + step), bandwidth 0.1 decades):" in result.stdout
+    bad = toylens_main("development", tiny_run.path, "--probe", "0")
+    assert bad.exit_code == 2
