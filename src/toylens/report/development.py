@@ -29,6 +29,8 @@ from toylens.report.figures import LineFigure, Mark, Num, Section, Series, Table
 from toylens.run import RunDir
 
 HEAD_SCORES = ("induction", "previous_token")
+# Palette colours of the stage-boundary dots on the trajectory, by kind (runs take 0, 1, ...).
+KIND_COLORS = {"fastest rise": 2, "fastest drop": 3, "peak": 4, "trough": 5, "plateau end": 6, "plateau start": 7}
 _HEAD = re.compile(r"l(\d+)h(\d+)$")
 
 
@@ -181,7 +183,12 @@ def _dynamics_blocks(dyn: list[tuple[int, RunResults, EssentialDynamics]], x_ran
         for b in bounds:  # one dot each, on the trajectory
             j = at.get(b["checkpoint"], _nearest(ed.steps, b["step"]))
             traj.append(
-                Series(f"{r.label}: {b['curve']} {b['kind']} (step {b['step']})", [pc[j][0]], [pc[j][1]], color=i)
+                Series(
+                    f"{r.label}: {b['curve']} {b['kind']} (step {b['step']})",
+                    [pc[j][0]],
+                    [pc[j][1]],
+                    color=KIND_COLORS.get(b["kind"], 8),
+                )
             )
     if traj:
         blocks.append(
@@ -193,7 +200,7 @@ def _dynamics_blocks(dyn: list[tuple[int, RunResults, EssentialDynamics]], x_ran
                 traj,
                 guide="Each point is one checkpoint's log-probs on the fixed probe set, projected on the two "
                 "directions along which they change most over training (share of the variance in the legend); "
-                "single points are the stage boundaries.",
+                "single dots, coloured by kind, are the stage boundaries.",
             )
         )
     for c in range(min(3, min(ed.projections.shape[1] for _, _, ed in dyn))):
