@@ -288,8 +288,8 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             assert len(estimates) == expected, f"{name}/{cfg.name}: LLC of {estimates}, expected {expected}"
             if "development" in study.steps:
                 assert run.has("analysis/stages.json") and run.has("analysis/essential_dynamics.json")
-            for spec in opts.llc.get("restrict", []):
-                assert spec != "heads" or run.has(f"llc/restricted/l0h0/{resolve_one(run, 0).name}.json")
+            if opts.llc.get("restrict"):  # the induction study: the refined LLC of every head
+                assert run.has(f"llc/restricted/l0h0/{resolve_one(run, 0).name}.json")
         assert (folder / "report_figures").is_dir() == (png == "--png")
         html = (folder / "report.html").read_text()
         for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
@@ -322,8 +322,10 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
         ({"llc": {"checkpoint": "all", "checkpoints": "all"}}, "checkpoints is the old spelling of checkpoint"),
         (
             {"llc": {"restrict": "heads"}},
-            "quick.llc.restrict: expected a list of restrictions such as [heads] (got 'heads')",
+            "quick.llc.restrict: expected a list of restrictions such as [heads], or",
         ),
+        ({"llc": {"restrict": {"specs": ["heads"], "drawz": 5}}}, "quick.llc.restrict: drawz"),
+        ({"llc": {"restrict": {"specs": ["heads"], "checkpoint": "1,,2"}}}, "quick.llc.restrict.checkpoint '1,,2'"),
         ({"development": {"n_probes": 8}}, "quick.development.n_probes: unknown key (did you mean 'n_probe'?)"),
         ({"development": {"bandwidth": "wide"}}, "quick.development.bandwidth: expected float (got 'wide')"),
     ],

@@ -65,8 +65,10 @@ class StudySize(Section):
     """The LLC step: "checkpoint" (which checkpoints, as `toylens llc --checkpoint`: all (the
     default), final, [0, 1, 2], ...; "checkpoints" is its deprecated spelling), "calibrate" (keyword
     arguments of the sampler calibration such as epsilons and gammas, or false to use the settings
-    as given), "restrict" (a list of restrictions, as `toylens llc --restrict`: also the refined LLC
-    of each, e.g. [heads], over the same checkpoints), and any LLC setting (chains, draws, burnin, ...)."""
+    as given), "restrict" (also the refined LLC of each restriction, as `toylens llc --restrict`: a
+    list such as [heads], over the same checkpoints with the same settings, or a mapping {specs:
+    [heads], checkpoint: ..., and LLC settings that differ from the whole model's}), and any LLC
+    setting (chains, draws, burnin, ...)."""
     development: dict[str, Any] = {}
     """The development step (`toylens development`): n_probe, seed, bandwidth."""
 
@@ -280,8 +282,10 @@ def step_llc(ctx: Context, cfg: RunConfig) -> str:
     warned = sum(bool(r.get("warnings")) for r in results.values())
     status = f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
     if restrict:
+        own = dict(restrict) if isinstance(restrict, dict) else {"specs": restrict}
+        specs, where = own.pop("specs"), own.pop("checkpoint", checkpoint)
         refined = restricted_llc(
-            run, restrict, checkpoint, settings=load_settings(run, options), device=ctx.device, progress=ctx.progress
+            run, specs, where, settings=load_settings(run, {**options, **own}), device=ctx.device, progress=ctx.progress
         )
         status += f"; refined LLC of {len(refined)} restrictions"
     return status
@@ -333,9 +337,16 @@ def check_step_options(opts: StudySize, where: str) -> None:
             raise ToylensError(f"{where}.llc.calibrate: expected false or a mapping of {', '.join(CALIBRATE_OPTIONS)}")
         _known_keys(calibration, CALIBRATE_OPTIONS, f"{where}.llc.calibrate")
     restrict = llc.pop("restrict", [])
-    if not isinstance(restrict, list) or not all(isinstance(r, str) for r in restrict):
-        raise ToylensError(f"{where}.llc.restrict: expected a list of restrictions such as [heads] (got {restrict!r})")
+    own = dict(restrict) if isinstance(restrict, dict) else {"specs": restrict}
+    specs = own.pop("specs", None)
+    if not isinstance(specs, list) or not all(isinstance(r, str) for r in specs):
+        raise ToylensError(
+            f"{where}.llc.restrict: expected a list of restrictions such as [heads], or a mapping with specs: "
+            f"[heads] (got {restrict!r})"
+        )
+    items(own.pop("checkpoint", ALL), f"{where}.llc.restrict.checkpoint")
     validate_settings(llc, f"{where}.llc")
+    validate_settings({**llc, **own}, f"{where}.llc.restrict")
     _known_keys(opts.development, tuple(DEVELOPMENT_OPTIONS), f"{where}.development")
     for key, value in opts.development.items():
         kind = DEVELOPMENT_OPTIONS[key]
