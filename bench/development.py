@@ -5,7 +5,7 @@
 
 Prints, for the run's heads: the refined LLC (RUN/llc/restricted/<head>/) just before the phase
 change and after it, and their ratio; the heads ranked by that rise, beside each head's final
-induction score (head_scores/repeated at the last analysed checkpoint); and the step where the
+induction and previous-token scores (head_scores/repeated at the last analysed checkpoint); and the step where the
 largest induction score first exceeds 0.3 against the nearest stage boundary (analysis/stages.json),
 counted in checkpoints. "Before" is the last refined-LLC checkpoint before that step, "after" the
 first one at or past it ("rise") and the last one ("rise to end").
@@ -28,14 +28,14 @@ THRESHOLD = 0.3
 INDUCTION_HEAD = 0.4
 
 
-def induction_over_training(run: RunDir) -> list[tuple[str, int, list[list[float]]]]:
+def scores_over_training(run: RunDir, score: str = "induction") -> list[tuple[str, int, list[list[float]]]]:
     out = []
     for c in run.checkpoints():
         rel = f"analysis/{c.name}/head_scores/repeated"
         if has_result(run, rel):
             r = load_result(run, rel)
             assert isinstance(r, HeadScores)
-            out.append((c.name, c.step, r.scores["induction"].tolist()))
+            out.append((c.name, c.step, r.scores[score].tolist()))
     return out
 
 
@@ -43,7 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     run = RunDir(parser.parse_args().run)
-    scores = induction_over_training(run)
+    scores = scores_over_training(run)
+    prev = scores_over_training(run, "previous_token")[-1][2]
     crossing = next((step for _, step, s in scores if max(max(row) for row in s) > THRESHOLD), None)
     final = scores[-1][2]
     print(f"max induction score first > {THRESHOLD} at step {crossing}")
@@ -56,22 +57,30 @@ def main() -> None:
         if not before or not after:
             continue
         b, a, end = before[-1], after[0], ests[-1]
-        rows.append((end["llc"] / b["llc"], a["llc"] / b["llc"], name, layer, final[layer][head], b, a, end))
+        rows.append(
+            (end["llc"] / b["llc"], a["llc"] / b["llc"], name, layer, final[layer][head], b, a, end, prev[layer][head])
+        )
     rows.sort(key=lambda r: -r[0])
-    print(f"{'head':6s} {'induction':>9s} {'λ̂ before':>10s} {'λ̂ after':>10s} {'λ̂ end':>8s} {'rise':>6s} {'to end':>7s}")
-    for to_end, rise, name, _, score, b, a, end in rows:
+    print(
+        f"{'head':6s} {'induction':>9s} {'prev-tok':>8s} {'λ̂ before':>10s} {'λ̂ after':>10s} {'λ̂ end':>8s}"
+        f" {'rise':>6s} {'to end':>7s}"
+    )
+    for to_end, rise, name, _, score, b, a, end, p in rows:
         print(
-            f"{name:6s} {score:9.3f} {b['llc']:10.3f} {a['llc']:10.3f} {end['llc']:8.3f} {rise:6.2f} {to_end:7.2f}"
+            f"{name:6s} {score:9.3f} {p:8.3f} {b['llc']:10.3f} {a['llc']:10.3f} {end['llc']:8.3f}"
+            f" {rise:6.2f} {to_end:7.2f}"
             f"   ({b['checkpoint']} -> {a['checkpoint']} -> {end['checkpoint']})"
         )
     heads = [r for r in rows if r[4] > INDUCTION_HEAD]
     others = [r for r in rows if r[4] <= INDUCTION_HEAD]
     if heads and others:
         for key, label in ((1, "rise"), (0, "rise to end")):
-            separated = min(r[key] for r in heads) > max(r[key] for r in others)
+            above = min(r[key] for r in heads) > max(r[key] for r in others)
+            below = max(r[key] for r in heads) < min(r[key] for r in others)
+            verdict = "all rank above" if above else "all rank BELOW" if below else "are mixed with"
             print(
                 f"by {label}: heads with induction > {INDUCTION_HEAD} ({', '.join(r[2] for r in heads)}) "
-                f"{'all rank above' if separated else 'do NOT all rank above'} the rest "
+                f"{verdict} the rest "
                 f"(lowest of them {min(r[key] for r in heads):.2f}, highest other {max(r[key] for r in others):.2f}); "
                 f"layer-0 max {max((r[key] for r in rows if r[3] == 0), default=float('nan')):.2f}"
             )

@@ -372,7 +372,8 @@ def reproduce(
         True, "--png/--no-png", help="Also write the report's figures as PNG files (needs matplotlib)."
     ),
 ) -> None:
-    """Reproduce a study end to end: train -> analyze -> llc -> report. Rerunning skips what is done."""
+    """Reproduce a study end to end: train -> analyze -> llc -> development (where a study lists it) -> report.
+    Rerunning skips what is done."""
     from toylens.reproduce import reproduce as api_reproduce
 
     if smoke and quick is False:
