@@ -17,16 +17,16 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from toylens.analysis.development import ED_PATH, STAGES_PATH, EssentialDynamics, Stages
-from toylens.analysis.results import has_result
-from toylens.llc import read_restricted
 from toylens.report.analysis import with_analysis
 from toylens.report.collect import RunResults
-from toylens.report.dynamics import _head_series
+from toylens.report.dynamics import head_series
 from toylens.report.figures import LineFigure, Mark, Num, Section, Series, Table
 from toylens.run import RunDir
+
+if TYPE_CHECKING:  # imported when reading, so that the report module loads without the analysis package
+    from toylens.analysis.development import EssentialDynamics, Stages
 
 HEAD_SCORES = ("induction", "previous_token")
 # Palette colours of the stage-boundary dots on the trajectory, by kind (runs take 0, 1, ...).
@@ -44,6 +44,10 @@ class DevelopmentResults:
 
 def read_development(run: RunDir, checkpoints: list[str]) -> DevelopmentResults | None:
     """The run's development results, or None when it has none of them."""
+    from toylens.analysis.development import ED_PATH, STAGES_PATH, EssentialDynamics, Stages
+    from toylens.analysis.results import has_result
+    from toylens.llc import read_restricted
+
     restricted = {k: v for k, v in read_restricted(run).items() if v}
     dynamics = EssentialDynamics.load(run, ED_PATH) if has_result(run, ED_PATH) else None
     stages = Stages.load(run, STAGES_PATH) if has_result(run, STAGES_PATH) else None
@@ -236,7 +240,7 @@ def _head_score_figures(runs: list[RunResults], x_range: list[int]) -> list[Line
     have = with_analysis(runs)
     figures = []
     for score in HEAD_SCORES:
-        series = _head_series(have, "head_scores/repeated", score)
+        series = head_series(have, "head_scores/repeated", score)
         if series and any(len(s.x) > 1 for s in series):
             figures.append(
                 LineFigure(
