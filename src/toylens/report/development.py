@@ -171,42 +171,8 @@ def _head_llc_figures(have: list[tuple[int, RunResults, DevelopmentResults]], x_
 
 
 def _dynamics_blocks(dyn: list[tuple[int, RunResults, EssentialDynamics]], x_range: list[int]) -> list[Any]:
-    blocks: list[Any] = []
-    traj = []
-    for i, r, ed in dyn:
-        if ed.projections.shape[1] < 2:
-            continue
-        pc = ed.projections.tolist()
-        var = ed.explained_variance.tolist()
-        traj.append(
-            Series(f"{r.label} (PC1 {var[0]:.0%}, PC2 {var[1]:.0%})", [p[0] for p in pc], [p[1] for p in pc], color=i)
-        )
-        at = {n: j for j, n in enumerate(ed.checkpoints)}
-        found = development_of(r)
-        bounds = found.stages.boundaries if found is not None and found.stages is not None else []
-        for b in bounds:  # one dot each, on the trajectory
-            j = at.get(b["checkpoint"], _nearest(ed.steps, b["step"]))
-            traj.append(
-                Series(
-                    f"{r.label}: {b['curve']} {b['kind']} (step {b['step']})",
-                    [pc[j][0]],
-                    [pc[j][1]],
-                    color=KIND_COLORS.get(b["kind"], 8),
-                )
-            )
-    if traj:
-        blocks.append(
-            LineFigure(
-                "essential-dynamics",
-                "Essential dynamics: the trajectory in PC1 and PC2",
-                "PC1",
-                "PC2",
-                traj,
-                guide="Each point is one checkpoint's log-probs on the fixed probe set, projected on the two "
-                "directions along which they change most over training (share of the variance in the legend); "
-                "single dots, coloured by kind, are the stage boundaries.",
-            )
-        )
+    """The trajectory in PC1-PC2, each of the first 3 PCs over training, the explained variance."""
+    blocks: list[Any] = [fig] if (fig := _trajectory(dyn)) else []
     for c in range(min(3, min(ed.projections.shape[1] for _, _, ed in dyn))):
         series = [Series(r.label, _steps(ed), [row[c] for row in ed.projections.tolist()], color=i) for i, r, ed in dyn]
         blocks.append(
@@ -220,10 +186,10 @@ def _dynamics_blocks(dyn: list[tuple[int, RunResults, EssentialDynamics]], x_ran
                 x_range=list(x_range),
             )
         )
-    rows = [
-        [r.label, ed.probe, ed.outputs, ed.n_features, *[float(v) for v in ed.explained_variance[:3].tolist()]]
-        for _, r, ed in dyn
-    ]
+    rows = []
+    for _, r, ed in dyn:
+        shares: list[float | None] = [float(v) for v in ed.explained_variance[:3].tolist()]
+        rows.append([r.label, ed.probe, ed.outputs, ed.n_features, *(shares + [None] * 3)[:3]])
     blocks.append(
         Table(
             "essential-dynamics-variance",
@@ -234,6 +200,37 @@ def _dynamics_blocks(dyn: list[tuple[int, RunResults, EssentialDynamics]], x_ran
         )
     )
     return blocks
+
+
+def _trajectory(dyn: list[tuple[int, RunResults, EssentialDynamics]]) -> LineFigure | None:
+    """PC2 against PC1, a line per run through its checkpoints, a dot per stage boundary."""
+    traj = []
+    for i, r, ed in dyn:
+        if ed.projections.shape[1] < 2:
+            continue
+        pc = ed.projections.tolist()
+        var = ed.explained_variance.tolist()
+        traj.append(
+            Series(f"{r.label} (PC1 {var[0]:.0%}, PC2 {var[1]:.0%})", [p[0] for p in pc], [p[1] for p in pc], color=i)
+        )
+        at = {n: j for j, n in enumerate(ed.checkpoints)}
+        found = development_of(r)
+        for b in found.stages.boundaries if found is not None and found.stages is not None else []:
+            j = at.get(b["checkpoint"], _nearest(ed.steps, b["step"]))
+            name = f"{r.label}: {b['curve']} {b['kind']} (step {b['step']})"
+            traj.append(Series(name, [pc[j][0]], [pc[j][1]], color=KIND_COLORS.get(b["kind"], 8)))
+    if not traj:
+        return None
+    return LineFigure(
+        "essential-dynamics",
+        "Essential dynamics: the trajectory in PC1 and PC2",
+        "PC1",
+        "PC2",
+        traj,
+        guide="Each point is one checkpoint's log-probs on the fixed probe set, projected on the two "
+        "directions along which they change most over training (share of the variance in the legend); "
+        "single dots, coloured by kind, are the stage boundaries.",
+    )
 
 
 def _head_score_figures(runs: list[RunResults], x_range: list[int]) -> list[LineFigure]:
