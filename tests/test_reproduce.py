@@ -280,16 +280,22 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
                 f
                 for f in files
                 if f.startswith("llc/")
+                and not f.startswith("llc/restricted/")  # the refined LLC, checked below
                 and f.endswith(".json")
                 and f not in ("llc/settings.json", "llc/calibration.json")
             ]
             wanted = opts.llc.get("checkpoint", "all")
             expected = len(run.checkpoints()) if wanted == "all" else len(wanted)
             assert len(estimates) == expected, f"{name}/{cfg.name}: LLC of {estimates}, expected {expected}"
+            if "development" in study.steps:
+                assert run.has("analysis/stages.json") and run.has("analysis/essential_dynamics.json")
+            if opts.llc.get("restrict"):  # the induction study: the refined LLC of every head
+                assert run.has(f"llc/restricted/l0h0/{resolve_one(run, 0).name}.json")
         assert (folder / "report_figures").is_dir() == (png == "--png")
         html = (folder / "report.html").read_text()
         for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
             assert section in html, f"{name}: report without {section}"
+        assert ('id="sec-development"' in html) == ("development" in study.steps), name
 
 
 @pytest.mark.parametrize(
@@ -315,6 +321,14 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             "quick.analyze.0.checkpoint 'all,3': all already names every checkpoint",
         ),
         ({"llc": {"checkpoint": "all", "checkpoints": "all"}}, "checkpoints is the old spelling of checkpoint"),
+        (
+            {"llc": {"restrict": "heads"}},
+            "quick.llc.restrict: expected a list of restrictions such as [heads], or",
+        ),
+        ({"llc": {"restrict": {"specs": ["heads"], "drawz": 5}}}, "quick.llc.restrict: drawz"),
+        ({"llc": {"restrict": {"specs": ["heads"], "checkpoint": "1,,2"}}}, "quick.llc.restrict.checkpoint '1,,2'"),
+        ({"development": {"n_probes": 8}}, "quick.development.n_probes: unknown key (did you mean 'n_probe'?)"),
+        ({"development": {"bandwidth": "wide"}}, "quick.development.bandwidth: expected float (got 'wide')"),
     ],
 )
 def test_step_options_are_checked_before_anything_runs(tmp_path, quick, message):

@@ -276,6 +276,30 @@ def analyze(
 
 @app.command()
 @user_errors
+def development(
+    run: Path = typer.Argument(..., help="Run directory."),
+    probe: int = typer.Option(32, "--probe", min=1, help="Evaluation examples in the fixed probe set."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the probe set's draw from the evaluation split."),
+    bandwidth: float = typer.Option(
+        0.1, "--bandwidth", min=0.0, help="Gaussian smoothing of the curves, in decades of (1 + step)."
+    ),
+    device: str = DeviceOption,
+) -> None:
+    """Essential dynamics (PCA of the log-probs on a fixed probe set at every checkpoint) into
+    RUN/analysis/essential_dynamics, then the stage boundaries of the probe loss and (after `toylens llc`)
+    the LLC curve into RUN/analysis/stages.json."""
+    from toylens.analysis.development import development as api_development
+
+    ed, stages = api_development(run, n_probe=probe, seed=seed, bandwidth=bandwidth, device=device)
+    share = ", ".join(f"{v:.1%}" for v in ed.explained_variance[:3].tolist())
+    typer.echo(f"{run}/analysis: essential dynamics of {len(ed.checkpoints)} checkpoints (PC1-3 explain {share})")
+    typer.echo(f"stages ({stages.smoothing}):")
+    for b in stages.boundaries:
+        typer.echo(f"  {b['curve']:12s} {b['kind']:14s} {b['checkpoint']:14s} step {b['step']}")
+
+
+@app.command()
+@user_errors
 def export(
     run: Path = typer.Argument(..., help="Run directory."),
     to: str = typer.Option(..., "--to", help="Target format: transformer-lens."),
@@ -348,7 +372,8 @@ def reproduce(
         True, "--png/--no-png", help="Also write the report's figures as PNG files (needs matplotlib)."
     ),
 ) -> None:
-    """Reproduce a study end to end: train -> analyze -> llc -> report. Rerunning skips what is done."""
+    """Reproduce a study end to end: train -> analyze -> llc -> development (where a study lists it) -> report.
+    Rerunning skips what is done."""
     from toylens.reproduce import reproduce as api_reproduce
 
     if smoke and quick is False:

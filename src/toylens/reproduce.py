@@ -1,4 +1,4 @@
-"""One command per reference study: train -> analyze -> llc -> report, resumable.
+"""One command per reference study: train -> analyze -> llc -> development -> report, resumable.
 
     toylens reproduce sorting-weight-decay --quick      # minutes on a laptop CPU
     toylens reproduce induction-heads --full --device cuda
@@ -7,7 +7,7 @@
 
 A study is data: a YAML file in `configs/studies/` listing its run configs (paths relative to the
 study file), the pipeline steps, and the overrides of its `quick` and `full` sizes (config `--set`
-overrides for every run, keyword arguments for the analysis and LLC steps). The orchestration
+overrides for every run, keyword arguments for the analysis, LLC and development steps). The orchestration
 here is generic: each step is skipped when its results exist, so a rerun after an interruption
 continues where it stopped (training resumes from its last epoch checkpoint). Runs go to
 `OUT/<study>/<run>` (`OUT/<study>-quick/<run>` for --quick, `-smoke` for --smoke, so the sizes
@@ -38,7 +38,7 @@ from toylens.errors import ToylensError
 
 log = logging.getLogger("toylens")
 
-StepName = Literal["train", "analyze", "llc", "report"]
+StepName = Literal["train", "analyze", "llc", "development", "report"]
 Size = Literal["quick", "full", "smoke"]
 STUDIES_DIR = "studies"
 
@@ -65,7 +65,12 @@ class StudySize(Section):
     """The LLC step: "checkpoint" (which checkpoints, as `toylens llc --checkpoint`: all (the
     default), final, [0, 1, 2], ...; "checkpoints" is its deprecated spelling), "calibrate" (keyword
     arguments of the sampler calibration such as epsilons and gammas, or false to use the settings
-    as given), and any LLC setting (chains, draws, burnin, ...)."""
+    as given), "restrict" (also the refined LLC of each restriction, as `toylens llc --restrict`: a
+    list such as [heads], over the same checkpoints with the same settings, or a mapping {specs:
+    [heads], checkpoint: ..., and LLC settings that differ from the whole model's}), and any LLC
+    setting (chains, draws, burnin, ...)."""
+    development: dict[str, Any] = {}
+    """The development step (`toylens development`): n_probe, seed, bandwidth."""
 
     @field_validator("llc")
     @classmethod
@@ -201,7 +206,7 @@ def size_options(study: Study, path: Path, size: Size) -> StudySize:
     llc = {**quick.llc, **smoke.llc}
     if isinstance(quick.llc.get("calibrate"), dict) and isinstance(smoke.llc.get("calibrate"), dict):
         llc["calibrate"] = {**quick.llc["calibrate"], **smoke.llc["calibrate"]}
-    return StudySize(set=[*quick.set, *smoke.set], analyze=analyze, llc=llc)
+    return StudySize(set=[*quick.set, *smoke.set], analyze=analyze, llc=llc, development=quick.development)
 
 
 def run_configs(study: Study, path: Path, size: Size) -> list[RunConfig]:
@@ -261,24 +266,42 @@ def step_analyze(ctx: Context, cfg: RunConfig) -> str:
 
 def step_llc(ctx: Context, cfg: RunConfig) -> str:
     """Calibrate the sampler for this run (once), then the LLC of the chosen checkpoints (done ones skipped)."""
-    from toylens.llc import calibrate, llc_over_checkpoints, load_settings
+    from toylens.llc import calibrate, llc_over_checkpoints, load_settings, restricted_llc
     from toylens.run import RunDir
 
     run = RunDir(ctx.folder / cfg.name)
     options = dict(ctx.size.llc)
     checkpoint = options.pop("checkpoint", "all")
     calibration = options.pop("calibrate", {})
+    restrict = options.pop("restrict", None)
     if calibration is not False and not run.has("llc/calibration.json"):
         calibrate(run, settings=load_settings(run, options), device=ctx.device, progress=ctx.progress, **calibration)
     results = llc_over_checkpoints(
         run, checkpoint, settings=load_settings(run, options), device=ctx.device, progress=ctx.progress
     )
     warned = sum(bool(r.get("warnings")) for r in results.values())
-    return f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
+    status = f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
+    if restrict:
+        own = dict(restrict) if isinstance(restrict, dict) else {"specs": restrict}
+        specs, where = own.pop("specs"), own.pop("checkpoint", checkpoint)
+        refined = restricted_llc(
+            run, specs, where, settings=load_settings(run, {**options, **own}), device=ctx.device, progress=ctx.progress
+        )
+        status += f"; refined LLC of {len(refined)} restrictions"
+    return status
+
+
+def step_development(ctx: Context, cfg: RunConfig) -> str:
+    """Essential dynamics over every checkpoint, then the stage boundaries of the loss and LLC curves."""
+    from toylens.analysis.development import development
+
+    _, stages = development(ctx.folder / cfg.name, device=ctx.device, **ctx.size.development)
+    return f"{len(stages.boundaries)} stage boundaries"
 
 
 ANALYZE_OPTIONS = ("checkpoint", "only", "settings")
 CALIBRATE_OPTIONS = ("epsilons", "gammas")
+DEVELOPMENT_OPTIONS = {"n_probe": int, "seed": int, "bandwidth": float}
 
 
 def check_step_options(opts: StudySize, where: str) -> None:
@@ -313,7 +336,22 @@ def check_step_options(opts: StudySize, where: str) -> None:
         if not isinstance(calibration, dict):
             raise ToylensError(f"{where}.llc.calibrate: expected false or a mapping of {', '.join(CALIBRATE_OPTIONS)}")
         _known_keys(calibration, CALIBRATE_OPTIONS, f"{where}.llc.calibrate")
+    restrict = llc.pop("restrict", [])
+    own = dict(restrict) if isinstance(restrict, dict) else {"specs": restrict}
+    specs = own.pop("specs", None)
+    if not isinstance(specs, list) or not all(isinstance(r, str) for r in specs):
+        raise ToylensError(
+            f"{where}.llc.restrict: expected a list of restrictions such as [heads], or a mapping with specs: "
+            f"[heads] (got {restrict!r})"
+        )
+    items(own.pop("checkpoint", ALL), f"{where}.llc.restrict.checkpoint")
     validate_settings(llc, f"{where}.llc")
+    validate_settings({**llc, **own}, f"{where}.llc.restrict")
+    _known_keys(opts.development, tuple(DEVELOPMENT_OPTIONS), f"{where}.development")
+    for key, value in opts.development.items():
+        kind = DEVELOPMENT_OPTIONS[key]
+        if type(value) is not kind and not (kind is float and type(value) is int):
+            raise ToylensError(f"{where}.development.{key}: expected {kind.__name__} (got {value!r})")
 
 
 def _known_keys(options: dict[str, Any], known: tuple[str, ...], where: str) -> None:
@@ -326,6 +364,7 @@ STEPS: dict[str, Callable[[Context, RunConfig], str]] = {
     "train": step_train,
     "analyze": step_analyze,
     "llc": step_llc,
+    "development": step_development,
 }
 
 

@@ -16,6 +16,7 @@ import pytest
 from report_runs import make_run
 
 import toylens
+from toylens.analysis.development import development
 from toylens.analysis.driver import analyze
 from toylens.llc import LLCSettings, llc_over_checkpoints
 
@@ -88,6 +89,7 @@ def report_page(browser, tmp_path_factory):
     for run in runs:
         analyze(run, "all", progress=False)
     llc_over_checkpoints(runs[0], "all", settings=LLCSettings(chains=2, draws=20, burnin=10), progress=False)
+    development(runs[0], n_probe=8, device="cpu")  # stages of its loss and LLC: marks on every chart over steps
     result = toylens.report(runs, out / "report.html", png=False)
     page = Page(browser, result.path)
     yield result, page
@@ -108,6 +110,7 @@ def test_every_section_and_figure_is_drawn(report_page):
         "sparsity",
         "llc",
         "head-scores",
+        "development",
         "attention",
         "circuits",
         "composition",
@@ -126,6 +129,16 @@ def test_every_section_and_figure_is_drawn(report_page):
     assert n_figures >= 5
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)
+
+
+def test_stage_boundaries_are_drawn_on_charts_over_steps(report_page):
+    result, page = report_page
+    p = page.page
+    assert p.locator("#fig-train-loss svg line.mark").count() >= 1
+    assert p.locator("#fig-essential-dynamics-pc1 svg line.mark").count() >= 1
+    assert p.locator("#fig-essential-dynamics svg line.mark").count() == 0  # its x axis is PC1, not steps
+    title = p.eval_on_selector("#fig-train-loss svg line.mark title", "t => t.textContent")
+    assert title.startswith("mlp-1L, step ")
 
 
 def test_hover_shows_values(report_page):

@@ -33,6 +33,7 @@ from toylens.errors import ToylensError
 from toylens.report.analysis import analysis_summary_rows, read_analysis
 from toylens.report.circuit_graph import circuit_graph_section
 from toylens.report.collect import Reader, RunResults, collect_runs
+from toylens.report.development import development_section, mark_stages, read_development
 from toylens.report.dynamics import head_scores_section, sparsity_section, trajectory_section
 from toylens.report.figures import Code, Section
 from toylens.report.html import render_html
@@ -103,7 +104,7 @@ def report(
 
 
 # Results of later pipeline stages, read when a run has them (RunResults.extras[key]).
-READERS: dict[str, Reader] = {"analysis": read_analysis, "llc": read_llc}
+READERS: dict[str, Reader] = {"analysis": read_analysis, "llc": read_llc, "development": read_development}
 
 # Section builders after the summary, in page order; each returns None when no run has its results.
 BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
@@ -112,6 +113,7 @@ BUILDERS: list[Callable[[list[RunResults]], Section | None]] = [
     sparsity_section,
     llc_section,
     head_scores_section,
+    development_section,
     attention_section,
     text_heads_section,
     circuits_section,
@@ -129,6 +131,7 @@ def build_sections(runs: list[RunResults], sweeps: Sequence[SweepSummary] = ()) 
     extra = analysis_summary_rows(runs) + text_heads_summary_rows(runs) + llc_summary_rows(runs)
     summary = summary_section(runs, extra_rows=extra)
     sections = [s for s in (build(runs) for build in BUILDERS) if s is not None]
+    mark_stages(sections, runs)  # every run's stage boundaries on every chart over steps
     sweep = sweep_section(list(sweeps))
     return [summary, *([sweep] if sweep else []), *sections, configs_section(runs)]
 

@@ -26,7 +26,7 @@ def head_scores_section(runs: list[RunResults]) -> Section | None:
             {k for _, _, a in have for c in a.checkpoints if rel in c.results for k in c.results[rel].scores}
         )
         for score in scores:
-            series = _head_series(have, rel, score)
+            series = head_series(have, rel, score)
             if series:
                 figures.append(
                     LineFigure(
@@ -53,7 +53,7 @@ def head_scores_section(runs: list[RunResults]) -> Section | None:
     )
 
 
-def _head_series(have: list[tuple[int, RunResults, AnalysisResults]], rel: str, score: str) -> list[Series]:
+def head_series(have: list[tuple[int, RunResults, AnalysisResults]], rel: str, score: str) -> list[Series]:
     """One line per (run, head); colour by run and line style by head when heads are few."""
     out = []
     for i, run, a in have:

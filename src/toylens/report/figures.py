@@ -35,6 +35,16 @@ class Series:
 
 
 @dataclass
+class Mark:
+    """A vertical line across a chart at x, e.g. a stage boundary; its label shows on hover."""
+
+    x: Num
+    label: str
+    color: int = 0
+    """Palette index, as Series.color (the run's colour)."""
+
+
+@dataclass
 class LineFigure:
     id: str
     title: str
@@ -48,6 +58,10 @@ class LineFigure:
     """Names of the x positions 0, 1, 2 ... for a categorical x axis (e.g. layers)."""
     small: bool = False
     """Drawn smaller, for grids of many related charts."""
+    marks: list[Mark] = field(default_factory=list)
+    """Vertical lines (stage boundaries on a step axis)."""
+    x_range: list[Num] | None = None
+    """[min, max] of the x axis (so that charts share a time axis); None: the data's range."""
     kind: str = "lines"
 
 

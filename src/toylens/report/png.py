@@ -113,6 +113,11 @@ def draw_lines(ax: Axes, spec: LineFigure) -> None:
             capsize=2 if err else 0,
             label=s.name,
         )
+    for mark in spec.marks:
+        if not (spec.log_x and mark.x <= 0):
+            ax.axvline(mark.x, color=PALETTE[mark.color % len(PALETTE)], linestyle=":", linewidth=1, alpha=0.8)
+    if spec.x_range and not (spec.log_x and spec.x_range[0] <= 0):
+        ax.set_xlim(spec.x_range[0], spec.x_range[1])
     ax.set_title(spec.title, fontsize=11)
     ax.set_xlabel(spec.x_label)
     ax.set_ylabel(spec.y_label)

@@ -115,6 +115,7 @@
       if (!frame) { el("p", "fig-guide", holder).textContent = "(no values to show)"; return; }
       var plot = svg("svg", { width: frame.W, height: frame.H, viewBox: "0 0 " + frame.W + " " + frame.H, role: "img" }, holder);
       drawAxes(plot, frame, fig, state);
+      drawMarks(plot, frame, fig, state);
       var drawn = [];
       fig.series.forEach(function (s, i) { drawn = drawn.concat(drawSeries(plot, frame, s, visible[i], state)); });
       attachHover(plot, frame, fig, drawn);
@@ -144,6 +145,7 @@
     f.y0 = Math.min.apply(null, all.map(function (p) { return p[1] - p[2]; }));
     f.y1 = Math.max.apply(null, all.map(function (p) { return p[1] + p[2]; }));
     if (state.logY) f.y0 = Math.max(f.y0, Math.min.apply(null, all.map(function (p) { return p[1]; })) / 2);
+    if (fig.x_range && !(state.logX && fig.x_range[0] <= 0)) { f.x0 = fig.x_range[0]; f.x1 = fig.x_range[1]; }
     if (f.x1 === f.x0) { f.x0 -= 1; f.x1 += 1; }
     if (f.y1 === f.y0) { f.y0 -= Math.abs(f.y0) * 0.1 + 0.5; f.y1 += Math.abs(f.y1) * 0.1 + 0.5; }
     if (!state.logY) { var pad = (f.y1 - f.y0) * 0.05; f.y0 -= pad; f.y1 += pad; }
@@ -172,6 +174,17 @@
     svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, axis).textContent = fig.x_label;
     svg("text", { x: 12, y: (m.t + H - m.b) / 2, "text-anchor": "middle",
                   transform: "rotate(-90 12 " + (m.t + H - m.b) / 2 + ")" }, axis).textContent = fig.y_label;
+  }
+
+  /* Vertical dashed lines at fig.marks (stage boundaries), each with its label as a tooltip. */
+  function drawMarks(plot, f, fig, state) {
+    (fig.marks || []).forEach(function (mk) {
+      if (mk.x < f.x0 || mk.x > f.x1 || (state.logX && mk.x <= 0)) return;
+      var X = f.sx(mk.x);
+      var line = svg("line", { x1: X, x2: X, y1: f.m.t, y2: f.H - f.m.b, stroke: color(mk.color), "stroke-width": 1,
+                               "stroke-dasharray": "2,3", opacity: 0.8, "class": "mark" }, plot);
+      svg("title", {}, line).textContent = mk.label;
+    });
   }
 
   /* One series: error bars, the line, and dots when there are few points; returns its points in pixels. */

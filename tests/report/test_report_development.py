@@ -1,0 +1,85 @@
+"""The Development section: built from a tiny run's refined LLC per head, essential dynamics,
+stages and head scores over training; stage boundaries marked on every chart over steps; and one
+sentence, not an error, for each part a run lacks."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_config
+
+from toylens.analysis import analyze
+from toylens.analysis.development import development
+from toylens.llc import LLCSettings, llc_over_checkpoints, restricted_llc
+from toylens.report import build_sections, report
+from toylens.report.collect import collect_runs
+from toylens.report.figures import LineFigure
+from toylens.run import RunDir
+from toylens.train import train
+
+FAST = LLCSettings(epsilon=1e-4, gamma=100.0, chains=1, draws=4, burnin=2, init_batches=1, mala_every=2)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cfg = tiny_config(model={"n_layers": 2, "attn_only": True}, train={"epochs": 3, "log_checkpoints": 3})
+    path = train(cfg, tmp_path_factory.mktemp("devreport"), progress=False).run_dir
+    analyze(path, "all", only=["head_scores/repeated"], device="cpu", progress=False)
+    return RunDir(path)
+
+
+def _sections(path):
+    from toylens.report import READERS
+
+    return {s.id: s for s in build_sections(collect_runs([path], READERS))}
+
+
+def test_without_development_results_there_is_no_section(run):
+    assert "development" not in _sections(run.path)
+
+
+def test_development_section_has_every_part_and_marks_the_stages(run, tmp_path):
+    llc_over_checkpoints(run, "all", settings=FAST, device="cpu", progress=False)
+    restricted_llc(run, ["heads"], "all", settings=FAST, device="cpu", progress=False)
+    _, stages = development(run, n_probe=8, device="cpu")
+    sections = _sections(run.path)
+    dev = sections["development"]
+    ids = [b.id for b in dev.blocks]
+    assert [i for i in ids if i.startswith("head-llc-")] == [
+        f"head-llc-l{layer}h{h}" for layer in (0, 1) for h in (0, 1)
+    ]
+    assert {"essential-dynamics", "essential-dynamics-pc1", "essential-dynamics-variance"} <= set(ids)
+    assert {"development-induction", "development-previous_token", "stages-probe-loss", "stages-llc"} <= set(ids)
+    assert dev.note == ""
+    head = next(b for b in dev.blocks if b.id == "head-llc-l1h0")
+    assert len(head.series[0].x) == len(run.checkpoints())  # one λ̂ per checkpoint
+    last = max(c.step for c in run.checkpoints())
+    assert head.x_range == [0, last]  # one time axis for the section's charts over steps
+    # Every chart over steps in the whole report carries the boundaries; others carry none.
+    marked = {m.x for m in head.marks}
+    assert stages.boundaries and marked == {b["step"] for b in stages.boundaries}
+    for section in sections.values():
+        for b in section.blocks:
+            if isinstance(b, LineFigure):
+                assert bool(b.marks) == (b.x_label == "step"), b.id
+    out = report(run.path, tmp_path / "r.html", png=False)
+    assert "development" in out.sections
+    html = out.path.read_text()
+    assert "Refined LLC of L1H0" in html and "Essential dynamics" in html and '"marks"' in html
+
+
+def test_a_missing_part_is_one_sentence(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run.path, copy)
+    shutil.rmtree(copy / "llc" / "restricted")
+    manifest = RunDir(copy).manifest()
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("llc/restricted/")}
+    import json
+
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    dev = _sections(copy)["development"]
+    assert not [b for b in dev.blocks if b.id.startswith("head-llc-")]
+    assert (
+        dev.note == "No per-head refined LLC: run `toylens llc RUN --restrict heads` (after `toylens llc calibrate`)."
+    )
