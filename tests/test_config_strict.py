@@ -282,7 +282,7 @@ def test_sweep_base_with_a_date_names_the_member_and_field(tmp_path):
         ),
         (
             {"name": "s", "runs": ["a.yaml"], "quick": {"llc": {"chains": 2}}, "steps": [1]},
-            "steps.0: Input should be 'train', 'analyze', 'llc' or 'report' (got 1)",
+            "steps.0: Input should be 'train', 'analyze', 'llc', 'development' or 'report' (got 1)",
         ),
     ],
 )

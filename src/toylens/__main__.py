@@ -2,4 +2,5 @@
 
 from toylens.cli import main
 
-main()
+if __name__ == "__main__":  # not on a plain import (the import checks import every module)
+    main()
