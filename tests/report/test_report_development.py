@@ -83,3 +83,22 @@ def test_a_missing_part_is_one_sentence(run, tmp_path):
     assert (
         dev.note == "No per-head refined LLC: run `toylens llc RUN --restrict heads` (after `toylens llc calibrate`)."
     )
+
+
+def test_heads_rank_by_the_rise_of_their_refined_llc_across_a_step():
+    from toylens.report.development import head_rises
+
+    def curve(*values):
+        return [{"step": s, "checkpoint": f"c{s}", "llc": v} for s, v in zip((0, 100, 200, 300), values)]
+
+    restricted = {
+        "l0h0": curve(0.1, 0.2, 0.4, 0.5),  # 2x across step 200
+        "l1h0": curve(0.1, 0.1, 0.6, 0.7),  # 6x
+        "l1h1": curve(0.1, -0.1, 0.3, 0.3),  # negative before: no ratio, ranked last
+        "all@copied": curve(1, 1, 9, 9),  # not a head
+    }
+    ranked = head_rises(restricted, 200)
+    assert [h.head for h in ranked] == ["l1h0", "l0h0", "l1h1"]
+    assert ranked[0].rise == pytest.approx(6.0) and ranked[1].rise == pytest.approx(2.0) and ranked[2].rise is None
+    assert ranked[0].before["step"] == 100 and ranked[0].after["step"] == 200
+    assert head_rises(restricted, 0) == []  # no estimate before step 0

@@ -73,7 +73,8 @@ def development_section(runs: list[RunResults]) -> Section | None:
     else:
         notes.append("No stage boundaries yet: run `toylens development RUN`.")
     heads = _head_llc_figures(have, x_range)
-    blocks += heads
+    rises = _head_rise_table(have)
+    blocks += heads + ([rises] if rises else [])
     if not heads:
         notes.append("No per-head refined LLC: run `toylens llc RUN --restrict heads` (after `toylens llc calibrate`).")
     dyn = [(i, r, d.dynamics) for i, r, d in have if d.dynamics is not None]
@@ -168,6 +169,73 @@ def _head_llc_figures(have: list[tuple[int, RunResults, DevelopmentResults]], x_
             )
         )
     return figures
+
+
+@dataclass
+class HeadRise:
+    head: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+    rise: float | None
+    """λ̂ after / λ̂ before (None when λ̂ before is not positive)."""
+
+
+def head_rises(restricted: dict[str, list[dict[str, Any]]], step: int) -> list[HeadRise]:
+    """Each head's refined LLC just before `step` (its last estimate at an earlier step) and at or
+    after it (its first estimate there), ranked by the ratio, largest first; heads without an
+    estimate on both sides, or with a non-positive λ̂ before, rank last (a ratio of such is no rise)."""
+    out = []
+    for name, summaries in restricted.items():
+        if not _HEAD.match(name):
+            continue
+        before = [e for e in summaries if e["step"] < step]
+        after = [e for e in summaries if e["step"] >= step]
+        if not before or not after:
+            continue
+        b, a = before[-1], after[0]
+        lb, la = _num(b.get("llc")), _num(a.get("llc"))
+        rise = la / lb if lb is not None and la is not None and lb > 0 else None
+        out.append(HeadRise(name, b, a, rise))
+    return sorted(out, key=lambda h: (h.rise is None, -(h.rise or 0.0), _head_key(h.head)))
+
+
+def _head_rise_table(have: list[tuple[int, RunResults, DevelopmentResults]]) -> Table | None:
+    """Heads ranked by the rise of their refined LLC across the run's steepest whole-model LLC rise."""
+    rows = []
+    for _, r, d in have:
+        if d.stages is None or not d.restricted:
+            continue
+        steepest = [b for b in d.stages.boundaries if b["curve"] == "llc" and b["kind"] == "fastest rise"]
+        if not steepest:
+            continue
+        step = steepest[0]["step"]
+        for rank, h in enumerate(head_rises(d.restricted, step), 1):
+            rows.append(
+                [
+                    r.label,
+                    rank if h.rise is not None else None,
+                    h.head,
+                    _estimate(h.before),
+                    _estimate(h.after),
+                    None if h.rise is None else round(h.rise, 2),
+                ]
+            )
+    if not rows:
+        return None
+    return Table(
+        "head-llc-rise",
+        ["run", "rank", "head", "λ̂ before", "λ̂ after", "rise (x)"],
+        rows,
+        title="Heads ranked by the rise of their refined LLC",
+        guide="Across each run's steepest rise of the whole-model LLC (its 'fastest rise' stage boundary): every "
+        "head's refined λ̂ at its last estimate before that step and its first at or after it, ranked by the "
+        "ratio. Heads that form in that transition rise most; a λ̂ before that is not positive gives no ratio.",
+    )
+
+
+def _estimate(summary: dict[str, Any]) -> str:
+    llc = _num(summary.get("llc"))
+    return f"{'n/a' if llc is None else format(llc, '.3g')} ({summary['checkpoint']})"
 
 
 def _dynamics_blocks(dyn: list[tuple[int, RunResults, EssentialDynamics]], x_range: list[int]) -> list[Any]:
