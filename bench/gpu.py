@@ -17,6 +17,9 @@ next part runs):
   fulltext  bench/fulltext.py: tokens/s and peak memory of configs/wikitext-1l-attn-lm.full.yaml
   speedpaths bench/speedpaths.py: the fused AdamW, bf16 and compile paths on that model: tokens/s
             with and without each, and their agreement with the plain run's losses
+  refined   trains configs/induction-2l.yaml, then bench/llc_restricted.py: the refined LLC of its 8
+            heads at every epoch checkpoint in one batched computation (toylens alone: devinterp
+            2.x is not carried to the device)
 
 Writes gpu.json (environment, and per part: command, status, seconds, figures, output tail) and
 gpu.md (the same as a table) to $OUT when set, else to --out. Exit status 0 when every part that
@@ -97,6 +100,9 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
     """The parts and their sizes: GPU sizes that fit the budget on one H200, or tiny ones."""
     py = sys.executable
     run_dir = work / "runs" / "sort-no-decay"
+    ind_dir = work / "runs" / "induction-2l"
+    ind_train = [py, "-m", "toylens.cli", "train", str(ROOT / "configs/induction-2l.yaml")]
+    ind_train += ["--out", str(work / "runs"), "--device", device, "--no-progress", "--overwrite"]
     sort_train = [py, "-m", "toylens.cli", "train", str(ROOT / "configs/sort-no-decay.yaml")]
     sort_train += ["--out", str(work / "runs"), "--device", device, "--no-progress", "--overwrite"]
     small_text = ["--set", "task.source=bundled", "--set", "task.subset=wikitext-103-v1"]
@@ -111,10 +117,14 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
             "fulltext": ["--steps", "2", *small_text],
             # compile left out: tracing adds ~6 s (tests/train/test_compiled.py covers it on the device)
             "speedpaths": [str(ROOT / "configs/sort-no-decay.yaml"), "--steps", "2", "--only", "fused,bf16"],
+            "refined": ["--chains", "2", "--draws", "4", "--burnin", "2", "--init-batches", "1", "--mala-every", "2"],
         }
         sort_train += ["--set", "task.n_train=512", "--set", "task.n_test=64", "--set", "train.epochs=2"]
+        ind_train += ["--set", "task.n_train=64", "--set", "task.n_test=32", "--set", "train.epochs=2"]
+        ind_train += ["--set", "train.log_checkpoints=0"]
         limits = {"tests": 120, "ensemble": 120, "train": 120, "patching": 120, "llc": 180, "fulltext": 120}
         limits["speedpaths"] = 120
+        limits["refined"] = 120
     else:
         tests = []
         sizes = {
@@ -124,12 +134,17 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
             "llc": [],  # the run's settings: 13 checkpoints of the study-2 model
             "fulltext": ["--steps", "100"],
             "speedpaths": ["--steps", "50"],  # inductor compiles in the warm-up steps
+            "refined": [],  # the quick study's per-head settings: 2 chains x 100 draws, batch 16
         }
+        ind_train += ["--set", "train.log_checkpoints=0"]  # 11 epoch checkpoints
         # tests: 240 s, since tests/train/test_compiled.py compiles two graphs with inductor on the GPU
         limits = {"tests": 240, "ensemble": 60, "train": 60, "patching": 60, "llc": 120, "fulltext": 60}
         limits["speedpaths"] = 150
+        limits["refined"] = 90
     dev = ["--device", device]
     llc = [py, str(ROOT / "bench/llc.py"), str(run_dir), "--checkpoint", "all", *dev, *sizes["llc"]]
+    refined = [py, str(ROOT / "bench/llc_restricted.py"), str(ind_dir), "--checkpoint", "all", "--no-devinterp"]
+    refined += [*dev, *sizes["refined"]]
     return [
         Part("tests", [py, "-m", "pytest", "-m", "device", "-q", "-p", "no:cacheprovider", *tests], limits["tests"]),
         Part("ensemble", [py, str(ROOT / "bench/ensemble.py"), *dev, *sizes["ensemble"]], limits["ensemble"]),
@@ -138,6 +153,7 @@ def plan(device: str, smoke: bool, work: Path) -> list[Part]:
         Part("llc", [*sort_train, "&&", *llc], limits["llc"]),
         Part("fulltext", [py, str(ROOT / "bench/fulltext.py"), *dev, *sizes["fulltext"]], limits["fulltext"]),
         Part("speedpaths", [py, str(ROOT / "bench/speedpaths.py"), *dev, *sizes["speedpaths"]], limits["speedpaths"]),
+        Part("refined", [*ind_train, "&&", *refined], limits["refined"]),
     ]
 
 
@@ -250,6 +266,15 @@ def _speedpaths(text: str) -> dict:
     return {f"{path}_{k}": v for path, figs in result.items() if isinstance(figs, dict) for k, v in figs.items()}
 
 
+def _refined(text: str) -> dict:
+    m = re.search(r"; (\d+) checkpoint\(s\) x (\d+) restriction\(s\)", text)
+    return {
+        "checkpoints": int(m.group(1)) if m else None,
+        "restrictions": int(m.group(2)) if m else None,
+        "toylens_s": _num(r"wall time: toylens ([\d.]+)s", text),
+    }
+
+
 FIGURES = {
     "tests": _tests,
     "ensemble": _ensemble,
@@ -258,6 +283,7 @@ FIGURES = {
     "llc": _llc,
     "fulltext": _fulltext,
     "speedpaths": _speedpaths,
+    "refined": _refined,
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["tests", "ensemble", "train", "patching", "llc", "fulltext", "speedpaths"]
+PARTS = ["tests", "ensemble", "train", "patching", "llc", "fulltext", "speedpaths", "refined"]
 
 
 @pytest.mark.slow
@@ -36,5 +36,7 @@ def test_smoke_check_on_the_cpu_writes_every_part(tmp_path):
     speed = parts["speedpaths"]["figures"]
     assert speed["plain_tok_s"] > 0 and all(speed[f"{p}_speedup"] > 0 for p in ("fused", "bf16"))
     assert speed["bf16_loss_rel"] <= 0.1 and speed["fused_first_rel"] <= 1e-3
+    refined = parts["refined"]["figures"]  # 2 epochs: 3 checkpoints x 8 heads of induction-2l
+    assert (refined["checkpoints"], refined["restrictions"]) == (3, 8) and refined["toylens_s"] > 0
     table = (tmp_path / "gpu.md").read_text()
     assert all(f"| {name} | ok |" in table for name in PARTS)
