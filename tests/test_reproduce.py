@@ -291,6 +291,11 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
                 assert run.has("analysis/stages.json") and run.has("analysis/essential_dynamics.json")
             if opts.llc.get("restrict"):  # the induction study: the refined LLC of every head
                 assert run.has(f"llc/restricted/l0h0/{resolve_one(run, 0).name}.json")
+                if opts.llc["restrict"].get("calibrate") is not None:  # a pick per head, used
+                    picks = run.read_json("llc/restricted/calibration.json")["restrictions"]
+                    assert "l0h0" in picks and len(picks["l0h0"]["grid"]) == len(
+                        opts.llc["restrict"]["calibrate"]["epsilons"]
+                    )
         assert (folder / "report_figures").is_dir() == (png == "--png")
         html = (folder / "report.html").read_text()
         for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
@@ -327,6 +332,10 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
         ),
         ({"llc": {"restrict": {"specs": ["heads"], "drawz": 5}}}, "quick.llc.restrict: drawz"),
         ({"llc": {"restrict": {"specs": ["heads"], "checkpoint": "1,,2"}}}, "quick.llc.restrict.checkpoint '1,,2'"),
+        (
+            {"llc": {"restrict": {"specs": ["heads"], "calibrate": {"epsilon": [1e-4]}}}},
+            "quick.llc.restrict.calibrate.epsilon: unknown key (did you mean 'epsilons'?)",
+        ),
         ({"development": {"n_probes": 8}}, "quick.development.n_probes: unknown key (did you mean 'n_probe'?)"),
         ({"development": {"bandwidth": "wide"}}, "quick.development.bandwidth: expected float (got 'wide')"),
     ],

@@ -67,8 +67,9 @@ class StudySize(Section):
     arguments of the sampler calibration such as epsilons and gammas, or false to use the settings
     as given), "restrict" (also the refined LLC of each restriction, as `toylens llc --restrict`: a
     list such as [heads], over the same checkpoints with the same settings, or a mapping {specs:
-    [heads], checkpoint: ..., and LLC settings that differ from the whole model's}), and any LLC
-    setting (chains, draws, burnin, ...)."""
+    [heads], checkpoint: ..., calibrate: {epsilons, gammas} (a sweep and pick per restriction on
+    the final checkpoint, once, as `toylens llc calibrate --restrict`), and LLC settings that differ
+    from the whole model's}), and any LLC setting (chains, draws, burnin, ...)."""
     development: dict[str, Any] = {}
     """The development step (`toylens development`): n_probe, seed, bandwidth."""
 
@@ -266,7 +267,7 @@ def step_analyze(ctx: Context, cfg: RunConfig) -> str:
 
 def step_llc(ctx: Context, cfg: RunConfig) -> str:
     """Calibrate the sampler for this run (once), then the LLC of the chosen checkpoints (done ones skipped)."""
-    from toylens.llc import calibrate, llc_over_checkpoints, load_settings, restricted_llc
+    from toylens.llc import calibrate, calibrate_restricted, llc_over_checkpoints, load_settings, restricted_llc
     from toylens.run import RunDir
 
     run = RunDir(ctx.folder / cfg.name)
@@ -284,9 +285,13 @@ def step_llc(ctx: Context, cfg: RunConfig) -> str:
     if restrict:
         own = dict(restrict) if isinstance(restrict, dict) else {"specs": restrict}
         specs, where = own.pop("specs"), own.pop("checkpoint", checkpoint)
-        refined = restricted_llc(
-            run, specs, where, settings=load_settings(run, {**options, **own}), device=ctx.device, progress=ctx.progress
-        )
+        per_restriction = own.pop("calibrate", None)
+        settings = load_settings(run, {**options, **own})
+        if per_restriction is not None and not run.has("llc/restricted/calibration.json"):
+            calibrate_restricted(
+                run, specs, "final", settings=settings, device=ctx.device, progress=ctx.progress, **per_restriction
+            )
+        refined = restricted_llc(run, specs, where, settings=settings, device=ctx.device, progress=ctx.progress)
         status += f"; refined LLC of {len(refined)} restrictions"
     return status
 
@@ -345,6 +350,10 @@ def check_step_options(opts: StudySize, where: str) -> None:
             f"[heads] (got {restrict!r})"
         )
     items(own.pop("checkpoint", ALL), f"{where}.llc.restrict.checkpoint")
+    per_restriction = own.pop("calibrate", {})
+    if not isinstance(per_restriction, dict):
+        raise ToylensError(f"{where}.llc.restrict.calibrate: expected a mapping of {', '.join(CALIBRATE_OPTIONS)}")
+    _known_keys(per_restriction, CALIBRATE_OPTIONS, f"{where}.llc.restrict.calibrate")
     validate_settings(llc, f"{where}.llc")
     validate_settings({**llc, **own}, f"{where}.llc.restrict")
     _known_keys(opts.development, tuple(DEVELOPMENT_OPTIONS), f"{where}.development")
