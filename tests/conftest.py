@@ -21,9 +21,22 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from toylens.config import RunConfig, validate_config
 from toylens.model import Transformer
+
+
+class Point(nn.Module):
+    """A bare float64 parameter vector w: the 'model' of a closed-form LLC potential."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d, dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return self.w
+
 
 TINY: dict[str, Any] = {
     "name": "tiny",

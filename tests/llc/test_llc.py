@@ -8,22 +8,12 @@ import math
 
 import pytest
 import torch
+from conftest import Point
 from torch import nn
 
 from toylens.errors import ToylensError
 from toylens.llc import LLCSettings, Objective, estimate_llc, estimate_many
 from toylens.llc.sampler import MinibatchDraws, RowSettings, _mala_acceptance
-
-
-class Point(nn.Module):
-    """A bare parameter vector: the 'model' of a closed-form potential."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(d, dtype=torch.float64))
-
-    def forward(self) -> torch.Tensor:
-        return self.w
 
 
 class Linear2(nn.Module):

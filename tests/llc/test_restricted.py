@@ -8,8 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import tiny_config
-from torch import nn
+from conftest import Point, tiny_config
 
 from toylens.errors import ToylensError
 from toylens.llc import (
@@ -24,15 +23,6 @@ from toylens.llc import run as llc_run
 from toylens.llc.sampler import MinibatchDraws, RowSettings, run_sgld
 from toylens.run import RunDir
 from toylens.train import train
-
-
-class Point(nn.Module):
-    def __init__(self, d: int):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(d, dtype=torch.float64))
-
-    def forward(self) -> torch.Tensor:
-        return self.w
 
 
 def only(d: int, k: int, name: str = "") -> Restriction:

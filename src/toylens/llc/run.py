@@ -194,9 +194,7 @@ def restricted_llc(
         settings = settings or load_settings(run)
         chosen = resolve(run, checkpoint)
         loaded = load(run.path, chosen[0].name if chosen else "final", device=device)
-        rs = restrictions(loaded.model, restrict)
-        if data is not None:
-            rs = [replace(r, name=f"{r.name}@{data}") for r in rs]
+        rs = _data_named(restrictions(loaded.model, restrict), data)
         rs = _calibrated(run, rs)
         objective = run_objective(loaded.model, loaded.config, loaded.task, settings, data)
         if not chosen:
@@ -258,6 +256,11 @@ def _restricted_key(base: dict[str, Any], r: Restriction) -> dict[str, Any]:
 RESTRICTED_CALIBRATION = "llc/restricted/calibration.json"
 
 
+def _data_named(rs: list[Restriction], data: str | None) -> list[Restriction]:
+    """With a data restriction, each restriction stored as "<restriction>@<data>"."""
+    return rs if data is None else [replace(r, name=f"{r.name}@{data}") for r in rs]
+
+
 def _calibrated(run: RunDir, rs: list[Restriction]) -> list[Restriction]:
     """The restrictions with the ε and γ that `calibrate_restricted` picked for them (stored in
     RUN/llc/restricted/calibration.json), where their spec states none; the others unchanged."""
@@ -299,9 +302,7 @@ def calibrate_restricted(
         base = settings or load_settings(run)
         ckpt = resolve_one(run, checkpoint, "llc calibrate")
         loaded = load(run.path, ckpt.name, device=device)
-        rs = restrictions(loaded.model, restrict)
-        if data is not None:
-            rs = [replace(r, name=f"{r.name}@{data}") for r in rs]
+        rs = _data_named(restrictions(loaded.model, restrict), data)
         objective = run_objective(loaded.model, loaded.config, loaded.task, base, data)
         grid = [(float(e), float(g)) for g in gammas for e in epsilons]
         estimates = estimate_many(
