@@ -20,8 +20,9 @@ from toylens.llc import (
     restrictions,
 )
 from toylens.llc import run as llc_run
-from toylens.llc.sampler import MinibatchDraws, RowSettings, run_sgld
-from toylens.run import RunDir
+from toylens.llc.objective import run_objective
+from toylens.llc.sampler import MinibatchDraws, RowChunks, RowSettings, loss_and_grad, run_sgld
+from toylens.run import RunDir, load
 from toylens.train import train
 
 
@@ -250,3 +251,30 @@ def test_calibrate_per_restriction_then_estimates_use_each_pick(attention_run, t
         "--no-progress",
     )
     assert shown.exit_code in (0, 1) and "l0h0:" in shown.stdout and "calibration on" in shown.stdout
+
+
+def test_a_chunk_differentiates_only_what_its_rows_sample(attention_run):
+    """Rows restricted to a layer-1 head differentiate layer 1's parameters only (autograd stops
+    there); the gradient of each parameter a chunk samples is the full computation's, the rest are
+    zeros."""
+    loaded = load(attention_run, "final", device="cpu")
+    objective = run_objective(loaded.model, loaded.config, loaded.task, LLCSettings())
+    rs = restrictions(loaded.model, ["l0h1", "l1h0"])
+    shapes = {k: v.shape for k, v in loaded.model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    w = {k: v.detach() + 0.01 * torch.randn(4, *v.shape, generator=gen) for k, v in loaded.model.named_parameters()}
+    idx = torch.randint(objective.n_data, (4, 8), generator=gen)
+    rows = [rs[0], rs[0], rs[1], rs[1]]
+    sampled = {k: torch.tensor([k in r.masks for r in rows]) for k in shapes}
+    loss, grad = loss_and_grad(objective, w, idx)
+    for size in (None, 2):  # one chunk of every row, or a chunk per restriction
+        got_loss, got = loss_and_grad(objective, w, idx, RowChunks(size), sampled)
+        assert torch.equal(got_loss, loss)
+        for k in shapes:
+            wanted = sampled[k] if size == 2 else sampled[k].any().expand(4)
+            for row in range(4):
+                if wanted[row]:
+                    torch.testing.assert_close(got[k][row], grad[k][row], rtol=1e-5, atol=1e-8)
+                else:
+                    assert not got[k][row].any(), (k, row)
+    assert all(not sampled[k][2:].any() for k in shapes if not k.startswith("blocks.1.attn."))

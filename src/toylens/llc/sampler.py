@@ -131,14 +131,19 @@ class RowChunks:
     size: int | None = None
     pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
-    def map(self, fn: Callable[[Params, Tensor | None], tuple], w: Params, idx: Tensor | None) -> list[tuple]:
-        """fn(rows' params, rows' minibatch indices) for every chunk, in row order."""
+    def map(
+        self, fn: Callable[..., tuple], w: Params, idx: Tensor | None, sampled: Params | None = None
+    ) -> list[tuple]:
+        """fn(rows' params, rows' minibatch indices) for every chunk, in row order; with `sampled`
+        ({name: bool [rows]}), fn(rows' params, indices, those rows' `sampled`)."""
         n = next(iter(w.values())).shape[0]
         if self.size is None or self.size >= n:
-            return [fn(w, idx)]
+            return [fn(w, idx) if sampled is None else fn(w, idx, sampled)]
+        size = self.size
         parts = [
-            ({k: v[i : i + self.size] for k, v in w.items()}, None if idx is None else idx[i : i + self.size])
-            for i in range(0, n, self.size)
+            ({k: v[i : i + size] for k, v in w.items()}, None if idx is None else idx[i : i + size])
+            + (() if sampled is None else ({k: v[i : i + size] for k, v in sampled.items()},))
+            for i in range(0, n, size)
         ]
         if self.pool is None:
             return [fn(*p) for p in parts]
@@ -193,11 +198,13 @@ def run_sgld(
     # wait for the GPU every step.
     loss_trace = torch.zeros(n_rows, steps, dtype=torch.float64, device=next(iter(center.values())).device)
     accepts: list[Tensor] = []
+    # Which parameters each row samples at all ([rows] each, on the CPU: read per chunk and step).
+    sampled = None if rows.mask is None else {k: m.flatten(1).any(1).cpu() for k, m in rows.mask.items()}
     for step in tqdm(
         range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5, leave=False
     ):
         idx = draws.indices()
-        loss, grad = loss_and_grad(loss_fn, w, idx, chunks)
+        loss, grad = loss_and_grad(loss_fn, w, idx, chunks, sampled)
         loss_trace[:, step] = loss.double()
         drift = _drift(grad, w, center, rows)
         precond = _precondition(v_sq, drift, rmsprop_alpha, rmsprop_delta, step, adapt=step < max(adapt_steps, 1))
@@ -211,31 +218,44 @@ def run_sgld(
                 # for every weight all the same, so a row's stream does not depend on its restriction)
                 proposal[k] = torch.where(rows.mask[k], proposal[k], w[k])
         if mala_every and step % mala_every == 0:
-            accepts.append(_mala_acceptance(loss_fn, idx, w, loss, drift, proposal, center, rows, precond, chunks))
+            accepts.append(
+                _mala_acceptance(loss_fn, idx, w, loss, drift, proposal, center, rows, precond, chunks, sampled)
+            )
         w = proposal
     accept = torch.stack(accepts, 1).cpu() if accepts else torch.zeros(n_rows, 0, dtype=torch.float64)
     return SamplerRun(loss_trace.cpu(), accept)
 
 
 def loss_and_grad(
-    loss_fn: BatchedLoss, w: Params, idx: Tensor | None, chunks: RowChunks | None = None
+    loss_fn: BatchedLoss,
+    w: Params,
+    idx: Tensor | None,
+    chunks: RowChunks | None = None,
+    sampled: Params | None = None,
 ) -> tuple[Tensor, Params]:
     """Per-row loss [rows] and its gradient with respect to each row's own weights, chunk by chunk.
 
-    Rows do not interact, so the gradient of the summed loss is every row's own gradient.
+    Rows do not interact, so the gradient of the summed loss is every row's own gradient. With
+    `sampled` ({name: bool [rows]}: does the row sample any weight of that parameter), a chunk
+    differentiates only the parameters some of its rows sample; the others' gradients are zeros
+    (a restricted row never uses them), and autograd skips their work: a chunk of layer-1 heads
+    stops its backward pass at layer 1.
     """
-    parts = (chunks or RowChunks()).map(lambda w, idx: _loss_and_grad(loss_fn, w, idx), w, idx)
+    parts = (chunks or RowChunks()).map(lambda *chunk: _loss_and_grad(loss_fn, *chunk), w, idx, sampled)
     if len(parts) == 1:
         return parts[0]
     return torch.cat([p[0] for p in parts]), {k: torch.cat([p[1][k] for p in parts]) for k in w}
 
 
-def _loss_and_grad(loss_fn: BatchedLoss, w: Params, idx: Tensor | None) -> tuple[Tensor, Params]:
-    leaves = {k: v.detach().requires_grad_(True) for k, v in w.items()}
+def _loss_and_grad(
+    loss_fn: BatchedLoss, w: Params, idx: Tensor | None, sampled: Params | None = None
+) -> tuple[Tensor, Params]:
+    wanted = {k: sampled is None or bool(sampled[k].any()) for k in w}
+    leaves = {k: v.detach().requires_grad_(wanted[k]) for k, v in w.items()}
     with torch.enable_grad():
         loss = loss_fn(leaves, idx)
-        grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-    return loss.detach(), dict(zip(leaves, grads))
+        grads = iter(torch.autograd.grad(loss.sum(), [v for k, v in leaves.items() if wanted[k]]))
+    return loss.detach(), {k: next(grads) if wanted[k] else torch.zeros_like(v) for k, v in w.items()}
 
 
 def _col(values: Tensor, like: Tensor) -> Tensor:
@@ -286,9 +306,10 @@ def _mala_acceptance(
     rows: RowSettings,
     precond: Params | None,
     chunks: RowChunks | None = None,
+    sampled: Params | None = None,
 ) -> Tensor:
     """min(1, exp(U(w) - U(w') + log q(w|w') - log q(w'|w))) per row, on the same minibatch."""
-    loss_new, grad_new = loss_and_grad(loss_fn, proposal, idx, chunks)
+    loss_new, grad_new = loss_and_grad(loss_fn, proposal, idx, chunks, sampled)
     drift_new = _drift(grad_new, proposal, center, rows)
     log_fwd = log_back = torch.zeros((), dtype=torch.float64, device=loss.device)
     for k in w:
