@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from conftest import tiny_config
 
 from toylens import load, train
@@ -196,3 +197,29 @@ def test_help_text_is_the_same_on_every_command(toylens_main):
     for command in COMMANDS:
         text = toylens_main(*("llc estimate" if command == "llc" else command).split(), "--help").stdout
         assert one_line in " ".join(text.replace("\n", " ").split()), command
+
+
+def test_listed_steps_and_windows_join_the_schedule(tmp_path):
+    """train.checkpoint_steps: steps and linear windows become step-NNNNNN checkpoints beside the
+    epoch and log-spaced ones (20 steps: epochs end at 0, 10, 20; log-spaced at 1 and 4)."""
+    window = {"start": 5, "stop": 12, "every": 4}  # 5, 9 (13 is past stop)
+    cfg = tiny_config(train={"epochs": 2, "log_checkpoints": 3, "checkpoint_steps": [3, window, 10, 4]})
+    run = RunDir(train(cfg, tmp_path, progress=False).run_dir)
+    steps = ["epoch-0000", "step-000001", "step-000003", "step-000004", "step-000005", "step-000009"]
+    assert names(run, "all") == [*steps, "epoch-0001", "epoch-0002"]  # step 10 is epoch 1's end, once
+    w9 = load(run.path, "step-000009").model.state_dict()
+    assert not all(torch.equal(w9[k], v) for k, v in load(run.path, "step-000005").model.state_dict().items())
+
+
+def test_a_schedule_step_past_the_end_stops_before_any_file(tmp_path, toylens_main):
+    cfg = tiny_config(train={"epochs": 2, "checkpoint_steps": [{"start": 15, "stop": 40, "every": 25}]})
+    with pytest.raises(ToylensError, match=r"train.checkpoint_steps: step 40 is past the run's last step \(20\)"):
+        train(cfg, tmp_path, progress=False)
+    assert not (tmp_path / cfg.name).exists()
+    path = tmp_path / "bad.yaml"
+    raw = cfg.model_dump(mode="json")
+    raw["train"]["checkpoint_steps"] = [{"start": 9, "stop": 3, "every": 1}]
+    path.write_text(yaml.safe_dump(raw))
+    result = toylens_main("train", str(path), "--out", str(tmp_path), "--no-progress")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "train.checkpoint_steps.0" in result.stderr and "stop (3) is before start (9)" in result.stderr

@@ -10,7 +10,16 @@ import math
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetCoreSchemaHandler,
+    Tag,
+    TypeAdapter,
+    model_validator,
+)
 from pydantic_core import core_schema
 
 from toylens.errors import ToylensError
@@ -366,6 +375,27 @@ class L1Config(Section):
     """Penalty coefficient (0 = off)."""
 
 
+class StepRange(Section):
+    """Checkpoints every `every` steps from `start` to `stop` (a linear window of a checkpoint
+    schedule: dense where the dynamics are fast, e.g. around a phase change)."""
+
+    start: int = Field(ge=1)
+    """First step of the window."""
+    stop: int = Field(ge=1)
+    """Last step of the window (included when it falls on the grid)."""
+    every: int = Field(ge=1)
+    """Steps between two checkpoints of the window."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StepRange:
+        if self.stop < self.start:
+            raise ValueError(f"stop ({self.stop}) is before start ({self.start})")
+        return self
+
+    def steps(self) -> range:
+        return range(self.start, self.stop + 1, self.every)
+
+
 class TrainConfig(Section):
     """AdamW training with per-epoch evaluation and checkpoints."""
 
@@ -417,6 +447,17 @@ class TrainConfig(Section):
     """Sequences per batch in evaluation passes."""
     log_checkpoints: int = Field(0, ge=0, le=10_000)
     """Extra weight-only checkpoints at this many log-spaced steps (for fast early dynamics)."""
+    checkpoint_steps: list[
+        Annotated[
+            Annotated[int, Field(ge=1), Tag("step")] | Annotated[StepRange, Tag("window")],
+            Discriminator(lambda v: "window" if isinstance(v, dict | StepRange) else "step"),
+        ]
+    ] = []
+    """Extra weight-only checkpoints at these steps: a step number, or a window {start, stop,
+    every} of linearly spaced steps, e.g. [{start: 900, stop: 1500, every: 50}] around a phase
+    change. With the epoch and log-spaced checkpoints they form the run's schedule (named
+    step-NNNNNN; `--checkpoint all` is every one of them); a step past the run's last is an error
+    when training starts."""
     select_metric: str | None = None
     """Metric that picks the best checkpoint, e.g. "val/loss" (default: the task's choice); the
     task says whether lower or higher is better (loss and ppl lower, acc higher)."""

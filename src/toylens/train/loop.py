@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from toylens.checkpoints import FINAL_WEIGHTS, epoch_name, state_file, step_name, weights_file
-from toylens.config import RunConfig, config_diff, config_to_yaml, load_config
+from toylens.config import RunConfig, StepRange, TrainConfig, config_diff, config_to_yaml, load_config
 from toylens.errors import ToylensError, TrainingDiverged
 from toylens.lock import LOCK, run_lock
 from toylens.memory import reuse_freed_memory
@@ -82,6 +82,8 @@ def train(
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     task = build_task(cfg.task)
     cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)
+    per_epoch = math.ceil(len(task.splits[task.train_split]) / cfg.train.batch_size)
+    schedule_steps(cfg.train, planned_steps(per_epoch, cfg.train.epochs, cfg.train.max_steps))  # before any file
     group = process_group(device)  # joins the torchrun process group when WORLD_SIZE > 1
     check_compiler(cfg.train.compile, group.device)
     if group.device.type == "cpu":
@@ -163,7 +165,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.data) / cfg.train.batch_size)
         self.total_steps = planned_steps(self.steps_per_epoch, cfg.train.epochs, cfg.train.max_steps)
         epoch_ends = {*range(0, self.total_steps + 1, self.steps_per_epoch), self.total_steps}
-        self.log_steps = log_spaced_steps(cfg.train.log_checkpoints, self.total_steps) - epoch_ends
+        self.log_steps = schedule_steps(cfg.train, self.total_steps) - epoch_ends
         self.penalty = Regularisers.of(model, cfg.train, cfg.model.act_fn).l1  # the decay is in opt's groups
         self.select = cfg.train.select_metric or task.select_metric
         self.bar = tqdm(
@@ -347,6 +349,18 @@ def metric_goal(task: Task | type[Task], metric: str) -> Goal:
 def planned_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
     """The optimisation steps a run takes: every epoch's, or `train.max_steps` if fewer."""
     return steps_per_epoch * epochs if max_steps is None else min(steps_per_epoch * epochs, max_steps)
+
+
+def schedule_steps(train: TrainConfig, total_steps: int) -> set[int]:
+    """The steps of the weight-only checkpoints: `train.log_checkpoints` log-spaced steps and the
+    steps `train.checkpoint_steps` lists (ToylensError for one past `total_steps`)."""
+    listed: set[int] = set()
+    for item in train.checkpoint_steps:
+        listed.update(item.steps() if isinstance(item, StepRange) else [item])
+    late = sorted(s for s in listed if s > total_steps)
+    if late:
+        raise ToylensError(f"train.checkpoint_steps: step {late[0]} is past the run's last step ({total_steps})")
+    return log_spaced_steps(train.log_checkpoints, total_steps) | listed
 
 
 def log_spaced_steps(count: int, total_steps: int) -> set[int]:
