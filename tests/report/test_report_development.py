@@ -102,3 +102,20 @@ def test_heads_rank_by_the_rise_of_their_refined_llc_across_a_step():
     assert ranked[0].rise == pytest.approx(6.0) and ranked[1].rise == pytest.approx(2.0) and ranked[2].rise is None
     assert ranked[0].before["step"] == 100 and ranked[0].after["step"] == 200
     assert head_rises(restricted, 0) == []  # no estimate before step 0
+
+
+def test_heads_cluster_by_their_curves_at_the_checkpoints_all_share():
+    from toylens.report.development import head_clusters
+
+    def curve(values, at=(0, 100, 200)):
+        return [{"step": s, "checkpoint": f"c{s}", "llc": v} for s, v in zip(at, values)]
+
+    restricted = {
+        "l0h0": curve([0.1, 1.8, 2.0]),
+        "l0h1": curve([0.1, 2.1, 2.5, 9.0], at=(0, 100, 200, 300)),  # c300: not every head has it
+        "l1h0": curve([0.1, 0.5, 0.5]),
+        "l1h1": curve([0.1, 0.4, None]),  # no estimate at c200: c0 and c100 are shared
+        "all@copied": curve([5.0, 5.0, 5.0]),  # not a head
+    }
+    assert head_clusters(restricted) == {"l0h0": 0, "l0h1": 0, "l1h0": 1, "l1h1": 1}
+    assert head_clusters({"l0h0": curve([1.0, 2.0, 3.0])}) == {}

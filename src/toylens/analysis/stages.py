@@ -179,3 +179,87 @@ def stage_boundaries(
     s = smooth(steps, values, bandwidth)
     points = critical_points(steps, values, bandwidth=bandwidth, min_change=min_change, steep=steep, flat=flat)
     return [Boundary(curve, kind, i, checkpoints[i], int(steps[i]), s[i]) for i, kind in points]
+
+
+def cluster_curves(curves: dict[str, Sequence[Num]], k: int = 2, floor: float = 1e-3) -> dict[str, int]:
+    """Group curves of the same length (e.g. each head's refined LLC at the checkpoints every head
+    has) into `k` clusters by k-means on log(max(value, floor)): curves close in level and shape
+    over training share a cluster. Two clusters of at most `EXACT_UP_TO` curves: the best split,
+    found by trying every one (the smallest within-cluster sum of squares). Otherwise Lloyd's
+    iterations from `len(curves)` deterministic starts (each curve as the first centre, then
+    repeatedly the curve farthest from the centres so far), the best result kept (a local optimum
+    at worst). Clusters are numbered by their mean log value, 0 the highest; fewer than k curves:
+    each its own cluster."""
+    names = list(curves)
+    if not names:
+        return {}
+    if len({len(v) for v in curves.values()}) != 1:
+        raise ValueError("cluster_curves: every curve needs the same length")
+    x = [[math.log(max(float(v), floor)) for v in curves[n]] for n in names]
+    k = min(k, len(x))
+    if k == 2 and len(x) <= EXACT_UP_TO:
+        labels = _best_split(x)
+    else:
+        fits = [_lloyd(x, _farthest_starts(x, first, k)) for first in range(len(x))]
+        labels = min(fits, key=lambda lab: _within(x, lab, k))
+    level = {c: _mean([_mean(x[i]) for i in range(len(x)) if labels[i] == c]) for c in set(labels)}
+    order = {c: rank for rank, c in enumerate(sorted(level, key=lambda c: -level[c]))}
+    return {n: order[labels[i]] for i, n in enumerate(names)}
+
+
+EXACT_UP_TO = 12
+"""`cluster_curves` tries every split into two clusters up to this many curves (2^11 splits)."""
+
+
+def _best_split(x: list[list[float]]) -> list[int]:
+    """The two-way split of x (both parts non-empty) with the smallest within-part sum of squares."""
+    n = len(x)
+    if n == 1:
+        return [0]
+    best: tuple[float, list[int]] | None = None
+    for bits in range(1, 2 ** (n - 1)):  # curve n-1 always in part 0: each split once
+        labels = [(bits >> i) & 1 for i in range(n - 1)] + [0]
+        sse = _within(x, labels, 2)
+        if best is None or sse < best[0]:
+            best = (sse, labels)
+    assert best is not None
+    return best[1]
+
+
+def _sq(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum((p - q) ** 2 for p, q in zip(a, b))
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _farthest_starts(x: list[list[float]], first: int, k: int) -> list[list[float]]:
+    centres = [x[first]]
+    while len(centres) < k:
+        centres.append(max(x, key=lambda p: min(_sq(p, c) for c in centres)))
+    return centres
+
+
+def _lloyd(x: list[list[float]], centres: list[list[float]], iterations: int = 100) -> list[int]:
+    labels: list[int] = []
+    for _ in range(iterations):
+        new = [min(range(len(centres)), key=lambda c: _sq(p, centres[c])) for p in x]
+        if new == labels:
+            break
+        labels = new
+        for c in range(len(centres)):
+            members = [p for p, l in zip(x, labels) if l == c]
+            if members:
+                centres[c] = [_mean(col) for col in zip(*members)]
+    return labels
+
+
+def _within(x: list[list[float]], labels: list[int], k: int) -> float:
+    total = 0.0
+    for c in range(k):
+        members = [p for p, l in zip(x, labels) if l == c]
+        if members:
+            centre = [_mean(col) for col in zip(*members)]
+            total += sum(_sq(p, centre) for p in members)
+    return total

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from toylens.analysis.stages import cluster_curves
 from toylens.report.analysis import with_analysis
 from toylens.report.collect import RunResults
 from toylens.report.dynamics import head_series
@@ -199,6 +200,18 @@ def head_rises(restricted: dict[str, list[dict[str, Any]]], step: int) -> list[H
     return sorted(out, key=lambda h: (h.rise is None, -(h.rise or 0.0), _head_key(h.head)))
 
 
+def head_clusters(restricted: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """The heads in two clusters by their refined-LLC curves over the checkpoints every head has an
+    estimate at (`analysis.stages.cluster_curves`, 0 the higher); {} with fewer than two heads or
+    checkpoints."""
+    heads = {n: {e["checkpoint"]: _num(e.get("llc")) for e in es} for n, es in restricted.items() if _HEAD.match(n)}
+    shared = set.intersection(*({c for c, v in h.items() if v is not None} for h in heads.values())) if heads else set()
+    if len(heads) < 2 or len(shared) < 2:
+        return {}
+    order = sorted(shared)
+    return cluster_curves({n: [float(h[c]) for c in order] for n, h in heads.items()})  # type: ignore[arg-type]
+
+
 def _head_rise_table(have: list[tuple[int, RunResults, DevelopmentResults]]) -> Table | None:
     """Heads ranked by the rise of their refined LLC across the run's steepest whole-model LLC rise."""
     rows = []
@@ -209,6 +222,7 @@ def _head_rise_table(have: list[tuple[int, RunResults, DevelopmentResults]]) -> 
         if not steepest:
             continue
         step = steepest[0]["step"]
+        groups = head_clusters(d.restricted)
         for rank, h in enumerate(head_rises(d.restricted, step), 1):
             rows.append(
                 [
@@ -218,18 +232,21 @@ def _head_rise_table(have: list[tuple[int, RunResults, DevelopmentResults]]) -> 
                     _estimate(h.before),
                     _estimate(h.after),
                     None if h.rise is None else round(h.rise, 2),
+                    None if h.head not in groups else groups[h.head] + 1,
                 ]
             )
     if not rows:
         return None
     return Table(
         "head-llc-rise",
-        ["run", "rank", "head", "λ̂ before", "λ̂ after", "rise (x)"],
+        ["run", "rank", "head", "λ̂ before", "λ̂ after", "rise (x)", "cluster"],
         rows,
         title="Heads ranked by the rise of their refined LLC",
         guide="Across each run's steepest rise of the whole-model LLC (its 'fastest rise' stage boundary): every "
         "head's refined λ̂ at its last estimate before that step and its first at or after it, ranked by the "
-        "ratio. Heads that form in that transition rise most; a λ̂ before that is not positive gives no ratio.",
+        "ratio. Heads that form in that transition rise most; a λ̂ before that is not positive gives no ratio. "
+        "Cluster: the heads split in two by their whole refined-LLC curves (k-means on log λ̂ at the checkpoints "
+        "every head has, the best of all splits; 1 the group with the higher λ̂).",
     )
 
 
