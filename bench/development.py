@@ -22,6 +22,7 @@ from toylens.analysis.attention import HeadScores  # noqa: E402
 from toylens.analysis.development import STAGES_PATH, Stages  # noqa: E402
 from toylens.analysis.results import has_result, load_result  # noqa: E402
 from toylens.llc import read_restricted  # noqa: E402
+from toylens.report.development import head_clusters  # noqa: E402
 from toylens.run import RunDir  # noqa: E402
 
 THRESHOLD = 0.3
@@ -84,6 +85,16 @@ def main() -> None:
                 f"(lowest of them {min(r[key] for r in heads):.2f}, highest other {max(r[key] for r in others):.2f}); "
                 f"layer-0 max {max((r[key] for r in rows if r[3] == 0), default=float('nan')):.2f}"
             )
+    groups = head_clusters(restricted)
+    if groups and rows:
+        induction = {r[2] for r in rows if r[4] > INDUCTION_HEAD}
+        clusters = {c: sorted(n for n, g in groups.items() if g == c) for c in sorted(set(groups.values()))}
+        same = any(set(members) == induction for members in clusters.values())
+        print(
+            "clusters of the refined-LLC curves: "
+            + "; ".join(f"{c + 1}: {', '.join(m)}" for c, m in clusters.items())
+            + f" -> {'the' if same else 'NOT the'} heads with induction > {INDUCTION_HEAD} vs the rest"
+        )
     if has_result(run, STAGES_PATH) and crossing is not None:
         stages = Stages.load(run, STAGES_PATH)
         index = {c.name: i for i, c in enumerate(run.checkpoints())}

@@ -90,30 +90,30 @@ def test_flat_or_short_curves_have_no_boundaries_and_bad_input_is_refused():
         critical_points([0, 5], [0.0])
 
 
-def test_clusters_are_the_best_two_way_partition_of_the_log_curves():
+def test_clusters_are_the_best_two_way_partition_of_the_curves():
     """Against brute force: every split of 8 random curves into two non-empty groups, the one with
-    the smallest within-group sum of squares of log values (float64 numpy)."""
+    the smallest within-group sum of squares (float64 numpy)."""
     rng = np.random.default_rng(0)
     for trial in range(25):
         data = np.exp(rng.normal(size=(8, 5)) + rng.integers(0, 2, size=(8, 1)) * rng.uniform(0, 3))
         curves = {f"h{i}": list(row) for i, row in enumerate(data)}
         got = cluster_curves(curves)
-        logs = np.log(np.maximum(data, 1e-3))
+        vals = data
 
-        def sse(mask: np.ndarray, logs: np.ndarray = logs) -> float:
-            return sum(float(((g - g.mean(0)) ** 2).sum()) for g in (logs[mask], logs[~mask]) if len(g))
+        def sse(mask: np.ndarray, vals: np.ndarray = vals) -> float:
+            return sum(float(((g - g.mean(0)) ** 2).sum()) for g in (vals[mask], vals[~mask]) if len(g))
 
         best = min(sse(np.array(bits, dtype=bool)) for bits in itertools.product([0, 1], repeat=8) if 0 < sum(bits) < 8)
         mask = np.array([got[f"h{i}"] == 0 for i in range(8)])
         assert sse(mask) == pytest.approx(best, rel=1e-9), trial
-        assert logs[mask].mean() > logs[~mask].mean()  # cluster 0 is the higher one
+        assert vals[mask].mean() > vals[~mask].mean()  # cluster 0 is the higher one
 
 
 def test_clusters_of_two_head_types_and_small_cases():
     rising = {f"l1h{h}": [0.1, 0.2, 1.5 + 0.1 * h, 1.6] for h in range(4)}
     flat = {f"l0h{h}": [0.1, 0.12, 0.15 + 0.01 * h, 0.15] for h in range(4)}
     assert cluster_curves({**flat, **rising}) == {**dict.fromkeys(rising, 0), **dict.fromkeys(flat, 1)}
-    assert cluster_curves({"a": [1.0, -2.0]}) == {"a": 0}  # one curve, one cluster; λ̂ <= 0 is floored
+    assert cluster_curves({"a": [1.0, -2.0]}) == {"a": 0}  # one curve, one cluster
     assert cluster_curves({}) == {}
     with pytest.raises(ValueError, match="same length"):
         cluster_curves({"a": [1.0], "b": [1.0, 2.0]})

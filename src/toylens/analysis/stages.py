@@ -181,21 +181,22 @@ def stage_boundaries(
     return [Boundary(curve, kind, i, checkpoints[i], int(steps[i]), s[i]) for i, kind in points]
 
 
-def cluster_curves(curves: dict[str, Sequence[Num]], k: int = 2, floor: float = 1e-3) -> dict[str, int]:
+def cluster_curves(curves: dict[str, Sequence[Num]], k: int = 2) -> dict[str, int]:
     """Group curves of the same length (e.g. each head's refined LLC at the checkpoints every head
-    has) into `k` clusters by k-means on log(max(value, floor)): curves close in level and shape
-    over training share a cluster. Two clusters of at most `EXACT_UP_TO` curves: the best split,
-    found by trying every one (the smallest within-cluster sum of squares). Otherwise Lloyd's
-    iterations from `len(curves)` deterministic starts (each curve as the first centre, then
-    repeatedly the curve farthest from the centres so far), the best result kept (a local optimum
-    at worst). Clusters are numbered by their mean log value, 0 the highest; fewer than k curves:
-    each its own cluster."""
+    has) into `k` clusters by k-means on their values: curves close in level and shape over
+    training share a cluster. (The values themselves, not their logs: a λ̂ near 0, as at
+    initialisation, is noise, and a log would make the noise dominate.) Two clusters of at most
+    `EXACT_UP_TO` curves: the best split, found by trying every one (the smallest within-cluster
+    sum of squares). Otherwise Lloyd's iterations from `len(curves)` deterministic starts (each
+    curve as the first centre, then repeatedly the curve farthest from the centres so far), the
+    best result kept (a local optimum at worst). Clusters are numbered by their mean value, 0 the
+    highest; fewer than k curves: each its own cluster."""
     names = list(curves)
     if not names:
         return {}
     if len({len(v) for v in curves.values()}) != 1:
         raise ValueError("cluster_curves: every curve needs the same length")
-    x = [[math.log(max(float(v), floor)) for v in curves[n]] for n in names]
+    x = [[float(v) for v in curves[n]] for n in names]
     k = min(k, len(x))
     if k == 2 and len(x) <= EXACT_UP_TO:
         labels = _best_split(x)

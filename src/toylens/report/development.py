@@ -245,7 +245,7 @@ def _head_rise_table(have: list[tuple[int, RunResults, DevelopmentResults]]) -> 
         guide="Across each run's steepest rise of the whole-model LLC (its 'fastest rise' stage boundary): every "
         "head's refined λ̂ at its last estimate before that step and its first at or after it, ranked by the "
         "ratio. Heads that form in that transition rise most; a λ̂ before that is not positive gives no ratio. "
-        "Cluster: the heads split in two by their whole refined-LLC curves (k-means on log λ̂ at the checkpoints "
+        "Cluster: the heads split in two by their whole refined-LLC curves (k-means on λ̂ at the checkpoints "
         "every head has, the best of all splits; 1 the group with the higher λ̂).",
     )
 
