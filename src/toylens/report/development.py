@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from toylens.analysis.stages import cluster_curves
 from toylens.report.analysis import with_analysis
 from toylens.report.collect import RunResults
 from toylens.report.dynamics import head_series
@@ -208,6 +207,8 @@ def head_clusters(restricted: dict[str, list[dict[str, Any]]]) -> dict[str, int]
     shared = set.intersection(*({c for c, v in h.items() if v is not None} for h in heads.values())) if heads else set()
     if len(heads) < 2 or len(shared) < 2:
         return {}
+    from toylens.analysis.stages import cluster_curves  # here: toylens.analysis is heavy, `import toylens` stays light
+
     order = sorted(shared)
     return cluster_curves({n: [float(h[c]) for c in order] for n, h in heads.items()})  # type: ignore[arg-type]
 
