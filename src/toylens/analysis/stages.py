@@ -252,8 +252,12 @@ def _lloyd(x: list[list[float]], centres: list[list[float]], iterations: int = 1
         for c in range(len(centres)):
             members = [p for p, l in zip(x, labels) if l == c]
             if members:
-                centres[c] = [_mean(col) for col in zip(*members)]
+                centres[c] = _centre(members)
     return labels
+
+
+def _centre(members: list[list[float]]) -> list[float]:
+    return [_mean(col) for col in zip(*members)]
 
 
 def _within(x: list[list[float]], labels: list[int], k: int) -> float:
@@ -261,6 +265,6 @@ def _within(x: list[list[float]], labels: list[int], k: int) -> float:
     for c in range(k):
         members = [p for p, l in zip(x, labels) if l == c]
         if members:
-            centre = [_mean(col) for col in zip(*members)]
+            centre = _centre(members)
             total += sum(_sq(p, centre) for p in members)
     return total

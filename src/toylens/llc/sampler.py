@@ -53,6 +53,8 @@ from tqdm.auto import tqdm
 # data) -> loss [rows]
 BatchedLoss = Callable[[dict[str, Tensor], "Tensor | None"], Tensor]
 Params = dict[str, Tensor]
+Sampled = dict[str, list[bool]]
+"""Per parameter, whether each row samples any of its weights (see `loss_and_grad`)."""
 
 
 @dataclass
@@ -132,10 +134,10 @@ class RowChunks:
     pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def map(
-        self, fn: Callable[..., tuple], w: Params, idx: Tensor | None, sampled: Params | None = None
+        self, fn: Callable[..., tuple], w: Params, idx: Tensor | None, sampled: Sampled | None = None
     ) -> list[tuple]:
         """fn(rows' params, rows' minibatch indices) for every chunk, in row order; with `sampled`
-        ({name: bool [rows]}), fn(rows' params, indices, those rows' `sampled`)."""
+        ({name: a bool per row}), fn(rows' params, indices, those rows' `sampled`)."""
         n = next(iter(w.values())).shape[0]
         if self.size is None or self.size >= n:
             return [fn(w, idx) if sampled is None else fn(w, idx, sampled)]
@@ -198,8 +200,8 @@ def run_sgld(
     # wait for the GPU every step.
     loss_trace = torch.zeros(n_rows, steps, dtype=torch.float64, device=next(iter(center.values())).device)
     accepts: list[Tensor] = []
-    # Which parameters each row samples at all ([rows] each, on the CPU: read per chunk and step).
-    sampled = None if rows.mask is None else {k: m.flatten(1).any(1).cpu() for k, m in rows.mask.items()}
+    # Which parameters each row samples at all, as Python bools: read per chunk and step.
+    sampled = None if rows.mask is None else {k: m.flatten(1).any(1).tolist() for k, m in rows.mask.items()}
     for step in tqdm(
         range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5, leave=False
     ):
@@ -231,12 +233,12 @@ def loss_and_grad(
     w: Params,
     idx: Tensor | None,
     chunks: RowChunks | None = None,
-    sampled: Params | None = None,
+    sampled: Sampled | None = None,
 ) -> tuple[Tensor, Params]:
     """Per-row loss [rows] and its gradient with respect to each row's own weights, chunk by chunk.
 
     Rows do not interact, so the gradient of the summed loss is every row's own gradient. With
-    `sampled` ({name: bool [rows]}: does the row sample any weight of that parameter), a chunk
+    `sampled` ({name: a bool per row}: does the row sample any weight of that parameter), a chunk
     differentiates only the parameters some of its rows sample; the others' gradients are zeros
     (a restricted row never uses them), and autograd skips their work: a chunk of layer-1 heads
     stops its backward pass at layer 1.
@@ -248,9 +250,9 @@ def loss_and_grad(
 
 
 def _loss_and_grad(
-    loss_fn: BatchedLoss, w: Params, idx: Tensor | None, sampled: Params | None = None
+    loss_fn: BatchedLoss, w: Params, idx: Tensor | None, sampled: Sampled | None = None
 ) -> tuple[Tensor, Params]:
-    wanted = {k: sampled is None or bool(sampled[k].any()) for k in w}
+    wanted = {k: sampled is None or any(sampled[k]) for k in w}
     leaves = {k: v.detach().requires_grad_(wanted[k]) for k, v in w.items()}
     with torch.enable_grad():
         loss = loss_fn(leaves, idx)
@@ -306,7 +308,7 @@ def _mala_acceptance(
     rows: RowSettings,
     precond: Params | None,
     chunks: RowChunks | None = None,
-    sampled: Params | None = None,
+    sampled: Sampled | None = None,
 ) -> Tensor:
     """min(1, exp(U(w) - U(w') + log q(w|w') - log q(w'|w))) per row, on the same minibatch."""
     loss_new, grad_new = loss_and_grad(loss_fn, proposal, idx, chunks, sampled)

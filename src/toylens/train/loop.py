@@ -82,8 +82,7 @@ def train(
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     task = build_task(cfg.task)
     cfg = cfg.resolved(task.spec.d_vocab, task.spec.d_vocab_out, task.spec.n_ctx)
-    per_epoch = math.ceil(len(task.splits[task.train_split]) / cfg.train.batch_size)
-    schedule_steps(cfg.train, planned_steps(per_epoch, cfg.train.epochs, cfg.train.max_steps))  # before any file
+    step_plan(len(task.splits[task.train_split]), cfg.train)  # train.checkpoint_steps checked before any file
     group = process_group(device)  # joins the torchrun process group when WORLD_SIZE > 1
     check_compiler(cfg.train.compile, group.device)
     if group.device.type == "cpu":
@@ -162,10 +161,7 @@ class Trainer:
         self.net = compile_forward(self.net, cfg.train.compile, self.device)  # train.compile; never saved
         self.callbacks = list(callbacks) if self.group.is_main else []
         self.data = task.splits[task.train_split]
-        self.steps_per_epoch = math.ceil(len(self.data) / cfg.train.batch_size)
-        self.total_steps = planned_steps(self.steps_per_epoch, cfg.train.epochs, cfg.train.max_steps)
-        epoch_ends = {*range(0, self.total_steps + 1, self.steps_per_epoch), self.total_steps}
-        self.log_steps = schedule_steps(cfg.train, self.total_steps) - epoch_ends
+        self.steps_per_epoch, self.total_steps, self.log_steps = step_plan(len(self.data), cfg.train)
         self.penalty = Regularisers.of(model, cfg.train, cfg.model.act_fn).l1  # the decay is in opt's groups
         self.select = cfg.train.select_metric or task.select_metric
         self.bar = tqdm(
@@ -351,16 +347,21 @@ def planned_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> i
     return steps_per_epoch * epochs if max_steps is None else min(steps_per_epoch * epochs, max_steps)
 
 
-def schedule_steps(train: TrainConfig, total_steps: int) -> set[int]:
-    """The steps of the weight-only checkpoints: `train.log_checkpoints` log-spaced steps and the
-    steps `train.checkpoint_steps` lists (ToylensError for one past `total_steps`)."""
+def step_plan(n_train: int, train: TrainConfig) -> tuple[int, int, set[int]]:
+    """(steps per epoch, steps in all, steps of the weight-only checkpoints) of a run on `n_train`
+    training examples. The weight-only checkpoints are `train.log_checkpoints` log-spaced steps and
+    the steps `train.checkpoint_steps` lists, less the epoch ends (which have their own);
+    ToylensError for a listed step past the run's last."""
+    per_epoch = math.ceil(n_train / train.batch_size)
+    total = planned_steps(per_epoch, train.epochs, train.max_steps)
     listed: set[int] = set()
     for item in train.checkpoint_steps:
         listed.update(item.steps() if isinstance(item, StepRange) else [item])
-    late = sorted(s for s in listed if s > total_steps)
+    late = sorted(s for s in listed if s > total)
     if late:
-        raise ToylensError(f"train.checkpoint_steps: step {late[0]} is past the run's last step ({total_steps})")
-    return log_spaced_steps(train.log_checkpoints, total_steps) | listed
+        raise ToylensError(f"train.checkpoint_steps: step {late[0]} is past the run's last step ({total})")
+    epoch_ends = {*range(0, total + 1, per_epoch), total}
+    return per_epoch, total, (log_spaced_steps(train.log_checkpoints, total) | listed) - epoch_ends
 
 
 def log_spaced_steps(count: int, total_steps: int) -> set[int]:
