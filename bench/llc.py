@@ -28,6 +28,7 @@ import time
 import warnings
 
 import torch
+from common import add_llc_args, agrees, llc_settings, print_times
 from torch.utils.data import DataLoader, TensorDataset
 
 from toylens.checkpoints import HELP, resolve
@@ -91,37 +92,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="run directory (train one with `toylens train configs/sort-no-decay.yaml`)")
     ap.add_argument("--checkpoint", default="final", help=HELP)
-    ap.add_argument("--epsilon", type=float, default=LLCSettings().epsilon)
-    ap.add_argument("--gamma", type=float, default=LLCSettings().gamma)
-    ap.add_argument("--batch-size", type=int, default=LLCSettings().batch_size)
-    ap.add_argument("--chains", type=int, default=LLCSettings().chains)
-    ap.add_argument("--draws", type=int, default=LLCSettings().draws)
-    ap.add_argument("--burnin", type=int, default=LLCSettings().burnin)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--device", default="cpu", help="torch device for both tools (auto, cpu, cuda)")
-    ap.add_argument("--no-devinterp", action="store_true", help="time toylens alone")
-    ap.add_argument(
-        "--mala-every",
-        type=int,
-        default=LLCSettings().mala_every,
-        help="toylens's MALA diagnostic (devinterp computes none); 0 for the same work",
-    )
+    add_llc_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     reuse_freed_memory()  # process-wide: devinterp gets the same malloc behaviour
     with_devinterp = not args.no_devinterp and importlib.util.find_spec("devinterp") is not None
     run = RunDir(args.run)
-    s = LLCSettings(
-        epsilon=args.epsilon,
-        gamma=args.gamma,
-        batch_size=args.batch_size,
-        chains=args.chains,
-        draws=args.draws,
-        burnin=args.burnin,
-        weight_decay=0.0,
-        mala_every=args.mala_every,
-    )
+    s = llc_settings(args)
     ckpts = resolve(run, args.checkpoint)
     print(
         f"# {platform.processor() or platform.machine()}, {args.threads} threads, device {device}, "
@@ -155,15 +133,11 @@ def main() -> None:
     agree = 0
     print(f"{'checkpoint':12s} {'toylens':>16s} {'devinterp':>16s}  agree")
     for c, a, b in zip(ckpts, ours, theirs):
-        ok = abs(a.llc - b["llc"]) <= 2 * math.sqrt(a.llc_se**2 + b["se"] ** 2)
+        ok = agrees(a, b)
         agree += ok
         print(f"{c.name:12s} {a.llc:9.3f} ± {a.llc_se:5.3f} {b['llc']:9.3f} ± {b['se']:5.3f}  {'yes' if ok else 'NO'}")
     print(f"agree within 2 combined standard errors: {agree}/{len(ckpts)}")
-    print(f"wall time: toylens {t_ours:.1f}s, devinterp {t_theirs:.1f}s, ratio {t_theirs / t_ours:.2f}x")
-    print(
-        f"CPU time:  toylens {c_ours:.1f}s, devinterp {c_theirs:.1f}s, ratio {c_theirs / c_ours:.2f}x "
-        "(process CPU seconds, all threads: steadier than wall time on a shared machine)"
-    )
+    print_times((t_ours, c_ours), (t_theirs, c_theirs))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from common import add_llc_args, agrees, llc_settings, print_times
 
 from toylens.checkpoints import HELP, resolve
 from toylens.device import resolve_device
@@ -134,34 +135,15 @@ def main() -> None:
     ap.add_argument("run", help="run directory (an induction run: `toylens train configs/induction-2l.yaml`)")
     ap.add_argument("--checkpoint", default="all", help=HELP)
     ap.add_argument("--restrict", default="heads", help="restrictions both tools name alike: heads, or l0h1,l1h2")
-    ap.add_argument("--epsilon", type=float, default=3e-4)
-    ap.add_argument("--gamma", type=float, default=300.0)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--chains", type=int, default=2)
-    ap.add_argument("--draws", type=int, default=100)
-    ap.add_argument("--burnin", type=int, default=50)
+    add_llc_args(ap, epsilon=3e-4, gamma=300.0, batch_size=16, chains=2, draws=100, burnin=50)
     ap.add_argument("--init-batches", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--device", default="cpu", help="torch device for both tools (auto, cpu, cuda)")
-    ap.add_argument("--no-devinterp", action="store_true", help="time toylens alone")
-    ap.add_argument("--mala-every", type=int, default=LLCSettings().mala_every, help="0: no MALA diagnostic")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     reuse_freed_memory()  # process-wide: devinterp gets the same malloc behaviour
     with_devinterp = not args.no_devinterp and importlib.util.find_spec("devinterp") is not None
     run = RunDir(args.run)
-    s = LLCSettings(
-        epsilon=args.epsilon,
-        gamma=args.gamma,
-        batch_size=args.batch_size,
-        chains=args.chains,
-        draws=args.draws,
-        burnin=args.burnin,
-        init_batches=args.init_batches,
-        weight_decay=0.0,
-        mala_every=args.mala_every,
-    )
+    s = llc_settings(args, init_batches=args.init_batches)
     ckpts = resolve(run, args.checkpoint)
     loaded = load(run.path, ckpts[0].name, device=device)
     seqs = sequences(loaded.task)
@@ -194,18 +176,14 @@ def main() -> None:
     agree = 0
     print(f"{'checkpoint':12s} {'head':6s} {'toylens':>16s} {'devinterp':>16s}  agree")
     for (c, r), a, b in zip(pairs, ours, theirs):
-        ok = abs(a.llc - b["llc"]) <= 2 * math.sqrt(a.llc_se**2 + b["se"] ** 2)
+        ok = agrees(a, b)
         agree += ok
         print(
             f"{c.name:12s} {r.name:6s} {a.llc:9.3f} ± {a.llc_se:5.3f} {b['llc']:9.3f} ± {b['se']:5.3f}"
             f"  {'yes' if ok else 'NO'}"
         )
     print(f"agree within 2 combined standard errors: {agree}/{len(pairs)}")
-    print(f"wall time: toylens {t_ours:.1f}s, devinterp {t_theirs:.1f}s, ratio {t_theirs / t_ours:.2f}x")
-    print(
-        f"CPU time:  toylens {c_ours:.1f}s, devinterp {c_theirs:.1f}s, ratio {c_theirs / c_ours:.2f}x "
-        "(process CPU seconds, all threads: steadier than wall time on a shared machine)"
-    )
+    print_times((t_ours, c_ours), (t_theirs, c_theirs))
 
 
 if __name__ == "__main__":

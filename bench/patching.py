@@ -17,45 +17,17 @@ import argparse
 import importlib.util
 import os
 import platform
-import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens prints a progress bar per grid
 
 import torch  # noqa: E402
+from common import ARCHS, make_model, timed  # noqa: E402
 
-from toylens import load  # noqa: E402
 from toylens.analysis.metrics import LogitDiff  # noqa: E402
 from toylens.analysis.patching import Patcher  # noqa: E402
-from toylens.config import ModelConfig  # noqa: E402
 from toylens.device import resolve_device  # noqa: E402
 from toylens.export import to_transformer_lens  # noqa: E402
 from toylens.memory import reuse_freed_memory  # noqa: E402
-from toylens.model import Transformer  # noqa: E402
-
-ARCHS = {
-    # configs/sort-*.yaml: 1 layer, attention + MLP, sequences of 20
-    "sort": dict(n_layers=1, n_heads=2, d_model=64, d_head=32, d_mlp=256, d_vocab=51, d_vocab_out=50, n_ctx=20),
-    # the induction study: 2 layers, attention only, sequences of 128
-    "induction": dict(n_layers=2, n_heads=4, d_model=128, attn_only=True, d_vocab=65, d_vocab_out=64, n_ctx=128),
-}
-
-
-def make_model(args: argparse.Namespace) -> Transformer:
-    if args.run:
-        return load(args.run).model
-    cfg = ModelConfig(**ARCHS[args.arch])
-    return Transformer(cfg.resolved(cfg.d_vocab, cfg.d_vocab_out, cfg.n_ctx), seed=0)
-
-
-def timed(fn, repeats: int, sync) -> tuple[float, object]:  # noqa: ANN001
-    out, times = None, []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return min(times), out  # the least disturbed repeat: the machine may be shared
 
 
 def main() -> None:
