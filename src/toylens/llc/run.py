@@ -299,25 +299,8 @@ def calibrate_restricted(
     reuse_freed_memory()
     run = as_rundir(run)
     with run_lock(run.path, "llc calibrate"):
-        base = settings or load_settings(run)
-        ckpt = resolve_one(run, checkpoint, "llc calibrate")
-        loaded = load(run.path, ckpt.name, device=device)
-        rs = _data_named(restrictions(loaded.model, restrict), data)
-        objective = run_objective(loaded.model, loaded.config, loaded.task, base, data)
-        grid = [(float(e), float(g)) for g in gammas for e in epsilons]
-        estimates = estimate_many(
-            objective,
-            [_weights(run, ckpt, objective)],
-            base,
-            grid=grid,
-            restrict=rs,
-            labels=[f"{r.name} ε={e:g} γ={g:g}" for r in rs for e, g in grid],
-            progress=progress,
-        )
-        out: dict[str, Calibration] = {}
-        for i, r in enumerate(rs):
-            part = estimates[i * len(grid) : (i + 1) * len(grid)]
-            out[r.name] = Calibration(ckpt.name, part, choose(part))
+        ckpt, base, sweeps = _sweep(run, checkpoint, restrict, data, epsilons, gammas, settings, device, progress)
+        out = {name: Calibration(ckpt.name, part, choose(part)) for name, part in sweeps.items()}
         if write:
             stored = (
                 dict(run.read_json(RESTRICTED_CALIBRATION)["restrictions"]) if run.has(RESTRICTED_CALIBRATION) else {}
@@ -394,19 +377,8 @@ def calibrate(
     reuse_freed_memory()
     run = as_rundir(run)
     with run_lock(run.path, "llc calibrate"):
-        base = settings or load_settings(run)
-        ckpt = resolve_one(run, checkpoint, "llc calibrate")
-        loaded = load(run.path, ckpt.name, device=device)
-        objective = run_objective(loaded.model, loaded.config, loaded.task, base)
-        grid = [(float(e), float(g)) for g in gammas for e in epsilons]
-        estimates = estimate_many(
-            objective,
-            [_weights(run, ckpt, objective)],
-            base,
-            grid=grid,
-            labels=[f"ε={e:g} γ={g:g}" for e, g in grid],
-            progress=progress,
-        )
+        ckpt, base, sweeps = _sweep(run, checkpoint, None, None, epsilons, gammas, settings, device, progress)
+        estimates = sweeps[WHOLE]
         chosen = choose(estimates)
         cal = Calibration(ckpt.name, estimates, chosen)
         if write:
@@ -429,6 +401,42 @@ def calibrate(
                 new = base.model_copy(update={"epsilon": pick.epsilon, "gamma": pick.gamma})
                 run.write_json("llc/settings.json", new.model_dump(mode="json"))
         return cal
+
+
+WHOLE = ""  # `_sweep`'s name for the whole model
+
+
+def _sweep(
+    run: RunDir,
+    checkpoint: Spec,
+    restrict: Sequence[str | Restriction] | None,
+    data: str | None,
+    epsilons: Sequence[float],
+    gammas: Sequence[float],
+    settings: LLCSettings | None,
+    device: str | torch.device,
+    progress: bool,
+) -> tuple[CheckpointInfo, LLCSettings, dict[str, list[LLCEstimate]]]:
+    """The calibrations' sampling: every (ε, γ) of epsilons x gammas on one checkpoint, for the
+    whole model (`restrict` None, named WHOLE) or each restriction, all in one batched computation.
+    Returns (the checkpoint, the base settings, {name: estimates in grid order, γ-major})."""
+    base = settings or load_settings(run)
+    ckpt = resolve_one(run, checkpoint, "llc calibrate")
+    loaded = load(run.path, ckpt.name, device=device)
+    rs = None if restrict is None else _data_named(restrictions(loaded.model, restrict), data)
+    objective = run_objective(loaded.model, loaded.config, loaded.task, base, data)
+    grid = [(float(e), float(g)) for g in gammas for e in epsilons]
+    names = [WHOLE] if rs is None else [r.name for r in rs]
+    estimates = estimate_many(
+        objective,
+        [_weights(run, ckpt, objective)],
+        base,
+        grid=grid,
+        restrict=rs,
+        labels=[f"{n} ε={e:g} γ={g:g}".lstrip() for n in names for e, g in grid],
+        progress=progress,
+    )
+    return ckpt, base, {n: estimates[i * len(grid) : (i + 1) * len(grid)] for i, n in enumerate(names)}
 
 
 def usable(est: LLCEstimate) -> bool:
