@@ -58,6 +58,11 @@ def tiny_config(**sections: dict) -> RunConfig:
     return validate_config(raw)
 
 
+def sets(**values: Any) -> list[str]:
+    """Command-line `--set KEY=VALUE` pairs, e.g. sets(chains=2, draws=4) for a fast LLC."""
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
 def tiny_model(
     n_layers: int = 2,
     attn_only: bool = False,

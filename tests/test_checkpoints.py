@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import sets, tiny_config
 
 from toylens import load, train
 from toylens.checkpoints import HELP, epoch_name, items, resolve, resolve_one, state_file, step_name, weights_file
@@ -106,19 +106,7 @@ def test_help_names_every_form():
 
 # --------------------------------------------------------------------- one --checkpoint on every command
 
-FAST_LLC = [
-    "--set",
-    "chains=1",
-    "--set",
-    "draws=2",
-    "--set",
-    "burnin=1",
-    "--set",
-    "batch_size=8",
-    "--set",
-    "init_batches=1",
-    "--no-progress",
-]
+FAST_LLC = [*sets(chains=1, draws=2, burnin=1, batch_size=8, init_batches=1), "--no-progress"]
 COMMANDS = {  # command -> (arguments after RUN, does it take several checkpoints?)
     "analyze": (["--only", "weight_norms", "--examples", "4", "--no-progress"], True),
     "llc": (FAST_LLC, True),

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import TINY
+from conftest import TINY, sets
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -131,17 +131,7 @@ def test_set_errors_read_the_same_in_every_command(toylens_main, tiny_run, tmp_p
 
 def test_llc_keys_bare_or_with_llc_prefix(toylens_main, tiny_run):
     _, run = tiny_run
-    fast = (
-        "--set",
-        "draws=4",
-        "--set",
-        "burnin=2",
-        "--set",
-        "batch_size=8",
-        "--set",
-        "init_batches=1",
-        "--no-progress",
-    )
+    fast = (*sets(draws=4, burnin=2, batch_size=8, init_batches=1), "--no-progress")
     bare = toylens_main("llc", run, "--checkpoint", "final", "--set", "chains=2", *fast)
     assert bare.exit_code == 0, bare.stderr
     prefixed = toylens_main("llc", run, "--checkpoint", "final", "--set", "llc.chains=2", *fast)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import sets, tiny_config
 
 from toylens.config import validate_config
 from toylens.errors import ToylensError
@@ -92,8 +92,7 @@ def induction_run(tmp_path_factory):
 
 
 def test_cli_data_restrict_stores_restriction_at_subset(induction_run, toylens_main):
-    fast = ["--set", "chains=2", "--set", "draws=4", "--set", "burnin=2", "--set", "batch_size=8"]
-    fast += ["--set", "init_batches=1", "--checkpoint", "1", "--no-progress"]
+    fast = [*sets(chains=2, draws=4, burnin=2, batch_size=8, init_batches=1), "--checkpoint", "1", "--no-progress"]
     alone = toylens_main("llc", induction_run, "--data-restrict", "copied", *fast)
     assert alone.exit_code == 0, alone.stderr
     run = RunDir(induction_run)

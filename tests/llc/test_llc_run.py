@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import sets, tiny_config
 
 from toylens.llc import (
     LLCEstimate,
@@ -261,19 +261,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "toylens.cli", *args], capture_output=True, text=True)
 
 
-FAST_SET = [
-    "--set",
-    "chains=2",
-    "--set",
-    "draws=4",
-    "--set",
-    "burnin=2",
-    "--set",
-    "batch_size=8",
-    "--set",
-    "init_batches=1",
-    "--no-progress",
-]
+FAST_SET = [*sets(chains=2, draws=4, burnin=2, batch_size=8, init_batches=1), "--no-progress"]
 
 
 def test_cli_llc_and_calibrate(run_dir, tmp_path):

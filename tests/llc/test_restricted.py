@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import Point, tiny_config
+from conftest import Point, sets, tiny_config
 
 from toylens.errors import ToylensError
 from toylens.llc import (
@@ -181,8 +181,8 @@ def test_cli_restrict_heads_writes_one_result_per_head_and_checkpoint_and_skips_
         return out
 
     monkeypatch.setattr(llc_run, "estimate_many", counted)
-    fast = ["--set", "chains=2", "--set", "draws=4", "--set", "burnin=2", "--set", "batch_size=8"]
-    args = ["llc", attention_run, "--restrict", "heads", "--checkpoint", "0,2", *fast, "--set", "init_batches=1"]
+    fast = sets(chains=2, draws=4, burnin=2, batch_size=8, init_batches=1)
+    args = ["llc", attention_run, "--restrict", "heads", "--checkpoint", "0,2", *fast]
     first = toylens_main(*args, "--no-progress")
     assert first.exit_code == 0, first.stderr
     run = RunDir(attention_run)
@@ -239,14 +239,7 @@ def test_calibrate_per_restriction_then_estimates_use_each_pick(attention_run, t
         "1e-5,1e-4",
         "--gammas",
         "100",
-        "--set",
-        "draws=20",
-        "--set",
-        "chains=2",
-        "--set",
-        "init_batches=1",
-        "--set",
-        "batch_size=8",
+        *sets(draws=20, chains=2, init_batches=1, batch_size=8),
         "--no-write",
         "--no-progress",
     )
