@@ -38,6 +38,7 @@ from toylens.analysis.results import Result
 from toylens.config import derived
 from toylens.model import Transformer, act_name
 from toylens.tasks.base import IGNORE
+from toylens.tasks.repeated import HALF
 
 Relation = Callable[[Tensor, Tensor], Tensor]  # (tokens [b, p], targets [b, p]) -> mask [b, q, k]
 
@@ -185,7 +186,7 @@ def repeated_token_scores(
     bos: int | None = None,
     *,
     n_seq: int = 100,
-    half: int = 50,
+    half: int = HALF,
     seed: int = 0,
 ) -> HeadScores:
     """Previous-token, first-token, duplicate-token and induction scores on `n_seq` sequences

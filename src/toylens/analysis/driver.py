@@ -44,6 +44,7 @@ from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
 from toylens.run import Loaded, RunDir, RunLike, as_rundir, load
 from toylens.tasks import Batch, CorruptedPair, Task, task_class
+from toylens.tasks.repeated import HALF
 
 P = TypeVar("P", bound=Patcher)
 
@@ -58,7 +59,7 @@ class Settings:
     """Clean/corrupted pairs for patching."""
     n_repeated: int = 100
     """Repeated random sequences for the induction-style head scores."""
-    repeated_half: int = 50
+    repeated_half: int = HALF
     """Length of each half of a repeated sequence (shrunk to fit n_ctx)."""
     n_pattern_examples: int = 4
     """Example inputs whose attention patterns are saved."""

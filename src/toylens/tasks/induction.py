@@ -34,8 +34,6 @@ from toylens.tasks.registry import register_task
 from toylens.tasks.repeated import repeated_pair
 
 _SPLIT_KEYS = {"train": 1, "test": 2}
-PAIR_HALF = 50
-"""Tokens in each half of the repeated sequences of `corrupted_pair`."""
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -121,10 +119,8 @@ class InductionTask(Task):
     def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
         """Repeated random tokens with the first half replaced (`tasks.repeated`), halves of 50
         tokens (fewer when n_ctx is short): the sequences the induction head scores are measured
-        on. Shorter halves need not exercise the circuit: configs/induction-2l.yaml's model
-        predicts the second half of 20-token halves at 3.67 nats (4.17 corrupted) but of 50-token
-        halves at 0.74 (4.76 corrupted), see BENCHMARKS.md."""
-        return repeated_pair(self, n, seed, half=PAIR_HALF)
+        on (why 50: `tasks.repeated.HALF`)."""
+        return repeated_pair(self, n, seed)
 
     def repeated_tokens(self, n_seq: int, length: int, seed: int = 0) -> Int[Tensor, "batch pos"]:
         """`[BOS, r_1..r_length, r_1..r_length]` with r uniform over 0..n_vocab-1 (for induction scores)."""

@@ -14,8 +14,8 @@ validation split minus its last val_fraction, selects on that tail, and is teste
 Metrics: `loss` (nats per token), `ppl` = exp(loss), `acc` (top-1 next token), and with a compact
 vocabulary (`task.vocab`, see `tasks.text`) `other_frac`, the share of targets that are the
 `<other>` id, whose loss is that of predicting the bucket. Patching breaks a
-repeated sequence of random tokens (`tasks.repeated`, started with end-of-text) and measures
-neg_loss on its second half.
+repeated sequence of random tokens (`tasks.repeated`, started with end-of-text, halves of 20
+tokens: see `LmTask.corrupted_pair`) and measures neg_loss on its second half.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from toylens.tasks.tokenizers import load_tokenizer
 from toylens.tasks.vocab import CompactVocab
 
 log = logging.getLogger("toylens")
+LM_HALF = 20
+"""Tokens in each half of `LmTask.corrupted_pair`'s repeated sequences."""
 
 
 class WindowSplit(Split):
@@ -174,7 +176,11 @@ class LmTask(TextTask):
         return {**metrics, "ppl": math.exp(min(metrics["loss"], 50.0))}
 
     def corrupted_pair(self, n: int = 32, seed: int = 0) -> CorruptedPair:
-        return repeated_pair(self, n, seed)
+        """Repeated random tokens with the first half replaced, halves of 20 tokens, shorter than the
+        head scores' 50 (`tasks.repeated.HALF`): patching costs grow with the square of the length,
+        and on the quick IMDB 2-layer model 50-token halves took `analyze` from 11.7 to 35.3 s while
+        the quick text models copy on neither (clean and corrupted losses within 0.08 nats)."""
+        return repeated_pair(self, n, seed, half=LM_HALF)
 
 
 def _windows(split: Split) -> WindowSplit:
