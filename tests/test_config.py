@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import TINY
 
-from toylens.config import config_diff, field_docs, load_config
+from toylens.config import SHIPPED, config_diff, field_docs, load_config, shipped
 from toylens.errors import ToylensError
 
 
@@ -136,3 +136,15 @@ def test_cli_exits_2_with_one_line(tmp_path, override, field):
     assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists(), "nothing may be written before the config is valid"
+
+
+def test_configs_paths_fall_back_to_the_shipped_configs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a checkout: no configs/ here
+    assert shipped(Path("configs/sort-no-decay.yaml")) == SHIPPED / "sort-no-decay.yaml"
+    assert shipped(Path("configs/studies/induction-heads.yaml")) == SHIPPED / "studies" / "induction-heads.yaml"
+    assert load_config("configs/sort-no-decay.yaml").name == "sort-no-decay"
+    for given in ("configs/no-such.yaml", "sort-no-decay.yaml", "other/sort-no-decay.yaml", "/configs/x.yaml"):
+        assert shipped(Path(given)) == Path(given)  # left to its reader's "not found"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "sort-no-decay.yaml").write_text(yaml.safe_dump({**TINY, "name": "mine"}))
+    assert load_config("configs/sort-no-decay.yaml").name == "mine"  # a file that exists is always the one read

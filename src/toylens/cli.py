@@ -408,6 +408,17 @@ def config_show(
     typer.echo(config_to_yaml(cfg.resolved(spec.d_vocab, spec.d_vocab_out, spec.n_ctx)), nl=False)
 
 
+@config_app.command("list")
+@user_errors
+def config_list() -> None:
+    """List the configs shipped with toylens (run configs, studies/, sweeps/) as the paths the
+    commands take; from a folder without its own configs/, such a path reads the shipped file."""
+    from toylens.config import SHIPPED
+
+    for path in sorted(SHIPPED.rglob("*.yaml"), key=lambda p: (len(p.relative_to(SHIPPED).parts), p.as_posix())):
+        typer.echo(f"configs/{path.relative_to(SHIPPED).as_posix()}")
+
+
 LLCSetOption = typer.Option(
     None,
     "--set",

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from toylens.config import RunConfig, Section, _suggest, load_config, read_yaml, validate_input
+from toylens.config import SHIPPED, RunConfig, Section, _suggest, load_config, read_yaml, shipped, validate_input
 from toylens.errors import ToylensError
 
 log = logging.getLogger("toylens")
@@ -163,9 +163,8 @@ class StudyResult:
 
 
 def studies_dirs() -> list[Path]:
-    """Where study names are looked up: ./configs/studies, then the source tree's."""
-    source_tree = Path(__file__).resolve().parents[2] / "configs" / STUDIES_DIR
-    return list(dict.fromkeys([Path.cwd() / "configs" / STUDIES_DIR, source_tree]))
+    """Where study names are looked up: ./configs/studies, then the package's own (`SHIPPED`)."""
+    return list(dict.fromkeys([Path.cwd() / "configs" / STUDIES_DIR, SHIPPED / STUDIES_DIR]))
 
 
 def known_studies() -> list[str]:
@@ -174,7 +173,7 @@ def known_studies() -> list[str]:
 
 def find_study(name_or_path: str | Path) -> Path:
     """A study name (configs/studies/<name>.yaml) or a path to a study YAML file."""
-    path = Path(name_or_path)
+    path = shipped(Path(name_or_path))
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ToylensError(f"{path}: study file not found")
@@ -182,7 +181,7 @@ def find_study(name_or_path: str | Path) -> Path:
     for folder in studies_dirs():
         if (folder / f"{name_or_path}.yaml").is_file():
             return folder / f"{name_or_path}.yaml"
-    known = ", ".join(known_studies()) or "none found; run from a toylens checkout"
+    known = ", ".join(known_studies())
     raise ToylensError(f"study {str(name_or_path)!r}: unknown (known studies: {known}; or give a study YAML file)")
 
 

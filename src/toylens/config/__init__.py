@@ -52,9 +52,10 @@ from toylens.config.sections import (
     register_task_config,
     task_config_name,
 )
-from toylens.config.text import ConfigDumper, ConfigLoader, parse_yaml, read_yaml
+from toylens.config.text import SHIPPED, ConfigDumper, ConfigLoader, parse_yaml, read_yaml, shipped
 
 __all__ = [
+    "SHIPPED",
     "TASK_CONFIGS",
     "WIKITEXT_SUBSETS",
     "ClassifyTaskConfig",
@@ -88,6 +89,7 @@ __all__ = [
     "register_task_config",
     "save_config",
     "set_field",
+    "shipped",
     "task_config_name",
     "validate_config",
     "validate_input",

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from toylens.config.fields import _deep_copy, _not_json, apply_sets, format_validation_error
 from toylens.config.sections import RunConfig, SectionT
-from toylens.config.text import ConfigDumper, read_yaml
+from toylens.config.text import ConfigDumper, read_yaml, shipped
 from toylens.errors import ToylensError
 
 # ------------------------------------------------------------------------------ load / save
@@ -28,7 +28,7 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Run
     if isinstance(source, dict):
         raw = _deep_copy(source)
     else:
-        path = Path(source)
+        path = shipped(Path(source))
         where = str(path)
         raw = read_yaml(path, "config", "a mapping of sections (task, model, train)")
         raw.setdefault("name", path.stem)

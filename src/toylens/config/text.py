@@ -3,6 +3,7 @@ back the same way."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,12 @@ from typing import Any
 import yaml
 
 from toylens.errors import ToylensError
+
+log = logging.getLogger("toylens")
+
+SHIPPED = Path(__file__).resolve().parents[1] / "configs"
+"""The configs that ship inside the package (run configs, studies/, sweeps/); a checkout's
+top-level `configs` is a link to this folder."""
 
 # ------------------------------------------------------------------------------------ YAML
 
@@ -27,6 +34,19 @@ class ConfigDumper(yaml.SafeDumper):
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)[eE][-+]?[0-9]+$")
 for _cls in (ConfigLoader, ConfigDumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+
+
+def shipped(path: Path) -> Path:
+    """`path`, or where it is missing and written `configs/...` (as the README writes them), the
+    config of that name shipped with toylens, so the documented commands run from any folder of
+    an installed toylens. Anything else is returned as given (its reader then says it is missing)."""
+    if path.exists() or path.is_absolute() or path.parts[:1] != ("configs",):
+        return path
+    candidate = SHIPPED.joinpath(*path.parts[1:])
+    if not candidate.is_file():
+        return path
+    log.info("%s: not in %s; using the one shipped with toylens, %s", path, Path.cwd(), candidate)
+    return candidate
 
 
 def parse_yaml(text: str | bytes) -> Any:

@@ -47,6 +47,7 @@ from toylens.config import (
     format_validation_error,
     read_yaml,
     set_field,
+    shipped,
     validate_config,
     validate_input,
 )
@@ -217,7 +218,7 @@ def load_sweep(source: str | Path | dict) -> tuple[SweepSpec, Path]:
     if isinstance(source, dict):
         raw = source
     else:
-        path = Path(source)
+        path = shipped(Path(source))
         where, root = str(path), path.parent
         raw = read_yaml(path, "sweep spec", "a mapping (name, base, parameters, ...)")
     return validate_input(SweepSpec, raw, where), root
