@@ -87,18 +87,6 @@ def test_bad_items_name_the_item_and_what_is_available(run, unfinished):
     assert names(unfinished, "all") == names(run, "all") and names(unfinished, 2) == ["epoch-0002"]
 
 
-def test_the_old_parsers_still_work_with_a_warning(run):
-    from toylens.analysis.driver import checkpoint_names
-    from toylens.llc.run import select_checkpoints
-
-    with pytest.warns(FutureWarning, match="checkpoint_file is deprecated"):
-        assert run.checkpoint_file("final") == weights_file("epoch-0002")
-    with pytest.warns(FutureWarning, match="checkpoint_names is deprecated"):
-        assert checkpoint_names(run, "0,final") == ["epoch-0000", "epoch-0002"]
-    with pytest.warns(FutureWarning, match="select_checkpoints is deprecated"):
-        assert select_checkpoints(run, [1]) == resolve(run, "epoch-0001")
-
-
 def test_help_names_every_form():
     for form in ("final", "best", "epoch number", "epoch-0003", "step-000120", "all", "3,5"):
         assert form in HELP

@@ -104,10 +104,10 @@ def test_analyze_and_llc_steps_feed_the_report(tmp_path):
                 "settings": {"n_examples": 32, "n_patch": 4, "n_repeated": 8},
             },
             "llc": {
-                "checkpoints": "final",
+                "checkpoint": "final",
                 "chains": 2,
                 "draws": 20,
-                "burnin": 10,  # the old spelling still works
+                "burnin": 10,
                 "calibrate": {"epsilons": [0.0001, 0.0003], "gammas": [100.0]},
             },
         },
@@ -221,7 +221,7 @@ def test_smoke_size_is_quick_with_the_smoke_section_on_top(tmp_path, toylens_mai
         smoke={
             "set": ["train.epochs=1"],
             "analyze_settings": {"n_examples": 8},  # the old spelling, merged all the same
-            "llc": {"checkpoints": [0, 1], "draws": 4, "calibrate": {"epsilons": [0.01]}},
+            "llc": {"checkpoint": [0, 1], "draws": 4, "calibrate": {"epsilons": [0.01]}},
         },
     )
     spec, path = rp.load_study(study)
@@ -325,7 +325,7 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             {"analyze": [{"checkpoint": "all,3"}]},
             "quick.analyze.0.checkpoint 'all,3': all already names every checkpoint",
         ),
-        ({"llc": {"checkpoint": "all", "checkpoints": "all"}}, "checkpoints is the old spelling of checkpoint"),
+        ({"llc": {"checkpoint": "all", "checkpoints": "all"}}, "quick.llc: checkpoints: unknown key"),
         (
             {"llc": {"restrict": "heads"}},
             "quick.llc.restrict: expected a list of restrictions such as [heads], or",

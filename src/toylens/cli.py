@@ -437,11 +437,6 @@ LLCSetOption = typer.Option(
 def llc_estimate(
     run: Path = typer.Argument(..., help="Run directory."),
     checkpoint: str | None = CheckpointOption(None, "all"),
-    old_checkpoints: str | None = typer.Option(
-        None,
-        "--checkpoints",
-        help="Deprecated spelling of --checkpoint (same forms); it will be removed in the next release.",
-    ),
     set_: list[str] | None = LLCSetOption,
     device: str = DeviceOption,
     group: int = typer.Option(16, "--group", min=1, help="Checkpoints sampled together in one batched computation."),
@@ -470,22 +465,14 @@ def llc_estimate(
     from toylens.llc import llc_over_checkpoints
     from toylens.run import as_rundir
 
-    if old_checkpoints is not None:
-        if checkpoint is not None:
-            raise ToylensError("--checkpoints is the old spelling of --checkpoint; give only --checkpoint")
-        typer.echo(
-            "warning: --checkpoints is deprecated and will be removed in the next release; "
-            "use --checkpoint (same forms)",
-            err=True,
-        )
     rundir = as_rundir(run)
     settings = _llc_settings(rundir, set_)
     if restrict or data_restrict:
-        chosen = checkpoint or old_checkpoints or "all"
+        chosen = checkpoint or "all"
         _llc_restricted(rundir, restrict or ["all"], data_restrict, chosen, settings, device, group, progress)
         return
     results = llc_over_checkpoints(
-        rundir, checkpoint or old_checkpoints or "all", settings=settings, device=device, group=group, progress=progress
+        rundir, checkpoint or "all", settings=settings, device=device, group=group, progress=progress
     )
     typer.echo(f"{'checkpoint':14s} {'train_loss':>10s} {'llc':>9s} {'± se':>7s} {'accept':>6s}  warnings")
     for name, r in results.items():

@@ -63,7 +63,7 @@ class StudySize(Section):
     of every checkpoint, then everything of the final one)."""
     llc: dict[str, Any] = {}
     """The LLC step: "checkpoint" (which checkpoints, as `toylens llc --checkpoint`: all (the
-    default), final, [0, 1, 2], ...; "checkpoints" is its deprecated spelling), "calibrate" (keyword
+    default), final, [0, 1, 2], ...), "calibrate" (keyword
     arguments of the sampler calibration such as epsilons and gammas, or false to use the settings
     as given), "restrict" (also the refined LLC of each restriction, as `toylens llc --restrict`: a
     list such as [heads], over the same checkpoints with the same settings, or a mapping {specs:
@@ -72,24 +72,6 @@ class StudySize(Section):
     from the whole model's}), and any LLC setting (chains, draws, burnin, ...)."""
     development: dict[str, Any] = {}
     """The development step (`toylens development`): n_probe, seed, bandwidth."""
-
-    @field_validator("llc")
-    @classmethod
-    def _one_spelling(cls, llc: dict[str, Any]) -> dict[str, Any]:
-        return renamed_checkpoint_key(llc)
-
-
-def renamed_checkpoint_key(llc: dict[str, Any]) -> dict[str, Any]:
-    """LLC options with the deprecated key "checkpoints" (toylens 0.1) renamed to "checkpoint"."""
-    if "checkpoints" not in llc:
-        return llc
-    if "checkpoint" in llc:
-        raise ValueError("checkpoints is the old spelling of checkpoint; give only checkpoint")
-    log.warning(
-        "study files: llc.checkpoints is deprecated and will be removed in the next release; "
-        "write llc.checkpoint (same forms)"
-    )
-    return {("checkpoint" if k == "checkpoints" else k): v for k, v in llc.items()}
 
 
 class SmokeSize(Section):
@@ -104,11 +86,6 @@ class SmokeSize(Section):
     llc: dict[str, Any] = {}
     """LLC options merged over the quick size's: settings (draws, init_batches, ...), "checkpoint"
     (when quick names epochs a smoke run does not reach) and "calibrate" (merged key by key)."""
-
-    @field_validator("llc")
-    @classmethod
-    def _one_spelling(cls, llc: dict[str, Any]) -> dict[str, Any]:
-        return renamed_checkpoint_key(llc)
 
     @field_validator("analyze_settings")
     @classmethod

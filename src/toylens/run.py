@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -178,15 +177,6 @@ class RunDir:
         """Every registered checkpoint, ordered by training step (epoch checkpoints first on ties)."""
         items = [CheckpointInfo(name=k, **v) for k, v in self.manifest()["checkpoints"].items()]
         return sorted(items, key=lambda c: (c.step, not c.name.startswith("epoch"), c.name))
-
-    def checkpoint_file(self, checkpoint: str | int) -> str:
-        """Deprecated: `toylens.checkpoints.resolve_one(run, checkpoint).file`."""
-        warnings.warn(
-            "RunDir.checkpoint_file is deprecated; use toylens.checkpoints.resolve_one(run, spec).file",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return resolve_one(self, checkpoint, "checkpoint_file").file
 
 
 RunLike = str | os.PathLike | RunDir

@@ -3,7 +3,6 @@ measured) where they should."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from toylens.config import InductionTaskConfig, SortTaskConfig
@@ -84,13 +83,3 @@ def test_classify_swaps_one_sentiment_word():
         label_at = [i for i, a in enumerate(answers) if a != IGNORE]
         assert len(label_at) == 1 and wrong[label_at[0]] == 1 - answers[label_at[0]]
         assert diff[0] <= label_at[0]
-
-
-def test_the_old_function_still_gives_the_task_pair_with_a_warning():
-    from toylens.analysis import corrupted_pair
-
-    task = build_task(SortTaskConfig(list_len=6, n_values=20, n_train=100, n_test=50))
-    with pytest.warns(FutureWarning, match="task.corrupted_pair"):
-        old = corrupted_pair(task, 8, seed=3)
-    new = task.corrupted_pair(8, seed=3)
-    assert torch.equal(old.clean, new.clean) and torch.equal(old.corrupted, new.corrupted)

@@ -269,20 +269,6 @@ def test_the_weight_decay_setting_is_sampled_and_settings_without_a_run_are_refu
         estimate_llc(model, potential, None, s.model_copy(update={"weight_decay": None}))
     with pytest.raises(ToylensError, match="l1: false"):
         estimate_llc(model, potential, None, s.model_copy(update={"l1": False}))
-    # The 0.1 spelling, weight_decay={name: c}, works for one release, warns, and is never a second
-    # value silently beside the setting.
-    with pytest.warns(FutureWarning, match="LLCSettings"):
-        old = estimate_llc(model, potential, None, s, weight_decay={"w": 0.3})
-    assert old.init_loss == decayed.init_loss and torch.equal(old.loss_trace, decayed.loss_trace)
-    with pytest.warns(FutureWarning), pytest.raises(ToylensError, match="weight_decay: given twice"):
-        estimate_llc(model, potential, None, s.model_copy(update={"weight_decay": 0.3}), weight_decay={"w": 0.3})
-
-
-def test_optim_decays_moved_with_a_warning():
-    from toylens.train import optim, regularisers
-
-    with pytest.warns(FutureWarning, match="regularisers"):
-        assert optim.decays is regularisers.decays
 
 
 def test_rmsprop_variant_on_the_quadratic(device):
@@ -310,23 +296,3 @@ def test_reuse_freed_memory_on_glibc():
     from toylens.memory import reuse_freed_memory
 
     assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")
-
-
-@pytest.mark.parametrize(
-    "old, new, name",
-    [
-        ("toylens.analysis.llc", "toylens.llc.settings", "LLCSettings"),
-        ("toylens.analysis.llc", "toylens.llc.objective", "Objective"),
-        ("toylens.analysis.llc_run", "toylens.llc.run", "llc_over_checkpoints"),
-        ("toylens.analysis.llc_sampler", "toylens.llc.sampler", "run_sgld"),
-        ("toylens.analysis.llc_diagnostics", "toylens.llc.diagnostics", "LLCEstimate"),
-    ],
-)
-def test_the_old_module_names_import_for_one_release_with_a_warning(old, new, name):
-    import importlib
-    import sys
-
-    sys.modules.pop(old, None)
-    with pytest.warns(FutureWarning, match="moved to toylens.llc"):
-        module = importlib.import_module(old)
-    assert getattr(module, name) is getattr(importlib.import_module(new), name)

@@ -265,10 +265,9 @@ FAST_SET = [*sets(chains=2, draws=4, burnin=2, batch_size=8, init_batches=1), "-
 
 
 def test_cli_llc_and_calibrate(run_dir, tmp_path):
-    proc = cli("llc", str(run_dir), "--checkpoints", "0,2", "--set", "seed=3", *FAST_SET)  # the deprecated spelling
+    proc = cli("llc", str(run_dir), "--checkpoint", "0,2", "--set", "seed=3", *FAST_SET)
     assert proc.returncode == 0, proc.stderr
     assert "epoch-0000" in proc.stdout and "epoch-0002" in proc.stdout and "epoch-0001" not in proc.stdout
-    assert "warning: --checkpoints is deprecated" in proc.stderr
     proc = cli("llc", "calibrate", str(run_dir), "--epsilons", "1e-5,1e-4", "--gammas", "100", "--no-write", *FAST_SET)
     assert proc.returncode in (0, 1), proc.stderr
     assert "calibration on epoch-0002" in proc.stdout and "1e-05" in proc.stdout

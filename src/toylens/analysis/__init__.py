@@ -97,7 +97,6 @@ from toylens.analysis.attribution import (
 from toylens.analysis.attribution_patching import AttributionGrid, AttributionPatcher
 from toylens.analysis.circuits import Circuits, circuits, copying_scores, full_ov, full_qk_positions, full_qk_tokens
 from toylens.analysis.composition import Composition, composition_scores
-from toylens.analysis.corrupt import corrupted_pair  # deprecated: task.corrupted_pair(n, seed)
 from toylens.analysis.driver import ANALYSES, Settings, analyze
 from toylens.analysis.edge_attribution import EdgeScores, edge_attribution
 from toylens.analysis.metrics import Accuracy, LogitDiff, NegLoss
@@ -148,7 +147,6 @@ __all__ = [
     "circuits",
     "composition_scores",
     "copying_scores",
-    "corrupted_pair",
     "direct_logit_attribution",
     "edge_attribution",
     "full_ov",

@@ -12,7 +12,6 @@ results all exist is not even loaded.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -362,12 +361,6 @@ ANALYSES: list[Analysis] = [
 
 
 # --------------------------------------------------------------------------------- driver
-
-
-def checkpoint_names(run: RunDir, checkpoint: Spec) -> list[str]:
-    """Deprecated: the names of `toylens.checkpoints.resolve(run, checkpoint)`."""
-    warnings.warn("checkpoint_names is deprecated; use toylens.checkpoints.resolve", FutureWarning, stacklevel=2)
-    return [c.name for c in resolve(run, checkpoint)]
 
 
 def analyze(

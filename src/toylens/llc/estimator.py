@@ -26,7 +26,6 @@ transformer); see `sampler`. Run directories: `run`.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
@@ -35,7 +34,6 @@ from operator import add
 import torch
 from torch import Tensor, nn
 
-from toylens.errors import ToylensError
 from toylens.llc.diagnostics import LLCEstimate, summarise
 from toylens.llc.objective import Data, LossFn, Objective, module_objective
 from toylens.llc.restrict import Restriction
@@ -49,38 +47,13 @@ def estimate_llc(
     data: Data,
     settings: LLCSettings | None = None,
     *,
-    weight_decay: dict[str, float] | None = None,
     progress: bool = False,
 ) -> LLCEstimate:
     """The LLC of `model` at its current weights (see the module docstring); the objective is
-    `loss_fn`, plus (c/2)·||w||² on every parameter with settings.weight_decay = c.
-
-    `weight_decay={name: c}` (per parameter) is the 0.1 spelling, kept for one release with a
-    FutureWarning; it cannot be combined with a nonzero settings.weight_decay."""
+    `loss_fn`, plus (c/2)·||w||² on every parameter with settings.weight_decay = c."""
     settings = settings or LLCSettings()
-    if weight_decay is None:
-        objective = module_objective(model, loss_fn, data, settings)
-    else:
-        objective = _deprecated_decay(model, loss_fn, data, settings, weight_decay)
+    objective = module_objective(model, loss_fn, data, settings)
     return estimate_many(objective, [current_weights(model)], settings, progress=progress)[0]
-
-
-def _deprecated_decay(
-    model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings, decay: dict[str, float]
-) -> Objective:
-    warnings.warn(
-        "estimate_llc(weight_decay={name: c}) is deprecated and goes in the next release; "
-        "set LLCSettings(weight_decay=c) (every parameter) instead",
-        FutureWarning,
-        stacklevel=3,
-    )
-    if settings.weight_decay:
-        raise ToylensError(
-            f"weight_decay: given twice (estimate_llc(weight_decay=...) and LLCSettings.weight_decay="
-            f"{settings.weight_decay}); give it once, in LLCSettings"
-        )
-    module_objective(model, loss_fn, data, settings)  # the same checks of l1 and weight_decay=null
-    return Objective(model, loss_fn, data, decay)
 
 
 def current_weights(model: nn.Module) -> dict[str, Tensor]:

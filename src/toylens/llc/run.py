@@ -42,7 +42,6 @@ written before its summary, so an interrupted run leaves no summary without trac
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -95,17 +94,10 @@ def validate_settings(raw: dict[str, Any], where: str) -> LLCSettings:
     return validate_input(LLCSettings, raw, where)
 
 
-def select_checkpoints(run: RunDir, which: Spec = "all") -> list[CheckpointInfo]:
-    """Deprecated: `toylens.checkpoints.resolve(run, which)`."""
-    warnings.warn("select_checkpoints is deprecated; use toylens.checkpoints.resolve", FutureWarning, stacklevel=2)
-    return resolve(run, which)
-
-
 def llc_over_checkpoints(
     run: RunLike,
     checkpoint: Spec = "all",
     *,
-    checkpoints: Spec | None = None,
     settings: LLCSettings | None = None,
     device: str | torch.device = "auto",
     group: int = 16,
@@ -113,19 +105,11 @@ def llc_over_checkpoints(
 ) -> dict[str, dict[str, Any]]:
     """Estimate the LLC of each checkpoint `checkpoint` names (any spec of `toylens.checkpoints`:
     all, final, best, 3, epoch-0003, "3,5"), skipping those done, `group` checkpoints at a time.
-    (`checkpoints=` is the deprecated spelling of `checkpoint`.)
 
     Returns {checkpoint name: summary} for every selected checkpoint (done earlier or now).
     `device` "auto" is cuda when available, else cpu. Tunes the process's malloc for speed (see
     `toylens.memory.reuse_freed_memory`).
     """
-    if checkpoints is not None:
-        warnings.warn(
-            "llc_over_checkpoints(checkpoints=...) is deprecated; use checkpoint=... (same forms)",
-            FutureWarning,
-            stacklevel=2,
-        )
-        checkpoint = checkpoints
     reuse_freed_memory()
     run = as_rundir(run)
     with run_lock(run.path, "llc"):

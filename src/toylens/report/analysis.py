@@ -10,9 +10,6 @@ run and the small per-checkpoint results (head scores, sparsity, attention examp
 analysed checkpoint. The focus is the checkpoint `toylens report --checkpoint` names (final, best,
 3, epoch-0003: it must have been analysed), by default the last analysed one, which is the final
 checkpoint whenever that was analysed.
-
-Runs analysed by toylens 0.1 may hold the final weights' results under RUN/analysis/final/ (now
-they go under the final checkpoint's name); they are still read, as that checkpoint's.
 """
 
 from __future__ import annotations
@@ -27,9 +24,6 @@ from toylens.run import RunDir
 
 if TYPE_CHECKING:  # imported when reading, so that the report module loads without the analysis package
     from toylens.analysis.summary import CheckpointSummary, Trajectory
-
-LEGACY_FINAL = "final"
-"""Where toylens 0.1 stored the results of the final weights (RUN/analysis/final/)."""
 
 # Per-checkpoint results read for the curves over training (all small).
 OVER_TRAINING = ("head_scores/task", "head_scores/repeated", "sparsity", "attention/task", "attention/repeated")
@@ -49,8 +43,7 @@ class AnalysisResults:
     focus: AnalysedCheckpoint
     """The checkpoint whose every result is shown (circuits, patching, ablations ...)."""
     checkpoints: list[AnalysedCheckpoint]
-    """Every analysed checkpoint in training order (a legacy "final" left out when the epoch
-    checkpoint at its step was analysed too: the same weights)."""
+    """Every analysed checkpoint in training order."""
     trajectory: Trajectory | None
     """The analysis package's `Trajectory` (scalars[name][i] at checkpoints[i]), when written."""
 
@@ -67,16 +60,14 @@ def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None
     """The run's analysis results, or None when it has none (or this build cannot read them).
     `focus` names the checkpoint shown in full (default: the last analysed)."""
     wanted = resolve_one(run, focus, "report") if focus is not None else None  # a bad spec fails for every run
-    names = [n for n in [*checkpoints, LEGACY_FINAL] if run.has(f"analysis/{n}/summary.json")]
+    names = [n for n in checkpoints if run.has(f"analysis/{n}/summary.json")]
     if not names:
         return None
-    try:
-        from toylens.analysis.results import load_result
-        from toylens.analysis.summary import CheckpointSummary, Trajectory
-    except ImportError:  # results written by a toylens with the analysis package, read by one without
-        return None
+    from toylens.analysis.results import load_result
+    from toylens.analysis.summary import CheckpointSummary, Trajectory
+
     summaries = {n: CheckpointSummary.load(run, f"analysis/{n}/summary") for n in names}
-    ordered = sorted(names, key=lambda n: (summaries[n].step, n == LEGACY_FINAL))
+    ordered = sorted(names, key=lambda n: summaries[n].step)
     focus_name = _focus_of(run, summaries, ordered, wanted)
     shown = AnalysedCheckpoint(
         focus_name,
@@ -84,12 +75,9 @@ def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None
         summaries[focus_name].step,
         {r: load_result(run, f"analysis/{focus_name}/{r}") for r in summaries[focus_name].results},
     )
-    steps_of_epochs = {summaries[n].step for n in ordered if n != LEGACY_FINAL}
     series = []
     for name in ordered:
         s = summaries[name]
-        if name == LEGACY_FINAL and s.step in steps_of_epochs:
-            continue
         kept = [r for r in OVER_TRAINING if r in s.results]
         series.append(
             AnalysedCheckpoint(name, s.epoch, s.step, {r: load_result(run, f"analysis/{name}/{r}") for r in kept})
@@ -106,9 +94,6 @@ def _focus_of(
         return ordered[-1]
     if wanted.name in summaries:
         return wanted.name
-    legacy = summaries.get(LEGACY_FINAL)
-    if legacy is not None and legacy.step == wanted.step:
-        return LEGACY_FINAL
     raise ToylensError(
         f"{run.path}: checkpoint {wanted.name} has no analysis results (analysed: "
         f"{', '.join(ordered)}); run toylens analyze {run.path} --checkpoint {wanted.name}"

@@ -162,7 +162,7 @@ def trajectory_section(runs: list[RunResults]) -> Section | None:
     have = [(i, r, t) for i, r, a in with_analysis(runs) if (t := a.trajectory) is not None]
     series: dict[str, list[Series]] = defaultdict(list)
     for i, run, t in have:
-        keep = _deduplicated(t.checkpoints, t.steps)
+        keep = sorted(range(len(t.steps)), key=lambda j: t.steps[j])
         for name, values in t.scalars.items():
             if name.startswith(SHOWN_ELSEWHERE) or name.endswith(".argmax") or "->" in name:  # edges: Circuits
                 continue
@@ -188,14 +188,6 @@ def trajectory_section(runs: list[RunResults]) -> Section | None:
         figures,
         missing_note(runs, have, "analysis over checkpoints"),
     )
-
-
-def _deduplicated(names: list[str], steps: list[int]) -> list[int]:
-    """Indices in step order, leaving out a "final" (runs analysed by toylens 0.1) when an epoch
-    checkpoint has the same step: the same weights."""
-    epoch_steps = {s for n, s in zip(names, steps) if n != "final"}
-    keep = [j for j, (n, s) in enumerate(zip(names, steps)) if not (n == "final" and s in epoch_steps)]
-    return sorted(keep, key=lambda j: steps[j])
 
 
 def _num(v: Any) -> float | None:

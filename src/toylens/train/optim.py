@@ -59,21 +59,3 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
-
-
-def __getattr__(name: str) -> object:
-    """`decays` moved to `toylens.train.regularisers` (one definition of the objective's terms);
-    the old name works for one release."""
-    if name == "decays":
-        import warnings
-
-        from toylens.train import regularisers
-
-        warnings.warn(
-            "toylens.train.optim.decays moved to toylens.train.regularisers.decays; "
-            "the old name goes in the next release",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return regularisers.decays
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
