@@ -3,10 +3,10 @@
     OMP_NUM_THREADS=1 toylens reproduce induction-heads --quick --out RUNS
     python bench/development.py RUNS/induction-heads-quick/induction-2l
 
-Prints, for the run's heads: the refined LLC (RUN/llc/restricted/<head>/) just before the phase
+Prints, for the run's heads: the refined LLC (RUN/llc/<head>/) just before the phase
 change and after it, and their ratio; the heads ranked by that rise, beside each head's final
 induction and previous-token scores (head_scores/repeated at the last analysed checkpoint); and the step where the
-largest induction score first exceeds 0.3 against the nearest stage boundary (analysis/stages.json),
+largest induction score first exceeds 0.3 against the nearest stage boundary (development/stages.json),
 counted in checkpoints. "Before" is the last refined-LLC checkpoint before that step, "after" the
 first one at or past it ("rise") and the last one ("rise to end").
 """
@@ -19,11 +19,11 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from toylens.analysis.attention import HeadScores  # noqa: E402
-from toylens.analysis.development import STAGES_PATH, Stages  # noqa: E402
-from toylens.analysis.results import has_result, load_result  # noqa: E402
-from toylens.llc import read_restricted  # noqa: E402
+from toylens.development import STAGES_PATH, Stages  # noqa: E402
+from toylens.llc import WHOLE, read_estimates  # noqa: E402
 from toylens.report.development import head_clusters  # noqa: E402
-from toylens.run import RunDir  # noqa: E402
+from toylens.rundir import RunDir  # noqa: E402
+from toylens.rundir.results import has_result, load_result  # noqa: E402
 
 THRESHOLD = 0.3
 INDUCTION_HEAD = 0.4
@@ -49,7 +49,7 @@ def main() -> None:
     crossing = next((step for _, step, s in scores if max(max(row) for row in s) > THRESHOLD), None)
     final = scores[-1][2]
     print(f"max induction score first > {THRESHOLD} at step {crossing}")
-    restricted = read_restricted(run)
+    restricted = {k: v for k, v in read_estimates(run).items() if k != WHOLE}
     rows = []
     for name, ests in restricted.items():
         layer, head = (int(x) for x in name[1:].split("h"))

@@ -27,11 +27,11 @@ from toylens.config import load_config
 from toylens.device import resolve_device
 from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.tasks import build_task
-from toylens.train.checkpoint import TrainState
 from toylens.train.loop import Trainer, epoch_order
 from toylens.train.optim import build_optimizer
+from toylens.train.state import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "configs" / "wikitext-1l-attn-lm.full.yaml"

@@ -31,12 +31,11 @@ import torch
 from common import add_llc_args, agrees, llc_settings, print_times
 from torch.utils.data import DataLoader, TensorDataset
 
-from toylens.checkpoints import HELP, resolve
 from toylens.device import resolve_device
 from toylens.llc import LLCSettings, estimate_many, run_objective
-from toylens.llc.run import _weights
+from toylens.llc.driver import center_weights
 from toylens.memory import reuse_freed_memory
-from toylens.run import RunDir, load
+from toylens.rundir import HELP, RunDir, load, resolve
 from toylens.tasks import Batch
 from toylens.train.regularisers import Regularisers
 
@@ -113,7 +112,7 @@ def main() -> None:
         print("# note: the run has weight decay; both tools sample without it here")
     objective = run_objective(loaded.model, loaded.config, loaded.task, s)
     start, cpu = time.perf_counter(), time.process_time()
-    ours = estimate_many(objective, [_weights(run, c, objective) for c in ckpts], s)
+    ours = estimate_many(objective, [center_weights(run, c, objective) for c in ckpts], s)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t_ours, c_ours = time.perf_counter() - start, time.process_time() - cpu

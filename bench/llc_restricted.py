@@ -46,12 +46,11 @@ import torch
 import torch.nn.functional as F
 from common import add_llc_args, agrees, llc_settings, print_times
 
-from toylens.checkpoints import HELP, resolve
 from toylens.device import resolve_device
 from toylens.llc import LLCSettings, estimate_many, restrictions, run_objective
-from toylens.llc.run import _weights
+from toylens.llc.driver import center_weights
 from toylens.memory import reuse_freed_memory
-from toylens.run import RunDir, load
+from toylens.rundir import HELP, RunDir, load, resolve
 from toylens.tasks import IGNORE
 
 
@@ -155,7 +154,7 @@ def main() -> None:
     )
     objective = run_objective(loaded.model, loaded.config, loaded.task, s)
     start, cpu = time.perf_counter(), time.process_time()
-    ours = estimate_many(objective, [_weights(run, c, objective) for c in ckpts], s, restrict=rs)
+    ours = estimate_many(objective, [center_weights(run, c, objective) for c in ckpts], s, restrict=rs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t_ours, c_ours = time.perf_counter() - start, time.process_time() - cpu

@@ -15,7 +15,7 @@ from conftest import TINY
 import toylens
 from toylens.device import resolve_device
 from toylens.errors import ToylensError
-from toylens.run import RunDir, as_rundir
+from toylens.rundir import RunDir, as_rundir
 
 FAST_LLC = dict(epsilon=1e-4, gamma=100.0, batch_size=16, chains=1, burnin=1, draws=2, init_batches=1)
 
@@ -28,22 +28,26 @@ def config(tmp_path_factory) -> Path:
 
 
 def test_the_pipeline_is_exported():
-    for name in ("train", "load", "analyze", "llc_over_checkpoints", "calibrate_llc", "report", "sweep", "reproduce"):
+    names = ("train", "load", "analyze", "llc_over_checkpoints", "calibrate_llc", "development", "report", "sweep")
+    for name in (*names, "reproduce"):
         assert callable(getattr(toylens, name)), name
         assert name in toylens.__all__
     assert all(hasattr(toylens, name) for name in toylens.__all__)
-    assert toylens.llc_over_checkpoints is importlib.import_module("toylens.llc.run").llc_over_checkpoints
+    assert toylens.llc_over_checkpoints is importlib.import_module("toylens.llc.driver").llc_over_checkpoints
+    assert toylens.calibrate_llc is importlib.import_module("toylens.llc.calibration").calibrate
+    assert toylens.development is importlib.import_module("toylens.development.driver").development
     assert toylens.sweep is importlib.import_module("toylens.sweep").run_sweep
     assert toylens.__version__ == importlib.metadata.version("toylens")
 
 
 def test_the_exported_functions_survive_their_modules_being_imported():
-    """train, report, sweep and reproduce are also module names; importing a submodule later must
-    not replace the function on the package."""
+    """train, development, report, sweep and reproduce are also module names; importing a submodule
+    later must not replace the function on the package."""
     importlib.import_module("toylens.sweep.local")
     importlib.import_module("toylens.train.wandb_log")
     importlib.import_module("toylens.report.png")
-    for name in ("train", "report", "sweep", "reproduce"):
+    importlib.import_module("toylens.development.stages")
+    for name in ("train", "development", "report", "sweep", "reproduce"):
         assert inspect.isfunction(getattr(toylens, name)), name
 
 
@@ -56,6 +60,7 @@ def test_every_device_argument_defaults_to_auto():
         toylens.analyze,
         toylens.llc_over_checkpoints,
         toylens.calibrate_llc,
+        toylens.development,
         toylens.sweep,
         toylens.reproduce,
         export.export_transformer_lens,
@@ -79,7 +84,7 @@ def test_resolving_a_device_has_no_side_effect():
 
 def test_pipeline_takes_a_run_as_str_path_or_rundir(config, tmp_path, monkeypatch):
     tuned: list[str] = []
-    for module in ("toylens.train.loop", "toylens.analysis.driver", "toylens.llc.run"):
+    for module in ("toylens.train.loop", "toylens.analysis.driver", "toylens.llc.driver"):
         monkeypatch.setattr(importlib.import_module(module), "reuse_freed_memory", lambda m=module: tuned.append(m))
 
     result = toylens.train(config, tmp_path / "runs", device="cpu", progress=False)
@@ -97,13 +102,13 @@ def test_pipeline_takes_a_run_as_str_path_or_rundir(config, tmp_path, monkeypatc
     estimates = toylens.llc_over_checkpoints(
         str(run.path), "final", settings=LLCSettings(**FAST_LLC), device="cpu", progress=False
     )
-    assert list(estimates) == ["epoch-0001"]
+    assert list(estimates) == ["all"] and list(estimates["all"]) == ["epoch-0001"]
     assert toylens.report(run, tmp_path / "one.html", png=False).path.is_file()
     assert toylens.report([run], tmp_path / "two.html", png=False).sections
     for given in (run, run.path, str(run.path)):
         loaded = toylens.load(given)
         assert loaded.epoch == 1 and loaded.device.type == resolve_device("auto").type
-    assert tuned == ["toylens.train.loop", "toylens.analysis.driver", "toylens.analysis.driver", "toylens.llc.run"]
+    assert tuned == ["toylens.train.loop", "toylens.analysis.driver", "toylens.analysis.driver", "toylens.llc.driver"]
 
 
 def test_a_path_that_is_not_a_run_is_named(tmp_path):

@@ -27,7 +27,7 @@ from toylens.cli import app
 from toylens.config import config_to_yaml, load_config
 from toylens.errors import ToylensError
 from toylens.reproduce import load_study
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.sweep import expand, load_sweep
 
 TASK = "task: {name: sort, list_len: 4, n_values: 10, n_train: 600, n_test: 100}\n"
@@ -178,7 +178,7 @@ def test_set_values_are_yaml_but_text_fields_keep_their_text(tmp_path):
 def test_llc_set_reads_values_like_config_set():
     from toylens.config import apply_sets
     from toylens.llc import LLCSettings
-    from toylens.llc.run import validate_settings
+    from toylens.llc.store import validate_settings
 
     def llc_sets(*items: str) -> dict:
         return apply_sets({}, items, LLCSettings, section="llc")
@@ -308,7 +308,7 @@ def test_study_set_overrides_follow_the_set_rule(tmp_path):
 
 
 def test_llc_settings_are_strict():
-    from toylens.llc.run import validate_settings
+    from toylens.llc.store import validate_settings
 
     with pytest.raises(ToylensError, match=r"^llc\.json: chains: Input should be a valid integer \(got True\)$"):
         validate_settings({"chains": True}, "llc.json")

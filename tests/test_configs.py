@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from toylens.checkpoints import resolve_one
 from toylens.config import RunConfig, load_config
-from toylens.run import RunDir
+from toylens.rundir import RunDir, resolve_one
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(ROOT.glob("*.yaml"))

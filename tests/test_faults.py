@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from toylens import load, train
 from toylens.cli import app
 from toylens.config import validate_config
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.storage import sha256_file
 
 RAW = {**TINY, "name": "faulty", "train": {**TINY["train"], "epochs": 3}}

@@ -1,11 +1,12 @@
 """The package's import graph: no cycle among toylens modules, and `import toylens` stays light.
 
 The graph is read from the source with `ast`, not by importing: an edge M -> N for every
-`import N` / `from N import x` that runs when M is imported (module level, outside
-`if TYPE_CHECKING:`), plus the packages above N that the import runs first (`import a.b.c`
-runs a/__init__, then a/b/__init__). A cycle there is an import that works or fails depending on
-which module a program happens to import first. Imports inside functions are left out: they run
-later, when every module is complete.
+`import N` / `from N import x` at module level, including those under `if TYPE_CHECKING:` (a
+cycle of type-only imports is still two modules that cannot be read one without the other), plus
+the packages above N that the import runs first (`import a.b.c` runs a/__init__, then
+a/b/__init__). A cycle there is an import that works or fails depending on which module a program
+happens to import first. Imports inside functions are left out: they run later, when every module
+is complete.
 """
 
 from __future__ import annotations
@@ -29,20 +30,15 @@ def modules(root: Path, package: str) -> dict[str, Path]:
     return {module_name(p, root): p for p in sorted((root / package).rglob("*.py"))}
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _module_level(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
-    """Import statements that run when the module runs: top level, and inside module-level if/try/with."""
+    """Import statements at module level: top level, and inside module-level if (TYPE_CHECKING
+    included), try and with."""
     found: list[ast.Import | ast.ImportFrom] = []
     for node in body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             found.append(node)
         elif isinstance(node, ast.If):
-            found += _module_level(node.orelse if _is_type_checking(node.test) else node.body + node.orelse)
+            found += _module_level(node.body + node.orelse)
         elif isinstance(node, ast.Try):
             found += _module_level(
                 node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
@@ -118,16 +114,15 @@ def test_no_import_cycle_among_toylens_modules():
 
 
 def test_the_checker_sees_a_cycle(tmp_path):
-    """The checker itself: a cycle through a package's __init__, and one through a name read from a
-    package above (`from pkg import __version__` while pkg/__init__ is still importing)."""
+    """The checker itself: a cycle through a package's __init__, one of type-only imports, and one
+    through a name read from a package above (`from pkg import __version__` while pkg/__init__ is
+    still importing)."""
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "config.py").write_text("from pkg.sub.names import x\n")
     (pkg / "sub" / "__init__.py").write_text("from pkg.sub.model import Model\n")
-    (pkg / "sub" / "names.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.config\n"
-    )
+    (pkg / "sub" / "names.py").write_text("x = 1\n")
     (pkg / "sub" / "model.py").write_text("from pkg import config\n\ndef f():\n    import pkg.late\n")
     (pkg / "late.py").write_text("import pkg.sub.model\n")
     graph = import_graph(tmp_path, "pkg")
@@ -136,6 +131,11 @@ def test_the_checker_sees_a_cycle(tmp_path):
     assert find_cycle(graph) == ["pkg.config", "pkg.sub", "pkg.sub.model", "pkg.config"]
     (pkg / "sub" / "__init__.py").write_text("")
     assert find_cycle(import_graph(tmp_path, "pkg")) is None
+    (pkg / "sub" / "names.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.config\nx = 1\n"
+    )
+    assert find_cycle(import_graph(tmp_path, "pkg")) == ["pkg.config", "pkg.sub.names", "pkg.config"]
+    (pkg / "sub" / "names.py").write_text("x = 1\n")
     (pkg / "__init__.py").write_text("from pkg.late import f\n__version__ = '1'\n")
     (pkg / "sub" / "model.py").write_text("from pkg import __version__\n")
     assert find_cycle(import_graph(tmp_path, "pkg")) == ["pkg", "pkg.late", "pkg.sub.model", "pkg"]

@@ -16,7 +16,7 @@ import torch
 from toylens import load
 from toylens.analysis import Settings, analyze, composition_scores, copying_scores, load_result, repeated_token_scores
 from toylens.analysis.composition import strongest_source
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -13,9 +13,8 @@ import pytest
 import yaml
 from conftest import TINY
 
-from toylens.checkpoints import resolve_one
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir, resolve_one
 
 rp = importlib.import_module("toylens.reproduce")  # the module: the attribute toylens.reproduce is the function
 
@@ -117,7 +116,7 @@ def test_analyze_and_llc_steps_feed_the_report(tmp_path):
         names = run.manifest()["files"]
         assert any(n.startswith("analysis/epoch-0001/head_scores/") for n in names)
         assert any(n.startswith("analysis/epoch-0001/patching/") for n in names)
-        assert run.has("llc/calibration.json") and run.has("llc/epoch-0001.json")
+        assert run.has("llc/calibration.json") and run.has("llc/all/epoch-0001.json")
     html = result.report.read_text()
     for section in ('id="sec-attention"', 'id="sec-patching"', 'id="sec-llc"'):
         assert section in html
@@ -276,23 +275,16 @@ def test_every_shipped_study_runs_at_its_smoke_size(tmp_path, toylens_main, no_n
             assert any(f.startswith(final + "patching/") for f in files), f"{name}/{cfg.name}: no patching"
             assert any(f.startswith(final + "head_scores/") for f in files), f"{name}/{cfg.name}: no head scores"
             assert run.has("analysis/trajectory.json")
-            estimates = [
-                f
-                for f in files
-                if f.startswith("llc/")
-                and not f.startswith("llc/restricted/")  # the refined LLC, checked below
-                and f.endswith(".json")
-                and f not in ("llc/settings.json", "llc/calibration.json")
-            ]
+            estimates = [f for f in files if f.startswith("llc/all/") and f.endswith(".json")]  # the refined: below
             wanted = opts.llc.get("checkpoint", "all")
             expected = len(run.checkpoints()) if wanted == "all" else len(wanted)
             assert len(estimates) == expected, f"{name}/{cfg.name}: LLC of {estimates}, expected {expected}"
             if "development" in study.steps:
-                assert run.has("analysis/stages.json") and run.has("analysis/essential_dynamics.json")
+                assert run.has("development/stages.json") and run.has("development/essential_dynamics.json")
             if opts.llc.get("restrict"):  # the induction study: the refined LLC of every head
-                assert run.has(f"llc/restricted/l0h0/{resolve_one(run, 0).name}.json")
+                assert run.has(f"llc/l0h0/{resolve_one(run, 0).name}.json")
                 if opts.llc["restrict"].get("calibrate") is not None:  # a pick per head, used
-                    picks = run.read_json("llc/restricted/calibration.json")["restrictions"]
+                    picks = run.read_json("llc/calibration.json")["restrictions"]
                     assert "l0h0" in picks and len(picks["l0h0"]["grid"]) == len(
                         opts.llc["restrict"]["calibrate"]["epsilons"]
                     )

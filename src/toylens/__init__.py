@@ -1,24 +1,29 @@
 """toylens: train small transformers from scratch and open them up.
 
-The pipeline, one call per stage; each reads only what the previous one wrote:
+The pipeline, one call per stage; each reads the run directory and writes its own folder in it:
 
     import toylens
     result = toylens.train("configs/sort-no-decay.yaml", out="runs")  # -> runs/sort-no-decay/
-    toylens.analyze(result.run_dir, checkpoint="all")    # -> RUN/analysis/ (circuits, patching, ...)
-    toylens.llc_over_checkpoints(result.run_dir)          # -> RUN/llc/ (LLC of every checkpoint)
-    toylens.report([result.run_dir], "report.html")      # one self-contained HTML file
-    run = toylens.load(result.run_dir)                    # the model: .model, .config, .task
-    toylens.sweep("configs/sweeps/sort-weight-decay.yaml")             # many runs from one spec
-    toylens.reproduce("sorting-weight-decay", size="quick")            # a whole study, end to end
+    run = result.run_dir
+    toylens.analyze(run, checkpoint="all")          # -> RUN/analysis/ (circuits, patching, ...)
+    toylens.calibrate_llc(run)                      # -> RUN/llc/settings.json (the sampler's step size)
+    toylens.llc_over_checkpoints(run)               # -> RUN/llc/all/ (the LLC of every checkpoint)
+    toylens.llc_over_checkpoints(run, restrict="heads")   # -> RUN/llc/l0h0/ ... (per head)
+    toylens.development(run)                        # -> RUN/development/ (essential dynamics, stages)
+    toylens.report([run], "report.html")            # one self-contained HTML file (reads saved results)
+    loaded = toylens.load(run)                      # the model: .model, .config, .task
+    toylens.sweep("configs/sweeps/sort-weight-decay.yaml")     # many runs from one spec
+    toylens.reproduce("sorting-weight-decay", size="quick")    # a whole study, end to end
 
-A run is given as its directory (str or path) or a `RunDir`; `device` is "auto" everywhere
-(cuda when available, else cpu). `calibrate_llc` picks the LLC sampler's step size first.
+A run is given as its directory (str or path) or a `RunDir`; `device` is "auto" everywhere (cuda
+when available, else cpu).
 
-`train`, `report`, `sweep` and `reproduce` are also the names of modules (`toylens.train.loop`,
-`toylens.sweep.runner`, ...): reach those with `from toylens.reproduce import ...`, since the
-attribute `toylens.reproduce` is the function. `analyze`, `llc_over_checkpoints` and
-`calibrate_llc` are imported on first use (they bring in every analysis). The LLC's function is
-not called `toylens.llc`, so that a module of that name can never replace it.
+`train`, `development`, `report`, `sweep` and `reproduce` are also the names of packages and
+modules (`toylens.train.loop`, `toylens.development.stages`, ...): the packages are imported here
+before the functions are bound, so the attributes stay the functions; reach the modules with
+`from toylens.development import ...`. `toylens.llc` is the LLC's package (settings, sampler,
+estimators for any module); its run-level functions are `llc_over_checkpoints` and `calibrate_llc`.
+`analyze` is imported on first use (it brings in every analysis).
 """
 
 from __future__ import annotations
@@ -27,25 +32,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from toylens.config import RunConfig, load_config
+from toylens.development import development
 from toylens.errors import ToylensError
+from toylens.llc import calibrate as calibrate_llc
+from toylens.llc import llc_over_checkpoints
 from toylens.model import Transformer
 from toylens.report import ReportResult, report
 from toylens.reproduce import reproduce
-from toylens.run import Loaded, RunDir, RunLike, load
+from toylens.rundir import Loaded, RunDir, RunLike, load
 from toylens.sweep import run_sweep as sweep
 from toylens.train import TrainResult, train
 from toylens.version import __version__
 
 if TYPE_CHECKING:
     from toylens.analysis.driver import analyze
-    from toylens.llc.run import calibrate as calibrate_llc
-    from toylens.llc.run import llc_over_checkpoints
 
-_ON_FIRST_USE = {
-    "analyze": ("toylens.analysis.driver", "analyze"),
-    "llc_over_checkpoints": ("toylens.llc.run", "llc_over_checkpoints"),
-    "calibrate_llc": ("toylens.llc.run", "calibrate"),
-}
+_ON_FIRST_USE = {"analyze": ("toylens.analysis.driver", "analyze")}
 
 __all__ = [
     "Loaded",
@@ -59,6 +61,7 @@ __all__ = [
     "__version__",
     "analyze",
     "calibrate_llc",
+    "development",
     "llc_over_checkpoints",
     "load",
     "load_config",

@@ -17,7 +17,7 @@ the current release, so CI exercises the bridge path only).
 
 The exported file is safetensors: the bridge's state dict, with the TransformerLens config and
 the toylens config in its metadata. It is named after the checkpoint it holds (`--checkpoint
-final` of a 12-epoch run writes epoch-0012.safetensors; see `toylens.checkpoints`).
+final` of a 12-epoch run writes epoch-0012.safetensors; see `toylens.rundir.checkpoints`).
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ from typing import Any
 
 import torch
 
-from toylens.checkpoints import Spec, resolve_one
 from toylens.config import ModelConfig, validate_config
 from toylens.device import DeviceLike, resolve_device
 from toylens.errors import ToylensError
 from toylens.model import Transformer
-from toylens.run import Loaded, RunLike, as_rundir, load
-from toylens.storage import read_safetensors
+from toylens.rundir import Loaded, RunLike, Spec, as_rundir, load, read_file, resolve_one
 
 EXPORT_DIR = "export/transformer-lens"
 
@@ -139,8 +137,9 @@ def export_transformer_lens(run: RunLike, checkpoint: Spec = "final", device: De
 
 def load_transformer_lens(path: str | Path, device: DeviceLike = "auto") -> Any:
     """The TransformerBridge saved by `export_transformer_lens` (or `toylens export`), on `device`
-    ("auto": cuda when available, else cpu)."""
-    tensors, meta = read_safetensors(Path(path))
+    ("auto": cuda when available, else cpu). Inside its run directory the file is verified against
+    the run's manifest, as every checkpoint is."""
+    tensors, meta, _ = read_file(path)
     if meta.get("format") != "transformer-lens-bridge/1":
         raise ToylensError(f"{path}: not a toylens TransformerLens export")
     validate_config(meta["config"], str(path))

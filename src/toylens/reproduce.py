@@ -213,7 +213,7 @@ class Context:
 
 
 def step_train(ctx: Context, cfg: RunConfig) -> str:
-    from toylens.run import RunDir
+    from toylens.rundir import RunDir
     from toylens.train import train
 
     finished = RunDir(ctx.folder / cfg.name).has("summary.json")
@@ -242,20 +242,20 @@ def step_analyze(ctx: Context, cfg: RunConfig) -> str:
 
 
 def step_llc(ctx: Context, cfg: RunConfig) -> str:
-    """Calibrate the sampler for this run (once), then the LLC of the chosen checkpoints (done ones skipped)."""
-    from toylens.llc import calibrate, calibrate_restricted, llc_over_checkpoints, load_settings, restricted_llc
-    from toylens.run import RunDir
+    """Calibrate the sampler for this run (once), then the LLC of the chosen checkpoints (done ones
+    skipped); with `restrict`, the same for each restriction."""
+    from toylens.llc import calibrate, llc_over_checkpoints, load_settings, read_calibrations
+    from toylens.rundir import RunDir
 
     run = RunDir(ctx.folder / cfg.name)
     options = dict(ctx.size.llc)
     checkpoint = options.pop("checkpoint", "all")
     calibration = options.pop("calibrate", {})
     restrict = options.pop("restrict", None)
-    if calibration is not False and not run.has("llc/calibration.json"):
-        calibrate(run, settings=load_settings(run, options), device=ctx.device, progress=ctx.progress, **calibration)
-    results = llc_over_checkpoints(
-        run, checkpoint, settings=load_settings(run, options), device=ctx.device, progress=ctx.progress
-    )
+    common: dict[str, Any] = {"device": ctx.device, "progress": ctx.progress}
+    if calibration is not False and "all" not in read_calibrations(run):
+        calibrate(run, settings=load_settings(run, options), **common, **calibration)
+    results = llc_over_checkpoints(run, checkpoint, settings=load_settings(run, options), **common)["all"]
     warned = sum(bool(r.get("warnings")) for r in results.values())
     status = f"{len(results)} checkpoints" + (f", {warned} with diagnostic warnings (see the report)" if warned else "")
     if restrict:
@@ -263,18 +263,16 @@ def step_llc(ctx: Context, cfg: RunConfig) -> str:
         specs, where = own.pop("specs"), own.pop("checkpoint", checkpoint)
         per_restriction = own.pop("calibrate", None)
         settings = load_settings(run, {**options, **own})
-        if per_restriction is not None and not run.has("llc/restricted/calibration.json"):
-            calibrate_restricted(
-                run, specs, "final", settings=settings, device=ctx.device, progress=ctx.progress, **per_restriction
-            )
-        refined = restricted_llc(run, specs, where, settings=settings, device=ctx.device, progress=ctx.progress)
+        if per_restriction is not None and not set(read_calibrations(run)) - {"all"}:
+            calibrate(run, "final", restrict=specs, settings=settings, **common, **per_restriction)
+        refined = llc_over_checkpoints(run, where, restrict=specs, settings=settings, **common)
         status += f"; refined LLC of {len(refined)} restrictions"
     return status
 
 
 def step_development(ctx: Context, cfg: RunConfig) -> str:
     """Essential dynamics over every checkpoint, then the stage boundaries of the loss and LLC curves."""
-    from toylens.analysis.development import development
+    from toylens.development import development
 
     _, stages = development(ctx.folder / cfg.name, device=ctx.device, **ctx.size.development)
     return f"{len(stages.boundaries)} stage boundaries"
@@ -291,8 +289,8 @@ def check_step_options(opts: StudySize, where: str) -> None:
     import dataclasses
 
     from toylens.analysis.driver import Settings
-    from toylens.checkpoints import ALL, FINAL, items
-    from toylens.llc.run import validate_settings
+    from toylens.llc.store import validate_settings
+    from toylens.rundir import ALL, FINAL, items
 
     calls = opts.analyze if isinstance(opts.analyze, list) else [opts.analyze]
     fields = {f.name: f for f in dataclasses.fields(Settings)}

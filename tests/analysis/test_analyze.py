@@ -10,10 +10,10 @@ from conftest import tiny_config
 from typer.testing import CliRunner
 
 from toylens.analysis import ANALYSES, Settings, analyze, load_result
-from toylens.analysis.results import RESULT_TYPES
 from toylens.cli import app
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir
+from toylens.rundir.results import RESULT_TYPES
 from toylens.train import train
 
 SMALL = Settings(n_examples=24, n_patch=6, n_repeated=8, n_pattern_examples=2)

@@ -13,7 +13,7 @@ from toylens.analysis.edge_attribution import edge_mask
 from toylens.analysis.metrics import LogitDiff, NegLoss
 from toylens.analysis.patching import Patcher
 from toylens.analysis.path_patching import PathPatchGrid, path_patching
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.tasks import IGNORE
 
 

@@ -16,8 +16,7 @@ import torch
 from toylens import load
 from toylens.analysis import ablate, analyze, head_scores, load_result
 from toylens.analysis.attention import next_output
-from toylens.checkpoints import resolve_one
-from toylens.run import RunDir
+from toylens.rundir import RunDir, resolve_one
 from toylens.train import train
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sort-no-decay.yaml"

@@ -273,7 +273,7 @@ def test_classify_run_reads_reviews_without_padding_and_outputs_classes(tmp_path
 
     from toylens.analysis import analyze, load_result
     from toylens.config import validate_config
-    from toylens.run import RunDir, load
+    from toylens.rundir import RunDir, load
     from toylens.train import train
 
     words = ["good", "bad", "movie", "fun", ",", ".", "the", "plot", "!"]

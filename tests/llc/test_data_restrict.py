@@ -12,7 +12,7 @@ from toylens.config import validate_config
 from toylens.errors import ToylensError
 from toylens.llc import LLCSettings, run_objective
 from toylens.model import Transformer
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.tasks import IGNORE, build_task
 from toylens.tasks.text import is_punctuation
 from toylens.train import train
@@ -96,11 +96,11 @@ def test_cli_data_restrict_stores_restriction_at_subset(induction_run, toylens_m
     alone = toylens_main("llc", induction_run, "--data-restrict", "copied", *fast)
     assert alone.exit_code == 0, alone.stderr
     run = RunDir(induction_run)
-    summary = run.read_json("llc/restricted/all@copied/epoch-0001.json")
+    summary = run.read_json("llc/all@copied/epoch-0001.json")
     assert summary["data"] == "copied" and summary["restriction"] == "all@copied" and summary["settings"]["data"]
     assert sum(summary["params"].values()) == sum(p.numel() for p in Transformer(_model_cfg(run)).parameters())
     heads = toylens_main("llc", induction_run, "--restrict", "l1h0", "--data-restrict", "uncopied", *fast)
-    assert heads.exit_code == 0 and run.has("llc/restricted/l1h0@uncopied/epoch-0001.json")
+    assert heads.exit_code == 0 and run.has("llc/l1h0@uncopied/epoch-0001.json")
     bad = toylens_main("llc", induction_run, "--data-restrict", "bogus", *fast)
     assert bad.exit_code == 2 and "bogus" in bad.stderr and "copied, uncopied" in bad.stderr
 

@@ -1,5 +1,6 @@
 """LLC of a run's checkpoints: the sampled objective is the training objective, results land in
-RUN/llc/ (skipped when done, resumable after an interruption), calibration, and the CLI."""
+RUN/llc/all/ (skipped when done, resumable after an interruption), the whole model through the one
+driver is the unrestricted computation bit for bit, calibration, the layout check, and the CLI."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from conftest import sets, tiny_config
 
+from toylens.errors import ToylensError
 from toylens.llc import (
     LLCEstimate,
     LLCSettings,
@@ -18,13 +20,15 @@ from toylens.llc import (
     estimate_loaded,
     llc_over_checkpoints,
     load_settings,
-    read_llc,
+    read_estimates,
+    restrictions,
     run_objective,
 )
-from toylens.llc import run as llc_run
+from toylens.llc import driver as llc_driver
+from toylens.llc.estimator import estimate_many
 from toylens.llc.objective import CHUNK_ELEMENTS
 from toylens.llc.sampler import RowChunks, loss_and_grad, row_chunks
-from toylens.run import RunDir, load
+from toylens.rundir import RunDir, load
 from toylens.train import train
 from toylens.train.regularisers import L1Penalty, decays
 
@@ -153,16 +157,21 @@ def test_rows_in_chunks_and_on_worker_threads_give_each_row_its_own_result(run_d
 
 def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch, device):
     run = RunDir(run_dir)
-    results = llc_over_checkpoints(run, settings=FAST, progress=False, group=2, device=device)
+    results = llc_over_checkpoints(run, settings=FAST, progress=False, group=2, device=device)["all"]
     names = [c.name for c in run.checkpoints()]
     assert list(results) == names == ["epoch-0000", "epoch-0001", "epoch-0002"]
     for name, r in results.items():
         assert r["checkpoint"] == name and r["settings"]["chains"] == 2 and r["settings"]["weight_decay"] == 0.0
         assert r["nbeta"] == pytest.approx(16 / torch.log(torch.tensor(16.0)).item())
-        traces, _ = run.read_tensors(f"llc/{name}.safetensors")
+        assert (
+            r["restriction"] == "all"
+            and r["data"] is None
+            and sum(r["params"].values()) == sum(p.numel() for p in load(run_dir, device=device).model.parameters())
+        )
+        traces, _ = run.read_tensors(f"llc/all/{name}.safetensors")
         assert traces["loss"].shape == (2, FAST.steps) and traces["accept"].shape == (2, 6)
         assert isinstance(r["llc"], float) and r["train_loss"] > 0 and isinstance(r["warnings"], list)
-    assert [r["checkpoint"] for r in read_llc(run)] == names
+    assert [r["checkpoint"] for r in read_estimates(run)["all"]] == names
     # The same estimate in memory from a loaded checkpoint.
     alone = estimate_loaded(load(run_dir, "epoch-0002", device=device), FAST)
     assert alone.llc == pytest.approx(results["epoch-0002"]["llc"], rel=1e-4)
@@ -170,14 +179,14 @@ def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch, device):
     def fail(*args, **kwargs):
         raise AssertionError("a finished checkpoint was estimated again")
 
-    monkeypatch.setattr(llc_run, "estimate_many", fail)
-    assert llc_over_checkpoints(run, settings=FAST, progress=False, device=device) == results
+    monkeypatch.setattr(llc_driver, "estimate_many", fail)
+    assert llc_over_checkpoints(run, settings=FAST, progress=False, device=device)["all"] == results
     monkeypatch.undo()
 
     # Interrupted after the first of two groups: the first checkpoint's result survives.
-    run.remove("llc/epoch-0001.json")
-    run.remove("llc/epoch-0002.json")
-    real, calls = llc_run.estimate_many, []
+    run.remove("llc/all/epoch-0001.json")
+    run.remove("llc/all/epoch-0002.json")
+    real, calls = llc_driver.estimate_many, []
 
     def interrupt_second(*args, **kwargs):
         calls.append(1)
@@ -185,18 +194,55 @@ def test_every_checkpoint_then_skip_then_resume(run_dir, monkeypatch, device):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(llc_run, "estimate_many", interrupt_second)
+    monkeypatch.setattr(llc_driver, "estimate_many", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         llc_over_checkpoints(run, settings=FAST, progress=False, group=1, device=device)
-    assert run.has("llc/epoch-0001.json") and not run.has("llc/epoch-0002.json")
+    assert run.has("llc/all/epoch-0001.json") and not run.has("llc/all/epoch-0002.json")
     monkeypatch.undo()
-    again = llc_over_checkpoints(run, settings=FAST, progress=False, group=1, device=device)
+    again = llc_over_checkpoints(run, settings=FAST, progress=False, group=1, device=device)["all"]
     assert again["epoch-0002"]["llc"] == pytest.approx(results["epoch-0002"]["llc"], rel=1e-4)
     # Other settings: estimated again.
     changed = llc_over_checkpoints(
         run, "2", settings=FAST.model_copy(update={"chains": 3}), progress=False, device=device
-    )
+    )["all"]
     assert len(changed["epoch-0002"]["llc_chains"]) == 3
+
+
+def test_the_one_driver_is_the_unrestricted_and_restricted_computation_bit_for_bit(run_dir, tmp_path, device):
+    """The whole model is the restriction `all`: through the driver its estimate is the unrestricted
+    batched computation's, and each head's is the restricted one's, to the bit (same seed)."""
+    import shutil
+
+    run = RunDir(shutil.copytree(run_dir, tmp_path / "run"))
+    loaded = load(run, "final", device=device)
+    objective = run_objective(loaded.model, loaded.config, loaded.task, FAST)
+    centers = [llc_driver.center_weights(run, c, objective) for c in run.checkpoints()]
+    whole = estimate_many(objective, centers, FAST)
+    ours = llc_over_checkpoints(run, settings=FAST, progress=False, device=device)["all"]
+    for est, mine in zip(whole, ours.values()):
+        assert mine["llc"] == est.llc and mine["llc_chains"] == est.llc_chains and mine["init_loss"] == est.init_loss
+    heads = restrictions(loaded.model, ["heads"])
+    direct = estimate_many(objective, centers, FAST, restrict=heads)  # [c0 h0, c0 h1, c1 h0, ...]
+    per_head = llc_over_checkpoints(run, restrict="heads", settings=FAST, progress=False, device=device)
+    driven = [per_head[h.name][c.name] for c in run.checkpoints() for h in heads]
+    assert [d["llc_chains"] for d in driven] == [e.llc_chains for e in direct]
+    assert [d["llc"] for d in driven] == [e.llc for e in direct]
+
+
+def test_an_earlier_layout_is_refused_in_one_line_and_redo_estimates_again(run_dir, tmp_path, toylens_main):
+    import shutil
+
+    run = RunDir(shutil.copytree(run_dir, tmp_path / "run"))
+    run.write_json("llc/epoch-0002.json", {"format": "toylens-llc/1", "llc": 1.0})  # the layout before
+    with pytest.raises(ToylensError, match="layout of an earlier toylens") as e:
+        llc_over_checkpoints(run, settings=FAST, progress=False)
+    assert "\n" not in str(e.value) and "--redo" in str(e.value) and "llc/epoch-0002.json" in str(e.value)
+    with pytest.raises(ToylensError, match="layout of an earlier toylens"):
+        read_estimates(run)
+    done = toylens_main("llc", run.path, "--redo", "--checkpoint", "2", *FAST_SET)
+    assert done.exit_code == 0, done.stderr
+    assert not run.has("llc/epoch-0002.json") and run.has("llc/all/epoch-0002.json")
+    assert list(read_estimates(run)) == ["all"]
 
 
 def _fake(eps: float, gamma: float, flags: list[str], llc: float = 1.0) -> LLCEstimate:
@@ -241,16 +287,16 @@ def test_choose_the_largest_step_on_the_plateau_at_the_smallest_gamma():
 
 def test_calibrate_writes_the_sweep_and_the_pick(run_dir, device):
     run = RunDir(run_dir)
-    cal = calibrate(
+    (name, cal), *others = calibrate(
         run, "final", epsilons=[1e-5, 1e-4, 10.0], gammas=[100.0], settings=FAST, progress=False, device=device
-    )
-    assert cal.chosen in (None, 0, 1)
+    ).items()
+    assert name == "all" and not others and cal.chosen in (None, 0, 1)
     assert len(cal.estimates) == 3 and [e.epsilon for e in cal.estimates] == [1e-5, 1e-4, 10.0]
-    stored = run.read_json("llc/calibration.json")
-    assert stored["checkpoint"] == "epoch-0002" and len(stored["grid"]) == 3
+    stored = run.read_json("llc/calibration.json")["restrictions"]["all"]
+    assert stored["checkpoint"] == "epoch-0002" and len(stored["grid"]) == 3 and stored["chosen"] == cal.chosen
     assert not stored["grid"][2]["usable"]  # a step of 10 diverges
     traces, _ = run.read_tensors("llc/calibration.safetensors")
-    assert traces["loss.0"].shape == (2, FAST.steps)
+    assert traces["all.loss.0"].shape == (2, FAST.steps)
     if cal.chosen is None:
         assert not run.has("llc/settings.json")
     else:
@@ -270,7 +316,7 @@ def test_cli_llc_and_calibrate(run_dir, tmp_path):
     assert "epoch-0000" in proc.stdout and "epoch-0002" in proc.stdout and "epoch-0001" not in proc.stdout
     proc = cli("llc", "calibrate", str(run_dir), "--epsilons", "1e-5,1e-4", "--gammas", "100", "--no-write", *FAST_SET)
     assert proc.returncode in (0, 1), proc.stderr
-    assert "calibration on epoch-0002" in proc.stdout and "1e-05" in proc.stdout
+    assert "all: calibration on epoch-0002" in proc.stdout and "1e-05" in proc.stdout
     bad = cli("llc", str(run_dir), "--checkpoint", "9", *FAST_SET)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
     assert "no checkpoint 'epoch-0009'" in bad.stderr

@@ -14,15 +14,17 @@ from toylens.errors import ToylensError
 from toylens.llc import (
     LLCSettings,
     Restriction,
-    calibrate_restricted,
+    calibrate,
     estimate_many,
+    llc_over_checkpoints,
     module_objective,
     restrictions,
 )
-from toylens.llc import run as llc_run
+from toylens.llc import calibration as llc_calibration
+from toylens.llc import driver as llc_driver
 from toylens.llc.objective import run_objective
 from toylens.llc.sampler import MinibatchDraws, RowChunks, RowSettings, loss_and_grad, run_sgld
-from toylens.run import RunDir, load
+from toylens.rundir import RunDir, load
 from toylens.train import train
 
 
@@ -173,14 +175,14 @@ def test_cli_restrict_heads_writes_one_result_per_head_and_checkpoint_and_skips_
     attention_run, toylens_main, monkeypatch
 ):
     calls: list[int] = []  # estimates per batched computation
-    real = llc_run.estimate_many
+    real = llc_driver.estimate_many
 
     def counted(*args, **kwargs):
         out = real(*args, **kwargs)
         calls.append(len(out))
         return out
 
-    monkeypatch.setattr(llc_run, "estimate_many", counted)
+    monkeypatch.setattr(llc_driver, "estimate_many", counted)
     fast = sets(chains=2, draws=4, burnin=2, batch_size=8, init_batches=1)
     args = ["llc", attention_run, "--restrict", "heads", "--checkpoint", "0,2", *fast]
     first = toylens_main(*args, "--no-progress")
@@ -189,19 +191,19 @@ def test_cli_restrict_heads_writes_one_result_per_head_and_checkpoint_and_skips_
     heads = [f"l{l}h{h}" for l in range(2) for h in range(2)]
     for head in heads:
         for ckpt in ("epoch-0000", "epoch-0002"):
-            summary = run.read_json(f"llc/restricted/{head}/{ckpt}.json")
+            summary = run.read_json(f"llc/{head}/{ckpt}.json")
             assert (
                 summary["restriction"] == head
                 and summary["params"]["blocks.0.attn.W_Q" if head[1] == "0" else "blocks.1.attn.W_Q"] == 8 * 4
             )
-            assert run.has(f"llc/restricted/{head}/{ckpt}.safetensors")
+            assert run.has(f"llc/{head}/{ckpt}.safetensors")
             assert "llc" in summary and "flags" in summary
-    assert not run.has("llc/epoch-0000.json")  # the whole-model estimate is another command
+    assert not run.has("llc/all/epoch-0000.json")  # the whole model is another restriction
     assert calls == [2 * 4]  # 4 heads x 2 checkpoints: one batched computation, not a loop
-    before = {h: run.read_json(f"llc/restricted/{h}/epoch-0002.json")["wall_s"] for h in heads}
+    before = {h: run.read_json(f"llc/{h}/epoch-0002.json")["wall_s"] for h in heads}
     again = toylens_main(*args, "--no-progress")
     assert again.exit_code == 0 and all(h in again.stdout for h in heads)
-    assert {h: run.read_json(f"llc/restricted/{h}/epoch-0002.json")["wall_s"] for h in heads} == before
+    assert {h: run.read_json(f"llc/{h}/epoch-0002.json")["wall_s"] for h in heads} == before
     assert calls == [2 * 4]  # the rerun sampled nothing
 
 
@@ -210,21 +212,29 @@ def test_calibrate_per_restriction_then_estimates_use_each_pick(attention_run, t
     run's settings. (The tiny run is not trained to a minimum, so `choose`, tested on its own,
     would reject every setting; here it picks the larger ε for l0h0 and nothing for l1h1.)"""
     picks = itertools.cycle([1, None])  # choose is asked restriction by restriction: l0h0, then l1h1
-    monkeypatch.setattr(llc_run, "choose", lambda part: next(picks))
+    monkeypatch.setattr(llc_calibration, "choose", lambda part: next(picks))
     fast = LLCSettings(chains=2, draws=20, burnin=5, batch_size=8, init_batches=1)
-    cals = calibrate_restricted(
-        attention_run, ["l0h0", "l1h1"], "final", epsilons=[1e-5, 1e-4], gammas=[100.0], settings=fast, progress=False
+    cals = calibrate(
+        attention_run,
+        "final",
+        restrict=["l0h0", "l1h1"],
+        epsilons=[1e-5, 1e-4],
+        gammas=[100.0],
+        settings=fast,
+        progress=False,
     )
     run = RunDir(attention_run)
-    stored = run.read_json("llc/restricted/calibration.json")["restrictions"]
+    stored = run.read_json("llc/calibration.json")["restrictions"]
     assert set(cals) == set(stored) == {"l0h0", "l1h1"}
     for name, cal in cals.items():
         assert [(e.epsilon, e.gamma) for e in cal.estimates] == [(1e-5, 100.0), (1e-4, 100.0)]
         assert len(stored[name]["grid"]) == 2 and stored[name]["checkpoint"] == cal.checkpoint
     picked = {n: c.estimates[c.chosen] for n, c in cals.items() if c.chosen is not None}
-    assert set(picked) == {"l0h0"} and stored["l0h0"]["chosen"] == {"epsilon": 1e-4, "gamma": 100.0}
-    assert stored["l1h1"]["chosen"] is None
-    results = llc_run.restricted_llc(attention_run, ["l0h0", "l1h1", "l0h1"], "final", settings=fast, progress=False)
+    assert set(picked) == {"l0h0"} and stored["l0h0"]["chosen"] == 1
+    assert stored["l1h1"]["chosen"] is None and not run.has("llc/settings.json")  # only `all` sets the run's
+    results = llc_over_checkpoints(
+        attention_run, "final", restrict=["l0h0", "l1h1", "l0h1"], settings=fast, progress=False
+    )
     for name, per_ckpt in results.items():
         (summary,) = per_ckpt.values()
         expected = (picked[name].epsilon, picked[name].gamma) if name in picked else (fast.epsilon, fast.gamma)

@@ -77,7 +77,7 @@ def test_sections_and_data_of_two_runs(runs, tmp_path):
 
 
 def test_weight_norms_match_the_checkpoint(runs):
-    from toylens.run import RunDir
+    from toylens.rundir import RunDir
 
     run = collect(runs["wd"])
     tensors, _ = RunDir(runs["wd"]).read_tensors("checkpoints/epoch-0002.safetensors")

@@ -12,11 +12,10 @@ from test_report import figure_data, section_ids
 
 import toylens
 from toylens.analysis.driver import analyze
-from toylens.analysis.results import load_result
-from toylens.checkpoints import resolve_one
 from toylens.errors import ToylensError
 from toylens.report.figures import round_sig
-from toylens.run import RunDir
+from toylens.rundir import RunDir, resolve_one
+from toylens.rundir.results import load_result
 
 ANALYSIS_SECTIONS = [
     "head-scores",

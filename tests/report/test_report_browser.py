@@ -16,8 +16,8 @@ import pytest
 from report_runs import make_run
 
 import toylens
-from toylens.analysis.development import development
 from toylens.analysis.driver import analyze
+from toylens.development import development
 from toylens.llc import LLCSettings, llc_over_checkpoints
 
 CHROMIUM = Path(os.environ.get("TOYLENS_CHROMIUM", "/usr/bin/chromium"))

@@ -15,12 +15,12 @@ from test_report import figure_data, section_ids
 
 import toylens
 from toylens.analysis.driver import Settings, analyze
-from toylens.analysis.results import load_result
 from toylens.analysis.summary import TOP_EDGES, edge_key
 from toylens.report.circuit_graph import spearman
 from toylens.report.figures import CircuitGraph, GraphEdge, GraphNode
 from toylens.report.svg import graph_html
-from toylens.run import RunDir
+from toylens.rundir import RunDir
+from toylens.rundir.results import load_result
 
 FINAL = "epoch-0002"
 

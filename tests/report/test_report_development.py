@@ -8,12 +8,12 @@ import pytest
 from conftest import tiny_config
 
 from toylens.analysis import analyze
-from toylens.analysis.development import development
-from toylens.llc import LLCSettings, llc_over_checkpoints, restricted_llc
+from toylens.development import development
+from toylens.llc import LLCSettings, llc_over_checkpoints
 from toylens.report import build_sections, report
 from toylens.report.collect import collect_runs
 from toylens.report.figures import LineFigure
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.train import train
 
 FAST = LLCSettings(epsilon=1e-4, gamma=100.0, chains=1, draws=4, burnin=2, init_batches=1, mala_every=2)
@@ -39,7 +39,7 @@ def test_without_development_results_there_is_no_section(run):
 
 def test_development_section_has_every_part_and_marks_the_stages(run, tmp_path):
     llc_over_checkpoints(run, "all", settings=FAST, device="cpu", progress=False)
-    restricted_llc(run, ["heads"], "all", settings=FAST, device="cpu", progress=False)
+    llc_over_checkpoints(run, "all", restrict="heads", settings=FAST, device="cpu", progress=False)
     _, stages = development(run, n_probe=8, device="cpu")
     sections = _sections(run.path)
     dev = sections["development"]
@@ -72,9 +72,10 @@ def test_a_missing_part_is_one_sentence(run, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(run.path, copy)
-    shutil.rmtree(copy / "llc" / "restricted")
+    for head in ("l0h0", "l0h1", "l1h0", "l1h1"):
+        shutil.rmtree(copy / "llc" / head)
     manifest = RunDir(copy).manifest()
-    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("llc/restricted/")}
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(("llc/l0h", "llc/l1h"))}
     import json
 
     (copy / "manifest.json").write_text(json.dumps(manifest))

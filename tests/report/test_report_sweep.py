@@ -15,7 +15,7 @@ from conftest import TINY
 
 import toylens
 from toylens.report.sweep import expand_sweeps, sweep_section
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.sweep import run_sweep
 from toylens.sweep.rank import ranking
 

@@ -15,14 +15,13 @@ from report_runs import make_run
 
 import toylens
 from toylens.analysis import analyze, load_result
-from toylens.checkpoints import resolve_one
 from toylens.config import validate_config
 from toylens.report import READERS, build_sections
 from toylens.report.collect import collect_runs
 from toylens.report.figures import Table
 from toylens.report.html import table_html
 from toylens.report.text_heads import READINGS
-from toylens.run import RunDir
+from toylens.rundir import RunDir, resolve_one
 from toylens.train import train
 
 LM: dict = {

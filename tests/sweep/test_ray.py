@@ -15,7 +15,7 @@ import yaml
 from conftest import TINY
 
 from toylens.config import validate_config
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.sweep import run_sweep
 from toylens.sweep.ray_backend import RayBackend
 from toylens.sweep.worker import Job, run_job

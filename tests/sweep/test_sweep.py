@@ -18,7 +18,7 @@ from conftest import TINY, wandb_run
 
 from toylens import train
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.sweep import expand, load_sweep, run_sweep
 from toylens.train.callbacks import TrainCallback
 

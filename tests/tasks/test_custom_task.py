@@ -20,7 +20,7 @@ from toylens.analysis import Settings, analyze, load_result
 from toylens.config import TaskConfig, field_docs, load_config, validate_config
 from toylens.errors import ToylensError
 from toylens.llc import LLCSettings, llc_over_checkpoints
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.tasks import (
     IGNORE,
     CorruptedPair,
@@ -150,7 +150,7 @@ def test_train_analyze_llc_report(reverse_run, tmp_path):
     fast = LLCSettings(
         epsilon=1e-4, gamma=100.0, batch_size=16, chains=2, burnin=3, draws=8, init_batches=2, mala_every=2
     )
-    llc = llc_over_checkpoints(run.path, settings=fast, progress=False)  # its objective reads the task's loss positions
+    llc = llc_over_checkpoints(run.path, settings=fast, progress=False)["all"]  # the objective reads the loss positions
     assert set(llc) == {"epoch-0000", "epoch-0001", "epoch-0002"}
     assert all(math.isfinite(estimate["llc"]) for estimate in llc.values())
 

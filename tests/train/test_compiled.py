@@ -20,7 +20,7 @@ from torch._dynamo.utils import counters
 
 from toylens import train
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.tasks import Batch
 from toylens.train import compiled
 from toylens.train.ensemble import train_ensemble

@@ -17,7 +17,7 @@ from torch import nn
 from toylens import load, train
 from toylens.config import validate_config
 from toylens.model.components import Embed
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 
 
 @pytest.fixture(autouse=True)

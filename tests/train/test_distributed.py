@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 
 from toylens import load, train
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.tasks.base import IGNORE, Batch
 from toylens.train.callbacks import TrainCallback
 from toylens.train.distributed import DistributedGroup

@@ -12,7 +12,7 @@ from conftest import tiny_config
 
 from toylens import load, train
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.train.callbacks import TrainCallback
 from toylens.train.ensemble import ensemble_key, train_ensemble
 

@@ -12,7 +12,7 @@ from conftest import tiny_config
 from toylens import load, train
 from toylens.analysis import Settings, analyze
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.storage import read_safetensors
 from toylens.train.callbacks import TrainCallback
 from toylens.train.loop import Trainer

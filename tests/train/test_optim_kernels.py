@@ -20,10 +20,10 @@ from conftest import tiny_config, tiny_model, tol
 
 from toylens import train
 from toylens.model import Transformer
-from toylens.run import RunDir
-from toylens.train.checkpoint import restore_checkpoint
+from toylens.rundir import RunDir
 from toylens.train.ensemble import StackedAdamW
 from toylens.train.optim import adamw_kernel, build_optimizer
+from toylens.train.state import restore_checkpoint
 
 STEPS = 20
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -338,7 +338,7 @@ def test_study_killed_and_rerun_gives_identical_results(config, tmp_path):
                         {"checkpoint": "all", "only": ["head_scores", "attention"]},
                         {"checkpoint": "final", "settings": {"n_examples": 64, "ablate_neurons": False}},
                     ],
-                    "llc": {"checkpoints": "all", "chains": 2, "draws": 20, "burnin": 10, "calibrate": False},
+                    "llc": {"checkpoint": "all", "chains": 2, "draws": 20, "burnin": 10, "calibrate": False},
                 },
             }
         )

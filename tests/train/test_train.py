@@ -13,7 +13,7 @@ from conftest import TINY, tiny_config
 from toylens import load, train
 from toylens.config import validate_config
 from toylens.errors import ToylensError, TrainingDiverged
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.storage import read_safetensors, sha256_file
 from toylens.train.optim import build_optimizer, lr_at
 from toylens.train.regularisers import L1Penalty, decays

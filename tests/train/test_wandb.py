@@ -11,7 +11,7 @@ import wandb
 from conftest import tiny_config, wandb_run
 
 from toylens import train
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.train.callbacks import TrainCallback
 from toylens.train.ensemble import train_ensemble
 

@@ -6,7 +6,6 @@
 The modules, one concept each (all device-agnostic; every function works for any number of layers
 and heads, with or without MLPs and LayerNorm):
 
-    results.py      Result base class: dataclass <-> JSON + safetensors through RunDir
     attention.py    patterns; head scores over data (previous/first/duplicate token, induction,
                     next output); repeated random token inputs
     residual.py     cache algebra: residual stream parts, accumulated residual, ln_final on parts
@@ -39,9 +38,9 @@ corrupted inputs and metric for patching, which positions the loss reads) it ask
 
 `toylens analyze RUN --checkpoint SPEC` writes, for each checkpoint C that SPEC names
 ("epoch-0003", "step-000120", ...; `final` and `best` are stored under the checkpoint they stand
-for, see `toylens.checkpoints`), one result per analysis under `RUN/analysis/C/`. A result named `X` is
+for, see `toylens.rundir.checkpoints`), one result per analysis under `RUN/analysis/C/`. A result named `X` is
 `X.json` plus `X.safetensors` when it has arrays; the JSON holds the type, the scalar/list fields
-and, for every array, its shape, dtype and axis names (see `results.py`). Load any of them with
+and, for every array, its shape, dtype and axis names (see `toylens.rundir.results`). Load any of them with
 `load_result(RUN, "analysis/C/X")`. Layers and heads are numbered from 0; a head is
 labelled `L{layer}H{head}`. Every file is listed with its SHA-256 in RUN/manifest.json.
 
@@ -104,10 +103,10 @@ from toylens.analysis.patching import Patcher, PatchGrid, patch_cells
 from toylens.analysis.path_patching import PathPatchGrid, path_patching
 from toylens.analysis.regularisation import Sparsity, WeightNorms, activation_sparsity, weight_norms
 from toylens.analysis.residual import accumulated_resid, apply_ln_final, residual_components
-from toylens.analysis.results import Result, load_result
 from toylens.analysis.skip_trigrams import SkipTrigrams, skip_trigrams
 from toylens.analysis.summary import CheckpointSummary, Trajectory
 from toylens.analysis.text_heads import TextHeads, text_heads
+from toylens.rundir.results import Result, load_result
 from toylens.tasks import CorruptedPair
 
 __all__ = [

@@ -23,9 +23,9 @@ from torch import Tensor
 
 from toylens.analysis.metrics import NegLoss
 from toylens.analysis.patching import patch_cells, read_positions, rows_per_pass
-from toylens.analysis.results import Result
 from toylens.errors import ToylensError
 from toylens.model import ActivationCache, Transformer
+from toylens.rundir.results import Result
 
 AblationKind = Literal["zero", "mean", "resample"]
 KINDS: tuple[AblationKind, ...] = ("zero", "mean", "resample")

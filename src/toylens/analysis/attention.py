@@ -34,9 +34,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from toylens.analysis.results import Result
 from toylens.config import derived
 from toylens.model import Transformer, act_name
+from toylens.rundir.results import Result
 from toylens.tasks.base import IGNORE
 from toylens.tasks.repeated import HALF
 

@@ -27,9 +27,9 @@ from toylens.analysis.residual import (
     needed_hooks,
     residual_components,
 )
-from toylens.analysis.results import Result
 from toylens.model import ActivationCache, Transformer
 from toylens.model import functional as core
+from toylens.rundir.results import Result
 from toylens.tasks.base import IGNORE
 
 

@@ -27,10 +27,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toylens.analysis.results import Result
 from toylens.config import derived
 from toylens.model import FactoredMatrix, Transformer
 from toylens.model.components import LayerNorm
+from toylens.rundir.results import Result
 
 
 def _fold(model: Transformer, W: Tensor, ln_weight: Tensor | None) -> Tensor:

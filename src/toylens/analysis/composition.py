@@ -27,9 +27,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from toylens.analysis.circuits import folded_weights, ov_circuit, qk_circuit
-from toylens.analysis.results import Result
 from toylens.config import derived
 from toylens.model import FactoredMatrix, Transformer
+from toylens.rundir.results import Result
 
 
 def composition_score(left: FactoredMatrix, right: FactoredMatrix) -> Tensor:

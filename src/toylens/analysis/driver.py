@@ -30,18 +30,16 @@ from toylens.analysis.metrics import METRICS, Metric, make_metric
 from toylens.analysis.patching import Patcher, rows_per_pass
 from toylens.analysis.path_patching import path_patching
 from toylens.analysis.regularisation import activation_sparsity, weight_norms
-from toylens.analysis.results import Result, has_result
 from toylens.analysis.skip_trigrams import frequent_tokens, skip_trigrams
 from toylens.analysis.summary import summarize_checkpoint, write_trajectory
 from toylens.analysis.text_heads import input_positions, text_heads
-from toylens.checkpoints import Spec, resolve
 from toylens.config import RunConfig, derived
 from toylens.device import DeviceLike, resolve_device
 from toylens.errors import ToylensError
-from toylens.lock import run_lock
 from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
-from toylens.run import Loaded, RunDir, RunLike, as_rundir, load
+from toylens.rundir import Loaded, RunDir, RunLike, Spec, as_rundir, load, resolve, run_lock
+from toylens.rundir.results import Result, has_result
 from toylens.tasks import Batch, CorruptedPair, Task, task_class
 from toylens.tasks.repeated import HALF
 
@@ -373,7 +371,7 @@ def analyze(
     progress: bool = True,
 ) -> list[str]:
     """Run every applicable analysis (or those named in `only`, by name or prefix such as
-    "patching") on the checkpoints `checkpoint` names (any spec of `toylens.checkpoints`: final,
+    "patching") on the checkpoints `checkpoint` names (any spec of `toylens.rundir.checkpoints`: final,
     best, 3, epoch-0003, all, "3,5"); returns the result paths written (relative to RUN).
     Results go under the checkpoint's name: `final` writes RUN/analysis/epoch-<last>/.
     `device` "auto" is cuda when available, else cpu; on a CPU, malloc is tuned first (toylens.memory)."""

@@ -36,10 +36,10 @@ from jaxtyping import Int
 from torch import Tensor
 
 from toylens.analysis.metrics import Accuracy, Metric
-from toylens.analysis.results import Result
 from toylens.errors import ToylensError
 from toylens.model import ActivationCache, HookPoint, Transformer
 from toylens.model import functional as core
+from toylens.rundir.results import Result
 
 
 @dataclass

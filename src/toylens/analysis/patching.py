@@ -30,13 +30,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from toylens.analysis.metrics import Metric
-from toylens.analysis.results import Result
 from toylens.config import derived
 from toylens.errors import ToylensError
 from toylens.model import ActivationCache, Transformer, act_name
 from toylens.model import functional as core
+from toylens.rundir.results import Result
 
-# The axes of each patchable activation after the batch axis (see toylens.model.names).
+# The axes of each patchable activation after the batch axis (see toylens.config.hooks).
 ACT_AXES: dict[str, tuple[str, ...]] = {
     "resid_pre": ("pos", "d_model"),
     "resid_mid": ("pos", "d_model"),

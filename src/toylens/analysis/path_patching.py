@@ -46,10 +46,10 @@ from toylens.analysis.patching import (
     read_positions,
     rows_per_pass,
 )
-from toylens.analysis.results import Result
 from toylens.model import ActivationCache, HookPoint, Transformer
 from toylens.model import functional as core
 from toylens.model.components import LayerNorm
+from toylens.rundir.results import Result
 
 
 @dataclass

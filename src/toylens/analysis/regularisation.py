@@ -20,8 +20,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from toylens.analysis.results import Result
 from toylens.model import Transformer, act_name
+from toylens.rundir.results import Result
 
 
 @dataclass

@@ -45,8 +45,8 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from toylens.analysis.circuits import full_ov, full_qk_tokens
-from toylens.analysis.results import Result
 from toylens.model import FactoredMatrix, Transformer
+from toylens.rundir.results import Result
 
 Labels = Callable[[Tensor], list[str]]
 

@@ -30,8 +30,8 @@ from toylens.analysis.composition import Composition
 from toylens.analysis.edge_attribution import EdgeScores, Faithfulness
 from toylens.analysis.patching import PatchGrid
 from toylens.analysis.regularisation import Sparsity, WeightNorms
-from toylens.analysis.results import Result, has_result, load_result
-from toylens.run import RunDir
+from toylens.rundir import RunDir
+from toylens.rundir.results import Result, has_result, load_result
 
 
 @dataclass

@@ -52,8 +52,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from toylens.analysis import attention as att
-from toylens.analysis.results import Result
 from toylens.model import Transformer
+from toylens.rundir.results import Result
 from toylens.tasks.base import IGNORE
 from toylens.tasks.text import is_punctuation
 

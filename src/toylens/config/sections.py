@@ -22,8 +22,8 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from toylens.config.hooks import hook_names
 from toylens.errors import ToylensError
-from toylens.model.names import hook_names
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
 T = TypeVar("T")

@@ -20,7 +20,7 @@ minibatches (with replacement).
 
 All chains of all estimates run as one computation over stacked weights (`torch.func.vmap` of
 `functional_call`, or an `Objective`'s own `stacked_fn`, as run directories use for a toylens
-transformer); see `sampler`. Run directories: `run`.
+transformer); see `sampler`. Run directories: `driver`.
 """
 
 from __future__ import annotations
@@ -191,10 +191,12 @@ def _sample(
 
 
 def _row_masks(stacked: dict[str, Tensor], plan: list[_Point], chains: int) -> dict[str, Tensor] | None:
-    """{name: bool [rows, *shape]} when any estimate is restricted (None: every weight sampled)."""
-    if all(p.restriction is None for p in plan):
-        return None
+    """{name: bool [rows, *shape]} when any estimate samples part of the weights; None when every
+    estimate samples them all (the whole model, also as the restriction `all`: then the computation
+    is exactly the unrestricted one)."""
     shapes = {k: v.shape[1:] for k, v in stacked.items()}
+    if all(p.restriction is None or p.restriction.samples_everything(shapes) for p in plan):
+        return None
     device = next(iter(stacked.values())).device
     per_point = [
         p.restriction.full(shapes, device)

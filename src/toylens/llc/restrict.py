@@ -26,8 +26,9 @@ The specs `restrictions` expands:
 
 Each restriction may state its own ε, nβ and γ (`Restriction.epsilon`, `.nbeta`, `.gamma`; None:
 the whole-model settings'), in a spec as options after colons: "heads:gamma=1000:nbeta=20:epsilon=1e-4".
-`toylens.llc.calibrate_restricted` (`toylens llc calibrate RUN --restrict ...`) picks ε and γ per
-restriction; `restricted_llc` then uses each restriction's pick unless the spec states its own.
+`toylens.calibrate_llc(run, restrict=...)` (`toylens llc calibrate RUN --restrict ...`) picks ε and γ
+per restriction; `llc_over_checkpoints` then uses each restriction's pick unless the spec states its
+own.
 The restricted λ̂ is nβ·(E[L(w)] - L(w*)) with w sampled on the restricted set only: the learning
 coefficient of L as a function of those weights, the others held at w* (Wang et al. 2024).
 """
@@ -57,14 +58,14 @@ class Restriction:
     absent from masks are frozen whole)."""
 
     name: str
-    """Directory name under RUN/llc/restricted/ (l0h1, l1.attn, embed, or a sanitised pattern)."""
+    """Directory name under RUN/llc/ (all, l0h1, l1.attn, embed, or a sanitised pattern)."""
     masks: dict[str, Tensor] = field(repr=False)
     nbeta: float | None = None
     """Inverse temperature of this restriction (None: the whole-model nβ)."""
     gamma: float | None = None
     """Localisation γ of this restriction (None: the whole-model γ)."""
     epsilon: float | None = None
-    """Step size ε of this restriction (None: the whole-model ε; `calibrate_restricted` picks one)."""
+    """Step size ε of this restriction (None: the whole-model ε; `calibrate` picks one)."""
 
     @property
     def n_params(self) -> int:
@@ -73,6 +74,10 @@ class Restriction:
     def describe(self) -> dict[str, int]:
         """{parameter name: number of its weights sampled}, stored with every result."""
         return {k: int(m.sum()) for k, m in self.masks.items()}
+
+    def samples_everything(self, shapes: Mapping[str, torch.Size]) -> bool:
+        """Whether every weight of a model with these parameters is sampled (as by `all`)."""
+        return all(k in self.masks and bool(self.masks[k].all()) for k in shapes)
 
     def full(self, shapes: Mapping[str, torch.Size], device: torch.device | str = "cpu") -> dict[str, Tensor]:
         """A mask for every parameter (all-False for the frozen ones)."""

@@ -1,17 +1,15 @@
-"""The hookable transformer: `Transformer`, its hook machinery, the name table, and
-`functional`, the arithmetic that the modules and everything else compute with."""
+"""The hookable transformer: `Transformer`, its hook machinery, and `functional`, the arithmetic
+that the modules and everything else compute with. The names and shapes of every hook point and
+parameter are listed in `toylens.config.hooks` (the config checks hook names without the model);
+`act_name` and `hook_names` are re-exported here, where a model's user looks for them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from toylens.config.hooks import act_name, hook_names
 from toylens.model.cache import ActivationCache
 from toylens.model.factored import FactoredMatrix
 from toylens.model.hooks import HookedRootModule, HookPoint
-from toylens.model.names import act_name, hook_names
-
-if TYPE_CHECKING:
-    from toylens.model.transformer import Transformer
+from toylens.model.transformer import Transformer
 
 __all__ = [
     "ActivationCache",
@@ -22,14 +20,3 @@ __all__ = [
     "act_name",
     "hook_names",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """`Transformer` is imported on first use: transformer.py needs `toylens.config`, which needs the
-    name table here (`train.l1.hooks` must name hooks of the model), so this package may not need it."""
-    if name == "Transformer":
-        from toylens.model.transformer import Transformer
-
-        globals()["Transformer"] = Transformer
-        return Transformer
-    raise AttributeError(f"module 'toylens.model' has no attribute {name!r}")

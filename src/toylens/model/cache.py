@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from toylens.model.names import act_name
+from toylens.config.hooks import act_name
 
 if TYPE_CHECKING:
     from torch import nn

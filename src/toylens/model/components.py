@@ -2,7 +2,7 @@
 
 Each module holds its weights and hook points and computes with `toylens.model.functional`, the
 arithmetic written once. Parameter names and shapes follow TransformerLens (see
-`toylens.model.names`), so state dicts map one to one.
+`toylens.config.hooks`), so state dicts map one to one.
 """
 
 from __future__ import annotations

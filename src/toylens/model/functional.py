@@ -7,7 +7,7 @@ patching and ablation engines. A new normalisation or activation is one edit her
 (tests/model/test_functional_core.py) checks that no other file in `src/` computes a LayerNorm, the
 activation, the attention softmax or the unembedding itself.
 
-Weights come as the modules hold them (the names and shapes of `toylens.model.names`), or with a
+Weights come as the modules hold them (the names and shapes of `toylens.config.hooks`), or with a
 leading rows axis, one weight set per row ([rows, *shape], and `x` then [rows, n, ...]): each
 product is then one batched product over the rows. Biases are added inside the products (addmm,
 baddbmm), one pass fewer over the output. One block, pre-LN:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from toylens.checkpoints import Spec
 from toylens.config import config_to_yaml, validate_config
 from toylens.errors import ToylensError
 from toylens.report.analysis import analysis_summary_rows, read_analysis
@@ -50,7 +49,7 @@ from toylens.report.png import write_pngs
 from toylens.report.sections import summary_section, training_section, weights_section
 from toylens.report.sweep import SweepSummary, expand_sweeps, sweep_section
 from toylens.report.text_heads import text_heads_section, text_heads_summary_rows
-from toylens.run import RunDir, RunLike
+from toylens.rundir import RunDir, RunLike, Spec
 from toylens.storage import atomic_write
 
 log = logging.getLogger("toylens")
@@ -79,7 +78,7 @@ def report(
     """Write the report on `runs` to `out` (and its figures as PNGs beside it, unless png=False).
     `runs` is one run or a list; a sweep directory stands for its finished members.
 
-    `checkpoint` (final, best, 3, epoch-0003; see `toylens.checkpoints`) picks, in every run, the
+    `checkpoint` (final, best, 3, epoch-0003; see `toylens.rundir.checkpoints`) picks, in every run, the
     analysed checkpoint whose results are shown in full; by default the last analysed one."""
     paths, sweeps = expand_sweeps([Path(r) for r in ([runs] if isinstance(runs, (str, os.PathLike, RunDir)) else runs)])
     out = Path(out)

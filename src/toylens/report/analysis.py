@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from toylens.checkpoints import CheckpointInfo, Spec, resolve_one
 from toylens.errors import ToylensError
 from toylens.report.collect import RunResults
-from toylens.run import RunDir
+from toylens.rundir import CheckpointInfo, RunDir, Spec, resolve_one
 
 if TYPE_CHECKING:  # imported when reading, so that the report module loads without the analysis package
     from toylens.analysis.summary import CheckpointSummary, Trajectory
@@ -63,8 +62,8 @@ def read_analysis(run: RunDir, checkpoints: list[str], focus: Spec | None = None
     names = [n for n in checkpoints if run.has(f"analysis/{n}/summary.json")]
     if not names:
         return None
-    from toylens.analysis.results import load_result
     from toylens.analysis.summary import CheckpointSummary, Trajectory
+    from toylens.rundir.results import load_result
 
     summaries = {n: CheckpointSummary.load(run, f"analysis/{n}/summary") for n in names}
     ordered = sorted(names, key=lambda n: summaries[n].step)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toylens.errors import ToylensError
-from toylens.run import CheckpointInfo, RunDir
+from toylens.rundir import CheckpointInfo, RunDir
 
 
 @dataclass

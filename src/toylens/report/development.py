@@ -1,8 +1,8 @@
 """The Development section: how the model changed over training, on one time axis.
 
 Reads what `toylens llc --restrict heads` and `toylens development` saved: the refined LLC of
-every head (RUN/llc/restricted/<head>/<checkpoint>.json), the essential dynamics
-(RUN/analysis/essential_dynamics) and the stage boundaries (RUN/analysis/stages.json), plus the
+every head (RUN/llc/<head>/<checkpoint>.json), the essential dynamics
+(RUN/development/essential_dynamics) and the stage boundaries (RUN/development/stages.json), plus the
 head scores the analysis saved at every analysed checkpoint. Its figures: the curves the stages
 were read from (raw and smoothed), the refined LLC of each head (one small chart per head), the
 essential-dynamics trajectory (PC1 against PC2, and each PC over training) and the head scores,
@@ -23,10 +23,10 @@ from toylens.report.analysis import with_analysis
 from toylens.report.collect import RunResults
 from toylens.report.dynamics import head_series
 from toylens.report.figures import LineFigure, Mark, Num, Section, Series, Table
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 
 if TYPE_CHECKING:  # imported when reading, so that the report module loads without the analysis package
-    from toylens.analysis.development import EssentialDynamics, Stages
+    from toylens.development import EssentialDynamics, Stages
 
 HEAD_SCORES = ("induction", "previous_token")
 # Palette colours of the stage-boundary dots on the trajectory, by kind (runs take 0, 1, ...).
@@ -44,11 +44,11 @@ class DevelopmentResults:
 
 def read_development(run: RunDir, checkpoints: list[str]) -> DevelopmentResults | None:
     """The run's development results, or None when it has none of them."""
-    from toylens.analysis.development import ED_PATH, STAGES_PATH, EssentialDynamics, Stages
-    from toylens.analysis.results import has_result
-    from toylens.llc import read_restricted
+    from toylens.development import ED_PATH, STAGES_PATH, EssentialDynamics, Stages
+    from toylens.llc import WHOLE, read_estimates
+    from toylens.rundir.results import has_result
 
-    restricted = {k: v for k, v in read_restricted(run).items() if v}
+    restricted = {k: v for k, v in read_estimates(run).items() if k != WHOLE}
     dynamics = EssentialDynamics.load(run, ED_PATH) if has_result(run, ED_PATH) else None
     stages = Stages.load(run, STAGES_PATH) if has_result(run, STAGES_PATH) else None
     if not restricted and dynamics is None and stages is None:
@@ -201,13 +201,13 @@ def head_rises(restricted: dict[str, list[dict[str, Any]]], step: int) -> list[H
 
 def head_clusters(restricted: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
     """The heads in two clusters by their refined-LLC curves over the checkpoints every head has an
-    estimate at (`analysis.stages.cluster_curves`, 0 the higher); {} with fewer than two heads or
+    estimate at (`development.stages.cluster_curves`, 0 the higher); {} with fewer than two heads or
     checkpoints."""
     heads = {n: {e["checkpoint"]: _num(e.get("llc")) for e in es} for n, es in restricted.items() if _HEAD.match(n)}
     shared = set.intersection(*({c for c, v in h.items() if v is not None} for h in heads.values())) if heads else set()
     if len(heads) < 2 or len(shared) < 2:
         return {}
-    from toylens.analysis.stages import cluster_curves  # here: toylens.analysis is heavy, `import toylens` stays light
+    from toylens.development import cluster_curves
 
     order = sorted(shared)
     return cluster_curves({n: [float(h[c]) for c in order] for n, h in heads.items()})  # type: ignore[arg-type]

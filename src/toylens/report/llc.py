@@ -1,10 +1,11 @@
 """The LLC section: λ̂ of every checkpoint with error bars, the train loss beside it, the
 sampler's diagnostics, and the loss traces of the last estimate.
 
-Reads `RUN/llc/<checkpoint>.json` (one estimate per checkpoint: "llc", "llc_se", "llc_std",
-"train_loss", "acceptance", "converged", "warnings", the settings ...), the traces in
-`RUN/llc/<checkpoint>.safetensors` ("loss" [chains, steps]) of the last estimated checkpoint,
-and `RUN/llc/calibration.json` when the sampler was calibrated; all written by `toylens llc`.
+Reads the whole model's estimates (the restriction `all`, see `toylens.llc.store`):
+`RUN/llc/all/<checkpoint>.json` (one per checkpoint: "llc", "llc_se", "llc_std", "train_loss",
+"acceptance", "converged", "warnings", the settings ...), the traces ("loss" [chains, steps]) of the
+last estimated checkpoint, and its calibration when the sampler was calibrated; all written by
+`toylens llc` and `toylens llc calibrate`. The other restrictions are the Development section's.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from toylens.llc.store import WHOLE, read_calibrations, read_estimates, read_traces
 from toylens.report.collect import RunResults
 from toylens.report.figures import LineFigure, Section, Series, Table
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 
 MAX_TRACE_POINTS = 300  # per chain; a trace is thinned to this many points for the page
 
@@ -26,6 +28,7 @@ class LLCResults:
     last_trace: list[list[float]] | None
     """Loss trace [chain][step] of the last estimate, thinned."""
     calibration: dict[str, Any] | None
+    """The whole model's stored calibration ("checkpoint", "grid", "chosen"), if it was calibrated."""
 
     @property
     def last(self) -> dict[str, Any]:
@@ -33,20 +36,18 @@ class LLCResults:
 
 
 def read_llc(run: RunDir, checkpoints: list[str]) -> LLCResults | None:
-    """The run's LLC results, or None when `toylens llc` has not been run on it."""
-    estimates = [run.read_json(f"llc/{name}.json") for name in checkpoints if run.has(f"llc/{name}.json")]
+    """The run's whole-model LLC results, or None when `toylens llc` has not estimated them."""
+    wanted = set(checkpoints)
+    estimates = [e for e in read_estimates(run, WHOLE).get(WHOLE, []) if e["checkpoint"] in wanted]
     if not estimates:
         return None
-    estimates.sort(key=lambda e: e.get("step", 0))
     trace = None
-    rel = f"llc/{estimates[-1]['checkpoint']}.safetensors"
-    if run.has(rel):
-        loss = run.read_tensors(rel)[0].get("loss")
-        if loss is not None and loss.ndim == 2:
-            stride = max(1, loss.shape[1] // MAX_TRACE_POINTS)
-            trace = loss[:, ::stride].double().tolist()
-    calibration = run.read_json("llc/calibration.json") if run.has("llc/calibration.json") else None
-    return LLCResults(estimates, trace, calibration)
+    traces = read_traces(run, WHOLE, estimates[-1]["checkpoint"])
+    loss = None if traces is None else traces.get("loss")
+    if loss is not None and loss.ndim == 2:
+        stride = max(1, loss.shape[1] // MAX_TRACE_POINTS)
+        trace = loss[:, ::stride].double().tolist()
+    return LLCResults(estimates, trace, read_calibrations(run).get(WHOLE))
 
 
 def llc_of(run: RunResults) -> LLCResults | None:

@@ -10,10 +10,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from toylens.checkpoints import epoch_name
 from toylens.config import flatten
 from toylens.report.collect import RunResults
 from toylens.report.figures import LineFigure, Section, Series, Table
+from toylens.rundir import epoch_name
 
 # Settings worth seeing for every run even when the runs agree on them.
 KEY_FIELDS = ("train.weight_decay", "train.l1.coef", "train.lr", "train.epochs", "train.batch_size", "seed")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from toylens.device import resolve_device
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.storage import atomic_write_json, atomic_write_text
 from toylens.sweep.rank import ranking
 from toylens.sweep.spec import Member, SweepSpec, expand, load_sweep

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from toylens.config import RunConfig
-    from toylens.run import RunDir
-    from toylens.train.checkpoint import TrainState
+    from toylens.rundir import RunDir
+    from toylens.train.state import TrainState
 
 
 class TrainCallback:

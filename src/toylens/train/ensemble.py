@@ -39,17 +39,15 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from toylens.checkpoints import step_name
 from toylens.config import L1Config, RunConfig, load_config
 from toylens.device import resolve_device
 from toylens.errors import ToylensError, TrainingDiverged
-from toylens.lock import run_lock
 from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
+from toylens.rundir import run_lock, step_name
 from toylens.tasks import Batch, build_task
 from toylens.train.batches import device_batches
 from toylens.train.callbacks import TrainCallback
-from toylens.train.checkpoint import save_checkpoint
 from toylens.train.compiled import check_compiler, compile_forward
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.loop import (
@@ -64,6 +62,7 @@ from toylens.train.loop import (
 from toylens.train.optim import build_optimizer, lr_at, set_lr
 from toylens.train.precision import forward_autocast, loss_logits
 from toylens.train.regularisers import L1Penalty, Regularisers
+from toylens.train.state import save_checkpoint
 
 log = logging.getLogger("toylens")
 

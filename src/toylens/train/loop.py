@@ -32,24 +32,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from toylens.checkpoints import FINAL_WEIGHTS, epoch_name, state_file, step_name, weights_file
 from toylens.config import RunConfig, StepRange, TrainConfig, config_diff, config_to_yaml, load_config
 from toylens.errors import ToylensError, TrainingDiverged
-from toylens.lock import LOCK, run_lock
 from toylens.memory import reuse_freed_memory
 from toylens.model import Transformer
-from toylens.run import RunDir
+from toylens.rundir import FINAL_WEIGHTS, LOCK, RunDir, epoch_name, run_lock, state_file, step_name, weights_file
 from toylens.tasks import Task, build_task
 from toylens.tasks.base import Goal
 from toylens.train.batches import device_batches
 from toylens.train.callbacks import TrainCallback
-from toylens.train.checkpoint import TrainState, restore_checkpoint, save_checkpoint, save_weights
 from toylens.train.compiled import check_compiler, compile_forward
 from toylens.train.determinism import deterministic_algorithms
 from toylens.train.distributed import SingleProcess, process_group
 from toylens.train.optim import build_optimizer, lr_at, set_lr
 from toylens.train.precision import forward_autocast, loss_logits
 from toylens.train.regularisers import Regularisers
+from toylens.train.state import TrainState, restore_checkpoint, save_checkpoint, save_weights
 
 log = logging.getLogger("toylens")
 
@@ -375,7 +373,7 @@ def log_spaced_steps(count: int, total_steps: int) -> set[int]:
 def prepare_run_dir(path: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> RunDir:
     """The run directory for cfg: new, or an existing one when resuming (same config), or wiped.
 
-    The caller holds the run's lock (`toylens.lock`), which lives in the directory and survives
+    The caller holds the run's lock (`toylens.rundir.lock`), which lives in the directory and survives
     --overwrite. A directory that a kill left half-created (a config but no manifest yet) is
     started afresh by --resume."""
     run = RunDir(path)

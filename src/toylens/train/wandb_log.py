@@ -18,9 +18,9 @@ from typing import Any
 
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir
 from toylens.train.callbacks import TrainCallback
-from toylens.train.checkpoint import TrainState
+from toylens.train.state import TrainState
 
 
 class WandbLogger(TrainCallback):

@@ -47,17 +47,30 @@ to the unembedding always has a name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from toylens.config import ModelConfig
+
+@runtime_checkable
+class Architecture(Protocol):
+    """What decides a model's hook names (a `ModelConfig` has it); the config's validation lists
+    hook names from it without building, or importing, the model."""
+
+    @property
+    def n_layers(self) -> int: ...
+
+    @property
+    def attn_only(self) -> bool: ...
+
+    @property
+    def normalization(self) -> str: ...
+
 
 ATTN_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
 MLP_HOOKS = ("hook_pre", "hook_post")
 LN_HOOKS = ("hook_scale", "hook_normalized")
 
 
-def hook_names(cfg: ModelConfig) -> list[str]:
+def hook_names(cfg: Architecture) -> list[str]:
     """All hook names of a model with this config, in forward order (no model is built)."""
     ln = cfg.normalization == "LN"
     names = ["hook_embed", "hook_pos_embed"]

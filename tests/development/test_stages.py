@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from toylens.analysis.stages import cluster_curves, critical_points, log_step, smooth, stage_boundaries
+from toylens.development.stages import cluster_curves, critical_points, log_step, smooth, stage_boundaries
 
 # Log-spaced steps 0..10,000 (like toylens' log checkpoints): 41 points.
 STEPS = sorted({0, *[round(10 ** (4 * k / 40)) for k in range(41)]})

@@ -10,21 +10,26 @@ writes `head_scores.safetensors` (every tensor field; a `dict[str, Tensor]` fiel
 
 The JSON is written last, so its presence means the result is complete. Both files go through
 `RunDir` (atomic, checksummed); `load_result(run, rel)` reads either back as the right class
-without knowing it in advance, which is what the report does.
+without knowing it in advance, which is what the report does. A class registers itself when its
+module is imported; a type not registered yet is looked up by importing the packages that define
+result types (`RESULT_PACKAGES`), so a result loads whatever the program imported before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor
 
 from toylens.errors import ToylensError
-from toylens.run import RunDir, RunLike, as_rundir
+from toylens.rundir.run import RunDir, RunLike, as_rundir
 
 FORMAT = "toylens-result/1"
 RESULT_TYPES: dict[str, type[Result]] = {}
+RESULT_PACKAGES = ("toylens.analysis", "toylens.development")
+"""The packages whose modules define the result types toylens writes (imported on first need)."""
 R = TypeVar("R", bound="Result")
 
 
@@ -88,9 +93,11 @@ def load_result(run: RunLike, rel: str) -> Result:
     load_result("runs/sort-no-decay", "analysis/epoch-0012/circuits")."""
     run = as_rundir(run)
     doc = run.read_json(f"{rel}.json")
-    if doc.get("format") != FORMAT or doc.get("type") not in RESULT_TYPES:
+    if doc.get("format") != FORMAT:
         raise ToylensError(f"{run.path / rel}.json: not a toylens result (format {doc.get('format')!r})")
-    cls = RESULT_TYPES[doc["type"]]
+    cls = result_type(doc.get("type"))
+    if cls is None:
+        raise ToylensError(f"{run.path / rel}.json: unknown result type {doc.get('type')!r}")
     values = dict(doc["fields"])
     if doc["arrays"]:
         tensors, _ = run.read_tensors(f"{rel}.safetensors")
@@ -100,6 +107,14 @@ def load_result(run: RunLike, rel: str) -> Result:
         return cls(**values)
     except TypeError as e:
         raise ToylensError(f"{run.path / rel}.json: does not match {cls.__name__} ({e})") from None
+
+
+def result_type(name: Any) -> type[Result] | None:
+    """The registered `Result` class of that name, importing `RESULT_PACKAGES` if needed."""
+    if name not in RESULT_TYPES:
+        for package in RESULT_PACKAGES:
+            importlib.import_module(package)
+    return RESULT_TYPES.get(name)
 
 
 def has_result(run: RunDir, rel: str) -> bool:

@@ -1,5 +1,6 @@
-"""Checkpoint integrity: truncated, altered, pickled and missing files are refused by name;
-nothing in the package can load a pickle."""
+"""Checkpoint integrity: truncated, altered, pickled and missing files are refused by name, however
+the checkpoint is named (run directory, checkpoint spec, or the file's own path); a file outside
+any run loads with a warning that it was not verified; nothing in the package can load a pickle."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pickle
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from conftest import tiny_config
 
 from toylens import load, train
 from toylens.errors import ToylensError
+from toylens.rundir import UnverifiedFile
 
 CKPT = "checkpoints/epoch-0001.safetensors"
 
@@ -63,10 +66,51 @@ def test_pickle_is_never_loaded(run_copy, how):
         torch.save({"embed.W_E": torch.zeros(2)}, path)
     msg = refused(run_copy)
     assert CKPT in msg and "never loads pickles" in msg
-    standalone = run_copy / "stray.safetensors"
+    standalone = run_copy.parent / "stray.safetensors"  # outside the run: nothing to verify it against
     path.rename(standalone)
-    with pytest.raises(ToylensError, match="never loads pickles"):
+    with pytest.warns(UnverifiedFile), pytest.raises(ToylensError, match="never loads pickles"):
         load(standalone)
+
+
+def flip_a_weight(path: Path) -> None:
+    """One bit of the last weight in the file flipped: a model that loads, subtly wrong."""
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("rel", [CKPT, "final.safetensors"])
+def test_a_tampered_checkpoint_is_refused_whichever_way_it_is_named(run_copy, rel):
+    flip_a_weight(run_copy / rel)
+    named = [lambda: load(run_copy / rel)]
+    if rel == CKPT:  # the run's final checkpoint: by the run, by its spec, by its name
+        named += [lambda: load(run_copy), lambda: load(run_copy, "final"), lambda: load(run_copy, "epoch-0001")]
+    for how in named:
+        with pytest.raises(ToylensError, match="SHA-256 does not match the run manifest") as e:
+            how()
+        assert rel in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_file_inside_a_run_but_not_in_its_manifest_is_refused(run_copy):
+    stray = run_copy / "checkpoints" / "copy.safetensors"
+    stray.write_bytes((run_copy / CKPT).read_bytes())
+    with pytest.raises(ToylensError, match="not listed in the run manifest"):
+        load(stray)
+
+
+def test_a_file_outside_any_run_loads_with_one_warning(run_copy, tmp_path):
+    outside = tmp_path / "elsewhere" / "weights.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes((run_copy / CKPT).read_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the once is toylens's own, not the warnings filter's
+        first = load(outside)
+        load(outside)
+    assert [str(w.message) for w in caught if w.category is UnverifiedFile] == [
+        f"{outside}: not inside a toylens run directory, so its contents could not be verified against a manifest"
+    ]
+    tokens = torch.randint(0, 10, (2, 8))
+    torch.testing.assert_close(first.model(tokens), load(run_copy, 1).model(tokens))
 
 
 def test_missing_and_unknown(run_copy):

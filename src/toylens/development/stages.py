@@ -1,11 +1,11 @@
 """Developmental stages from curves over training: smooth a curve, find its critical points, and
 call them stage boundaries (Hoogland et al. 2024 read stages off the LLC curve this way).
 
-    from toylens.analysis.stages import stage_boundaries
+    from toylens.development.stages import stage_boundaries
     bounds = stage_boundaries("test/loss", checkpoints, steps, values)
     [(b.kind, b.checkpoint, b.step) for b in bounds]   # [("fastest drop", "log-0019", 1150), ...]
 
-Everything here is a pure function of (steps, values); `analysis.development` applies it to a
+Everything here is a pure function of (steps, values); `development.driver` applies it to a
 run's saved curves (the loss, the LLC) and saves the result.
 
 **Smoothing.** A Gaussian kernel average in log-step: the curve is read at u = log10(1 + step)

@@ -9,18 +9,18 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from toylens.analysis.development import (
+from toylens.development import (
     ED_PATH,
     LLC_CURVE,
     LOSS_CURVE,
     EssentialDynamics,
     development,
     pca,
-    probe_outputs,
+    stage_boundaries,
 )
-from toylens.analysis.results import load_result
-from toylens.analysis.stages import stage_boundaries
-from toylens.run import RunDir, load
+from toylens.development.essential_dynamics import probe_outputs
+from toylens.rundir import RunDir, load
+from toylens.rundir.results import load_result
 from toylens.train import train
 
 

@@ -1,7 +1,8 @@
-"""The checkpoint vocabulary: how checkpoints are named, and what a user's checkpoint spec means.
+"""The checkpoint vocabulary: what a user's checkpoint spec means, and a checkpoint's weights file.
 
-Names, as a run directory registers them in its manifest and as stored results are keyed
-(RUN/analysis/<name>/, RUN/llc/<name>.json, RUN/export/transformer-lens/<name>.safetensors):
+Names, as a run directory registers them in its manifest (`rundir.layout`) and as stored results
+are keyed (RUN/analysis/<name>/, RUN/llc/<restriction>/<name>.json,
+RUN/export/transformer-lens/<name>.safetensors):
 
     epoch-0003      the weights after epoch 3 (epoch-0000 is the initialisation)
     step-000120     an extra checkpoint at optimisation step 120 (`train.log_checkpoints`)
@@ -23,24 +24,27 @@ the run directory holds the same weights as the final checkpoint, as one file th
 own (`toylens.load("RUN/final.safetensors")`). Commands that act on one checkpoint (llc
 calibrate, export, report, `toylens.load`) refuse `all` and lists with one line.
 
-    from toylens.checkpoints import resolve, resolve_one
+    from toylens.rundir import RunDir, resolve
     [c.name for c in resolve(RunDir("runs/sort-no-decay"), "0,final")]   # ["epoch-0000", "epoch-0012"]
+
+A weights file is safetensors with the run's config, epoch and step in its metadata
+(`WEIGHTS_FORMAT`), so that it rebuilds its model alone (`toylens.load`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
+import torch
+
+from toylens.config import RunConfig
 from toylens.errors import ToylensError
-
-if TYPE_CHECKING:
-    from toylens.run import RunDir
+from toylens.rundir.layout import SUMMARY, CheckpointInfo, epoch_name
+from toylens.rundir.run import RunDir
 
 FINAL, BEST, ALL = "final", "best", "all"
-FINAL_WEIGHTS = "final.safetensors"
-"""The final weights as one standalone file (the same weights as the final checkpoint)."""
+WEIGHTS_FORMAT = "toylens-checkpoint/1"
 
 Spec = str | int | Sequence[str | int]
 """A checkpoint spec: "final", "best", "all", an epoch number, a name, or a list ("3,5", [3, 5])."""
@@ -53,37 +57,17 @@ HELP = (
 """The help text of every command's --checkpoint option."""
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """A registered checkpoint: its name, the epoch and step it was written at, and whether it
-    has the optimizer state that --resume needs."""
-
-    name: str
-    epoch: int
-    step: int
-    resumable: bool
-
-    @property
-    def file(self) -> str:
-        return weights_file(self.name)
+def write_weights(
+    run: RunDir, rel: str, weights: dict[str, torch.Tensor], cfg: RunConfig, *, epoch: int, step: int
+) -> None:
+    """A weights file: the tensors, with the config, epoch and step in its metadata."""
+    meta = {"format": WEIGHTS_FORMAT, "config": cfg.model_dump(mode="json"), "epoch": epoch, "step": step}
+    run.write_tensors(rel, weights, meta)
 
 
-def epoch_name(epoch: int) -> str:
-    return f"epoch-{epoch:04d}"
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-def weights_file(name: str) -> str:
-    """The checkpoint's weights, relative to the run directory."""
-    return f"checkpoints/{name}.safetensors"
-
-
-def state_file(name: str) -> str:
-    """The checkpoint's trainer state (optimizer, RNG, rows), relative to the run directory."""
-    return f"checkpoints/{name}.state.safetensors"
+def read_weights(run: RunDir, ckpt: CheckpointInfo) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A registered checkpoint's weights and metadata, verified against the run's manifest."""
+    return run.read_tensors(ckpt.file)
 
 
 def items(spec: Spec, label: str = "checkpoint") -> list[str]:
@@ -149,7 +133,7 @@ def final_name(run: RunDir) -> str:
 
 def best_name(run: RunDir) -> str:
     """The best checkpoint's name, as training recorded it in summary.json."""
-    best = run.read_json("summary.json").get("best") if _finished(run) else None
+    best = run.read_json(SUMMARY).get("best") if _finished(run) else None
     if not best:
         raise ToylensError(f"{run.path}: no best checkpoint recorded (has training finished?); {available(run)}")
     return str(best["checkpoint"])
@@ -163,7 +147,7 @@ def available(run: RunDir) -> str:
     shown = ", ".join(names) if len(names) <= 8 else ", ".join([*names[:3], "...", *names[-3:]]) + f" ({len(names)})"
     if not _finished(run):
         return f"available: {shown} (final and best once training has finished)"
-    best = run.read_json("summary.json").get("best") or {}
+    best = run.read_json(SUMMARY).get("best") or {}
     aliases = [f"final = {_final(run)}"] + ([f"best = {best['checkpoint']}"] if best else [])
     return f"available: {shown}; {', '.join(aliases)}"
 
@@ -182,7 +166,7 @@ def _final(run: RunDir) -> str | None:
 
 
 def _finished(run: RunDir) -> bool:
-    return run.has("summary.json")
+    return run.has(SUMMARY)
 
 
 def _shown(spec: object) -> str:

@@ -1,4 +1,4 @@
-"""The checkpoint vocabulary (toylens.checkpoints): names, and every form of a spec resolved
+"""The checkpoint vocabulary (toylens.rundir.checkpoints): names, and every form of a spec resolved
 against a tiny run with epoch and step checkpoints, finished and unfinished."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import yaml
 from conftest import sets, tiny_config
 
 from toylens import load, train
-from toylens.checkpoints import HELP, epoch_name, items, resolve, resolve_one, state_file, step_name, weights_file
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import HELP, RunDir, epoch_name, items, resolve, resolve_one, state_file, step_name, weights_file
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +123,7 @@ def chosen(command: str, run: RunDir, result, tmp_path) -> list[str]:
         text = (tmp_path / "report.html").read_text()
         return [text.split("<tr><td>analysed checkpoint</td><td>")[1].split(" (step")[0]]
     if command == "llc":
-        return [line.split()[0] for line in result.stdout.splitlines()[1:]]
+        return [line.split()[1] for line in result.stdout.splitlines()[1:]]  # restriction, checkpoint, ...
     folder = "analysis" if command == "analyze" else "export/transformer-lens"
     return [
         c.name

@@ -1,5 +1,6 @@
-"""Checkpoints: model weights with the config in their metadata, and the trainer state
-(optimizer moments, RNG, step, best so far) in a sidecar file, so a run resumes bit-identically.
+"""The trainer's side of a checkpoint: the weights (`rundir.write_weights`) and, beside them, the
+trainer state (optimizer moments, RNG, step, best so far, metrics rows) that --resume needs, so a
+run resumes bit-identically. What a checkpoint is called and where its files go is `rundir`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from toylens.checkpoints import state_file, weights_file
 from toylens.config import RunConfig
 from toylens.errors import ToylensError
-from toylens.run import RunDir
+from toylens.rundir import RunDir, state_file, weights_file, write_weights
 from toylens.train.optim import KERNEL_FLAGS
-
-FORMAT = "toylens-checkpoint/1"
 
 
 @dataclass
@@ -35,8 +33,7 @@ class TrainState:
 
 
 def save_weights(run: RunDir, rel: str, model: nn.Module, cfg: RunConfig, state: TrainState) -> None:
-    meta = {"format": FORMAT, "config": cfg.model_dump(mode="json"), "epoch": state.epoch, "step": state.step}
-    run.write_tensors(rel, model.state_dict(), meta)
+    write_weights(run, rel, model.state_dict(), cfg, epoch=state.epoch, step=state.step)
 
 
 def save_checkpoint(
