@@ -4,7 +4,7 @@
     python bench/fulltext.py configs/wikitext-1l-attn-lm.full.yaml --set train.batch_size=8 --steps 5 --device cpu
 
 The config is read with its `--set` overrides (by default the full WikiText 1-layer config made to
-run offline, as tests/test_configs.py does: the bundled validation split of wikitext-103-v1 in
+run offline, as tests/presets/test_presets.py does: the bundled validation split of wikitext-103-v1 in
 place of the Hub's raw text). The model is built as `toylens train` builds it and `--steps`
 optimisation steps (after 3 warm-up steps) run on batches drawn in the epoch's order, wrapping
 around the data when it is shorter; evaluation and checkpoints are left out, so the figure is the

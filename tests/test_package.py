@@ -56,7 +56,7 @@ def test_wheel_holds_every_package_file(wheel):
         str(p.relative_to(PACKAGE.parent)) for p in files if p.relative_to(PACKAGE.parent).as_posix() not in names
     ]
     assert not missing, f"not in the wheel: {missing[:10]}"
-    assert any(n.startswith("toylens/configs/studies/") for n in names)
+    assert any(n.startswith("toylens/presets/studies/") for n in names)
 
 
 @pytest.mark.slow
@@ -77,7 +77,7 @@ def test_installed_wheel_runs_the_readme_commands_outside_a_checkout(installed, 
     listed = toylens("config", "list")
     assert listed.returncode == 0, listed.stderr
     shipped = {
-        f"configs/{p.relative_to(PACKAGE / 'configs').as_posix()}" for p in (PACKAGE / "configs").rglob("*.yaml")
+        f"configs/{p.relative_to(PACKAGE / 'presets').as_posix()}" for p in (PACKAGE / "presets").rglob("*.yaml")
     }
     assert set(listed.stdout.split()) == shipped and "configs/studies/induction-heads.yaml" in shipped
 

@@ -14,9 +14,10 @@ from toylens.errors import ToylensError
 
 log = logging.getLogger("toylens")
 
-SHIPPED = Path(__file__).resolve().parents[1] / "configs"
-"""The configs that ship inside the package (run configs, studies/, sweeps/); a checkout's
-top-level `configs` is a link to this folder."""
+SHIPPED = Path(__file__).resolve().parents[1] / "presets"
+"""The configs that ship inside the package (run configs, studies/, sweeps/): `src/toylens/presets/`,
+named apart from `config/` (the schema). Users write them as `configs/...`; a checkout's top-level
+`configs` is a link to this folder, and `shipped` finds them from anywhere else."""
 
 # ------------------------------------------------------------------------------------ YAML
 

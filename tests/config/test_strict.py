@@ -334,7 +334,7 @@ def test_saved_config_and_checkpoint_metadata_load_again(tmp_path):
 
 
 def test_shipped_configs_sweeps_and_studies_pass_strict_validation():
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     configs = sorted(root.glob("*.yaml"))
     assert len(configs) >= 20
     for path in configs:

@@ -14,7 +14,7 @@ import pytest
 from toylens.config import RunConfig, load_config
 from toylens.rundir import RunDir, resolve_one
 
-ROOT = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted(ROOT.glob("*.yaml"))
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 

@@ -81,7 +81,7 @@ def test_shipped_configs_validate():
 
     from toylens.config import load_config
 
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
     assert len(configs) >= 3
     for path in configs:
         load_config(path)
