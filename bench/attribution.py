@@ -33,13 +33,8 @@ from transformer_lens.tools.analysis.attribution_patching import (  # noqa: E402
 )
 
 from toylens.analysis.attribution_patching import AttributionPatcher  # noqa: E402
-from toylens.analysis.edge_attribution import (  # noqa: E402
-    circuit,
-    edge_attribution,
-    edge_mask,
-    faithfulness,
-    writer_outputs,
-)
+from toylens.analysis.edge_attribution import circuit, edge_attribution, faithfulness  # noqa: E402
+from toylens.analysis.graph import edge_mask, writer_outputs  # noqa: E402
 from toylens.analysis.metrics import LogitDiff  # noqa: E402
 from toylens.analysis.patching import Patcher  # noqa: E402
 from toylens.analysis.path_patching import path_patching  # noqa: E402

@@ -22,7 +22,8 @@ import torch
 
 from toylens import load
 from toylens.analysis import repeated_token_scores
-from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness
+from toylens.analysis.edge_attribution import circuit, edge_attribution, faithfulness
+from toylens.analysis.graph import edge_mask
 from toylens.analysis.metrics import make_metric
 from toylens.analysis.patching import Patcher
 from toylens.analysis.path_patching import path_patching

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from toylens.config import SHIPPED, RunConfig, Section, _suggest, load_config, read_yaml, shipped, validate_input
+from toylens.config import SHIPPED, RunConfig, Section, load_config, read_yaml, shipped, suggest, validate_input
 from toylens.errors import ToylensError
 
 log = logging.getLogger("toylens")
@@ -340,7 +340,7 @@ def check_step_options(opts: StudySize, where: str) -> None:
 def _known_keys(options: dict[str, Any], known: tuple[str, ...], where: str) -> None:
     unknown = [k for k in options if k not in known]
     if unknown:
-        raise ToylensError(f"{where}.{unknown[0]}: unknown key{_suggest(unknown[0], known)} (keys: {', '.join(known)})")
+        raise ToylensError(f"{where}.{unknown[0]}: unknown key{suggest(unknown[0], known)} (keys: {', '.join(known)})")
 
 
 STEPS: dict[str, Callable[[Context, RunConfig], str]] = {

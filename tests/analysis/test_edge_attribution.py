@@ -9,7 +9,8 @@ import torch
 from conftest import patch_pair, tiny_model
 
 from toylens.analysis.attribution_patching import AttributionPatcher
-from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness, smallest_circuit
+from toylens.analysis.edge_attribution import circuit, edge_attribution, faithfulness, smallest_circuit
+from toylens.analysis.graph import edge_mask
 from toylens.analysis.metrics import LogitDiff
 
 

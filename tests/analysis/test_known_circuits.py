@@ -20,7 +20,8 @@ import pytest
 
 from toylens import load
 from toylens.analysis import repeated_token_scores
-from toylens.analysis.edge_attribution import circuit, edge_attribution, edge_mask, faithfulness
+from toylens.analysis.edge_attribution import circuit, edge_attribution, faithfulness
+from toylens.analysis.graph import edge_mask
 from toylens.analysis.metrics import make_metric
 
 pytestmark = pytest.mark.slow

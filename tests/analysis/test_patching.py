@@ -172,7 +172,7 @@ ALL_CASES = FAST_CASES + [("v", {"pos": 0, "head": 1}), ("pattern", {"head": 0, 
 
 def patched_positions(monkeypatch):
     """Record the positions of every cell the fast path runs."""
-    seen, fast_pass = [], patching._fast_pass
+    seen, fast_pass = [], patching.fast_pass
 
     def recording(*args, **kwargs):
         idx = args[6]
@@ -180,7 +180,7 @@ def patched_positions(monkeypatch):
             seen.append(idx["pos"])
         return fast_pass(*args, **kwargs)
 
-    monkeypatch.setattr(patching, "_fast_pass", recording)
+    monkeypatch.setattr(patching, "fast_pass", recording)
     return seen
 
 

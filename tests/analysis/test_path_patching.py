@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import patch_pair, tiny_model
 
-from toylens.analysis.edge_attribution import edge_mask
+from toylens.analysis.graph import edge_mask
 from toylens.analysis.metrics import LogitDiff, NegLoss
 from toylens.analysis.patching import Patcher
 from toylens.analysis.path_patching import PathPatchGrid, path_patching

@@ -8,7 +8,8 @@ and heads, with or without MLPs and LayerNorm):
 
     attention.py    patterns; head scores over data (previous/first/duplicate token, induction,
                     next output); repeated random token inputs
-    residual.py     cache algebra: residual stream parts, accumulated residual, ln_final on parts
+    residual.py     cache algebra: residual stream parts, accumulated residual, ln_final on parts,
+                    the stream at a stage and the keys/values before a position (to resume a run)
     attribution.py  direct logit attribution, logit lens
     circuits.py     full QK (tokens, positions) and OV circuits as FactoredMatrix, copying scores
     text_heads.py   readings of attention on text: top token pairs, BOS/punctuation/duplicate shares,
@@ -18,8 +19,10 @@ and heads, with or without MLPs and LayerNorm):
     regularisation.py  weight norms, MLP activation sparsity
     metrics.py      patching metrics: logit difference, -loss, accuracy
     patching.py     the batched patching engine and its named variants (Patcher)
+    fast_patching.py  the engine's fast path: start after the patch, compute only what it changes
     attribution_patching.py  attribution patching (AtP): the same grids to first order, from
                     one backward pass (AttributionPatcher)
+    graph.py        the residual-stream graph: writers, readers, edges, what each writer wrote
     edge_attribution.py  EAP and EAP-IG over the residual-stream graph (writers -> each head's
                     q/k/v input, each MLP input, the logits)
     path_patching.py  exact direct path patching over the same graph (sender -> receiver)
@@ -27,8 +30,9 @@ and heads, with or without MLPs and LayerNorm):
     summary.py      headline scalars per checkpoint and over checkpoints
     driver.py       `analyze()`, the driver behind `toylens analyze`
 
-The local learning coefficient has a package of its own, `toylens.llc` (its files live under
-RUN/llc/, not here).
+The local learning coefficient (`toylens.llc`, RUN/llc/) and development over training
+(`toylens.development`, RUN/development/) are stages of their own: they read the run directory,
+not these results. Saved results are typed `toylens.rundir.results.Result`s.
 
 What an analysis needs to know about a task (are outputs tokens, which ids are special, the
 corrupted inputs and metric for patching, which positions the loss reads) it asks the task

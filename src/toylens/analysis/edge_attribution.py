@@ -35,9 +35,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from toylens.analysis import graph
 from toylens.analysis.metrics import Accuracy, Metric
 from toylens.errors import ToylensError
-from toylens.model import ActivationCache, HookPoint, Transformer
+from toylens.model import HookPoint, Transformer
 from toylens.model import functional as core
 from toylens.rundir.results import Result
 
@@ -65,54 +66,6 @@ class EdgeScores(Result):
         order = flat.argsort(descending=True)[:k]
         n = len(self.readers)
         return [(self.writers[i // n], self.readers[i % n], float(self.scores.flatten()[i])) for i in order.tolist()]
-
-
-def _writers(model: Transformer) -> list[tuple[str, int]]:
-    """(label, stage) of every writer: embed, then per layer its heads L{l}H{h} and MLP{l}. Stage
-    2l is layer l's attention, 2l + 1 its MLP; a writer feeds the readers of later stages."""
-    cfg, out = model.cfg, [("embed", -1)]
-    for layer in range(cfg.n_layers):
-        out += [(f"L{layer}H{h}", 2 * layer) for h in range(cfg.n_heads)]
-        out += [] if cfg.attn_only else [(f"MLP{layer}", 2 * layer + 1)]
-    return out
-
-
-def _readers(model: Transformer) -> list[tuple[str, int]]:
-    """(label, stage) of every reader: per layer each head's L{l}H{h}.q, then all .k, all .v, then
-    MLP{l}; last the logits."""
-    cfg, out = model.cfg, []
-    for layer in range(cfg.n_layers):
-        out += [(f"L{layer}H{h}.{x}", 2 * layer) for x in "qkv" for h in range(cfg.n_heads)]
-        out += [] if cfg.attn_only else [(f"MLP{layer}", 2 * layer + 1)]
-    return [*out, ("logits", 2 * cfg.n_layers)]
-
-
-def edge_mask(model: Transformer) -> Tensor:
-    """[writer, reader]: True where the writer writes before the reader reads."""
-    readers = torch.tensor([s for _, s in _readers(model)])
-    return torch.tensor([s for _, s in _writers(model)]).unsqueeze(1) < readers
-
-
-def _writer_outputs(model: Transformer, tokens: Tensor) -> Tensor:
-    """What every writer wrote [writer, batch, pos, d_model], in `_writers` order."""
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
-    if not model.cfg.attn_only:
-        names += [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
-    return writer_outputs(model, cache)
-
-
-def writer_outputs(model: Transformer, cache: ActivationCache) -> Tensor:
-    """What every writer wrote [writer, batch, pos, d_model], in `_writers` order, from a cache
-    holding resid_pre of block 0 (the embeddings), every hook_z and (with MLPs) hook_mlp_out."""
-    out = [cache["resid_pre", 0].unsqueeze(0)]
-    for layer in range(model.cfg.n_layers):
-        heads = core.head_results(cache["z", layer], model.blocks[layer].attn.W_O)  # [batch, pos, head, d_model]
-        out.append(heads.permute(2, 0, 1, 3))
-        if not model.cfg.attn_only:
-            out.append(cache["mlp_out", layer].unsqueeze(0))
-    return torch.cat(out)
 
 
 def _reader_gradients(
@@ -179,17 +132,18 @@ def edge_attribution(
     clean, corrupted, metric = clean_tokens.to(device), corrupted_tokens.to(device), metric.to(device)
     grads, corrupted_logits = _reader_gradients(model, clean, corrupted, metric, ig_steps)
     with torch.no_grad():
-        delta = _writer_outputs(model, clean) - _writer_outputs(model, corrupted)  # [writer, batch, pos, d]
+        # [writer, batch, pos, d_model]
+        delta = graph.tokens_writer_outputs(model, clean) - graph.tokens_writer_outputs(model, corrupted)
         scores = delta.flatten(1) @ grads.flatten(1).T  # [writer, reader]
-        scores = scores.masked_fill(~edge_mask(model).to(device), float("nan"))
+        scores = scores.masked_fill(~graph.edge_mask(model).to(device), float("nan"))
         m_clean = float(metric(model(clean)).mean())
     m_corrupted = float(metric(corrupted_logits).mean())
     span = m_clean - m_corrupted
     return EdgeScores(
         scores=scores.cpu(),
         normalized=(scores / span if span != 0 else torch.full_like(scores, float("nan"))).cpu(),
-        writers=[w for w, _ in _writers(model)],
-        readers=[r for r, _ in _readers(model)],
+        writers=[w for w, _ in graph.writers(model)],
+        readers=[r for r, _ in graph.readers(model)],
         clean=m_clean,
         corrupted=m_corrupted,
         metric=metric.name,
@@ -294,11 +248,11 @@ class _EdgeAblation:
         weight = next(model.parameters())
         self.model, self.ablation, self.dtype, device = model, ablation, weight.dtype, weight.device
         self.clean, corrupted, self.metric = clean.to(device), corrupted.to(device), metric.to(device)
-        self.edges = edge_mask(model).to(device)
+        self.edges = graph.edge_mask(model).to(device)
         with torch.no_grad():
             self.replacement = {
-                "corrupted": lambda: _writer_outputs(model, corrupted),
-                "mean": lambda: _writer_outputs(model, self.clean).mean(1, keepdim=True),
+                "corrupted": lambda: graph.tokens_writer_outputs(model, corrupted),
+                "mean": lambda: graph.tokens_writer_outputs(model, self.clean).mean(1, keepdim=True),
                 "zero": lambda: torch.zeros(1, 1, 1, 1, device=device),
             }[ablation]()
             self.m_clean = float(self.metric(model(self.clean)).mean())
@@ -336,7 +290,7 @@ def _ablated_run(model: Transformer, tokens: Tensor, replacement: Tensor, drop: 
     (out_w - replacement[w]). Writers come in forward order, so a reader's writers are those seen."""
     cfg = model.cfg
     live: list[Tensor] = []
-    columns = {name: i for i, (name, _) in enumerate(_readers(model))}
+    columns = {name: i for i, (name, _) in enumerate(graph.readers(model))}
 
     def removed(columns_: Tensor) -> Tensor:  # [batch, pos, n_columns, d_model]
         n = len(live)

@@ -29,11 +29,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from toylens.analysis.fast_patching import POSITION_GROUPS, cell_indices, fast_pass, handles, stage_values
 from toylens.analysis.metrics import Metric
 from toylens.config import derived
 from toylens.errors import ToylensError
 from toylens.model import ActivationCache, Transformer, act_name
-from toylens.model import functional as core
 from toylens.rundir.results import Result
 
 # The axes of each patchable activation after the batch axis (see toylens.config.hooks).
@@ -131,55 +131,68 @@ def patch_cells(
     """
     if activation not in ACT_AXES:
         raise ToylensError(f"cannot patch {activation!r}; patchable: {', '.join(ACT_AXES)}")
-    axes = ACT_AXES[activation]
-    dims = [axes.index(a) for a in index_axes]
-    layers = list(range(model.cfg.n_layers)) if layers is None else layers
     read = read_positions(metric)
     metric = metric.at(read)
     base_read = base_logits[:, read]
-    base_value = metric(base_read).mean()  # what a cell that changes no read logit scores
-    fast = _fast_path(activation, index_axes)
-    out = []
-    for layer in layers:
-        resid = base["resid_pre", layer]
+    dims = [ACT_AXES[activation].index(a) for a in index_axes]
+    job = _Job(model, base, base_read, metric, read, activation, index_axes, dims, max_rows)
+    layers = list(range(model.cfg.n_layers)) if layers is None else layers
+    return torch.stack([job.layer(layer, source(layer)) for layer in layers])
+
+
+@dataclass
+class _Job:
+    """What every layer of one `patch_cells` call shares."""
+
+    model: Transformer
+    base: ActivationCache
+    base_read: Tensor
+    metric: Metric
+    read: Tensor
+    activation: str
+    index_axes: tuple[str, ...]
+    dims: list[int]
+    max_rows: int | None
+
+    def layer(self, layer: int, src: Tensor) -> Tensor:
+        """The metric of every cell of `layer` [*index sizes]; a cell that changes no logit the metric
+        reads is not run and scores the base run's value."""
+        resid = self.base["resid_pre", layer]
         batch, pos = resid.shape[:2]
-        src = source(layer)
-        sizes = [src.shape[1 + d] for d in dims]
-        n_cells = math.prod(sizes)
-        cells = torch.arange(n_cells, device=resid.device)
-        idx = _cell_indices(sizes, index_axes, cells)
-        live = _cells_that_matter(idx, cells, read)
-        result = base_value.expand(n_cells).clone()
-        per_pass = max(1, (max_rows or rows_per_pass(model, pos)) // batch)
-        if not fast:
+        sizes = [src.shape[1 + d] for d in self.dims]
+        cells = torch.arange(math.prod(sizes), device=resid.device)
+        idx = cell_indices(sizes, self.index_axes, cells)
+        live = _cells_that_matter(idx, cells, self.read)
+        result = self.metric(self.base_read).mean().expand(len(cells)).clone()
+        per_pass = max(1, (self.max_rows or rows_per_pass(self.model, pos)) // batch)
+        if not handles(self.activation, self.index_axes):
+            name = act_name(self.activation, layer)
             for chunk in _chunks(live, per_pass):
                 result[chunk] = _patched_pass(
-                    model, layer, resid, src, metric, read, act_name(activation, layer), dims, chunk
+                    self.model, layer, resid, src, self.metric, self.read, name, self.dims, chunk
                 )
-            out.append(result.view(sizes))
-            continue
-        order = live
+            return result.view(sizes)
         if "pos" in idx:  # cells by position, in POSITION_GROUPS passes at least, each starting later
-            order = live[idx["pos"][live].argsort(stable=True)]
-            per_pass = min(per_pass, max(1, -(-len(order) // POSITION_GROUPS)))
-        stage_values = _stage_values(model, base, src, activation, layer)
-        if "head" not in idx and stage_values.shape[2] > 1:  # z patched at all heads at once
-            stage_values = stage_values.sum(2, keepdim=True)
-        for chunk in _chunks(order, per_pass):
-            result[chunk] = _fast_pass(
-                model,
+            live = live[idx["pos"][live].argsort(stable=True)]
+            per_pass = min(per_pass, max(1, -(-len(live) // POSITION_GROUPS)))
+        values = stage_values(self.model, self.base, src, self.activation, layer)
+        if "head" not in idx and values.shape[2] > 1:  # z patched at all heads at once
+            values = values.sum(2, keepdim=True)
+        for chunk in _chunks(live, per_pass):
+            cell_idx = {a: i[chunk] for a, i in idx.items()}
+            result[chunk] = fast_pass(
+                self.model,
                 layer,
-                activation,
-                base,
-                base_read,
-                stage_values,
-                {a: i[chunk] for a, i in idx.items()},
+                self.activation,
+                self.base,
+                self.base_read,
+                values,
+                cell_idx,
                 len(chunk),
-                metric,
-                read,
+                self.metric,
+                self.read,
             )
-        out.append(result.view(sizes))
-    return torch.stack(out)
+        return result.view(sizes)
 
 
 def _cells_that_matter(idx: dict[str, Tensor], cells: Tensor, read: Tensor) -> Tensor:
@@ -221,131 +234,6 @@ def _patched_pass(
     with model.hooks([(hook_name, hook)]):
         logits = model(residual=resid.repeat(n, 1, 1), start_at_layer=layer, positions=read)
     return metric(logits.view(n, batch, *logits.shape[1:])).mean(-1)
-
-
-# --- the fast path: start after the patch, compute only what it changes ----------------------
-# Where each linearly patchable activation enters the residual stream: (stage, how).
-# "pre" l = resid_pre of block l; "mid" l = after block l's attention; "post" l = after its MLP.
-# "replace" writes the source there; "add" adds source - base (for z through the head's W_O).
-_FAST: dict[str, tuple[str, str]] = {
-    "resid_pre": ("pre", "replace"),
-    "resid_mid": ("mid", "replace"),
-    "attn_out": ("mid", "add"),
-    "z": ("mid", "add"),
-    "mlp_out": ("post", "add"),
-}
-# A stack of cells split by position gives each pass a later start: positions before a pass's
-# first patched position equal the base run (causal attention), so they are never recomputed.
-POSITION_GROUPS = 4
-
-
-def _base_stage(model: Transformer, base: ActivationCache, stage: str, layer: int) -> Tensor:
-    """The base run's residual stream at `stage` of `layer` [batch, pos, d_model]."""
-    if stage == "pre":
-        return base["resid_pre", layer]
-    if stage == "mid":
-        if model.cfg.attn_only:
-            return base["resid_pre", layer] + base["attn_out", layer]
-        return base["resid_mid", layer]
-    if layer + 1 < model.cfg.n_layers:
-        return base["resid_pre", layer + 1]
-    return _base_stage(model, base, "mid", layer) + (0 if model.cfg.attn_only else base["mlp_out", layer])
-
-
-def _fast_path(activation: str, index_axes: tuple[str, ...]) -> bool:
-    """Whether the fast path handles these cells: one position or all of them, for z one head or
-    all of them (never one d_model or d_head component), and a replaced residual at one position."""
-    if activation not in _FAST or not set(index_axes) <= {"pos", "head"}:
-        return False
-    if activation != "z" and "head" in index_axes:
-        return False
-    return _FAST[activation][1] == "add" or "pos" in index_axes
-
-
-def _cell_indices(sizes: list[int], index_axes: tuple[str, ...], cells: Tensor) -> dict[str, Tensor]:
-    """Each flat cell index split into its index along every axis of `index_axes`."""
-    out, rest = {}, cells
-    for axis, size in reversed(list(zip(index_axes, sizes))):
-        out[axis], rest = rest % size, rest // size
-    return out
-
-
-def _stage_values(model: Transformer, base: ActivationCache, src: Tensor, activation: str, layer: int) -> Tensor:
-    """What a patch writes at its stage: [batch, pos, k, d_model], k = heads for z, 1 otherwise;
-    for "add" the change source - base, for "replace" the new residual."""
-    stage, how = _FAST[activation]
-    if how == "replace":
-        return src.expand(base[activation, layer].shape).unsqueeze(2)
-    delta = src - base[activation, layer]
-    if activation == "z":  # each head's change through its own rows of W_O
-        return core.head_results(delta, model.blocks[layer].attn.W_O)
-    return delta.unsqueeze(2)
-
-
-def _fast_pass(
-    model: Transformer,
-    layer: int,
-    activation: str,
-    base: ActivationCache,
-    base_read: Tensor,
-    values: Tensor,
-    idx: dict[str, Tensor],
-    n: int,
-    metric: Metric,
-    read: Tensor,
-) -> Tensor:
-    """The metric for a stack of `n` cells, running only what each patch changes. Returns [n].
-
-    `values` are `_stage_values` ([batch, pos, k, d_model], k = 1 unless cells pick a head);
-    `idx` each cell's position and head (an axis left out means all of them)."""
-    stage, how = _FAST[activation]
-    batch = base_read.shape[0]
-    k = idx.get("head", torch.zeros(n, dtype=torch.long, device=values.device))
-    base_resid = _base_stage(model, base, stage, layer)
-    mid = stage == "mid"  # a patch after a block's attention runs the rest of that block (its MLP) first
-    first = layer + 1 if stage == "post" else layer  # the first block that runs
-    next_layer = layer if stage == "pre" else layer + 1  # the first block whose resid_pre the patch changes
-    if "pos" not in idx:  # every position: start at the stage with the whole sequence changed
-        resid = (base_resid + values[:, :, k].permute(2, 0, 1, 3)).flatten(0, 1)  # [cells * batch, pos, d_model]
-        new = model(residual=resid, start_at_layer=first, after_attention=mid, positions=read)
-        return metric(new.view(n, batch, *new.shape[1:])).mean(-1)
-    # One position per cell: position-wise work runs at that position only.
-    logits = base_read.expand(n, *base_read.shape).clone()  # [cells, batch, read, vocab]
-    pos = idx["pos"]
-    at = values[:, pos, k].transpose(0, 1)  # [cells, batch, d_model]: the batch stands in for positions
-    if how == "add":
-        at = base_resid[:, pos].transpose(0, 1) + at
-    if next_layer == model.cfg.n_layers:  # only the logits at pos change
-        hit = read.unsqueeze(0) == pos.unsqueeze(1)  # [cells, read]
-        cell, slot = hit.nonzero(as_tuple=True)
-        if len(cell):  # else no cell's position is read: every metric is the base run's
-            logits[cell, :, slot] = model(residual=at[cell], start_at_layer=first, after_attention=mid)
-        return metric(logits).mean(-1)
-    if mid:
-        at = model(residual=at, start_at_layer=layer, after_attention=True, stop_at_layer=next_layer)
-    # Positions before the first patched one equal the base run: start there, with its keys and values.
-    start = int(pos.min())
-    resid = (base_resid if stage == "pre" else _base_stage(model, base, "pre", next_layer))[:, start:]
-    resid = resid.expand(n, *resid.shape).clone()
-    resid[torch.arange(n, device=pos.device), :, pos - start] = at
-    later = read >= start
-    past = _base_past(model, base, next_layer, start, n)
-    new = model(residual=resid.flatten(0, 1), start_at_layer=next_layer, past=past, positions=read[later] - start)
-    logits[:, :, later] = new.view(n, batch, *new.shape[1:])
-    return metric(logits).mean(-1)
-
-
-def _base_past(
-    model: Transformer, base: ActivationCache, layer: int, start: int, copies: int
-) -> dict[int, tuple[Tensor, Tensor]]:
-    """The base run's keys and values before position `start` in blocks `layer`.., for a stack of
-    `copies` cell-major copies of the base batch."""
-    if start == 0:
-        return {}
-    return {
-        j: (base["k", j][:, :start].repeat(copies, 1, 1, 1), base["v", j][:, :start].repeat(copies, 1, 1, 1))
-        for j in range(layer, model.cfg.n_layers)
-    }
 
 
 @dataclass

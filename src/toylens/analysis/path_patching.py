@@ -37,15 +37,10 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from toylens.analysis.edge_attribution import _readers, _writers, edge_mask, writer_outputs
+from toylens.analysis import graph
 from toylens.analysis.metrics import Metric
-from toylens.analysis.patching import (
-    Patcher,
-    _base_past,
-    _base_stage,
-    read_positions,
-    rows_per_pass,
-)
+from toylens.analysis.patching import Patcher, read_positions, rows_per_pass
+from toylens.analysis.residual import cached_past, resid_at
 from toylens.model import ActivationCache, HookPoint, Transformer
 from toylens.model import functional as core
 from toylens.model.components import LayerNorm
@@ -91,12 +86,13 @@ def path_patching(patcher: Patcher) -> PathPatchGrid:
     cfg = model.cfg
     read = read_positions(patcher.metric)
     metric = patcher.metric.at(read)
-    delta = writer_outputs(model, patcher.clean_cache) - writer_outputs(model, cache)  # [sender, batch, pos, d]
+    # [sender, batch, pos, d_model]
+    delta = graph.writer_outputs(model, patcher.clean_cache) - graph.writer_outputs(model, cache)
     changed = delta.ne(0).any(-1).flatten(0, 1).any(0).nonzero()  # positions where a sender's output changes
-    mask = edge_mask(model).to(delta.device)
+    mask = graph.edge_mask(model).to(delta.device)
     values = torch.full(mask.shape, float("nan"), dtype=delta.dtype, device=delta.device)
     values[mask] = patcher.corrupted
-    readers = [name for name, _ in _readers(model)]
+    readers = [name for name, _ in graph.readers(model)]
     batch, pos = delta.shape[1:3]
     per_pass = max(1, (patcher.max_rows or rows_per_pass(model, pos)) // batch)
     if len(read) and len(changed):  # else no path changes a logit the metric reads
@@ -108,12 +104,12 @@ def path_patching(patcher: Patcher) -> PathPatchGrid:
             if not cfg.attn_only:
                 mlp = [readers.index(f"MLP{layer}")]
                 stack.fill(mlp, partial(_mlp_pass, model, base, layer, metric, read))
-        final = _base_stage(model, cache, "post", cfg.n_layers - 1)
+        final = resid_at(model, cache, "post", cfg.n_layers - 1)
         stack.fill([readers.index("logits")], partial(_logits_pass, model, final, metric, read))
     return PathPatchGrid(
         values=values.cpu(),
         normalized=patcher.normalize(values - patcher.corrupted).cpu(),
-        senders=[w for w, _ in _writers(model)],
+        senders=[w for w, _ in graph.writers(model)],
         receivers=readers,
         clean=patcher.clean,
         corrupted=patcher.corrupted,
@@ -161,7 +157,7 @@ def _head_pass(
     kind, head = which // n_heads, which % n_heads
     block = model.blocks[layer]
     attn = block.attn
-    resid = _base_stage(model, base.cache, "pre", layer)[:, base.start :]
+    resid = resid_at(model, base.cache, "pre", layer)[:, base.start :]
     inputs = resid + delta[:, :, base.start :]  # [n, batch, pos, d_model]
     if isinstance(block.ln1, LayerNorm):
         inputs = core.layer_norm(inputs, block.ln1.w, block.ln1.b, eps=block.ln1.eps)
@@ -208,8 +204,8 @@ class _Base:
         """The metric [n] of n copies of the corrupted batch run from `stage` ("pre": resid_pre,
         "mid": after the attention) of `layer`, through whatever hooks are on."""
         later = read >= self.start
-        resid = _base_stage(model, self.cache, stage, layer)[:, self.start :].repeat(n, 1, 1)
-        past = _base_past(model, self.cache, layer, self.start, n)
+        resid = resid_at(model, self.cache, stage, layer)[:, self.start :].repeat(n, 1, 1)
+        past = cached_past(model, self.cache, layer, self.start, n)
         new = model(
             residual=resid,
             start_at_layer=layer,

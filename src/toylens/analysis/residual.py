@@ -86,3 +86,31 @@ def ln_final_bias(model: Transformer) -> Float[Tensor, " d_model"]:
     if not isinstance(model.ln_final, LayerNorm):  # normalization "none"
         return torch.zeros(model.cfg.d_model, device=model.W_U.device)
     return model.ln_final.b.detach()
+
+
+def resid_at(model: Transformer, base: ActivationCache, stage: str, layer: int) -> Tensor:
+    """A cached run's residual stream at `stage` of `layer` [batch, pos, d_model]: "pre" is the
+    block's resid_pre, "mid" after its attention, "post" after its MLP (the next block's resid_pre,
+    or the final residual)."""
+    if stage == "pre":
+        return base["resid_pre", layer]
+    if stage == "mid":
+        if model.cfg.attn_only:
+            return base["resid_pre", layer] + base["attn_out", layer]
+        return base["resid_mid", layer]
+    if layer + 1 < model.cfg.n_layers:
+        return base["resid_pre", layer + 1]
+    return resid_at(model, base, "mid", layer) + (0 if model.cfg.attn_only else base["mlp_out", layer])
+
+
+def cached_past(
+    model: Transformer, base: ActivationCache, layer: int, start: int, copies: int
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """A cached run's keys and values before position `start` in blocks `layer`.. (the `past` of a
+    forward that starts at `start`), for a stack of `copies` copies of the cached batch."""
+    if start == 0:
+        return {}
+    return {
+        j: (base["k", j][:, :start].repeat(copies, 1, 1, 1), base["v", j][:, :start].repeat(copies, 1, 1, 1))
+        for j in range(layer, model.cfg.n_layers)
+    }

@@ -60,6 +60,19 @@ def train(
         typer.echo(metrics_line(result.metrics))
 
 
+EnsembleOption = typer.Option(
+    None,
+    "--ensemble/--no-ensemble",
+    help="Train members that differ only in seed, lr, weight decay or L1 coefficient as one vectorised ensemble "
+    "(default: on when training on a GPU).",
+)
+RayAddressOption = typer.Option(
+    None,
+    "--ray-address",
+    help="Ray cluster to use with --backend ray (e.g. auto or ray://host:10001); default: start a local Ray.",
+)
+
+
 @app.command()
 @user_errors
 def sweep(
@@ -69,22 +82,12 @@ def sweep(
     jobs: int = typer.Option(
         1, "--jobs", min=1, help="Local backend: jobs running at once (each gets cpu_count/jobs threads)."
     ),
-    ensemble: bool | None = typer.Option(
-        None,
-        "--ensemble/--no-ensemble",
-        help="Train members that differ only in "
-        "seed, lr, weight decay or L1 coefficient as one vectorised ensemble "
-        "(default: on when training on a GPU).",
-    ),
+    ensemble: bool | None = EnsembleOption,
     ensemble_size: int = typer.Option(32, "--ensemble-size", min=1, help="Most members in one ensemble."),
     wandb: bool = typer.Option(
         False, "--wandb", help="Log every member to W&B, grouped by sweep (needs toylens[wandb])."
     ),
-    ray_address: str | None = typer.Option(
-        None,
-        "--ray-address",
-        help="Ray cluster to use with --backend ray (e.g. auto or ray://host:10001); default: start a local Ray.",
-    ),
+    ray_address: str | None = RayAddressOption,
     device: str = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the members and exit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),

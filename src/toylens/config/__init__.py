@@ -13,13 +13,17 @@ text, not a number, and 1.5 is not an integer; an int is still a float and a lis
 Derived values (`d_vocab`, `d_vocab_out`, `n_ctx`, `d_head`, `d_mlp`, `init_range`) are filled in
 one place, `RunConfig.resolved`, and the resolved config is what a run directory stores.
 
-`task` is any registered task config (`TASK_CONFIGS`): the shipped ones register in `sections`, a
+`task` is any registered task config (`TASK_CONFIGS`): the shipped ones register in `tasks`, a
 task defined elsewhere through `toylens.tasks.register_task`.
 
-The parts: `sections` (the typed classes), `files` (load, validate, save), `fields` (field paths
-and docs, `--set`, diffs, error messages), `text` (YAML in and out). Import from `toylens.config`.
+The parts: `base` (`Section`, the base of every section), `tasks` (the task sections and their
+registry), `sections` (model, train, run), `hooks` (every hook point's name and shape, which the
+config checks without the model), `files` (load, validate, save), `fields` (field paths and docs,
+`--set`, diffs, validation errors), `messages` (how errors word values and suggestions), `text`
+(YAML in and out). Import from `toylens.config`.
 """
 
+from toylens.config.base import Section, SectionT
 from toylens.config.fields import (
     apply_sets,
     config_diff,
@@ -31,24 +35,18 @@ from toylens.config.fields import (
     set_field,
 )
 from toylens.config.files import config_to_yaml, load_config, save_config, validate_config, validate_input
-from toylens.config.sections import (
+from toylens.config.messages import kind, shown, suggest
+from toylens.config.sections import L1Config, ModelConfig, RunConfig, StepRange, TrainConfig, derived
+from toylens.config.tasks import (
     TASK_CONFIGS,
     WIKITEXT_SUBSETS,
     ClassifyTaskConfig,
     InductionTaskConfig,
-    L1Config,
     LmTaskConfig,
-    ModelConfig,
-    RunConfig,
-    Section,
     SortTaskConfig,
-    StepRange,
     TaskConfig,
     TextTaskConfig,
-    TrainConfig,
     VocabConfig,
-    _suggest,
-    derived,
     register_task_config,
     task_config_name,
 )
@@ -67,19 +65,20 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "Section",
+    "SectionT",
     "SortTaskConfig",
     "TaskConfig",
     "TextTaskConfig",
     "StepRange",
     "TrainConfig",
     "VocabConfig",
-    "_suggest",
     "apply_sets",
     "config_diff",
     "config_to_yaml",
     "derived",
     "field_docs",
     "field_paths",
+    "kind",
     "flatten",
     "format_validation_error",
     "load_config",
@@ -89,7 +88,9 @@ __all__ = [
     "register_task_config",
     "save_config",
     "set_field",
+    "shown",
     "shipped",
+    "suggest",
     "task_config_name",
     "validate_config",
     "validate_input",

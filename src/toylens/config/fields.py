@@ -10,8 +10,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from toylens.config.sections import TASK_CONFIGS, RunConfig, TaskConfig, _suggest
-from toylens.config.text import _kind, _shown, parse_yaml
+from toylens.config.messages import kind, shown, suggest
+from toylens.config.sections import RunConfig
+from toylens.config.tasks import TASK_CONFIGS, TaskConfig
+from toylens.config.text import parse_yaml
 from toylens.errors import ToylensError
 
 
@@ -56,7 +58,7 @@ def set_field(raw: dict, key: str, value: Any, where: str = "--set") -> None:
         if not isinstance(child, dict):
             raise ToylensError(f"{where} {key}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = _deep_copy(value)
+    node[parts[-1]] = copy_tree(value)
 
 
 def field_paths(model: type[BaseModel] = RunConfig, prefix: str = "") -> set[str]:
@@ -90,7 +92,7 @@ def apply_sets(
             raise ToylensError(f"--set {item!r}: expected KEY=VALUE")
         field = key.removeprefix(f"{section}.") if section else key
         if field not in paths:
-            raise ToylensError(f"--set {key}: unknown key{_suggest(field, paths)}")
+            raise ToylensError(f"--set {key}: unknown key{suggest(field, paths)}")
         set_field(raw, field, override_value(model, field, text), where="--set")
     return raw
 
@@ -141,7 +143,7 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
     typ, msg = first["type"], first["msg"]
     if typ == "extra_forbidden":
         valid = list(parent.model_fields) if parent else []
-        text = f"{field}: unknown key{_suggest(field.rsplit('.', 1)[-1], valid)}"
+        text = f"{field}: unknown key{suggest(field.rsplit('.', 1)[-1], valid)}"
     elif typ == "missing":
         text = f"{field}: required field is missing"
     elif typ in ("union_tag_invalid", "union_tag_not_found"):  # the `name` that picks a section
@@ -151,7 +153,7 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
         known = "one of " + ", ".join(map(repr, tags))
         if "name" in given:
             got = given["name"]
-            text = f"{field}.name: unknown name {_shown(got)}{_suggest(str(got), tags)}; {known}"
+            text = f"{field}.name: unknown name {shown(got)}{suggest(str(got), tags)}; {known}"
         else:
             text = f"{field}.name: required field is missing ({known})"
     else:
@@ -164,10 +166,10 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
             field, msg = f"{field}.{key}", rest
         got = first.get("input")
         if isinstance(got, (dict, list)):  # a section's own checks get the whole mapping: not worth showing
-            shown = f" (got {_kind(got)})" if typ.endswith("_type") else ""
+            got_text = f" (got {kind(got)})" if typ.endswith("_type") else ""
         else:
-            shown = f" (got {_shown(got)})"
-        text = f"{field}: {msg}{shown}" if field else f"{msg}{shown}"
+            got_text = f" (got {shown(got)})"
+        text = f"{field}: {msg}{got_text}" if field else f"{msg}{got_text}"
     more = len(err.errors()) - 1
     return text + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
 
@@ -180,32 +182,6 @@ _YAML_WORDS = {
     "list_type": "Input should be a list",
     "tuple_type": "Input should be a list",
 }
-
-
-def _not_json(value: Any, path: str = "", outer: tuple[int, ...] = ()) -> str | None:
-    """The first value JSON has no type for (a YAML date or set, a non-text key, a mapping that
-    holds itself through a YAML alias) as `field: problem`; `outer` are the enclosing containers."""
-    if isinstance(value, (dict, list, tuple)) and id(value) in outer:
-        return f"{path}: contains itself (a YAML alias inside its own anchor)"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            dotted = f"{path}.{key}" if path else str(key)
-            if not isinstance(key, str):
-                return f"{dotted}: a key must be text (got {key!r})"
-            problem = _not_json(item, dotted, (*outer, id(value)))
-            if problem:
-                return problem
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            problem = _not_json(item, f"{path}.{i}", (*outer, id(value)))
-            if problem:
-                return problem
-    elif not (value is None or isinstance(value, (str, int, float))):
-        kind = {"date": "a date", "datetime": "a timestamp", "bytes": "binary data"}.get(
-            type(value).__name__, f"a {type(value).__name__}"
-        )
-        return f"{path or 'value'}: {value} is {kind}, not text, a number, a boolean, null, a list or a mapping"
-    return None
 
 
 def _walk_loc(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseModel] | _UnionSection | None]:
@@ -273,9 +249,10 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _deep_copy(d: Any) -> Any:
+def copy_tree(d: Any) -> Any:
+    """A copy of nested dicts and lists (the leaves shared), so that setting a field never edits the caller's."""
     if isinstance(d, dict):
-        return {k: _deep_copy(v) for k, v in d.items()}
+        return {k: copy_tree(v) for k, v in d.items()}
     if isinstance(d, list):
-        return [_deep_copy(v) for v in d]
+        return [copy_tree(v) for v in d]
     return d

@@ -10,8 +10,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from toylens.config.fields import _deep_copy, _not_json, apply_sets, format_validation_error
-from toylens.config.sections import RunConfig, SectionT
+from toylens.config.base import SectionT
+from toylens.config.fields import apply_sets, copy_tree, format_validation_error
+from toylens.config.sections import RunConfig
 from toylens.config.text import ConfigDumper, read_yaml, shipped
 from toylens.errors import ToylensError
 
@@ -26,7 +27,7 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Run
     """
     where = "config"
     if isinstance(source, dict):
-        raw = _deep_copy(source)
+        raw = copy_tree(source)
     else:
         path = shipped(Path(source))
         where = str(path)
@@ -48,7 +49,7 @@ def validate_input(model: type[SectionT], raw: Any, where: str) -> SectionT:
     list for a tuple (`betas: [0.9, 0.99]`); a value JSON has no type for (a YAML date) is an error
     naming its field. Raises ToylensError: `<where>: <field>: <problem>`.
     """
-    problem = _not_json(raw)
+    problem = not_json(raw)
     if problem:
         raise ToylensError(f"{where}: {problem}")
     try:
@@ -65,3 +66,29 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 def config_to_yaml(cfg: RunConfig) -> str:
     return yaml.dump(cfg.model_dump(mode="json"), Dumper=ConfigDumper, sort_keys=False)
+
+
+def not_json(value: Any, path: str = "", outer: tuple[int, ...] = ()) -> str | None:
+    """The first value JSON has no type for (a YAML date or set, a non-text key, a mapping that
+    holds itself through a YAML alias) as `field: problem`; `outer` are the enclosing containers."""
+    if isinstance(value, (dict, list, tuple)) and id(value) in outer:
+        return f"{path}: contains itself (a YAML alias inside its own anchor)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                return f"{dotted}: a key must be text (got {key!r})"
+            problem = not_json(item, dotted, (*outer, id(value)))
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = not_json(item, f"{path}.{i}", (*outer, id(value)))
+            if problem:
+                return problem
+    elif not (value is None or isinstance(value, (str, int, float))):
+        kind = {"date": "a date", "datetime": "a timestamp", "bytes": "binary data"}.get(
+            type(value).__name__, f"a {type(value).__name__}"
+        )
+        return f"{path or 'value'}: {value} is {kind}, not text, a number, a boolean, null, a list or a mapping"
+    return None

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from toylens.config.messages import kind
 from toylens.errors import ToylensError
 
 log = logging.getLogger("toylens")
@@ -72,21 +73,5 @@ def read_yaml(path: Path, what: str, shape: str) -> dict:
     if raw is None or raw == {}:
         raise ToylensError(f"{path}: {what} is empty")
     if not isinstance(raw, dict):
-        raise ToylensError(f"{path}: the top level must be {shape}, not {_kind(raw)}")
+        raise ToylensError(f"{path}: the top level must be {shape}, not {kind(raw)}")
     return raw
-
-
-def _shown(value: Any) -> str:
-    """A value in an error message: repr, but null for None (as the user wrote it)."""
-    return "null" if value is None else repr(value)
-
-
-def _kind(value: Any) -> str:
-    """A value as a YAML user would name it: "a mapping", "a list", "text 'abc'", "3", "null"."""
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return f"text {value!r}"
-    return _shown(value)

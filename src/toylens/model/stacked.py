@@ -8,7 +8,7 @@ rows axis). Every product is one batched matrix product over rows (bias inside i
 attention is the fused `scaled_dot_product_attention` over rows x sequences, which
 `torch.func.vmap` cannot batch on a CPU (it has no batching rule there, so the vmapped path
 materialises the pattern). The LLC sampler uses it to advance all its chains together
-(`toylens.llc.run`).
+(`toylens.llc.objective`).
 
 `record` maps hook names to callbacks that receive that activation as [rows, m, pos, ...]; the
 hooks it can serve are `STACKED_HOOKS` (the residual stream, attention and MLP outputs, MLP
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from toylens.config import ModelConfig
 from toylens.model import functional as core
 from toylens.model.transformer import Transformer
 
@@ -55,55 +57,71 @@ def stacked_forward(
     if unknown:
         raise ValueError(f"stacked_forward cannot record {unknown[0]!r}")
     rows, m, pos = tokens.shape
+    run = _Pass(cfg, params, record, rows, m, pos, positions, n=pos, n_out=pos if positions is None else len(positions))
     x = core.embed(params["embed.W_E"], tokens) + core.pos_embed(params["pos_embed.W_pos"], pos)[:, None]
     x = x.reshape(rows, m * pos, cfg.d_model)
-    n = pos  # positions x currently holds per sequence
-    n_out = pos if positions is None else len(positions)  # positions the logits are at
+    last = f"blocks.{cfg.n_layers - 1}."
+    cut = 3 if positions is None else _cut(cfg.attn_only, [n[len(last) :] for n in record if n.startswith(last)])
+    for layer in range(cfg.n_layers):
+        x = run.block(layer, x, cut if layer == cfg.n_layers - 1 else 3)
+    if run.n != run.n_out:
+        x, run.n = run.keep(x), run.n_out
+    return core.unembed(run.norm(x, "ln_final"), params["unembed.W_U"], params["unembed.b_U"]).view(rows, m, run.n, -1)
 
-    def hook(name: str, act: Tensor) -> Tensor:
-        if name in record:
-            record[name](act.view(rows, m, n, -1))
+
+@dataclass
+class _Pass:
+    """One stacked forward: its sizes, the hooks it records, and the positions it narrows to."""
+
+    cfg: ModelConfig
+    params: dict[str, Tensor]
+    record: dict[str, Callable[[Tensor], None]]
+    rows: int
+    m: int
+    pos: int
+    positions: Tensor | None
+    n: int
+    """Positions the residual stream currently holds per sequence (pos, or n_out once narrowed)."""
+    n_out: int
+    """Positions the logits are at."""
+
+    def hook(self, name: str, act: Tensor) -> Tensor:
+        if name in self.record:
+            self.record[name](act.view(self.rows, self.m, self.n, -1))
         return act
 
-    def keep(t: Tensor) -> Tensor:
+    def keep(self, t: Tensor) -> Tensor:
         """t [rows, m * pos, d] at `positions` only."""
-        return t.view(rows, m, pos, -1)[:, :, positions].reshape(rows, m * n_out, -1)
+        return t.view(self.rows, self.m, self.pos, -1)[:, :, self.positions].reshape(self.rows, self.m * self.n_out, -1)
 
-    def norm(x: Tensor, name: str) -> Tensor:
-        return core.layer_norm(x, params[f"{name}.w"], params[f"{name}.b"]) if cfg.normalization == "LN" else x
+    def norm(self, x: Tensor, name: str) -> Tensor:
+        if self.cfg.normalization != "LN":
+            return x
+        return core.layer_norm(x, self.params[f"{name}.w"], self.params[f"{name}.b"])
 
-    last = f"blocks.{cfg.n_layers - 1}."
-    cut = (
-        3 if positions is None else _cut(cfg.attn_only, [name[len(last) :] for name in record if name.startswith(last)])
-    )
-    for layer in range(cfg.n_layers):
-        p = f"blocks.{layer}."
-        at = cut if layer == cfg.n_layers - 1 else 3  # where this layer narrows to `positions`
-        x = hook(p + "hook_resid_pre", x)
-        a = norm(x, p + "ln1")
-        z = _attention(params, p + "attn.", a, (rows * m, pos), positions if at == 0 else None, keep)
-        if at == 0:  # the queries were at `positions` only
-            x, n = keep(x), n_out
-        attn_out = hook(
-            p + "hook_attn_out",
-            core.attn_output(z.reshape(rows, m * n, *z.shape[-2:]), params[p + "attn.W_O"], params[p + "attn.b_O"]),
+    def block(self, layer: int, x: Tensor, at: int) -> Tensor:
+        """Block `layer` on the residual stream x [rows, m * n, d_model]; it narrows to `positions`
+        at `at` (0 at the queries, 1 before the MLP, 2 before its output projection, 3 not at all)."""
+        p, params = f"blocks.{layer}.", self.params
+        x = self.hook(p + "hook_resid_pre", x)
+        a = self.norm(x, p + "ln1")
+        z = _attention(
+            params, p + "attn.", a, (self.rows * self.m, self.pos), self.positions if at == 0 else None, self.keep
         )
-        x = x + attn_out
-        if not cfg.attn_only:
-            x = hook(p + "hook_resid_mid", x)
+        if at == 0:  # the queries were at `positions` only
+            x, self.n = self.keep(x), self.n_out
+        z = z.reshape(self.rows, self.m * self.n, *z.shape[-2:])
+        x = x + self.hook(p + "hook_attn_out", core.attn_output(z, params[p + "attn.W_O"], params[p + "attn.b_O"]))
+        if not self.cfg.attn_only:
+            x = self.hook(p + "hook_resid_mid", x)
             if at == 1:
-                x, n = keep(x), n_out
-            pre = hook(
-                p + "mlp.hook_pre", core.linear(norm(x, p + "ln2"), params[p + "mlp.W_in"], params[p + "mlp.b_in"])
-            )
-            post = hook(p + "mlp.hook_post", core.activation(pre, cfg.act_fn))
+                x, self.n = self.keep(x), self.n_out
+            pre = core.linear(self.norm(x, p + "ln2"), params[p + "mlp.W_in"], params[p + "mlp.b_in"])
+            post = self.hook(p + "mlp.hook_post", core.activation(self.hook(p + "mlp.hook_pre", pre), self.cfg.act_fn))
             if at == 2:
-                x, post, n = keep(x), keep(post), n_out
-            x = x + hook(p + "hook_mlp_out", core.linear(post, params[p + "mlp.W_out"], params[p + "mlp.b_out"]))
-        x = hook(p + "hook_resid_post", x)
-    if n != n_out:
-        x, n = keep(x), n_out
-    return core.unembed(norm(x, "ln_final"), params["unembed.W_U"], params["unembed.b_U"]).view(rows, m, n, -1)
+                x, post, self.n = self.keep(x), self.keep(post), self.n_out
+            x = x + self.hook(p + "hook_mlp_out", core.linear(post, params[p + "mlp.W_out"], params[p + "mlp.b_out"]))
+        return self.hook(p + "hook_resid_post", x)
 
 
 def _attention(

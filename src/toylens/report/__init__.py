@@ -12,9 +12,14 @@ runs a model. Each section appears only when some run has its results; a section
 some runs only says which runs lack it. The page needs no network: its styles, script and data
 are inline, and its Content-Security-Policy forbids loading anything else.
 
-Modules: `collect` (run directories -> `RunResults`), `sections` (results -> figures and tables),
-`figures` (the figure specifications), `html` (the page), `svg` (circuit graphs as inline SVG),
-`png` (the same figures as PNG files), `assets/` (template, stylesheet, script).
+Modules: `collect` (run directories -> `RunResults`), then the sections in page order, each
+from saved results to figures and tables: `overview` (summary table, training curves, weight
+norms), `analysis` (reading a run's analysis results), `mechanisms` (attention, circuits,
+composition, attribution, ablation), `patching`, `circuit_graph`, `text_heads`, `trajectories`
+(analysis metrics over training), `llc` (the whole model's LLC), `development` (stages, essential
+dynamics, the per-head LLC), `sweep`; `BUILDERS` below lists them one line each. Then `figures`
+(the figure specifications), `html` (the page), `svg` (circuit graphs as inline SVG), `png` (the
+same figures as PNG files), `assets/` (template, stylesheet, script).
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from toylens.report.analysis import analysis_summary_rows, read_analysis
 from toylens.report.circuit_graph import circuit_graph_section
 from toylens.report.collect import Reader, RunResults, collect_runs
 from toylens.report.development import development_section, mark_stages, read_development
-from toylens.report.dynamics import head_scores_section, sparsity_section, trajectory_section
 from toylens.report.figures import Code, Section
 from toylens.report.html import render_html
 from toylens.report.llc import llc_section, llc_summary_rows, read_llc
@@ -43,12 +47,13 @@ from toylens.report.mechanisms import (
     attribution_section,
     circuits_section,
     composition_section,
-    patching_section,
 )
+from toylens.report.overview import summary_section, training_section, weights_section
+from toylens.report.patching import patching_section
 from toylens.report.png import write_pngs
-from toylens.report.sections import summary_section, training_section, weights_section
 from toylens.report.sweep import SweepSummary, expand_sweeps, sweep_section
 from toylens.report.text_heads import text_heads_section, text_heads_summary_rows
+from toylens.report.trajectories import head_scores_section, sparsity_section, trajectory_section
 from toylens.rundir import RunDir, RunLike, Spec
 from toylens.storage import atomic_write
 

@@ -27,8 +27,9 @@ from toylens.report.figures import (
     Section,
     Series,
     Table,
+    trimmed,
 )
-from toylens.report.mechanisms import _budgeted, _patch_order, _patch_panel
+from toylens.report.patching import patch_order, patch_panel
 
 TOP_EDGES = 12
 """Rows per run of the strongest-edges table."""
@@ -154,16 +155,16 @@ def _graph(edges: Any, keep: torch.Tensor) -> tuple[list[GraphNode], list[GraphE
 def _atp_pairs(a: AnalysisResults) -> list[str]:
     """atp/<metric>/<variant> keys at the focus that have an exact patching/<metric>/<variant>."""
     keys = [k for k in a.focus.results if k.startswith("atp/") and "patching/" + k[4:] in a.focus.results]
-    return sorted(keys, key=_patch_order)
+    return sorted(keys, key=patch_order)
 
 
 def _pair_figure(i: int, run: RunResults, a: AnalysisResults, key: str) -> HeatmapFigure:
     exact, atp = a.focus_result("patching/" + key[4:]), a.focus_result(key)
     rho, diff = spearman(exact.normalized, atp.normalized), _max_diff(exact.normalized, atp.normalized)
     variant, metric = key.split("/")[2], key.split("/")[1]
-    panels = [_patch_panel(run, a, exact), _patch_panel(run, a, atp)]
+    panels = [patch_panel(run, a, exact), patch_panel(run, a, atp)]
     panels[0].title, panels[1].title = f"exact: {panels[0].title}", f"AtP: {panels[1].title}"
-    return _budgeted(
+    return trimmed(
         HeatmapFigure(
             f"atp-{i}-{metric}-{variant}",
             f"{run.label}: AtP vs exact patching, {variant.replace('_', ' ')} ({metric}): "

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from toylens.report.analysis import with_analysis
 from toylens.report.collect import RunResults
-from toylens.report.dynamics import head_series
 from toylens.report.figures import LineFigure, Mark, Num, Section, Series, Table
+from toylens.report.trajectories import head_series
 from toylens.rundir import RunDir
 
 if TYPE_CHECKING:  # imported when reading, so that the report module loads without the analysis package

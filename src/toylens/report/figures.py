@@ -206,6 +206,25 @@ class Section:
     """Shown under the guide, e.g. which runs lack these results."""
 
 
+HEATMAP_BUDGET = 120_000
+"""Cells in one heatmap figure, at most; larger panels are cut to their top-left corner (`trimmed`)."""
+
+
+def trimmed(fig: HeatmapFigure) -> HeatmapFigure:
+    """Cut every panel to a top-left corner when the figure would exceed HEATMAP_BUDGET cells."""
+    cells = sum(len(p.z) * (len(p.z[0]) if p.z else 0) for p in fig.panels)
+    if cells <= HEATMAP_BUDGET:
+        return fig
+    side = max(8, int(math.sqrt(HEATMAP_BUDGET / len(fig.panels))))
+    for p in fig.panels:
+        p.z = [row[:side] for row in p.z[:side]]
+        p.y_labels, p.x_labels = p.y_labels[:side], p.x_labels[:side]
+    fig.guide += f" (Panels cut to their first {side} rows and columns to keep the page small.)"
+    fig.zmin = fig.zmax = None
+    fig.__post_init__()
+    return fig
+
+
 def value_range(values: list[Num | None]) -> tuple[float, float]:
     """(min, max) of the finite values; (0, 1) when there are none."""
     finite = [v for v in values if v is not None and math.isfinite(v)]

@@ -1,6 +1,6 @@
 """Sections of the interpretability results: the attention viewer, QK and OV circuits,
-composition scores, direct logit attribution and the logit lens, activation patching grids and
-ablation tables. Each reads the focus checkpoint's results (the attention viewer also earlier
+composition scores, direct logit attribution and the logit lens, and ablation tables (the
+patching grids are `report.patching`). Each reads the focus checkpoint's results (the attention viewer also earlier
 checkpoints, within a size budget) and is left out when no run has them.
 """
 
@@ -21,24 +21,12 @@ from toylens.report.figures import (
     Section,
     Series,
     Table,
+    trimmed,
 )
 
 ATTENTION_BUDGET = 600_000
 """Attention probabilities in one report, at most (about 3.5 MB of page)."""
-HEATMAP_BUDGET = 120_000
-"""Cells in one heatmap figure, at most; larger panels are cut to their top-left corner."""
 ATTENTION_SOURCES = {"attention/task": "task", "attention/repeated": "repeated"}
-PATCH_GUIDES = {
-    "resid_pre": "the residual stream entering each layer, at each position",
-    "attn_out": "each attention layer's output, at each position",
-    "mlp_out": "each MLP's output, at each position",
-    "head_out": "each head's output (all positions)",
-    "head_out_by_pos": "each head's output at each position",
-    "head_pattern": "each head's attention pattern (all positions)",
-    "head_pattern_by_pos": "each head's attention pattern at each query position",
-    "head_values": "each head's values (all positions)",
-    "head_values_by_pos": "each head's values at each position",
-}
 
 
 # --------------------------------------------------------------------------- attention viewer
@@ -128,7 +116,7 @@ def circuits_section(runs: list[RunResults]) -> Section | None:
             for label, matrix in zip(head_labels(*grid.shape[:2]), grid.flatten(0, 1)):
                 panels.append(Heatmap(_panel_title(run, a, label, len(have)), _z(matrix), cols, rows, axes[0], axes[1]))
         blocks.append(
-            _budgeted(
+            trimmed(
                 HeatmapFigure(
                     f"circuit-{field_name}",
                     title,
@@ -233,62 +221,7 @@ def attribution_section(runs: list[RunResults]) -> Section | None:
     lens = [(i, r, a) for i, r, a in with_analysis(runs) if a.at_focus("logit_lens") is not None]
     if not dla and not lens:
         return None
-    blocks: list[Any] = []
-    if dla:
-        components = list(dict.fromkeys(lab for _, _, a in dla for lab in a.focus_result("logit_attribution").labels))
-        rows = [[comp, *[_component_total(a, comp) for _, _, a in dla]] for comp in components]
-        blocks.append(
-            Table(
-                "dla-total",
-                ["component", *[r.label for _, r, _ in dla]],
-                rows,
-                title="Direct logit attribution, mean over answer positions",
-                guide="Each component's direct contribution to the correct answer's logit, relative to "
-                f"the baseline ({dla[0][2].focus_result('logit_attribution').baseline}).",
-            )
-        )
-        panels = [
-            Heatmap(
-                run.label,
-                [[_num(v) for v in row] for row in r.by_pos.tolist()],
-                list(r.pos_labels),
-                list(r.labels),
-                "position",
-                "component",
-            )
-            for _, run, a in dla
-            if (r := a.at_focus("logit_attribution")) is not None
-        ]
-        blocks.append(
-            _budgeted(
-                HeatmapFigure(
-                    "dla-by-pos",
-                    "Direct logit attribution by position",
-                    panels,
-                    diverging=True,
-                    value_label="logit",
-                    guide="Which component pushes up the right answer at which position (red: up, blue: down).",
-                )
-            )
-        )
-    if lens:
-        series = []
-        for i, run, a in lens:
-            r = a.focus_result("logit_lens")
-            series.append(Series(run.label, list(range(len(r.labels))), [_num(v) for v in r.loss.tolist()], color=i))
-        ticks = max((list(a.focus_result("logit_lens").labels) for _, _, a in lens), key=len)
-        blocks.append(
-            LineFigure(
-                "logit-lens",
-                "Logit lens: loss read out after each layer",
-                "read out at",
-                "loss",
-                series,
-                x_ticks=ticks,
-                guide="The loss if the residual stream were unembedded at "
-                "that point: where the answer becomes readable.",
-            )
-        )
+    blocks: list[Any] = (_dla_blocks(dla) if dla else []) + ([_lens_figure(lens)] if lens else [])
     guide = "Which components write the correct answer directly into the logits, and from which layer on it is there."
     return Section(
         "attribution",
@@ -299,80 +232,55 @@ def attribution_section(runs: list[RunResults]) -> Section | None:
     )
 
 
+def _dla_blocks(dla: list[tuple[int, RunResults, AnalysisResults]]) -> list[Any]:
+    """Direct logit attribution: each component's total, and by position (a panel per run)."""
+    components = list(dict.fromkeys(lab for _, _, a in dla for lab in a.focus_result("logit_attribution").labels))
+    rows = [[comp, *[_component_total(a, comp) for _, _, a in dla]] for comp in components]
+    total = Table(
+        "dla-total",
+        ["component", *[r.label for _, r, _ in dla]],
+        rows,
+        title="Direct logit attribution, mean over answer positions",
+        guide="Each component's direct contribution to the correct answer's logit, relative to "
+        f"the baseline ({dla[0][2].focus_result('logit_attribution').baseline}).",
+    )
+    panels = [
+        Heatmap(run.label, _z(r.by_pos), list(r.pos_labels), list(r.labels), "position", "component")
+        for _, run, a in dla
+        if (r := a.at_focus("logit_attribution")) is not None
+    ]
+    by_pos = HeatmapFigure(
+        "dla-by-pos",
+        "Direct logit attribution by position",
+        panels,
+        diverging=True,
+        value_label="logit",
+        guide="Which component pushes up the right answer at which position (red: up, blue: down).",
+    )
+    return [total, trimmed(by_pos)]
+
+
+def _lens_figure(lens: list[tuple[int, RunResults, AnalysisResults]]) -> LineFigure:
+    """The logit lens: the loss read out after each layer, a line per run."""
+    series = []
+    for i, run, a in lens:
+        r = a.focus_result("logit_lens")
+        series.append(Series(run.label, list(range(len(r.labels))), [_num(v) for v in r.loss.tolist()], color=i))
+    ticks = max((list(a.focus_result("logit_lens").labels) for _, _, a in lens), key=len)
+    return LineFigure(
+        "logit-lens",
+        "Logit lens: loss read out after each layer",
+        "read out at",
+        "loss",
+        series,
+        x_ticks=ticks,
+        guide="The loss if the residual stream were unembedded at that point: where the answer becomes readable.",
+    )
+
+
 def _component_total(a: AnalysisResults, component: str) -> float | None:
     r = a.focus_result("logit_attribution")
     return _num(r.total[r.labels.index(component)].item()) if component in r.labels else None
-
-
-# ------------------------------------------------------------------------------------ patching
-
-
-def patching_section(runs: list[RunResults]) -> Section | None:
-    have = [(i, r, a) for i, r, a in with_analysis(runs) if _patch_keys(a)]
-    if not have:
-        return None
-    keys = sorted({k for _, _, a in have for k in _patch_keys(a)}, key=_patch_order)
-    blocks = []
-    for key in keys:
-        variant = key.rsplit("/", 1)[-1]
-        metric = key.split("/")[1] if key.count("/") == 2 else ""
-        panels = [_patch_panel(run, a, a.at_focus(key)) for _, run, a in have if a.at_focus(key) is not None]
-        first = next(a.focus_result(key) for _, _, a in have if key in a.focus.results)
-        title = f"Patching {variant.replace('_', ' ')}" + (f" ({metric})" if metric else "")
-        guide = (
-            f"Patching {PATCH_GUIDES.get(variant, variant)} from the clean run into the corrupted one; "
-            f"metric: {first.metric} ({first.metric_description})."
-        )
-        blocks.append(
-            _budgeted(
-                HeatmapFigure(
-                    f"patching-{key.removeprefix('patching/').replace('/', '-')}",
-                    title,
-                    panels,
-                    diverging=True,
-                    value_label="restored (1 = clean)",
-                    guide=guide,
-                )
-            )
-        )
-    guide = (
-        "Activation patching: each cell copies one activation from the clean input into the corrupted run; "
-        "1 means that alone restores the clean answer, 0 that it changes nothing."
-    )
-    return Section("patching", "Activation patching", guide, blocks, missing_note(runs, have, "patching results"))
-
-
-def _patch_keys(a: AnalysisResults) -> list[str]:
-    """Patching results at the focus checkpoint: patching/<variant> or patching/<metric>/<variant>."""
-    return [k for k in a.focus.results if k.startswith("patching/")]
-
-
-def _patch_order(key: str) -> tuple[str, int, str]:
-    parts = key.split("/")
-    variant, metric = parts[-1], parts[1] if len(parts) == 3 else ""
-    order = list(PATCH_GUIDES)
-    return metric, order.index(variant) if variant in order else len(order), variant
-
-
-def _patch_panel(run: RunResults, a: AnalysisResults, grid: Any) -> Heatmap:
-    """A grid of any rank as rows x columns: positions (or the last axis) across, the rest down."""
-    axes, values = list(grid.grid_axes), grid.normalized
-    col_axis = axes.index("pos") if "pos" in axes else len(axes) - 1
-    order = [k for k in range(len(axes)) if k != col_axis] + [col_axis]
-    values = values.permute(order)
-    row_axes = [axes[k] for k in order[:-1]]
-    rows = [""]
-    for ax in row_axes:
-        names = grid.labels.get(ax) or [str(j) for j in range(values.shape[row_axes.index(ax)])]
-        rows = [f"{r}{_short(ax)}{n}" for r in rows for n in names]
-    cols = grid.labels.get(axes[col_axis]) or [str(j) for j in range(values.shape[-1])]
-    z = [[_num(v) for v in row] for row in values.reshape(len(rows), -1).tolist()]
-    title = f"{run.label} (clean {grid.clean:.3g}, corrupted {grid.corrupted:.3g})"
-    return Heatmap(title, z, [str(c) for c in cols], rows, axes[col_axis], " × ".join(row_axes))
-
-
-def _short(axis: str) -> str:
-    return {"layer": "L", "head": "H", "pos": "@"}.get(axis, axis[:1])
 
 
 # ------------------------------------------------------------------------------------ ablation
@@ -431,21 +339,6 @@ def _top_neurons(run: RunResults, results: dict[str, Any], kinds: list[str]) -> 
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-
-def _budgeted(fig: HeatmapFigure) -> HeatmapFigure:
-    """Cut every panel to a top-left corner when the figure would exceed HEATMAP_BUDGET cells."""
-    cells = sum(len(p.z) * (len(p.z[0]) if p.z else 0) for p in fig.panels)
-    if cells <= HEATMAP_BUDGET:
-        return fig
-    side = max(8, int(math.sqrt(HEATMAP_BUDGET / len(fig.panels))))
-    for p in fig.panels:
-        p.z = [row[:side] for row in p.z[:side]]
-        p.y_labels, p.x_labels = p.y_labels[:side], p.x_labels[:side]
-    fig.guide += f" (Panels cut to their first {side} rows and columns to keep the page small.)"
-    fig.zmin = fig.zmax = None
-    fig.__post_init__()
-    return fig
 
 
 def _panel_title(run: RunResults, a: AnalysisResults, head: str, n_runs: int) -> str:

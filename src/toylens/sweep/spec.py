@@ -48,10 +48,10 @@ from toylens.config import (
     read_yaml,
     set_field,
     shipped,
+    suggest,
     validate_config,
     validate_input,
 )
-from toylens.config import _suggest as suggest  # the "(did you mean ...?)" of config errors
 from toylens.errors import ToylensError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
