@@ -86,7 +86,7 @@ class Subject:
 
     @functools.cached_property
     def loaded(self) -> Loaded:
-        return load(self.run.path, self.checkpoint, self.device)
+        return load(self.run, self.checkpoint, self.device)
 
     @property
     def model(self) -> Transformer:

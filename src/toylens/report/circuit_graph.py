@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from toylens.report import figures
 from toylens.report.analysis import AnalysisResults, missing_note, with_analysis
 from toylens.report.collect import RunResults
 from toylens.report.figures import (
@@ -27,7 +28,6 @@ from toylens.report.figures import (
     Section,
     Series,
     Table,
-    trimmed,
 )
 from toylens.report.patching import patch_order, patch_panel
 
@@ -164,7 +164,7 @@ def _pair_figure(i: int, run: RunResults, a: AnalysisResults, key: str) -> Heatm
     variant, metric = key.split("/")[2], key.split("/")[1]
     panels = [patch_panel(run, a, exact), patch_panel(run, a, atp)]
     panels[0].title, panels[1].title = f"exact: {panels[0].title}", f"AtP: {panels[1].title}"
-    return trimmed(
+    return figures.trimmed(
         HeatmapFigure(
             f"atp-{i}-{metric}-{variant}",
             f"{run.label}: AtP vs exact patching, {variant.replace('_', ' ')} ({metric}): "
@@ -216,7 +216,7 @@ def _f(v: float) -> str:
 
 def _over_training(have: list[tuple[int, RunResults, AnalysisResults]]) -> list[LineFigure]:
     """One small chart per run and EAP result: its strongest edges' scores at every checkpoint."""
-    figures = []
+    charts = []
     for i, run, a in have:
         t = a.trajectory
         assert t is not None
@@ -229,7 +229,7 @@ def _over_training(have: list[tuple[int, RunResults, AnalysisResults]]) -> list[
                 series.append(
                     Series(label, [p[0] for p in points], [float(p[1]) for p in points], color=k, dash=k // 10)
                 )
-            figures.append(
+            charts.append(
                 LineFigure(
                     f"edges-over-training-{i}-{result.replace('/', '-')}",
                     f"{run.label}: top edges over training ({result})",
@@ -241,4 +241,4 @@ def _over_training(have: list[tuple[int, RunResults, AnalysisResults]]) -> list[
                     small=True,
                 )
             )
-    return figures
+    return charts
